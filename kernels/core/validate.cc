@@ -1,0 +1,326 @@
+#include "focal/validate.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "focal/status_macros.h"
+
+namespace focal {
+namespace {
+
+absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
+
+std::string ShapeString(const Shape& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+/// Position of flat index `i` in `shape`, written like "[3, 1, 7]" so a person can find it.
+std::string IndexString(const Shape& shape, int64_t i) {
+  Shape index(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    const int64_t extent = shape[d] == 0 ? 1 : shape[d];
+    index[d] = i % extent;
+    i /= extent;
+  }
+  return ShapeString(index);
+}
+
+/// Checks dtype class and byte length; returns the element count.
+absl::StatusOr<int64_t> CheckTensor(const TensorView& t, absl::string_view field, bool floating) {
+  if (floating && !IsFloating(t.dtype)) {
+    return Invalid(absl::StrCat(field, ".dtype is ", DTypeName(t.dtype),
+                                "; expected float32, float64, float16 or bfloat16"));
+  }
+  ASSIGN_OR_RETURN(const int64_t n, NumElements(t.shape, field));
+  const size_t elem = DTypeSize(t.dtype);
+  if (static_cast<uint64_t>(n) > std::numeric_limits<size_t>::max() / elem ||
+      t.size_bytes != static_cast<size_t>(n) * elem) {
+    return Invalid(absl::StrCat(field, ".data has ", t.size_bytes, " bytes; shape ",
+                                ShapeString(t.shape), " of ", DTypeName(t.dtype), " needs ",
+                                static_cast<uint64_t>(n) * elem));
+  }
+  if (n > 0 && t.data == nullptr) return Invalid(absl::StrCat(field, ".data is missing"));
+  return n;
+}
+
+absl::Status CheckGamma(double gamma) {
+  if (!std::isfinite(gamma) || gamma < 0) {
+    return Invalid(absl::StrCat("loss.gamma is ", gamma, "; must be finite and >= 0"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSmoothing(double eps) {
+  if (!(eps >= 0 && eps < 1)) {
+    return Invalid(absl::StrCat("loss.label_smoothing is ", eps, "; must be in [0, 1)"));
+  }
+  return absl::OkStatus();
+}
+
+/// Logits [N, C, d1..dk] with class-index targets [N, d1..dk]: fills the class layout.
+absl::Status CheckClassLayout(const LossJob& job, JobPlan& plan) {
+  const Shape& ls = job.logits.shape;
+  if (ls.size() < 2) {
+    return Invalid(absl::StrCat("logits.shape is ", ShapeString(ls),
+                                "; class-index targets need logits [N, C, d1..dk]"));
+  }
+  if (!IsInteger(job.targets.dtype)) {
+    return Invalid(absl::StrCat("targets.dtype is ", DTypeName(job.targets.dtype),
+                                "; class-index targets must be int32, int64 or uint8"));
+  }
+  Shape expected{ls[0]};
+  expected.insert(expected.end(), ls.begin() + 2, ls.end());
+  if (job.targets.shape != expected) {
+    return Invalid(absl::StrCat("targets.shape is ", ShapeString(job.targets.shape), "; logits ",
+                                ShapeString(ls), " need targets ", ShapeString(expected)));
+  }
+  if (ls[1] > std::numeric_limits<int32_t>::max() - 1) {
+    return Invalid(absl::StrCat("logits.shape[1] is ", ls[1], "; at most 2^31 - 2 classes"));
+  }
+  plan.index_targets = true;
+  plan.batch = ls[0];
+  plan.classes = ls[1];
+  plan.inner = 1;
+  for (size_t d = 2; d < ls.size(); ++d) plan.inner *= ls[d];
+  plan.item_shape = expected;
+  return absl::OkStatus();
+}
+
+/// Scans class-index targets: each in [0, max_class] or equal to ignore_index. Returns the
+/// number of rows not ignored.
+absl::StatusOr<int64_t> ScanClassTargets(const TensorView& targets, int64_t n, int64_t max_class,
+                                         std::optional<int64_t> ignore_index) {
+  int64_t counted = 0;
+  const int64_t ignore = ignore_index.value_or(std::numeric_limits<int64_t>::min());
+  auto scan = [&](const auto* y) -> absl::Status {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t v = static_cast<int64_t>(y[i]);
+      if (v == ignore) continue;
+      if (v < 0 || v > max_class) {
+        return Invalid(absl::StrCat("targets", IndexString(targets.shape, i), " is ", v,
+                                    "; must be in [0, ", max_class, "]",
+                                    ignore_index ? absl::StrCat(" or ignore_index ", ignore) : ""));
+      }
+      ++counted;
+    }
+    return absl::OkStatus();
+  };
+  switch (targets.dtype) {
+    case DType::kInt32: RETURN_IF_ERROR(scan(targets.As<int32_t>())); break;
+    case DType::kInt64: RETURN_IF_ERROR(scan(targets.As<int64_t>())); break;
+    case DType::kUInt8: RETURN_IF_ERROR(scan(targets.As<uint8_t>())); break;
+    default: return Invalid("targets.dtype must be an integer type");
+  }
+  return counted;
+}
+
+/// Float targets shaped like the logits (values are checked during the compute pass).
+absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
+  if (!IsFloating(job.targets.dtype)) {
+    return Invalid(absl::StrCat("targets.dtype is ", DTypeName(job.targets.dtype),
+                                "; this variant needs float targets shaped like the logits"));
+  }
+  if (job.targets.shape != job.logits.shape) {
+    return Invalid(absl::StrCat("targets.shape is ", ShapeString(job.targets.shape),
+                                "; must equal logits.shape ", ShapeString(job.logits.shape)));
+  }
+  plan.item_shape = job.logits.shape;
+  plan.count = plan.num_elements;
+  return absl::OkStatus();
+}
+
+absl::Status PlanSoftmaxFocal(const LossJob& job, const SoftmaxFocalParams& p, JobPlan& plan) {
+  RETURN_IF_ERROR(CheckGamma(p.gamma));
+  RETURN_IF_ERROR(CheckSmoothing(p.label_smoothing));
+  RETURN_IF_ERROR(CheckClassLayout(job, plan));
+  if (!p.alpha.empty()) {
+    if (static_cast<int64_t>(p.alpha.size()) != plan.classes) {
+      return Invalid(absl::StrCat("loss.alpha has ", p.alpha.size(), " values; logits have ",
+                                  plan.classes, " classes (one weight per class)"));
+    }
+    for (size_t c = 0; c < p.alpha.size(); ++c) {
+      if (!std::isfinite(p.alpha[c]) || p.alpha[c] < 0) {
+        return Invalid(absl::StrCat("loss.alpha[", c, "] is ", p.alpha[c], "; must be finite and >= 0"));
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(plan.count, ScanClassTargets(job.targets, plan.batch * plan.inner,
+                                                plan.classes - 1, p.ignore_index));
+  return absl::OkStatus();
+}
+
+absl::Status PlanSigmoidFocal(const LossJob& job, const SigmoidFocalParams& p, JobPlan& plan) {
+  RETURN_IF_ERROR(CheckGamma(p.gamma));
+  RETURN_IF_ERROR(CheckSmoothing(p.label_smoothing));
+  if (!std::isfinite(p.alpha) || p.alpha > 1) {
+    return Invalid(absl::StrCat("loss.alpha is ", p.alpha,
+                                "; must be in [0, 1], or negative to disable the weighting"));
+  }
+  if (p.smoothing_classes < 2) {
+    return Invalid(absl::StrCat("loss.smoothing_classes is ", p.smoothing_classes, "; must be >= 2"));
+  }
+  if (!IsInteger(job.targets.dtype)) {
+    if (p.ignore_index) {
+      return Invalid("loss.ignore_index needs class-index targets; float targets cannot be ignored");
+    }
+    return CheckFloatTargets(job, plan);
+  }
+  RETURN_IF_ERROR(CheckClassLayout(job, plan));
+  // Index targets: the value C means background (all C classes negative).
+  ASSIGN_OR_RETURN(const int64_t rows, ScanClassTargets(job.targets, plan.batch * plan.inner,
+                                                        plan.classes, p.ignore_index));
+  plan.count = rows * plan.classes;
+  plan.item_shape = job.logits.shape;  // NONE is per element, as torchvision
+  return absl::OkStatus();
+}
+
+absl::Status PlanFocalCosine(const LossJob& job, const FocalCosineParams& p, JobPlan& plan) {
+  RETURN_IF_ERROR(CheckGamma(p.gamma));
+  if (!std::isfinite(p.alpha)) return Invalid(absl::StrCat("loss.alpha is ", p.alpha, "; must be finite"));
+  if (!std::isfinite(p.xent) || p.xent < 0) {
+    return Invalid(absl::StrCat("loss.xent is ", p.xent, "; must be finite and >= 0"));
+  }
+  if (job.logits.shape.size() != 2) {
+    return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape),
+                                "; focal_cosine needs logits [N, C]"));
+  }
+  RETURN_IF_ERROR(CheckClassLayout(job, plan));
+  ASSIGN_OR_RETURN(plan.count, ScanClassTargets(job.targets, plan.batch, plan.classes - 1, std::nullopt));
+  return absl::OkStatus();
+}
+
+absl::Status PlanDynamicFocal(const LossJob& job, const DynamicFocalParams& p, JobPlan& plan) {
+  RETURN_IF_ERROR(CheckGamma(p.gamma));
+  if (job.logits.shape.empty()) {
+    return Invalid("logits.shape is []; dynamic_focal needs logits [N, *]");
+  }
+  RETURN_IF_ERROR(CheckFloatTargets(job, plan));
+  plan.batch = job.logits.shape[0];
+  plan.inner = plan.batch == 0 ? 0 : plan.num_elements / plan.batch;
+  if (!job.num_objects) return absl::OkStatus();
+  const TensorView& no = *job.num_objects;
+  ASSIGN_OR_RETURN(const int64_t n, CheckTensor(no, "num_objects", /*floating=*/true));
+  if (no.shape != Shape{plan.batch}) {
+    return Invalid(absl::StrCat("num_objects.shape is ", ShapeString(no.shape), "; must be [",
+                                plan.batch, "] (one count per row of the logits)"));
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = LoadAsDouble(no, i);
+    if (!std::isfinite(v) || v < 0) {
+      return Invalid(absl::StrCat("num_objects[", i, "] is ", v, "; must be finite and >= 0"));
+    }
+    sum += v;
+  }
+  if (n > 0 && !(sum > 0)) return Invalid("num_objects has mean 0; α_n = num_objects / mean needs a positive mean");
+  const double mean = n == 0 ? 1.0 : sum / static_cast<double>(n);
+  plan.row_alpha.resize(n);
+  for (int64_t i = 0; i < n; ++i) plan.row_alpha[i] = static_cast<float>(LoadAsDouble(no, i) / mean);
+  return absl::OkStatus();
+}
+
+absl::Status PlanGradient(const LossJob& job, JobPlan& plan) {
+  if (job.output_dtype && *job.output_dtype != job.logits.dtype &&
+      *job.output_dtype != DType::kFloat32) {
+    return Invalid(absl::StrCat("gradient_dtype is ", DTypeName(*job.output_dtype),
+                                "; must be the logits' dtype (", DTypeName(job.logits.dtype),
+                                ") or float32"));
+  }
+  plan.output_dtype = job.output_dtype.value_or(job.logits.dtype);
+  const Reduction reduction = job.spec.reduction;
+  double w = 1.0;
+  if (const double* scalar = std::get_if<double>(&job.grad_output)) {
+    w = *scalar;
+    if (!job.allow_non_finite && !std::isfinite(w)) {
+      return Invalid(absl::StrCat("grad_output is ", w, "; must be finite"));
+    }
+  } else if (const TensorView* t = std::get_if<TensorView>(&job.grad_output)) {
+    ASSIGN_OR_RETURN(const int64_t n, CheckTensor(*t, "grad_output", /*floating=*/true));
+    if (reduction == Reduction::kNone) {
+      if (t->shape != plan.item_shape) {
+        return Invalid(absl::StrCat("grad_output.shape is ", ShapeString(t->shape),
+                                    "; reduction NONE needs the per-item loss shape ",
+                                    ShapeString(plan.item_shape)));
+      }
+    } else if (n != 1) {
+      return Invalid(absl::StrCat("grad_output.shape is ", ShapeString(t->shape),
+                                  "; a reduced loss takes a scalar upstream gradient"));
+    }
+    for (int64_t i = 0; i < n && !job.allow_non_finite; ++i) {
+      if (!std::isfinite(LoadAsDouble(*t, i))) {
+        return Invalid(absl::StrCat("grad_output", IndexString(t->shape, i), " is not finite"));
+      }
+    }
+    if (reduction != Reduction::kNone) w = LoadAsDouble(*t, 0);
+  }
+  if (job.spec.normalizer) {
+    const double d = *job.spec.normalizer;
+    if (!std::isfinite(d) || d <= 0) {
+      return Invalid(absl::StrCat("loss.normalizer is ", d, "; must be finite and > 0"));
+    }
+  }
+  plan.grad_scale = w;
+  if (reduction == Reduction::kMean) {
+    const double d = job.spec.normalizer.value_or(static_cast<double>(plan.count));
+    plan.grad_scale = d > 0 ? w / d : 0.0;  // nothing counted: MEAN is 0 and so is its gradient
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<JobPlan> ValidateJob(const LossJob& job) {
+  JobPlan plan;
+  ASSIGN_OR_RETURN(plan.num_elements, CheckTensor(job.logits, "logits", /*floating=*/true));
+  ASSIGN_OR_RETURN(const int64_t num_targets,
+                   CheckTensor(job.targets, "targets", /*floating=*/false));
+  (void)num_targets;
+  if (job.num_objects && !std::holds_alternative<DynamicFocalParams>(job.spec.params)) {
+    return Invalid("num_objects is only used by dynamic_focal");
+  }
+  RETURN_IF_ERROR(std::visit(
+      [&](const auto& p) -> absl::Status {
+        using P = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<P, SoftmaxFocalParams>) return PlanSoftmaxFocal(job, p, plan);
+        if constexpr (std::is_same_v<P, SigmoidFocalParams>) return PlanSigmoidFocal(job, p, plan);
+        if constexpr (std::is_same_v<P, FocalCosineParams>) return PlanFocalCosine(job, p, plan);
+        if constexpr (std::is_same_v<P, DynamicFocalParams>) return PlanDynamicFocal(job, p, plan);
+      },
+      job.spec.params));
+  ASSIGN_OR_RETURN(plan.num_items, NumElements(plan.item_shape, "losses"));
+  RETURN_IF_ERROR(PlanGradient(job, plan));
+  return plan;
+}
+
+absl::Status FindInvalidValue(const LossJob& job) {
+  const auto* sigmoid = std::get_if<SigmoidFocalParams>(&job.spec.params);
+  const bool probabilities = sigmoid && sigmoid->input == SigmoidInput::kProbabilities;
+  const int64_t n = static_cast<int64_t>(job.logits.size_bytes / DTypeSize(job.logits.dtype));
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = LoadAsDouble(job.logits, i);
+    if (std::isnan(x) && job.allow_non_finite) continue;
+    if (probabilities && !(x >= 0 && x <= 1)) {
+      return Invalid(absl::StrCat("logits", IndexString(job.logits.shape, i), " is ", x,
+                                  "; input PROBABILITIES must be in [0, 1]"));
+    }
+    if (!job.allow_non_finite && !std::isfinite(x)) {
+      return Invalid(absl::StrCat("logits", IndexString(job.logits.shape, i), " is ", x,
+                                  "; inputs must be finite (set allow_non_finite to propagate)"));
+    }
+  }
+  if (IsFloating(job.targets.dtype)) {
+    const bool binary = std::holds_alternative<DynamicFocalParams>(job.spec.params);
+    const int64_t m = static_cast<int64_t>(job.targets.size_bytes / DTypeSize(job.targets.dtype));
+    for (int64_t i = 0; i < m; ++i) {
+      const double t = LoadAsDouble(job.targets, i);
+      if (binary ? !(t == 0 || t == 1) : !(t >= 0 && t <= 1)) {
+        return Invalid(absl::StrCat("targets", IndexString(job.targets.shape, i), " is ", t,
+                                    binary ? "; must be 0 or 1" : "; must be in [0, 1]"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace focal

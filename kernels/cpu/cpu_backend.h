@@ -1,0 +1,28 @@
+// The CPU backend: fused single-pass kernels over Highway SIMD on all cores. It is fast in its
+// own right and the reference the CUDA backend is tested against.
+#pragma once
+
+#include <string>
+
+#include "focal/backend.h"
+
+namespace focal {
+
+struct CpuBackendOptions {
+  /// OpenMP threads per job; 0 uses OpenMP's default (OMP_NUM_THREADS, else all cores).
+  int num_threads = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(CpuBackendOptions options = {});
+  absl::StatusOr<LossResult> Compute(const LossJob& job) const override;
+  std::string Name() const override { return "cpu"; }
+  /// The SIMD target chosen on this processor, for logs ("AVX2", "AVX3", ...).
+  static std::string SimdTarget();
+
+ private:
+  CpuBackendOptions options_;
+};
+
+}  // namespace focal

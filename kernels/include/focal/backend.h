@@ -1,0 +1,21 @@
+// The one interface between the service and the compute: thread-safe, many jobs at once.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "focal/job.h"
+
+namespace focal {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// Validates `job` and computes it. Errors are INVALID_ARGUMENT (naming the field and the
+  /// first bad index) or RESOURCE_EXHAUSTED; the backend stays usable after any of them.
+  virtual absl::StatusOr<LossResult> Compute(const LossJob& job) const = 0;
+  /// "cpu", "cuda:0", ... as reported in every response.
+  virtual std::string Name() const = 0;
+};
+
+}  // namespace focal

@@ -1,0 +1,42 @@
+// The typed request a backend computes and the result it returns. No protobuf type: the codec
+// in server/ translates between these and the wire.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "focal/params.h"
+#include "focal/tensor.h"
+
+namespace focal {
+
+/// One batch to compute: tensors are views into the request's bytes.
+struct LossJob {
+  LossSpec spec;
+  TensorView logits;
+  TensorView targets;
+  std::optional<TensorView> num_objects;  ///< dynamic_focal only
+  bool compute_gradient = false;
+  /// Upstream gradient w: a scalar for MEAN/SUM, a scalar or a tensor shaped like the per-item
+  /// losses for NONE; absent means 1.
+  std::variant<std::monostate, double, TensorView> grad_output;
+  /// dtype of the gradient and of NONE's per-item losses; absent means the logits' dtype.
+  std::optional<DType> output_dtype;
+  bool allow_non_finite = false;
+};
+
+/// What a backend returns for a LossJob.
+struct LossResult {
+  /// The reduced loss; for NONE, the plain sum of the per-item losses.
+  double loss = 0.0;
+  /// Items counted by the reduction (VARIANTS.md, per variant); ignored items are not.
+  int64_t count = 0;
+  std::optional<OwnedTensor> losses;    ///< NONE only
+  std::optional<OwnedTensor> gradient;  ///< when compute_gradient
+  std::string backend;                  ///< "cpu", "cuda:0"
+  int64_t compute_micros = 0;
+};
+
+}  // namespace focal

@@ -1,0 +1,172 @@
+// The math of every variant, forward and gradient side by side, written once (VARIANTS.md is
+// the contract; the section numbers below are its sections). Each function is a template over a
+// math-ops policy (focal/math_ops.h): ScalarOps<float> in CUDA kernels, ScalarOps<double> in
+// references, Highway vectors in the CPU backend. Arithmetic uses the value type's operators;
+// constants go through o.Set so the same expression serves scalars and vectors.
+//
+// No include guard and no namespace, on purpose: focal/math.h includes it once inside
+// focal::math, and the CPU kernels include it again inside each Highway target's namespace, so
+// that every SIMD target compiles the formulas with its own instruction set (the way Highway's
+// own -inl.h headers work). Include focal/hd.h before it.
+
+
+template <class V>
+struct LossGrad {
+  V loss;
+  V grad;  ///< ∂loss/∂input, before the upstream weight
+};
+
+/// σ(x) and its logs, from one exp and one log1p.
+template <class V>
+struct SigmoidParts {
+  V log_p;  ///< log σ(x) = -softplus(-x)
+  V log_q;  ///< log(1-σ(x)) = -softplus(x)
+  V p;      ///< σ(x)
+  V q;      ///< 1 - σ(x), computed directly: no cancellation as p → 1
+};
+
+template <class Ops, class V = typename Ops::V>
+FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
+  const V one = o.Set(1);
+  const V e = o.Exp(o.Neg(o.Abs(x)));  // e^-|x| ∈ (0, 1]: never overflows
+  const V l = o.Log1p(e);
+  const V m = o.Max(x, o.Zero());
+  const V inv = one / (one + e);
+  const auto nonneg = o.Le(o.Zero(), x);
+  // softplus(-x) = (max(x,0) - x) + l; (m - x) is exact, so log σ(x) keeps its relative
+  // accuracy for large x where softplus(x) - x would cancel to 0.
+  return {o.Neg((m - x) + l), o.Neg(m + l), o.Select(nonneg, inv, e * inv),
+          o.Select(nonneg, e * inv, inv)};
+}
+
+/// (1-p)^γ from log(1-p). 0^0 = 1: with γ = 0 every variant is exactly its cross-entropy, even
+/// where 1-p underflows to 0 and γ·log(1-p) would be 0·(-∞).
+template <class Ops, class V>
+FOCAL_HD V Modulating(const Ops& o, V log_one_minus_p, V gamma) {
+  return o.Exp(o.Select(o.Eq(gamma, o.Zero()), o.Zero(), gamma * log_one_minus_p));
+}
+
+/// log(e^a + e^b); exact when one side is -∞.
+template <class Ops, class V>
+FOCAL_HD V LogAddExp(const Ops& o, V a, V b) {
+  const V hi = o.Max(a, b);
+  return hi + o.Log1p(o.Exp(o.Min(a, b) - hi));
+}
+
+/// §2 with a hard target. `sign` is 2t-1 (±1), `alpha_t` the weight of this target's class.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, V gamma) {
+  // With z = (2t-1)x, p_t = σ(z) and 1-p_t = σ(-z): both logs without cancellation.
+  const SigmoidParts<V> s = Sigmoid(o, sign * x);
+  const V mod = Modulating(o, s.log_q, gamma);  // (1-p_t)^γ
+  const V loss = alpha_t * mod * o.Neg(s.log_p);
+  // ∂ℓ/∂x = s α_t (1-p_t)^γ (γ p_t log p_t - (1-p_t)): the apex/mmcv form, no (γ-1) power.
+  const V grad = sign * alpha_t * mod * (gamma * s.p * s.log_p - s.q);
+  return {loss, grad};
+}
+
+/// §2 with a soft target t ∈ [0,1] (after label smoothing). α_t = alpha_pos·t + alpha_neg·(1-t).
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alpha_neg, V gamma) {
+  const V one = o.Set(1);
+  const SigmoidParts<V> s = Sigmoid(o, x);
+  const V u = one - t;
+  const V alpha_t = alpha_pos * t + alpha_neg * u;
+  const V ce = o.Neg(t * s.log_p + u * s.log_q);  // two non-negative terms: no cancellation
+  // log(1-p_t) = log(p(1-t) + (1-p)t) in log space: finite even where a 0/1 target saturates p.
+  const V log_1m_pt = LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t));
+  const V mod = Modulating(o, log_1m_pt, gamma);
+  // γ(1-p_t)^(γ-1) p(1-p) as one exponential whose exponent is ≤ 0 for every γ ≥ 0: it never
+  // overflows, and γ < 1 never raises 0 to a negative power.
+  const V second =
+      gamma * (t + t - one) * o.Exp((gamma - one) * log_1m_pt + s.log_p + s.log_q) * ce;
+  // p - t written as p(1-t) - (1-p)t: no cancellation of p - 1 at t = 1.
+  const V grad = alpha_t * (mod * (s.p * u - s.q * t) - second);
+  return {alpha_t * mod * ce, grad};
+}
+
+/// §2 with input = PROBABILITIES: the input is p itself and the gradient is ∂ℓ/∂p.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidFocalProbabilities(const Ops& o, V p, V t, V alpha_pos, V alpha_neg,
+                                               V gamma) {
+  const V one = o.Set(1);
+  const V zero = o.Zero();
+  const V q = one - p;
+  const V u = one - t;
+  const V alpha_t = alpha_pos * t + alpha_neg * u;
+  // PyTorch's BCELoss clamps each log at -100 so that p ∈ {0, 1} stays finite.
+  const V floor = o.Set(-100);
+  const V ce = o.Neg(t * o.Max(o.Log(p), floor) + u * o.Max(o.Log1p(o.Neg(p)), floor));
+  const V one_m_pt = p * u + q * t;
+  const V log_1m_pt = o.Log(one_m_pt);
+  const V mod = Modulating(o, log_1m_pt, gamma);
+  // ∂ce/∂p as BCELoss's backward: (p - t) / max(p(1-p), 1e-12).
+  const V dce = (p - t) / o.Max(p * q, o.Set(1e-12));
+  // ce·∂(1-p_t)^γ/∂p = γ(1-2t)(1-p_t)^(γ-1)·ce, as exp((γ-1)log(1-p_t) + log ce) so that γ < 1
+  // does not overflow; its limit where 1-p_t = 0 is 0 (ce vanishes as fast as 1-p_t).
+  const V dmod_ce = o.Select(o.Or(o.Eq(one_m_pt, zero), o.Eq(gamma, zero)), zero,
+                          gamma * (u - t) * o.Exp((gamma - one) * log_1m_pt + o.Log(ce)));
+  return {alpha_t * mod * ce, alpha_t * (mod * dce + dmod_ce)};
+}
+
+/// One class of §1 from its log-probability u = log p ≤ 0.
+template <class V>
+struct FocalTerm {
+  V f;  ///< -(1-p)^γ log p, the class's focal cross-entropy
+  V g;  ///< g(p) = (1-p)^γ (1 - γ p r(u)), r(u) = u / (1 - e^u)
+};
+
+template <class Ops, class V>
+FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, V gamma) {
+  const V one = o.Set(1);
+  const V one_m_p = o.Neg(o.Expm1(u));  // 1 - p, accurate as p → 1
+  const V mod = Modulating(o, o.Log(one_m_p), gamma);
+  // g equals (1-p)^γ - γp(1-p)^(γ-1) log p without the (γ-1) power, so γ < 1 stays finite;
+  // r → -1 as p → 1, and the select also covers the exact 0/0 at u = 0.
+  const V r = o.Select(o.Eq(one_m_p, o.Zero()), o.Neg(one), u / one_m_p);
+  return {o.Neg(mod * u), mod * (one - gamma * o.Exp(u) * r)};
+}
+
+/// Per-row coefficients of §3's gradient: ∂ℓ/∂x_j = coef_x·x_j + coef_p·p_j + [j=y]·coef_target,
+/// with p_j = exp(x_j·z_scale - lse) the softmax of the normalised logits.
+template <class V>
+struct FocalCosineRow {
+  V loss;
+  V coef_x, coef_p, coef_target;
+};
+
+/// The normalisation of §3: z = x·z_scale with z_scale = 1 / max(‖x‖, 1e-12) (F.normalize).
+template <class Ops, class V>
+FOCAL_HD V CosineZScale(const Ops& o, V sum_squares) {
+  return o.Set(1) / o.Max(o.Sqrt(sum_squares), o.Set(1e-12));
+}
+
+/// §3 for one row, from ‖x‖², the target logit x_y, and the softmax sums of z = x·z_scale
+/// about its maximum z_max: s = Σ e^(z_j - z_max) and tz = Σ z_j e^(z_j - z_max).
+/// `w` is the upstream weight of this row. Returns lse in `lse_out` for the per-element pass.
+template <class Ops, class V>
+FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V s, V tz,
+                                       V alpha, V gamma, V xent, V w, V& lse_out) {
+  const V one = o.Set(1);
+  const V norm = o.Sqrt(sum_squares);
+  const V z_scale = CosineZScale(o, sum_squares);
+  const V norm_eps = o.Sqrt(sum_squares + o.Set(1e-12));  // cosine_embedding_loss's denominator
+  const V cosine = x_y / norm_eps;
+  const V z_y = x_y * z_scale;
+  const V lse = z_max + o.Log(s);
+  lse_out = lse;
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, z_y - lse, gamma);
+  // Focal part: G_j = g (p_j - [j=y]) w.r.t. z; through z = x/‖x‖ it becomes (G - z (z·G))/‖x‖,
+  // and z·G = g (Σ z_j p_j - z_y). Below ‖x‖ = 1e-12, F.normalize divides by the constant 1e-12
+  // and the projection drops out.
+  const V k = w * xent * alpha * term.g;
+  const V z_dot_g = tz / s - z_y;
+  const V projection = o.Select(o.Lt(o.Set(1e-12), norm), k * z_dot_g * z_scale * z_scale, o.Zero());
+  FocalCosineRow<V> row;
+  row.loss = (one - cosine) + xent * alpha * term.f;
+  // Cosine part: ∂cos/∂x_j = [j=y]/n - x_y x_j / n³ with n = norm_eps.
+  row.coef_x = w * x_y / (norm_eps * norm_eps * norm_eps) - projection;
+  row.coef_p = k * z_scale;
+  row.coef_target = o.Neg(w) / norm_eps - k * z_scale;
+  return row;
+}

@@ -1,0 +1,36 @@
+// The math-ops policy for scalars. The formulas in focal/math.h are templates over a policy
+// that supplies transcendental functions, comparisons and selects; arithmetic uses the value
+// type's operators. ScalarOps<float> serves CUDA kernels and tests, ScalarOps<double> the
+// float64 path; the CPU backend supplies a Highway vector policy with the same members.
+#pragma once
+
+#include <cmath>
+
+#include "focal/hd.h"
+
+namespace focal {
+
+template <typename T>
+struct ScalarOps {
+  using V = T;     ///< value type the formulas compute in
+  using M = bool;  ///< result of a comparison
+
+  FOCAL_HD V Set(double c) const { return static_cast<T>(c); }
+  FOCAL_HD V Zero() const { return T(0); }
+  FOCAL_HD V Exp(V a) const { return std::exp(a); }
+  FOCAL_HD V Log(V a) const { return std::log(a); }
+  FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
+  FOCAL_HD V Expm1(V a) const { return std::expm1(a); }
+  FOCAL_HD V Sqrt(V a) const { return std::sqrt(a); }
+  FOCAL_HD V Abs(V a) const { return std::fabs(a); }
+  FOCAL_HD V Neg(V a) const { return -a; }
+  FOCAL_HD V Max(V a, V b) const { return a > b ? a : b; }
+  FOCAL_HD V Min(V a, V b) const { return a < b ? a : b; }
+  FOCAL_HD M Lt(V a, V b) const { return a < b; }
+  FOCAL_HD M Le(V a, V b) const { return a <= b; }
+  FOCAL_HD M Eq(V a, V b) const { return a == b; }
+  FOCAL_HD M Or(M a, M b) const { return a || b; }
+  FOCAL_HD V Select(M m, V a, V b) const { return m ? a : b; }
+};
+
+}  // namespace focal

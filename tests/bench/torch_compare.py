@@ -1,0 +1,407 @@
+#!/usr/bin/python3
+"""Compare FocalServe's C++ CPU kernels with PyTorch on this machine.
+
+Run with Debian's interpreter, which has torch, torchvision and numpy:
+
+    /usr/bin/python3 tests/bench/torch_compare.py [--cpu-bench PATH] [--repeats N]
+                                                   [--quick] [--markdown]
+
+What it measures (forward + backward, float32, random normal logits):
+
+* sigmoid_focal: torchvision.ops.sigmoid_focal_loss(x, t, alpha=0.25, gamma=2,
+  reduction='mean') with a float one-hot target t of the same shape
+  (VARIANTS.md section 2).
+* softmax_focal: the seed's multi-class focal loss in plain torch, gamma=2, no alpha,
+  mean over rows (VARIANTS.md section 1):
+      logp = F.log_softmax(x, dim=1); logpt = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+      pt = logpt.exp(); loss = (-(1 - pt) ** gamma * logpt).mean()
+
+Each (shape, variant) gets one warm-up run (--warmup), more while the run still page-faults
+(up to --max-warmup, see keep_heap_warm), then the median of --repeats runs timed with
+time.perf_counter; elements/s = numel(logits) / seconds. torch runs with
+torch.set_num_threads(2), and glibc malloc is told to keep freed memory (--malloc-default
+to leave it alone), since fresh-page faults dominate torch's time on this VM otherwise.
+
+With --cpu-bench, the Google Benchmark (1.7) binary is run in the same invocation:
+    PATH --benchmark_format=json --benchmark_filter=<regex> --benchmark_min_time=0.5
+and its `<variant>/<shape>` entries (items_per_second = logits elements per second,
+real_time) are set against torch's figures and against `copy/<shape>`, a plain copy of the
+same bytes (the memory-bandwidth floor). Names it does not report print as n/a.
+
+Targets (from the performance issue), printed next to the figures:
+    sigmoid_focal >= 10x torchvision, softmax_focal >= 2x torch,
+    our time <= 2x the copy floor's time where the kernel is memory-bound.
+"""
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    import torchvision.ops
+except ImportError as e:  # the `python3` on PATH has no torch
+    sys.exit(f"torch_compare.py: {e}; run it with /usr/bin/python3 (Debian's, with torch)")
+
+THREADS = 2
+GAMMA = 2.0
+ALPHA = 0.25
+CPU_BENCH_MIN_TIME = "0.5"  # Google Benchmark 1.7: a plain number of seconds
+
+FULL_SHAPES = [(65536, 80), (4096, 1000), (256, 32768), (8, 19, 512, 512)]
+# --quick: the same shapes with N divided by 8 (about 1/8 of the elements each).
+QUICK_SHAPES = [(8192, 80), (512, 1000), (32, 32768), (1, 19, 512, 512)]
+
+VARIANTS = ["sigmoid_focal", "softmax_focal"]
+TORCH_NAME = {"sigmoid_focal": "torchvision.ops.sigmoid_focal_loss",
+              "softmax_focal": "seed softmax focal (plain torch)"}
+# (minimum speed-up over torch, description)
+SPEEDUP_TARGET = {"sigmoid_focal": 10.0, "softmax_focal": 2.0}
+COPY_TARGET = 2.0  # our time / copy time, where memory-bound
+WARM_FAULT_LIMIT = 256  # pages (1 MiB): a warm-up run below this counts as steady
+
+
+def shape_name(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# --------------------------------------------------------------------------- torch side
+
+def keep_heap_warm():
+    """Make glibc malloc keep freed memory instead of returning it to the kernel.
+
+    torch's CPU allocator is plain malloc: every temporary of these sizes is a fresh mmap,
+    and on this VM the page faults that follow cost more than the arithmetic (the sigmoid
+    loss at 8192x80 swings between 5 and 50 ms from run to run). With mmap and trimming off
+    trim threshold the heap stays faulted in after the warm-up, as with jemalloc/tcmalloc,
+    and the figures are both stable and the faster ones for torch. --malloc-default skips
+    this. Returns a description of the mode.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+        ok = (libc.mallopt(M_MMAP_MAX, 0) == 1
+              and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1  # -1: never trim
+              and libc.mallopt(M_TOP_PAD, 64 << 20) == 1
+              and libc.mallopt(M_ARENA_MAX, 1) == 1)
+    except (OSError, AttributeError):
+        ok = False
+    return ("warm heap (glibc mallopt: no mmap, no trim, one arena)" if ok
+            else "glibc malloc defaults (mallopt failed)")
+
+
+def make_inputs(shape, gen):
+    """Random normal logits (never exactly zero), integer classes along dim 1, float one-hot."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float32)
+    x[x == 0] = 1e-3  # randn practically never returns 0.0; make sure of it
+    c = shape[1]
+    y_shape = (shape[0],) + tuple(shape[2:])
+    y = torch.randint(0, c, y_shape, generator=gen, dtype=torch.int64)
+    t = torch.zeros(shape, dtype=torch.float32)
+    t.scatter_(1, y.unsqueeze(1), 1.0)
+    x.requires_grad_(True)
+    return x, y, t
+
+
+def sigmoid_focal_step(x, y, t):
+    loss = torchvision.ops.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean")
+    loss.backward()
+    return loss
+
+
+def softmax_focal_step(x, y, t):
+    logp = F.log_softmax(x, dim=1)
+    logpt = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+    pt = logpt.exp()
+    loss = (-(1 - pt) ** GAMMA * logpt).mean()
+    loss.backward()
+    return loss
+
+
+STEPS = {"sigmoid_focal": sigmoid_focal_step, "softmax_focal": softmax_focal_step}
+
+
+def _minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_torch(step, x, y, t, repeats, warmup, max_warmup):
+    """Warm-up, then the median of `repeats` timed forward+backward runs.
+
+    At least `warmup` warm-up runs; with the warm heap, warm-up goes on (up to `max_warmup`)
+    while a run still page-faults in more than WARM_FAULT_LIMIT pages, i.e. while malloc is
+    still growing the heap to its steady size. Returns (median seconds, warm-up runs,
+    page faults of each timed run).
+    """
+    def one():
+        x.grad = None
+        f0 = _minor_faults()
+        t0 = time.perf_counter()
+        loss = step(x, y, t)
+        dt = time.perf_counter() - t0
+        faults = _minor_faults() - f0
+        if not torch.isfinite(loss) or x.grad is None:
+            raise RuntimeError("torch step produced a non-finite loss or no gradient")
+        return dt, faults
+
+    n_warm = 0
+    while n_warm < max(warmup, max_warmup):
+        _, faults = one()
+        n_warm += 1
+        if n_warm >= warmup and faults <= WARM_FAULT_LIMIT:
+            break
+    runs = [one() for _ in range(repeats)]
+    x.grad = None
+    return statistics.median(r[0] for r in runs), n_warm, [r[1] for r in runs]
+
+
+def run_torch(shapes, repeats, warmup, max_warmup, log):
+    """Returns {(variant, shape_name): seconds}."""
+    gen = torch.Generator().manual_seed(20240601)
+    res = {}
+    for shape in shapes:
+        x, y, t = make_inputs(shape, gen)
+        n = numel(shape)
+        for v in VARIANTS:
+            sec, n_warm, faults = time_torch(STEPS[v], x, y, t, repeats, warmup, max_warmup)
+            res[(v, shape_name(shape))] = sec
+            log(f"  torch {v:14s} {shape_name(shape):>14s}  {sec * 1e3:9.2f} ms  "
+                f"{fmt_rate(n / sec):>6s} elem/s  (warm-up runs {n_warm}, "
+                f"page faults per timed run {faults})")
+        del x, y, t
+        gc.collect()
+    return res
+
+
+# --------------------------------------------------------------------------- C++ side
+
+_TIME_UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def cpu_bench_filter(shapes):
+    names = "|".join(re.escape(shape_name(s)) for s in shapes)
+    kinds = "|".join(VARIANTS + ["copy"])
+    # No end anchor: Google Benchmark may append /real_time, /min_time:... etc.
+    # Exact names are matched when parsing.
+    return f"^({kinds})/({names})"
+
+
+def run_cpu_bench(path, shapes, timeout, log):
+    """Runs the C++ benchmark; returns {(kind, shape_name): {"ips": .., "real_s": ..}}."""
+    cmd = [path, "--benchmark_format=json",
+           f"--benchmark_filter={cpu_bench_filter(shapes)}",
+           f"--benchmark_min_time={CPU_BENCH_MIN_TIME}"]
+    log("  $ " + " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"  C++ benchmark failed to run: {e}")
+        return {}
+    if proc.returncode != 0:
+        log(f"  C++ benchmark exited with status {proc.returncode}")
+    if proc.stderr.strip():
+        for line in proc.stderr.strip().splitlines()[-10:]:
+            log("  [stderr] " + line)
+    out = proc.stdout
+    start = out.find("{")
+    if start < 0:
+        log("  C++ benchmark printed no JSON on stdout")
+        return {}
+    try:
+        data = json.JSONDecoder().raw_decode(out[start:])[0]
+    except ValueError as e:
+        log(f"  could not parse the C++ benchmark's JSON: {e}")
+        return {}
+
+    wanted = {shape_name(s) for s in shapes}
+    samples = {}
+    for b in data.get("benchmarks", []):
+        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+            continue
+        name = b.get("run_name") or b.get("name", "")
+        parts = name.split("/")
+        if len(parts) < 2 or parts[0] not in VARIANTS + ["copy"] or parts[1] not in wanted:
+            continue
+        ips = b.get("items_per_second")
+        rt = b.get("real_time")
+        unit = _TIME_UNIT.get(b.get("time_unit", "ns"), 1e-9)
+        samples.setdefault((parts[0], parts[1]), []).append(
+            (float(ips) if ips is not None else None,
+             float(rt) * unit if rt is not None else None))
+    res = {}
+    for key, runs in samples.items():  # median over --benchmark_repetitions, if any
+        ips = [r[0] for r in runs if r[0] is not None]
+        rts = [r[1] for r in runs if r[1] is not None]
+        res[key] = {"ips": statistics.median(ips) if ips else None,
+                    "real_s": statistics.median(rts) if rts else None}
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+def fmt_rate(r):
+    if r is None:
+        return "n/a"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if r >= div:
+            return f"{r / div:.3g}{suf}"
+    return f"{r:.3g}"
+
+
+def fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def build_rows(shapes, torch_res, cpp, have_cpp):
+    rows = []
+    for shape in shapes:
+        sn = shape_name(shape)
+        n = numel(shape)
+        copy = cpp.get(("copy", sn), {})
+        for v in VARIANTS:
+            t_sec = torch_res[(v, sn)]
+            t_rate = n / t_sec
+            ours = cpp.get((v, sn), {})
+            o_rate = ours.get("ips")
+            ratio = o_rate / t_rate if o_rate else None
+            vs_copy = (ours["real_s"] / copy["real_s"]
+                       if ours.get("real_s") and copy.get("real_s") else None)
+            tgt = SPEEDUP_TARGET[v]
+            speed_ok = None if ratio is None else ratio >= tgt
+            copy_ok = None if vs_copy is None else vs_copy <= COPY_TARGET
+            row = {"shape": sn, "variant": v,
+                   "torch_ms": f"{t_sec * 1e3:.2f}",
+                   "torch": fmt_rate(t_rate)}
+            if have_cpp:
+                row.update({
+                    "ours": fmt_rate(o_rate),
+                    "ratio": fmt_ratio(ratio),
+                    "target": f">={tgt:g}x " + ("-" if speed_ok is None
+                                                else "ok" if speed_ok else "MISS"),
+                    "copy": fmt_rate(copy.get("ips")),
+                    "vs_copy": fmt_ratio(vs_copy),
+                    "copy_target": f"<={COPY_TARGET:g}x " + ("-" if copy_ok is None
+                                                            else "ok" if copy_ok else "over"),
+                })
+            rows.append(row)
+    return rows
+
+
+COLUMNS = [("shape", "shape"), ("variant", "variant"), ("torch_ms", "torch ms"),
+           ("torch", "torch elem/s"), ("ours", "ours elem/s"), ("ratio", "ours/torch"),
+           ("target", "target"), ("copy", "copy elem/s"), ("vs_copy", "ours/copy time"),
+           ("copy_target", "copy target")]
+
+
+def print_table(rows, have_cpp, markdown):
+    cols = [c for c in COLUMNS if have_cpp or c[0] in ("shape", "variant", "torch_ms", "torch")]
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in cols]
+    left = {"shape", "variant"}
+
+    def cell(k, s, w):
+        return s.ljust(w) if k in left else s.rjust(w)
+
+    print("  ".join(cell(k, h, w) for (k, h), w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(cell(k, r[k], w) for (k, _), w in zip(cols, widths)))
+    if markdown:
+        print()
+        print("| " + " | ".join(h for _, h in cols) + " |")
+        print("| " + " | ".join("---" if k in left else "---:" for k, _ in cols) + " |")
+        for r in rows:
+            print("| " + " | ".join(r[k] for k, _ in cols) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu-bench", metavar="PATH",
+                    help="the C++ Google Benchmark executable (omit: torch figures only)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed torch runs per case after one warm-up; the median is kept "
+                         "(default 5)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller shapes (N / 8) for a smoke run: "
+                         + ", ".join(shape_name(s) for s in QUICK_SHAPES))
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the result table as a Markdown table too")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="minimum warm-up runs per case (default 1)")
+    ap.add_argument("--max-warmup", type=int, default=4,
+                    help="with the warm heap, keep warming up (up to this many runs) while a "
+                         "warm-up run still page-faults (default 4; set to --warmup for "
+                         "exactly that many)")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc malloc as it is (every large torch temporary is a fresh "
+                         "mmap, page-faulted on each run); default: keep the heap warm")
+    ap.add_argument("--cpu-bench-timeout", type=float, default=900, metavar="SEC",
+                    help="give up on the C++ benchmark after SEC seconds (default 900)")
+    args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    if args.warmup < 0 or args.max_warmup < 0:
+        ap.error("--warmup and --max-warmup must be >= 0")
+    if args.cpu_bench and not os.access(args.cpu_bench, os.X_OK):
+        ap.error(f"--cpu-bench {args.cpu_bench}: not an executable file")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    torch.set_num_threads(THREADS)
+    alloc = "glibc malloc defaults (--malloc-default)" if args.malloc_default else keep_heap_warm()
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    t_start = time.perf_counter()
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}; "
+          f"torch.set_num_threads({THREADS}) -> {torch.get_num_threads()} threads "
+          f"(os.cpu_count() = {os.cpu_count()})")
+    print(f"float32 random normal logits, forward+backward of the mean loss, gamma={GAMMA:g}"
+          f" (sigmoid: alpha={ALPHA:g}); warm-up (>= {args.warmup} run(s), more while the heap"
+          f" still grows) + median of {args.repeats} runs"
+          + ("; --quick shapes" if args.quick else ""))
+    print(f"torch allocator: {alloc}")
+    for v in VARIANTS:
+        print(f"  torch {v}: {TORCH_NAME[v]}")
+
+    log("timing torch ...")
+    # Under --malloc-default every run faults, so extra warm-up would buy nothing.
+    max_warmup = args.warmup if args.malloc_default else args.max_warmup
+    torch_res = run_torch(shapes, args.repeats, args.warmup, max_warmup, log)
+
+    cpp = {}
+    if args.cpu_bench:
+        log("running the C++ benchmark ...")
+        cpp = run_cpu_bench(args.cpu_bench, shapes, args.cpu_bench_timeout, log)
+        print(f"C++ benchmark: {args.cpu_bench} (min_time {CPU_BENCH_MIN_TIME} s); "
+              f"{len(cpp)} of {len(shapes) * (len(VARIANTS) + 1)} expected entries found")
+    print()
+    print("targets: sigmoid_focal >= 10x torchvision; softmax_focal >= 2x torch; "
+          "our time <= 2x the copy floor where memory-bound")
+    print()
+    rows = build_rows(shapes, torch_res, cpp, bool(args.cpu_bench))
+    print_table(rows, bool(args.cpu_bench), args.markdown)
+    print()
+    print(f"total runtime {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
