@@ -430,25 +430,36 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       max = std::max(max, hn::GetLane(x));
     }
     if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
-    auto vsum = hn::Zero(d);
-    T sum = 0;
+    auto vrest = hn::Zero(d), vties = hn::Zero(d);
+    T rest = -1;  // LogSumExp's rest: Σ e^(x - max) without the maximum's own 1
     for (c = 0; c + lanes <= C; c += lanes) {
-      vsum = hn::Add(vsum, o.Exp(hn::Sub(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, max))));
+      const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+      vrest = hn::Add(vrest, math::RestTerm(o, x, hn::Set(d, max)));
+      vties = hn::Add(vties, math::TieTerm(o, x, hn::Set(d, max)));
     }
-    for (; c < C; ++c) sum += hn::GetLane(o1.Exp(hn::Sub(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, max))));
-    const T lse = max + std::log(sum + SumLanes(d, vsum));
+    for (; c < C; ++c) {
+      const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
+      rest += hn::GetLane(hn::Add(math::RestTerm(o1, x, hn::Set(d1, max)), math::TieTerm(o1, x, hn::Set(d1, max))));
+    }
+    rest += SumLanes(d, vties);
+    rest += SumLanes(d, vrest);
+    const T log_norm = math::LogNormalizer(so, rest);
+    auto log_prob = [&](auto dv, int64_t cc) {  // log p of classes [cc, cc + lanes)
+      return math::LogProb(HwyOps<decltype(dv)>{dv}, LoadFloat(dv, a.logits, a.logits_dtype, base + cc),
+                           hn::Set(dv, max), hn::Set(dv, log_norm));
+    };
     const T w = static_cast<T>(ItemWeight<T>(a, row));
     T loss;
     if (eps == 0) {
       const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
       const T alpha_y = a.class_alpha ? a.class_alpha[y] : T(1);
-      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(so, x_y - lse, gamma);
+      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(so, math::LogProb(so, x_y, max, log_norm), gamma);
       loss = alpha_y * term.f;
       if (a.gradient) {
         // ∂ℓ/∂x_j = α_y g(p_y) (p_j - [j = y])
         const T k = w * alpha_y * term.g;
         auto grad_at = [&](auto dv, auto div, int64_t cc) {
-          const auto p = hn::Exp(dv, hn::Sub(LoadFloat(dv, a.logits, a.logits_dtype, base + cc), hn::Set(dv, lse)));
+          const auto p = hn::Exp(dv, log_prob(dv, cc));
           const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
           const auto g = hn::Mul(hn::Set(dv, k), hn::Sub(p, hn::IfThenElseZero(is_y, hn::Set(dv, 1))));
           StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
@@ -467,15 +478,13 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       auto vloss = hn::Zero(d), vw = hn::Zero(d);
       T tail_loss = 0, tail_w = 0;
       for (c = 0; c + lanes <= C; c += lanes) {
-        const auto u = hn::Sub(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, lse));
-        const auto term = math::SoftmaxFocalTerm(o, u, hn::Set(d, gamma));
+        const auto term = math::SoftmaxFocalTerm(o, log_prob(d, c), hn::Set(d, gamma));
         const auto qa = qa_of(d, di, c);
         vloss = hn::MulAdd(qa, term.f, vloss);
         vw = hn::MulAdd(qa, term.g, vw);
       }
       for (; c < C; ++c) {
-        const auto u = hn::Sub(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, lse));
-        const auto term = math::SoftmaxFocalTerm(o1, u, hn::Set(d1, gamma));
+        const auto term = math::SoftmaxFocalTerm(o1, log_prob(d1, c), hn::Set(d1, gamma));
         const auto qa = qa_of(d1, di1, c);
         tail_loss += hn::GetLane(hn::Mul(qa, term.f));
         tail_w += hn::GetLane(hn::Mul(qa, term.g));
@@ -485,7 +494,7 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       if (a.gradient) {
         auto grad_at = [&](auto dv, auto div, int64_t cc) {
           const HwyOps<decltype(dv)> ov{dv};
-          const auto u = hn::Sub(LoadFloat(dv, a.logits, a.logits_dtype, base + cc), hn::Set(dv, lse));
+          const auto u = log_prob(dv, cc);
           const auto term = math::SoftmaxFocalTerm(ov, u, hn::Set(dv, gamma));
           const auto g = hn::Mul(hn::Set(dv, w), hn::Sub(hn::Mul(hn::Exp(dv, u), hn::Set(dv, W)),
                                                          hn::Mul(qa_of(dv, div, cc), term.g)));
@@ -523,26 +532,28 @@ HWY_INLINE void SoftmaxStridedStep(D d, DI di, const KernelArgs& a, int64_t p, L
     r.bad_input |= AnyBadInput(d, a, x);
     max = hn::Max(max, x);
   }
-  auto sum_exp = hn::Zero(d), x_y = hn::Zero(d), alpha_y = hn::Zero(d);
+  auto rest = hn::Zero(d), ties = hn::Set(d, -1), x_y = hn::Zero(d), alpha_y = hn::Zero(d);
   for (int64_t c = 0; c < C; ++c) {
     const auto x = x_at(c);
-    sum_exp = hn::Add(sum_exp, o.Exp(hn::Sub(x, max)));
+    rest = hn::Add(rest, math::RestTerm(o, x, max));
+    ties = hn::Add(ties, math::TieTerm(o, x, max));
     x_y = hn::IfThenElse(is_y(c), x, x_y);  // the target logit, captured without a gather
     alpha_y = hn::IfThenElse(is_y(c), alpha_at(c), alpha_y);
   }
-  const auto lse = hn::Add(max, o.Log(sum_exp));
+  const auto log_norm = math::LogNormalizer(o, hn::Add(ties, rest));
+  auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
   auto w = hn::Set(d, static_cast<T>(a.grad_scale));
   if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
   w = hn::IfThenElseZero(valid, w);
   const auto gamma = o.Set(a.gamma);
   hn::Vec<D> loss;
   if (a.smoothing == 0) {
-    const auto term = math::SoftmaxFocalTerm(o, hn::Sub(x_y, lse), gamma);
+    const auto term = math::SoftmaxFocalTerm(o, math::LogProb(o, x_y, max, log_norm), gamma);
     loss = hn::Mul(alpha_y, term.f);
     if (a.gradient) {
       const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
       for (int64_t c = 0; c < C; ++c) {
-        const auto prob = o.Exp(hn::Sub(x_at(c), lse));
+        const auto prob = o.Exp(log_prob(c));
         const auto g = hn::Mul(k, hn::Sub(prob, hn::IfThenElseZero(is_y(c), o.Set(1))));
         StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
       }
@@ -556,13 +567,13 @@ HWY_INLINE void SoftmaxStridedStep(D d, DI di, const KernelArgs& a, int64_t p, L
     loss = hn::Zero(d);
     auto W = hn::Zero(d);
     for (int64_t c = 0; c < C; ++c) {
-      const auto term = math::SoftmaxFocalTerm(o, hn::Sub(x_at(c), lse), gamma);
+      const auto term = math::SoftmaxFocalTerm(o, log_prob(c), gamma);
       loss = hn::MulAdd(qa_at(c), term.f, loss);
       W = hn::MulAdd(qa_at(c), term.g, W);
     }
     if (a.gradient) {
       for (int64_t c = 0; c < C; ++c) {
-        const auto u = hn::Sub(x_at(c), lse);
+        const auto u = log_prob(c);
         const auto term = math::SoftmaxFocalTerm(o, u, gamma);
         const auto g = hn::Mul(w, hn::Sub(hn::Mul(o.Exp(u), W), hn::Mul(qa_at(c), term.g)));
         StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
@@ -630,32 +641,37 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     const T z_scale = math::CosineZScale(so, sum_squares);
     const T z_max = max * z_scale;  // z_scale > 0, so max z = z_scale · max x
     // Pass 2: Σ e^(z - z_max) and Σ z e^(z - z_max).
-    auto vs = hn::Zero(d), vtz = hn::Zero(d);
-    T s = 0, tz = 0;
+    const HwyOps<decltype(d)> o{d};
+    const HwyOps<decltype(d1)> o1{d1};
+    auto vrest = hn::Zero(d), vties = hn::Zero(d), vtz = hn::Zero(d);
+    T rest = -1, tz = 0;  // rest as for LogSumExp; tz = Σ z e^(z - z_max)
     for (c = 0; c + lanes <= C; c += lanes) {
       const auto z = hn::Mul(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, z_scale));
-      const auto e = hn::Exp(d, hn::Sub(z, hn::Set(d, z_max)));
-      vs = hn::Add(vs, e);
-      vtz = hn::MulAdd(z, e, vtz);
+      const auto zm = hn::Set(d, z_max);
+      vrest = hn::Add(vrest, math::RestTerm(o, z, zm));
+      vties = hn::Add(vties, math::TieTerm(o, z, zm));
+      vtz = hn::MulAdd(z, o.Exp(hn::Sub(z, zm)), vtz);
     }
     for (; c < C; ++c) {
-      const T z = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c)) * z_scale;
-      const T e = hn::GetLane(hn::Exp(d1, hn::Set(d1, z - z_max)));
-      s += e;
-      tz += z * e;
+      const auto z = hn::Mul(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, z_scale));
+      const auto zm = hn::Set(d1, z_max);
+      rest += hn::GetLane(hn::Add(math::RestTerm(o1, z, zm), math::TieTerm(o1, z, zm)));
+      tz += hn::GetLane(hn::Mul(z, o1.Exp(hn::Sub(z, zm))));
     }
-    s += SumLanes(d, vs);
+    rest += SumLanes(d, vties);
+    rest += SumLanes(d, vrest);
     tz += SumLanes(d, vtz);
     const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
-    T lse;
+    T log_norm;
     const math::FocalCosineRow<T> rc = math::FocalCosine(
-        so, sum_squares, x_y, z_max, s, tz, static_cast<T>(a.cosine_alpha), static_cast<T>(a.gamma),
-        static_cast<T>(a.xent), static_cast<T>(ItemWeight<T>(a, row)), lse);
+        so, sum_squares, x_y, z_max, rest, tz, static_cast<T>(a.cosine_alpha), static_cast<T>(a.gamma),
+        static_cast<T>(a.xent), static_cast<T>(ItemWeight<T>(a, row)), log_norm);
     if (a.gradient) {
       auto grad_at = [&](auto dv, int64_t cc) {
         const hn::RebindToSigned<decltype(dv)> div;
         const auto x = LoadFloat(dv, a.logits, a.logits_dtype, base + cc);
-        const auto p = hn::Exp(dv, hn::Sub(hn::Mul(x, hn::Set(dv, z_scale)), hn::Set(dv, lse)));
+        const auto p = hn::Exp(dv, math::LogProb(HwyOps<decltype(dv)>{dv}, hn::Mul(x, hn::Set(dv, z_scale)),
+                                                 hn::Set(dv, z_max), hn::Set(dv, log_norm)));
         const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
         auto g = hn::MulAdd(hn::Set(dv, rc.coef_x), x, hn::Mul(hn::Set(dv, rc.coef_p), p));
         g = hn::Add(g, hn::IfThenElseZero(is_y, hn::Set(dv, rc.coef_target)));

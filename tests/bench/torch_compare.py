@@ -65,7 +65,7 @@ QUICK_SHAPES = [(8192, 80), (512, 1000), (32, 32768), (1, 19, 512, 512)]
 VARIANTS = ["sigmoid_focal", "softmax_focal"]
 TORCH_NAME = {"sigmoid_focal": "torchvision.ops.sigmoid_focal_loss",
               "softmax_focal": "seed softmax focal (plain torch)"}
-# (minimum speed-up over torch, description)
+# minimum speed-up of ours over torch, per variant
 SPEEDUP_TARGET = {"sigmoid_focal": 10.0, "softmax_focal": 2.0}
 COPY_TARGET = 2.0  # our time / copy time, where memory-bound
 WARM_FAULT_LIMIT = 256  # pages (1 MiB): a warm-up run below this counts as steady
@@ -89,10 +89,11 @@ def keep_heap_warm():
 
     torch's CPU allocator is plain malloc: every temporary of these sizes is a fresh mmap,
     and on this VM the page faults that follow cost more than the arithmetic (the sigmoid
-    loss at 8192x80 swings between 5 and 50 ms from run to run). With mmap and trimming off
-    trim threshold the heap stays faulted in after the warm-up, as with jemalloc/tcmalloc,
-    and the figures are both stable and the faster ones for torch. --malloc-default skips
-    this. Returns a description of the mode.
+    loss at 8192x80 swings between 5 and 50 ms from run to run, and is ~10x slower than
+    steady state at 8x19x512x512). With mmap and trimming off and one arena, the heap stays
+    faulted in once the warm-up has grown it to its peak, much as with jemalloc/tcmalloc, and
+    the figures are both stable and the faster (conservative) ones for torch.
+    --malloc-default skips this. Returns a description of the mode.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -148,7 +149,7 @@ def time_torch(step, x, y, t, repeats, warmup, max_warmup):
     At least `warmup` warm-up runs; with the warm heap, warm-up goes on (up to `max_warmup`)
     while a run still page-faults in more than WARM_FAULT_LIMIT pages, i.e. while malloc is
     still growing the heap to its steady size. Returns (median seconds, warm-up runs,
-    page faults of each timed run).
+    page faults of each timed run, (fastest, slowest) timed run in seconds).
     """
     def one():
         x.grad = None
@@ -169,7 +170,8 @@ def time_torch(step, x, y, t, repeats, warmup, max_warmup):
             break
     runs = [one() for _ in range(repeats)]
     x.grad = None
-    return statistics.median(r[0] for r in runs), n_warm, [r[1] for r in runs]
+    times = [r[0] for r in runs]
+    return statistics.median(times), n_warm, [r[1] for r in runs], (min(times), max(times))
 
 
 def run_torch(shapes, repeats, warmup, max_warmup, log):
@@ -180,11 +182,11 @@ def run_torch(shapes, repeats, warmup, max_warmup, log):
         x, y, t = make_inputs(shape, gen)
         n = numel(shape)
         for v in VARIANTS:
-            sec, n_warm, faults = time_torch(STEPS[v], x, y, t, repeats, warmup, max_warmup)
+            sec, n_warm, faults, (lo, hi) = time_torch(STEPS[v], x, y, t, repeats, warmup, max_warmup)
             res[(v, shape_name(shape))] = sec
             log(f"  torch {v:14s} {shape_name(shape):>14s}  {sec * 1e3:9.2f} ms  "
-                f"{fmt_rate(n / sec):>6s} elem/s  (warm-up runs {n_warm}, "
-                f"page faults per timed run {faults})")
+                f"{fmt_rate(n / sec):>6s} elem/s  (runs {lo * 1e3:.2f}..{hi * 1e3:.2f} ms, "
+                f"warm-up runs {n_warm}, page faults per timed run {faults})")
         del x, y, t
         gc.collect()
     return res
@@ -260,6 +262,7 @@ def run_cpu_bench(path, shapes, timeout, log):
 def fmt_rate(r):
     if r is None:
         return "n/a"
+    r = float(f"{r:.3g}")  # round first, so 999.6M prints as 1G, not 1e+03M
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if r >= div:
             return f"{r / div:.3g}{suf}"
@@ -337,7 +340,7 @@ def main():
     ap.add_argument("--cpu-bench", metavar="PATH",
                     help="the C++ Google Benchmark executable (omit: torch figures only)")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="timed torch runs per case after one warm-up; the median is kept "
+                    help="timed torch runs per case after the warm-up; the median is kept "
                          "(default 5)")
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes (N / 8) for a smoke run: "

@@ -109,6 +109,33 @@ FOCAL_HD LossGrad<V> SigmoidFocalProbabilities(const Ops& o, V p, V t, V alpha_p
   return {alpha_t * mod * ce, alpha_t * (mod * dce + dmod_ce)};
 }
 
+/// log-softmax of one class: log p = (x - m) - log(1 + rest), with m the row maximum and
+/// rest = Σ_j e^(x_j - m) - 1 accumulated without the maximum's own 1 (RestTerm, TieTerm).
+/// Subtracting m first and taking log1p of rest keeps log p of a confident row (p → 1) accurate
+/// to the last digits; x - (m + log Σ) would round the small normaliser away.
+template <class Ops, class V>
+FOCAL_HD V LogProb(const Ops& o, V x, V max, V log_normalizer) {
+  return (x - max) - log_normalizer;
+}
+
+/// log(1 + rest): the log-normaliser of LogProb.
+template <class Ops, class V>
+FOCAL_HD V LogNormalizer(const Ops& o, V rest) {
+  return o.Log1p(rest);
+}
+
+/// One class's term of `rest` for LogSumExp: e^(x - m) for classes below the maximum, 0 for
+/// those equal to it. Those are counted apart (TieTerm), so rest = Σ RestTerm + Σ TieTerm - 1
+/// carries no rounding from adding small terms to 1.
+template <class Ops, class V>
+FOCAL_HD V RestTerm(const Ops& o, V x, V max) {
+  return o.Select(o.Eq(x, max), o.Zero(), o.Exp(x - max));
+}
+template <class Ops, class V>
+FOCAL_HD V TieTerm(const Ops& o, V x, V max) {
+  return o.Select(o.Eq(x, max), o.Set(1), o.Zero());
+}
+
 /// One class of §1 from its log-probability u = log p ≤ 0.
 template <class V>
 struct FocalTerm {
@@ -142,20 +169,22 @@ FOCAL_HD V CosineZScale(const Ops& o, V sum_squares) {
 }
 
 /// §3 for one row, from ‖x‖², the target logit x_y, and the softmax sums of z = x·z_scale
-/// about its maximum z_max: s = Σ e^(z_j - z_max) and tz = Σ z_j e^(z_j - z_max).
-/// `w` is the upstream weight of this row. Returns lse in `lse_out` for the per-element pass.
+/// about its maximum z_max: `rest` as for LogSumExp and tz = Σ z_j e^(z_j - z_max).
+/// `w` is the upstream weight of this row. Returns the log-normaliser of z in `log_norm_out`
+/// for the per-element pass (p_j = exp(LogProb(z_j, z_max, log_norm))).
 template <class Ops, class V>
-FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V s, V tz,
-                                       V alpha, V gamma, V xent, V w, V& lse_out) {
+FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V rest, V tz,
+                                       V alpha, V gamma, V xent, V w, V& log_norm_out) {
   const V one = o.Set(1);
   const V norm = o.Sqrt(sum_squares);
   const V z_scale = CosineZScale(o, sum_squares);
   const V norm_eps = o.Sqrt(sum_squares + o.Set(1e-12));  // cosine_embedding_loss's denominator
   const V cosine = x_y / norm_eps;
   const V z_y = x_y * z_scale;
-  const V lse = z_max + o.Log(s);
-  lse_out = lse;
-  const FocalTerm<V> term = SoftmaxFocalTerm(o, z_y - lse, gamma);
+  const V log_norm = LogNormalizer(o, rest);
+  const V s = one + rest;  // Σ e^(z_j - z_max)
+  log_norm_out = log_norm;
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, LogProb(o, z_y, z_max, log_norm), gamma);
   // Focal part: G_j = g (p_j - [j=y]) w.r.t. z; through z = x/‖x‖ it becomes (G - z (z·G))/‖x‖,
   // and z·G = g (Σ z_j p_j - z_y). Below ‖x‖ = 1e-12, F.normalize divides by the constant 1e-12
   // and the projection drops out.

@@ -1,0 +1,183 @@
+// Plain float64/long-double references for the tests, written from VARIANTS.md directly and
+// independent of the production math (no focal/math-inl.h, no shared helpers): if a formula
+// there is wrong, these disagree. Gradients come from central finite differences of these.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace focal::testing {
+
+using Real = long double;
+
+inline Real Softplus(Real z) { return std::max<Real>(z, 0) + std::log1p(std::exp(-std::fabs(z))); }
+
+/// Per-item losses of a variant plus how many items the reduction counts.
+struct RefLosses {
+  std::vector<Real> items;
+  int64_t count = 0;
+};
+
+struct RefSoftmaxParams {
+  double gamma = 2;
+  std::vector<double> alpha;  // empty: ones
+  std::optional<int64_t> ignore_index;
+  double smoothing = 0;
+};
+
+/// §1 over logits [N, C, S] (flattened), targets [N, S].
+inline RefLosses RefSoftmaxFocal(const std::vector<Real>& x, int64_t n, int64_t c, int64_t s,
+                                 const std::vector<int64_t>& y, const RefSoftmaxParams& p) {
+  RefLosses out;
+  out.items.assign(n * s, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) {
+      const int64_t target = y[i * s + j];
+      if (p.ignore_index && target == *p.ignore_index) continue;
+      ++out.count;
+      auto at = [&](int64_t k) { return x[(i * c + k) * s + j]; };
+      Real m = at(0);
+      for (int64_t k = 1; k < c; ++k) m = std::max(m, at(k));
+      Real z = 0;
+      for (int64_t k = 0; k < c; ++k) z += std::exp(at(k) - m);
+      Real loss = 0;
+      for (int64_t k = 0; k < c; ++k) {
+        const Real q = (1 - p.smoothing) * (k == target ? 1 : 0) + p.smoothing / c;
+        if (q == 0) continue;
+        const Real logp = at(k) - m - std::log(z);
+        const Real prob = std::exp(logp);
+        const Real a = p.alpha.empty() ? 1 : p.alpha[k];
+        loss += -q * a * std::pow(1 - prob, static_cast<Real>(p.gamma)) * logp;
+      }
+      out.items[i * s + j] = loss;
+    }
+  }
+  return out;
+}
+
+struct RefSigmoidParams {
+  double gamma = 2;
+  double alpha = 0.25;
+  double smoothing = 0;
+  int64_t smoothing_classes = 2;
+  bool probabilities = false;
+};
+
+/// §2 for one element with (unsmoothed) target t.
+inline Real RefSigmoidElement(Real x, Real t, const RefSigmoidParams& p) {
+  t = (1 - p.smoothing) * t + p.smoothing / p.smoothing_classes;
+  Real prob, ce;
+  if (p.probabilities) {
+    prob = x;
+    ce = -(t * std::max<Real>(std::log(prob), -100) + (1 - t) * std::max<Real>(std::log1p(-prob), -100));
+  } else {
+    prob = 1 / (1 + std::exp(-x));
+    ce = t * Softplus(-x) + (1 - t) * Softplus(x);
+  }
+  const Real pt = prob * t + (1 - prob) * (1 - t);
+  const Real at = p.alpha >= 0 ? p.alpha * t + (1 - p.alpha) * (1 - t) : 1;
+  return at * std::pow(1 - pt, static_cast<Real>(p.gamma)) * ce;
+}
+
+/// §2 with float targets (same shape as x).
+inline RefLosses RefSigmoidFocal(const std::vector<Real>& x, const std::vector<Real>& t,
+                                 const RefSigmoidParams& p) {
+  RefLosses out;
+  for (size_t i = 0; i < x.size(); ++i) out.items.push_back(RefSigmoidElement(x[i], t[i], p));
+  out.count = static_cast<int64_t>(x.size());
+  return out;
+}
+
+/// §2 with class-index targets: implicit one-hot over [N, C, S]; y = C is background.
+inline RefLosses RefSigmoidFocalIndex(const std::vector<Real>& x, int64_t n, int64_t c, int64_t s,
+                                      const std::vector<int64_t>& y,
+                                      std::optional<int64_t> ignore_index,
+                                      const RefSigmoidParams& p) {
+  RefLosses out;
+  out.items.assign(x.size(), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) {
+      const int64_t target = y[i * s + j];
+      if (ignore_index && target == *ignore_index) continue;
+      out.count += c;
+      for (int64_t k = 0; k < c; ++k) {
+        const int64_t idx = (i * c + k) * s + j;
+        out.items[idx] = RefSigmoidElement(x[idx], k == target ? 1 : 0, p);
+      }
+    }
+  }
+  return out;
+}
+
+/// §3 over logits [N, C].
+inline RefLosses RefFocalCosine(const std::vector<Real>& x, int64_t n, int64_t c,
+                                const std::vector<int64_t>& y, double alpha, double gamma,
+                                double xent) {
+  RefLosses out;
+  for (int64_t i = 0; i < n; ++i) {
+    Real sq = 0;
+    for (int64_t k = 0; k < c; ++k) sq += x[i * c + k] * x[i * c + k];
+    const Real cosine = x[i * c + y[i]] / std::sqrt(sq + 1e-12L);
+    const Real scale = 1 / std::max<Real>(std::sqrt(sq), 1e-12L);
+    Real m = -INFINITY;
+    for (int64_t k = 0; k < c; ++k) m = std::max(m, x[i * c + k] * scale);
+    Real z = 0;
+    for (int64_t k = 0; k < c; ++k) z += std::exp(x[i * c + k] * scale - m);
+    const Real ce = -(x[i * c + y[i]] * scale - m - std::log(z));
+    const Real pt = std::exp(-ce);
+    out.items.push_back((1 - cosine) + xent * alpha * std::pow(1 - pt, static_cast<Real>(gamma)) * ce);
+  }
+  out.count = n;
+  return out;
+}
+
+/// §4 over logits [N, R] (R = the rest, flattened) with optional num_objects [N].
+inline RefLosses RefDynamicFocal(const std::vector<Real>& x, const std::vector<Real>& t, int64_t n,
+                                 const std::vector<Real>& num_objects, double gamma) {
+  RefLosses out;
+  const int64_t r = n == 0 ? 0 : static_cast<int64_t>(x.size()) / n;
+  Real mean = 0;
+  for (Real v : num_objects) mean += v;
+  if (!num_objects.empty()) mean /= static_cast<Real>(num_objects.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const Real a = num_objects.empty() ? 1 : num_objects[i] / mean;
+    for (int64_t j = 0; j < r; ++j) {
+      const Real xv = x[i * r + j], tv = t[i * r + j];
+      const Real at = num_objects.empty() ? 1 : tv * a + (1 - tv) * (1 - a);
+      const Real logpt = -Softplus(-xv * (2 * tv - 1));
+      out.items.push_back(-at * std::pow(1 - std::exp(logpt), static_cast<Real>(gamma)) * logpt);
+    }
+  }
+  out.count = static_cast<int64_t>(x.size());
+  return out;
+}
+
+/// Σ_i w_i ℓ_i for a per-item weight vector (empty = all ones).
+inline Real Weighted(const RefLosses& l, const std::vector<Real>& w) {
+  Real s = 0;
+  for (size_t i = 0; i < l.items.size(); ++i) s += (w.empty() ? 1 : w[i]) * l.items[i];
+  return s;
+}
+
+/// Central finite differences of f at x, element by element, step h·max(1, |x_i|).
+inline std::vector<Real> FiniteDifferences(const std::function<Real(const std::vector<Real>&)>& f,
+                                           std::vector<Real> x, Real h = 1e-6L) {
+  std::vector<Real> g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const Real xi = x[i];
+    const Real step = h * std::max<Real>(1, std::fabs(xi));
+    x[i] = xi + step;
+    const Real up = f(x);
+    x[i] = xi - step;
+    const Real down = f(x);
+    x[i] = xi;
+    g[i] = (up - down) / (2 * step);
+  }
+  return g;
+}
+
+}  // namespace focal::testing
