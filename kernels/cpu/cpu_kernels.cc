@@ -453,7 +453,8 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     if (eps == 0) {
       const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
       const T alpha_y = a.class_alpha ? a.class_alpha[y] : T(1);
-      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(so, math::LogProb(so, x_y, max, log_norm), gamma);
+      const T u_y = math::LogProb(so, x_y, max, log_norm);
+      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(so, u_y, gamma);
       loss = alpha_y * term.f;
       if (a.gradient) {
         // ∂ℓ/∂x_j = α_y g(p_y) (p_j - [j = y])
@@ -466,6 +467,8 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
         };
         for (c = 0; c + lanes <= C; c += lanes) grad_at(d, di, c);
         for (; c < C; ++c) grad_at(d1, di1, c);
+        // The target's p_y - 1 again as expm1(log p_y): exact as p_y → 1, where it matters most.
+        StoreScalar(k * so.Expm1(u_y), a.gradient, a.output_dtype, base + y);
       }
     } else {
       // ℓ = Σ_c q_c α_c f(p_c), q_c = (1-ε)[c = y] + ε/C; ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j).
@@ -548,13 +551,14 @@ HWY_INLINE void SoftmaxStridedStep(D d, DI di, const KernelArgs& a, int64_t p, L
   const auto gamma = o.Set(a.gamma);
   hn::Vec<D> loss;
   if (a.smoothing == 0) {
-    const auto term = math::SoftmaxFocalTerm(o, math::LogProb(o, x_y, max, log_norm), gamma);
+    const auto u_y = math::LogProb(o, x_y, max, log_norm);
+    const auto term = math::SoftmaxFocalTerm(o, u_y, gamma);
     loss = hn::Mul(alpha_y, term.f);
     if (a.gradient) {
       const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
+      const auto p_y_minus_1 = o.Expm1(u_y);  // exact as p_y → 1, unlike p_y - 1
       for (int64_t c = 0; c < C; ++c) {
-        const auto prob = o.Exp(log_prob(c));
-        const auto g = hn::Mul(k, hn::Sub(prob, hn::IfThenElseZero(is_y(c), o.Set(1))));
+        const auto g = hn::Mul(k, hn::IfThenElse(is_y(c), p_y_minus_1, o.Exp(log_prob(c))));
         StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
       }
     }
@@ -674,11 +678,15 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
                                                  hn::Set(dv, z_max), hn::Set(dv, log_norm)));
         const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
         auto g = hn::MulAdd(hn::Set(dv, rc.coef_x), x, hn::Mul(hn::Set(dv, rc.coef_p), p));
-        g = hn::Add(g, hn::IfThenElseZero(is_y, hn::Set(dv, rc.coef_target)));
+        g = hn::Add(g, hn::IfThenElseZero(is_y, hn::Set(dv, rc.coef_target - rc.coef_p)));
         StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
       };
       for (c = 0; c + lanes <= C; c += lanes) grad_at(d, c);
       for (; c < C; ++c) grad_at(d1, c);
+      // The target's p_y - 1 again as expm1(log p_y): exact as p_y → 1.
+      const T u_y = math::LogProb(so, x_y * z_scale, z_max, log_norm);
+      StoreScalar(rc.coef_x * x_y + rc.coef_p * so.Expm1(u_y) + rc.coef_target, a.gradient,
+                  a.output_dtype, base + y);
     }
     EmitRowLoss<T>(a, row, rc.loss);
     chunk_sum += static_cast<double>(rc.loss);

@@ -180,7 +180,7 @@ void CheckProblem(const Problem& problem, Reduction reduction,
     const int64_t i = indices[k];
     const double want_g = static_cast<double>(fd[k]);
     const double floor = std::max(kGradAtolScale * grad_scale, problem.grad_atol);
-    if (std::fabs(want_g) >= 1e-3 * grad_scale && grad_scale > 0) {
+    if (std::fabs(want_g) >= std::max(1e-3 * grad_scale, problem.grad_atol) && grad_scale > 0) {
       stats.grad = std::max(stats.grad, RelErr(grad[i], want_g, 0));
     }
     ASSERT_LE(std::fabs(grad[i] - want_g), kGradRtol * std::fabs(want_g) + floor + 1e-30)

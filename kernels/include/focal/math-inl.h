@@ -154,8 +154,10 @@ FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, V gamma) {
   return {o.Neg(mod * u), mod * (one - gamma * o.Exp(u) * r)};
 }
 
-/// Per-row coefficients of §3's gradient: ∂ℓ/∂x_j = coef_x·x_j + coef_p·p_j + [j=y]·coef_target,
-/// with p_j = exp(x_j·z_scale - lse) the softmax of the normalised logits.
+/// Per-row coefficients of §3's gradient:
+///   ∂ℓ/∂x_j = coef_x·x_j + coef_p·(p_j - [j=y]) + [j=y]·coef_target,
+/// with p_j the softmax of the normalised logits z. For j = y, p_y - 1 is best taken as
+/// expm1(log p_y): it keeps its digits when p_y → 1.
 template <class V>
 struct FocalCosineRow {
   V loss;
@@ -196,6 +198,6 @@ FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_m
   // Cosine part: ∂cos/∂x_j = [j=y]/n - x_y x_j / n³ with n = norm_eps.
   row.coef_x = w * x_y / (norm_eps * norm_eps * norm_eps) - projection;
   row.coef_p = k * z_scale;
-  row.coef_target = o.Neg(w) / norm_eps - k * z_scale;
+  row.coef_target = o.Neg(w) / norm_eps;
   return row;
 }
