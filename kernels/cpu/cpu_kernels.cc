@@ -38,15 +38,18 @@ struct HwyOps {
 
   HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
   HWY_INLINE V Zero() const { return hn::Zero(d); }
-  HWY_INLINE V Exp(V a) const { return hn::Exp(d, a); }
+  // Highway's transcendentals map NaN to a number (Exp(NaN) is 0); a NaN input must come out
+  // as NaN so that allow_non_finite propagates like PyTorch.
+  HWY_INLINE V KeepNaN(V a, V y) const { return hn::IfThenElse(hn::IsNaN(a), a, y); }
+  HWY_INLINE V Exp(V a) const { return KeepNaN(a, hn::Exp(d, a)); }
   // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
   HWY_INLINE V Log(V a) const {
-    return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
+    return KeepNaN(a, hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a)));
   }
   HWY_INLINE V Log1p(V a) const {
-    return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
+    return KeepNaN(a, hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a)));
   }
-  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, a); }
+  HWY_INLINE V Expm1(V a) const { return KeepNaN(a, hn::Expm1(d, a)); }
   HWY_INLINE V Sqrt(V a) const { return hn::Sqrt(a); }
   HWY_INLINE V Abs(V a) const { return hn::Abs(a); }
   HWY_INLINE V Neg(V a) const { return hn::Neg(a); }

@@ -1,0 +1,411 @@
+// The edges of VARIANTS.md on the CPU backend: extreme logits, 16-bit and 64-bit inputs,
+// determinism across thread counts, the invariants between variants, non-finite input, empty
+// input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/reference.h"
+#include "tests/unit/test_util.h"
+
+namespace focal {
+namespace {
+
+using testing::HostTensor;
+using testing::MakeTensor;
+using testing::Real;
+
+absl::StatusOr<LossResult> Compute(const LossJob& job, int threads = 0) {
+  return CpuBackend(CpuBackendOptions{threads}).Compute(job);
+}
+
+LossJob MakeJob(LossSpec spec, const HostTensor& logits, const HostTensor& targets,
+                Reduction reduction = Reduction::kMean) {
+  LossJob job;
+  job.spec = std::move(spec);
+  job.spec.reduction = reduction;
+  job.logits = logits.view();
+  job.targets = targets.view();
+  job.compute_gradient = true;
+  return job;
+}
+
+LossSpec Spec(VariantParams params) {
+  LossSpec spec;
+  spec.params = std::move(params);
+  return spec;
+}
+
+LossSpec Softmax(double gamma, double smoothing = 0) {
+  SoftmaxFocalParams p;
+  p.gamma = gamma;
+  p.label_smoothing = smoothing;
+  return Spec(p);
+}
+LossSpec Sigmoid(double gamma, double alpha = 0.25, double smoothing = 0) {
+  SigmoidFocalParams p;
+  p.gamma = gamma;
+  p.alpha = alpha;
+  p.label_smoothing = smoothing;
+  return Spec(p);
+}
+
+const std::vector<double> kExtremes = {88, -88, 100, -100, 1e4, -1e4, 0, 3.5, -3.5, 87.5};
+
+bool AllFinite(const std::vector<double>& v) {
+  for (double x : v) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(ExtremeLogits, EveryVariantAndGammaStaysFiniteAndCorrect) {
+  const int64_t n = 10, c = 10;
+  std::vector<double> x(n * c);
+  for (int64_t i = 0; i < n * c; ++i) x[i] = kExtremes[(i * 7 + i / c) % kExtremes.size()];
+  const HostTensor logits = MakeTensor(DType::kFloat32, {n, c}, x);
+  const HostTensor classes = MakeTensor(DType::kInt64, {n}, testing::RandomClasses(n, c, 3));
+  const std::vector<double> hard = testing::RandomClasses(n * c, 2, 4);
+  const std::vector<double> soft = testing::RandomUniform(n * c, 0, 1, 5);
+  const std::vector<Real> xr(x.begin(), x.end());
+  std::vector<int64_t> yi;
+  for (double v : testing::Values(classes.view())) yi.push_back(static_cast<int64_t>(v));
+
+  for (double gamma : {0.0, 0.5, 1.0, 2.0, 5.0}) {
+    SCOPED_TRACE(gamma);
+    struct Case {
+      const char* name;
+      LossSpec spec;
+      HostTensor targets;
+      testing::RefLosses ref;
+    };
+    testing::RefSoftmaxParams sp;
+    sp.gamma = gamma;
+    testing::RefSoftmaxParams sps = sp;
+    sps.smoothing = 0.125;
+    testing::RefSigmoidParams gp;
+    gp.gamma = gamma;
+    testing::RefSigmoidParams gps = gp;
+    gps.smoothing = 0.125;
+    std::vector<Case> cases;
+    cases.push_back({"softmax", Softmax(gamma), classes, testing::RefSoftmaxFocal(xr, n, c, 1, yi, sp)});
+    cases.push_back({"softmax smoothed", Softmax(gamma, 0.125), classes,
+                     testing::RefSoftmaxFocal(xr, n, c, 1, yi, sps)});
+    const std::vector<Real> hr(hard.begin(), hard.end()), sr(soft.begin(), soft.end());
+    cases.push_back({"sigmoid hard", Sigmoid(gamma), MakeTensor(DType::kFloat32, {n, c}, hard),
+                     testing::RefSigmoidFocal(xr, hr, gp)});
+    cases.push_back({"sigmoid soft", Sigmoid(gamma), MakeTensor(DType::kFloat32, {n, c}, soft),
+                     testing::RefSigmoidFocal(xr, sr, gp)});
+    cases.push_back({"sigmoid smoothed", Sigmoid(gamma, 0.25, 0.125),
+                     MakeTensor(DType::kFloat32, {n, c}, hard), testing::RefSigmoidFocal(xr, hr, gps)});
+    cases.push_back({"sigmoid index", Sigmoid(gamma), classes,
+                     testing::RefSigmoidFocalIndex(xr, n, c, 1, yi, std::nullopt, gp)});
+    cases.push_back({"focal_cosine", Spec(FocalCosineParams{1.0, gamma, 0.1}), classes,
+                     testing::RefFocalCosine(xr, n, c, yi, 1.0, gamma, 0.1)});
+    cases.push_back({"dynamic", Spec(DynamicFocalParams{gamma}), MakeTensor(DType::kFloat32, {n, c}, hard),
+                     testing::RefDynamicFocal(xr, hr, n, {}, gamma)});
+    for (const Case& k : cases) {
+      SCOPED_TRACE(k.name);
+      const auto r = Compute(MakeJob(k.spec, logits, k.targets, Reduction::kNone));
+      ASSERT_TRUE(r.ok()) << r.status();
+      const std::vector<double> items = testing::Values(r->losses->view());
+      const std::vector<double> grad = testing::Values(r->gradient->view());
+      EXPECT_TRUE(std::isfinite(r->loss));
+      EXPECT_TRUE(AllFinite(items));
+      EXPECT_TRUE(AllFinite(grad));
+      double scale = 0;
+      for (Real v : k.ref.items) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      for (size_t i = 0; i < items.size(); ++i) {
+        const double want = static_cast<double>(k.ref.items[i]);
+        // Per-item tolerance as in cpu_backend_test; logits of 1e4 make losses of 1e4 whose
+        // float32 rounding alone is 1e-3 absolute, hence the floor relative to the largest.
+        EXPECT_LE(std::fabs(items[i] - want), 1e-5 * std::fabs(want) + 1e-6 * scale)
+            << "item " << i << " x=" << x[i] << ": " << items[i] << " want " << want;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct DTypeCase {
+  const char* name;
+  LossSpec spec;
+  Shape shape;
+  bool index_targets;
+};
+
+std::vector<DTypeCase> DTypeCases() {
+  SoftmaxFocalParams smoothed;
+  smoothed.label_smoothing = 0.1;
+  smoothed.alpha = {0.5f, 1, 2, 1, 0.25f};
+  SigmoidFocalParams probabilities;
+  probabilities.input = SigmoidInput::kProbabilities;
+  return {
+      {"softmax [N,C]", Softmax(2), {9, 5}, true},
+      {"softmax smoothed [N,C,H,W]", Spec(smoothed), {3, 5, 3, 7}, true},
+      {"sigmoid float", Sigmoid(2), {9, 5}, false},
+      {"sigmoid index", Sigmoid(2), {4, 5, 11}, true},
+      {"sigmoid probabilities", Spec(probabilities), {9, 5}, false},
+      {"focal_cosine", Spec(FocalCosineParams{}), {9, 5}, true},
+      {"dynamic", Spec(DynamicFocalParams{}), {9, 5}, false},
+  };
+}
+
+HostTensor TargetsFor(const DTypeCase& k, bool probabilities) {
+  const int64_t n = k.shape[0], c = k.shape[1];
+  if (k.index_targets) {
+    Shape ts{n};
+    ts.insert(ts.end(), k.shape.begin() + 2, k.shape.end());
+    int64_t count = 1;
+    for (int64_t d : ts) count *= d;
+    return MakeTensor(DType::kInt64, ts, testing::RandomClasses(count, c, 8));
+  }
+  int64_t numel = 1;
+  for (int64_t d : k.shape) numel *= d;
+  return MakeTensor(DType::kFloat32, k.shape, testing::RandomClasses(numel, 2, 9));
+  (void)probabilities;
+}
+
+std::vector<double> LogitsFor(const DTypeCase& k) {
+  int64_t numel = 1;
+  for (int64_t d : k.shape) numel *= d;
+  const auto* s = std::get_if<SigmoidFocalParams>(&k.spec.params);
+  if (s && s->input == SigmoidInput::kProbabilities) return testing::RandomUniform(numel, 0, 1, 10);
+  return testing::RandomNormal(numel, 3, 10);
+}
+
+TEST(HalfInputs, ComputeInFloat32AndRoundTheOutputToNearestEven) {
+  for (const DTypeCase& k : DTypeCases()) {
+    for (DType half : {DType::kFloat16, DType::kBFloat16}) {
+      SCOPED_TRACE(::testing::Message() << k.name << " " << DTypeName(half));
+      for (Reduction reduction : {Reduction::kMean, Reduction::kNone}) {
+        const HostTensor narrow = MakeTensor(half, k.shape, LogitsFor(k));
+        // The same values, widened exactly, as float32 logits.
+        const HostTensor wide = MakeTensor(DType::kFloat32, k.shape, testing::Values(narrow.view()));
+        const HostTensor targets = TargetsFor(k, false);
+        LossJob as_half = MakeJob(k.spec, narrow, targets, reduction);
+        as_half.output_dtype = DType::kFloat32;
+        const LossJob as_float = MakeJob(k.spec, wide, targets, reduction);
+        LossJob narrow_out = as_half;
+        narrow_out.output_dtype = std::nullopt;  // the logits' dtype
+        const auto a = Compute(as_half), b = Compute(as_float), c = Compute(narrow_out);
+        ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << b.status() << c.status();
+        // Widening is exact and the arithmetic is float32 either way: bit-identical.
+        EXPECT_EQ(a->loss, b->loss);
+        ASSERT_EQ(a->gradient->size_bytes, b->gradient->size_bytes);
+        EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes), 0);
+        // Narrowed on store: each element is the float32 result rounded to nearest even.
+        EXPECT_EQ(c->gradient->dtype, half);
+        const auto* wide_grad = static_cast<const float*>(b->gradient->data());
+        const auto* half_grad = static_cast<const uint16_t*>(c->gradient->data());
+        const size_t n = b->gradient->size_bytes / 4;
+        for (size_t i = 0; i < n; ++i) {
+          const uint16_t want = half == DType::kFloat16 ? FloatToHalf(wide_grad[i]) : FloatToBFloat16(wide_grad[i]);
+          ASSERT_EQ(half_grad[i], want) << "gradient[" << i << "] of " << wide_grad[i];
+        }
+        if (reduction == Reduction::kNone) {
+          const auto* wide_items = static_cast<const float*>(b->losses->data());
+          const auto* half_items = static_cast<const uint16_t*>(c->losses->data());
+          for (size_t i = 0; i < b->losses->size_bytes / 4; ++i) {
+            const uint16_t want = half == DType::kFloat16 ? FloatToHalf(wide_items[i]) : FloatToBFloat16(wide_items[i]);
+            ASSERT_EQ(half_items[i], want) << "losses[" << i << "]";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Float64Inputs, ComputeInDoubleToNearFullPrecision) {
+  // float64 logits compute in double (Highway's f64 transcendentals, ≤ 4 ulp): losses within
+  // 1e-12 relative of the long-double reference.
+  const int64_t n = 6, c = 7;
+  const auto x = testing::RandomNormal(n * c, 3, 12);
+  const std::vector<double> y = testing::RandomClasses(n, c, 13);
+  const HostTensor logits = MakeTensor(DType::kFloat64, {n, c}, x);
+  const HostTensor targets = MakeTensor(DType::kInt64, {n}, y);
+  std::vector<int64_t> yi(y.begin(), y.end());
+  const std::vector<Real> xr(x.begin(), x.end());
+  for (double gamma : {0.0, 0.5, 2.0}) {
+    testing::RefSoftmaxParams sp;
+    sp.gamma = gamma;
+    const auto ref = testing::RefSoftmaxFocal(xr, n, c, 1, yi, sp);
+    const auto r = Compute(MakeJob(Softmax(gamma), logits, targets, Reduction::kNone));
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->gradient->dtype, DType::kFloat64);
+    const auto items = testing::Values(r->losses->view());
+    for (size_t i = 0; i < items.size(); ++i) {
+      EXPECT_NEAR(items[i], static_cast<double>(ref.items[i]), 1e-12 * std::fabs(static_cast<double>(ref.items[i])));
+    }
+    const auto t = testing::RandomClasses(n * c, 2, 14);
+    testing::RefSigmoidParams gp;
+    gp.gamma = gamma;
+    const auto sref = testing::RefSigmoidFocal(xr, std::vector<Real>(t.begin(), t.end()), gp);
+    const auto s = Compute(MakeJob(Sigmoid(gamma), logits, MakeTensor(DType::kFloat64, {n, c}, t), Reduction::kNone));
+    ASSERT_TRUE(s.ok());
+    const auto sitems = testing::Values(s->losses->view());
+    for (size_t i = 0; i < sitems.size(); ++i) {
+      EXPECT_NEAR(sitems[i], static_cast<double>(sref.items[i]), 1e-12 * std::fabs(static_cast<double>(sref.items[i])) + 1e-300);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Determinism, BitIdenticalForAnyThreadCountAndEveryRun) {
+  const HostTensor wide = MakeTensor(DType::kFloat32, {3000, 80}, testing::RandomNormal(240000, 3, 15));
+  const HostTensor strided = MakeTensor(DType::kFloat32, {2, 19, 64, 67}, testing::RandomNormal(2 * 19 * 64 * 67, 3, 16));
+  const HostTensor classes = MakeTensor(DType::kInt64, {3000}, testing::RandomClasses(3000, 80, 17));
+  const HostTensor pixel_classes = MakeTensor(DType::kInt32, {2, 64, 67}, testing::RandomClasses(2 * 64 * 67, 19, 18));
+  const HostTensor onehot = MakeTensor(DType::kFloat32, {3000, 80}, testing::RandomClasses(240000, 2, 19));
+  const std::vector<LossJob> jobs = {
+      MakeJob(Softmax(2), wide, classes), MakeJob(Softmax(2, 0.1), wide, classes),
+      MakeJob(Softmax(2), strided, pixel_classes), MakeJob(Sigmoid(2), wide, onehot),
+      MakeJob(Sigmoid(2), wide, classes), MakeJob(Spec(FocalCosineParams{}), wide, classes),
+  };
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    SCOPED_TRACE(j);
+    const auto one = Compute(jobs[j], 1), two = Compute(jobs[j], 2), again = Compute(jobs[j], 2);
+    ASSERT_TRUE(one.ok() && two.ok() && again.ok());
+    for (const auto* other : {&two, &again}) {
+      EXPECT_EQ(std::memcmp(&one->loss, &(*other)->loss, sizeof(double)), 0)
+          << one->loss << " vs " << (*other)->loss;
+      EXPECT_EQ(std::memcmp(one->gradient->data(), (*other)->gradient->data(), one->gradient->size_bytes), 0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Invariants, ProbabilitiesInputEqualsLogitsInputThroughTheSigmoid) {
+  const int64_t n = 8, c = 6;
+  // |x| ≤ 4 keeps σ(x) away from the -100 clamp, and 1-σ(x) ≥ 0.018 so that rounding σ(x) to
+  // float32 (6e-8 absolute) moves log(1-p) by at most 3.3e-6 relative: tolerance 2e-5.
+  const auto x = testing::RandomUniform(n * c, -4, 4, 20);
+  std::vector<double> p(x.size());
+  for (size_t i = 0; i < x.size(); ++i) p[i] = 1 / (1 + std::exp(-x[i]));
+  const HostTensor logits = MakeTensor(DType::kFloat32, {n, c}, x);
+  const HostTensor probs = MakeTensor(DType::kFloat32, {n, c}, p);
+  const std::vector<double> p_held = testing::Values(probs.view());
+  for (bool soft : {false, true}) {
+    const HostTensor t = MakeTensor(DType::kFloat32, {n, c}, soft ? testing::RandomUniform(n * c, 0, 1, 21)
+                                                                  : testing::RandomClasses(n * c, 2, 21));
+    for (double gamma : {0.0, 0.5, 2.0}) {
+      SCOPED_TRACE(::testing::Message() << "soft=" << soft << " gamma=" << gamma);
+      LossSpec prob_spec = Sigmoid(gamma);
+      std::get<SigmoidFocalParams>(prob_spec.params).input = SigmoidInput::kProbabilities;
+      const auto a = Compute(MakeJob(Sigmoid(gamma), logits, t, Reduction::kNone));
+      const auto b = Compute(MakeJob(prob_spec, probs, t, Reduction::kNone));
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+      const auto la = testing::Values(a->losses->view()), lb = testing::Values(b->losses->view());
+      const auto ga = testing::Values(a->gradient->view()), gb = testing::Values(b->gradient->view());
+      for (size_t i = 0; i < la.size(); ++i) {
+        EXPECT_NEAR(lb[i], la[i], 2e-5 * std::fabs(la[i]) + 1e-7) << i;
+        // Chain rule: ∂ℓ/∂x = ∂ℓ/∂p · p(1-p).
+        EXPECT_NEAR(gb[i] * p_held[i] * (1 - p_held[i]), ga[i], 2e-5 * std::fabs(ga[i]) + 1e-7) << i;
+      }
+    }
+  }
+}
+
+TEST(Invariants, DynamicWithoutNumObjectsIsSigmoidWithoutAlpha) {
+  const HostTensor logits = MakeTensor(DType::kFloat32, {7, 9}, testing::RandomNormal(63, 3, 22));
+  const HostTensor t = MakeTensor(DType::kFloat32, {7, 9}, testing::RandomClasses(63, 2, 23));
+  for (double gamma : {0.0, 0.5, 2.0, 5.0}) {
+    for (Reduction reduction : {Reduction::kMean, Reduction::kSum, Reduction::kNone}) {
+      const auto a = Compute(MakeJob(Spec(DynamicFocalParams{gamma}), logits, t, reduction));
+      const auto b = Compute(MakeJob(Sigmoid(gamma, -1), logits, t, reduction));
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(a->loss, b->loss);
+      EXPECT_EQ(a->count, b->count);
+      EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes), 0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(NonFinite, RejectedWithTheFirstBadIndexUnlessAllowed) {
+  std::vector<double> x = testing::RandomNormal(3 * 4, 1, 24);
+  x[1 * 4 + 2] = std::nan("");
+  x[2 * 4 + 3] = INFINITY;
+  const HostTensor logits = MakeTensor(DType::kFloat32, {3, 4}, x);
+  const HostTensor classes = MakeTensor(DType::kInt64, {3}, {0, 1, 2});
+  const HostTensor floats = MakeTensor(DType::kFloat32, {3, 4}, std::vector<double>(12, 1.0));
+  for (const auto& [spec, targets] : {std::pair{Softmax(2), &classes}, std::pair{Sigmoid(2), &floats},
+                                      std::pair{Sigmoid(2), &classes},
+                                      std::pair{Spec(FocalCosineParams{}), &classes}}) {
+    SCOPED_TRACE(VariantName(spec.params));
+    LossJob job = MakeJob(spec, logits, *targets);
+    const auto r = Compute(job);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("logits[1, 2] is nan"), std::string::npos) << r.status();
+    job.allow_non_finite = true;
+    const auto allowed = Compute(job);
+    ASSERT_TRUE(allowed.ok()) << allowed.status();
+    EXPECT_TRUE(std::isnan(allowed->loss));  // propagates like PyTorch
+  }
+  // The backend keeps serving after an error.
+  const HostTensor good = MakeTensor(DType::kFloat32, {3, 4}, testing::RandomNormal(12, 1, 25));
+  EXPECT_TRUE(Compute(MakeJob(Softmax(2), good, classes)).ok());
+}
+
+TEST(NonFinite, FloatTargetsAndProbabilitiesOutOfRange) {
+  const HostTensor logits = MakeTensor(DType::kFloat32, {2, 3}, {0.1, 0.2, 0.3, 0.4, 0.5, 0.6});
+  const HostTensor bad_t = MakeTensor(DType::kFloat32, {2, 3}, {0, 1, 0.5, 1.5, 0, 1});
+  auto r = Compute(MakeJob(Sigmoid(2), logits, bad_t));
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("targets[1, 0] is 1.5; must be in [0, 1]"), std::string::npos) << r.status();
+  r = Compute(MakeJob(Spec(DynamicFocalParams{}), logits, bad_t));
+  EXPECT_NE(r.status().message().find("targets[0, 2] is 0.5; must be 0 or 1"), std::string::npos) << r.status();
+  const HostTensor bad_p = MakeTensor(DType::kFloat32, {2, 3}, {0.1, 0.2, 1.25, 0.4, 0.5, 0.6});
+  LossSpec prob = Sigmoid(2);
+  std::get<SigmoidFocalParams>(prob.params).input = SigmoidInput::kProbabilities;
+  const HostTensor t = MakeTensor(DType::kFloat32, {2, 3}, {0, 1, 0, 1, 0, 1});
+  r = Compute(MakeJob(prob, bad_p, t));
+  EXPECT_NE(r.status().message().find("logits[0, 2] is 1.25; input PROBABILITIES must be in [0, 1]"),
+            std::string::npos) << r.status();
+}
+
+TEST(EmptyInput, EveryVariantReturnsZeroWithCountZero) {
+  const HostTensor logits = MakeTensor(DType::kFloat32, {0, 5}, {});
+  const HostTensor classes = MakeTensor(DType::kInt64, {0}, {});
+  const HostTensor floats = MakeTensor(DType::kFloat32, {0, 5}, {});
+  for (const auto& [spec, targets] : {std::pair{Softmax(2), &classes}, std::pair{Sigmoid(2), &floats},
+                                      std::pair{Sigmoid(2), &classes},
+                                      std::pair{Spec(FocalCosineParams{}), &classes},
+                                      std::pair{Spec(DynamicFocalParams{}), &floats}}) {
+    for (Reduction reduction : {Reduction::kMean, Reduction::kSum, Reduction::kNone}) {
+      const auto r = Compute(MakeJob(spec, logits, *targets, reduction));
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->loss, 0.0);
+      EXPECT_EQ(r->count, 0);
+      EXPECT_EQ(r->gradient->size_bytes, 0u);
+    }
+  }
+}
+
+TEST(UpstreamGradient, NoneTakesAPerItemTensorOfAnyFloatDtype) {
+  const HostTensor logits = MakeTensor(DType::kFloat32, {4, 6}, testing::RandomNormal(24, 2, 26));
+  const HostTensor classes = MakeTensor(DType::kInt64, {4}, {0, 5, 2, 3});
+  const auto base = Compute(MakeJob(Softmax(2), logits, classes, Reduction::kNone));
+  ASSERT_TRUE(base.ok());
+  const std::vector<double> w = {0.5, -2, 0, 1.5};
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kFloat64}) {
+    const HostTensor wt = MakeTensor(dt, {4}, w);
+    LossJob job = MakeJob(Softmax(2), logits, classes, Reduction::kNone);
+    job.grad_output = wt.view();
+    const auto r = Compute(job);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const auto g = testing::Values(r->gradient->view()), g1 = testing::Values(base->gradient->view());
+    for (size_t i = 0; i < g.size(); ++i) EXPECT_FLOAT_EQ(g[i], static_cast<float>(g1[i] * w[i / 6]));
+  }
+}
+
+}  // namespace
+}  // namespace focal
