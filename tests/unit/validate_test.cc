@@ -1,0 +1,208 @@
+// Every validation error: INVALID_ARGUMENT with a message that names the field and the problem.
+#include <gtest/gtest.h>
+
+#include <limits>
+
+#include "focal/validate.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/test_util.h"
+
+namespace focal {
+namespace {
+
+using testing::HostTensor;
+using testing::MakeTensor;
+
+/// A valid softmax_focal job that each case breaks in one way.
+struct Fixture {
+  HostTensor logits = MakeTensor(DType::kFloat32, {3, 5}, testing::RandomNormal(15, 1, 1));
+  HostTensor targets = MakeTensor(DType::kInt64, {3}, {0, 4, 2});
+  HostTensor float_targets = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 0.0));
+  LossJob Job(VariantParams params = SoftmaxFocalParams{}) const {
+    LossJob job;
+    job.spec.params = std::move(params);
+    job.logits = logits.view();
+    job.targets = targets.view();
+    job.compute_gradient = true;
+    return job;
+  }
+};
+
+void ExpectInvalid(const LossJob& job, const std::string& fragment) {
+  const absl::StatusOr<JobPlan> plan = ValidateJob(job);
+  absl::Status status = plan.status();
+  if (plan.ok()) status = CpuBackend().Compute(job).status();  // value checks run in the pass
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find(fragment), std::string::npos)
+      << "message \"" << status.message() << "\" lacks \"" << fragment << "\"";
+}
+
+TEST(Validate, AcceptsTheFixture) {
+  Fixture f;
+  EXPECT_TRUE(ValidateJob(f.Job()).ok());
+  EXPECT_TRUE(CpuBackend().Compute(f.Job()).ok());
+}
+
+TEST(Validate, Tensors) {
+  Fixture f;
+  HostTensor int_logits = MakeTensor(DType::kInt32, {3, 5}, std::vector<double>(15, 1));
+  LossJob job = f.Job();
+  job.logits = int_logits.view();
+  ExpectInvalid(job, "logits.dtype is int32; expected float32");
+
+  job = f.Job();
+  job.logits.size_bytes -= 4;
+  ExpectInvalid(job, "logits.data has 56 bytes; shape [3, 5] of float32 needs 60");
+
+  job = f.Job();
+  job.logits.shape = {3, -5};
+  ExpectInvalid(job, "logits.shape[1] is -5");
+
+  job = f.Job();
+  job.logits.shape = {1LL << 40, 1LL << 40};
+  ExpectInvalid(job, "logits.shape overflows int64");
+
+  job = f.Job();
+  job.logits.data = nullptr;
+  ExpectInvalid(job, "logits.data is missing");
+
+  job = f.Job();
+  job.targets.size_bytes = 16;
+  ExpectInvalid(job, "targets.data has 16 bytes");
+}
+
+TEST(Validate, SoftmaxFocal) {
+  Fixture f;
+  LossJob job = f.Job();
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "targets.dtype is float32; class-index targets must be int32, int64 or uint8");
+
+  HostTensor wrong_shape = MakeTensor(DType::kInt64, {4}, {0, 1, 2, 3});
+  job = f.Job();
+  job.targets = wrong_shape.view();
+  ExpectInvalid(job, "targets.shape is [4]; logits [3, 5] need targets [3]");
+
+  HostTensor flat = MakeTensor(DType::kFloat32, {5}, std::vector<double>(5, 0));
+  job = f.Job();
+  job.logits = flat.view();
+  ExpectInvalid(job, "logits.shape is [5]; class-index targets need logits [N, C, d1..dk]");
+
+  HostTensor out_of_range = MakeTensor(DType::kInt64, {3}, {0, 7, 2});
+  job = f.Job();
+  job.targets = out_of_range.view();
+  ExpectInvalid(job, "targets[1] is 7; must be in [0, 4]");
+
+  HostTensor negative = MakeTensor(DType::kInt32, {3}, {0, 1, -3});
+  SoftmaxFocalParams ignoring;
+  ignoring.ignore_index = -100;
+  job = f.Job(ignoring);
+  job.targets = negative.view();
+  ExpectInvalid(job, "targets[2] is -3; must be in [0, 4] or ignore_index -100");
+
+  SoftmaxFocalParams p;
+  p.alpha = {1, 1, 1};
+  ExpectInvalid(f.Job(p), "loss.alpha has 3 values; logits have 5 classes");
+  p.alpha = {1, -1, 1, 1, 1};
+  ExpectInvalid(f.Job(p), "loss.alpha[1] is -1; must be finite and >= 0");
+  p = {};
+  p.gamma = -0.5;
+  ExpectInvalid(f.Job(p), "loss.gamma is -0.5; must be finite and >= 0");
+  p.gamma = std::numeric_limits<double>::quiet_NaN();
+  ExpectInvalid(f.Job(p), "loss.gamma is nan");
+  p = {};
+  p.label_smoothing = 1.0;
+  ExpectInvalid(f.Job(p), "loss.label_smoothing is 1; must be in [0, 1)");
+  p.label_smoothing = -0.1;
+  ExpectInvalid(f.Job(p), "loss.label_smoothing is -0.1");
+}
+
+TEST(Validate, SigmoidFocal) {
+  Fixture f;
+  SigmoidFocalParams p;
+  p.alpha = 1.5;
+  LossJob job = f.Job(p);
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "loss.alpha is 1.5; must be in [0, 1], or negative to disable");
+
+  p = {};
+  p.smoothing_classes = 1;
+  ExpectInvalid(f.Job(p), "loss.smoothing_classes is 1; must be >= 2");
+
+  HostTensor other_shape = MakeTensor(DType::kFloat32, {3, 4}, std::vector<double>(12, 0));
+  job = f.Job(SigmoidFocalParams{});
+  job.targets = other_shape.view();
+  ExpectInvalid(job, "targets.shape is [3, 4]; must equal logits.shape [3, 5]");
+
+  p = {};
+  p.ignore_index = -1;
+  job = f.Job(p);
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "loss.ignore_index needs class-index targets");
+
+  HostTensor beyond_background = MakeTensor(DType::kInt64, {3}, {0, 6, 5});
+  job = f.Job(SigmoidFocalParams{});
+  job.targets = beyond_background.view();
+  ExpectInvalid(job, "targets[1] is 6; must be in [0, 5]");  // 5 = C is the background
+}
+
+TEST(Validate, FocalCosineAndDynamicFocal) {
+  Fixture f;
+  HostTensor cube = MakeTensor(DType::kFloat32, {3, 5, 2}, std::vector<double>(30, 1));
+  HostTensor cube_targets = MakeTensor(DType::kInt64, {3, 2}, std::vector<double>(6, 1));
+  LossJob job = f.Job(FocalCosineParams{});
+  job.logits = cube.view();
+  job.targets = cube_targets.view();
+  ExpectInvalid(job, "focal_cosine needs logits [N, C]");
+  ExpectInvalid(f.Job(FocalCosineParams{1, 2, -1}), "loss.xent is -1");
+
+  HostTensor counts_wrong = MakeTensor(DType::kFloat32, {2}, {1, 2});
+  job = f.Job(DynamicFocalParams{});
+  job.targets = f.float_targets.view();
+  job.num_objects = counts_wrong.view();
+  ExpectInvalid(job, "num_objects.shape is [2]; must be [3]");
+
+  HostTensor counts_negative = MakeTensor(DType::kFloat32, {3}, {1, -2, 1});
+  job.num_objects = counts_negative.view();
+  ExpectInvalid(job, "num_objects[1] is -2; must be finite and >= 0");
+
+  HostTensor counts_zero = MakeTensor(DType::kFloat32, {3}, {0, 0, 0});
+  job.num_objects = counts_zero.view();
+  ExpectInvalid(job, "num_objects has mean 0");
+
+  job = f.Job();
+  job.num_objects = counts_zero.view();
+  ExpectInvalid(job, "num_objects is only used by dynamic_focal");
+}
+
+TEST(Validate, GradientOutputAndNormalizer) {
+  Fixture f;
+  LossJob job = f.Job();
+  job.output_dtype = DType::kFloat16;
+  ExpectInvalid(job, "gradient_dtype is float16; must be the logits' dtype (float32) or float32");
+
+  HostTensor per_item = MakeTensor(DType::kFloat32, {3}, {1, 2, 3});
+  job = f.Job();
+  job.grad_output = per_item.view();
+  ExpectInvalid(job, "grad_output.shape is [3]; a reduced loss takes a scalar upstream gradient");
+
+  HostTensor wrong_items = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 1));
+  job = f.Job();
+  job.spec.reduction = Reduction::kNone;
+  job.grad_output = wrong_items.view();
+  ExpectInvalid(job, "grad_output.shape is [3, 5]; reduction NONE needs the per-item loss shape [3]");
+
+  HostTensor nan_items = MakeTensor(DType::kFloat32, {3}, {1, std::nan(""), 3});
+  job.grad_output = nan_items.view();
+  ExpectInvalid(job, "grad_output[1] is not finite");
+
+  job = f.Job();
+  job.grad_output = std::numeric_limits<double>::infinity();
+  ExpectInvalid(job, "grad_output is inf; must be finite");
+
+  job = f.Job();
+  job.spec.normalizer = 0.0;
+  ExpectInvalid(job, "loss.normalizer is 0; must be finite and > 0");
+}
+
+}  // namespace
+}  // namespace focal
