@@ -84,6 +84,7 @@ absl::StatusOr<LossResult> CpuBackend::Compute(const LossJob& job) const {
     return s && s->input == SigmoidInput::kProbabilities;
   }();
   a.check_inputs = !job.allow_non_finite || probabilities;
+  a.propagate_nan = job.allow_non_finite;
   const KernelKind kind = SetVariantArgs(job, plan, a);
 
   LossResult result;

@@ -7,10 +7,12 @@
 #define HWY_TARGET_INCLUDE "kernels/cpu/cpu_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // foreach_target.h re-includes this file once per target; everything below runs each time.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "focal/hd.h"
 #include "focal/math_ops.h"
@@ -38,18 +40,15 @@ struct HwyOps {
 
   HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
   HWY_INLINE V Zero() const { return hn::Zero(d); }
-  // Highway's transcendentals map NaN to a number (Exp(NaN) is 0); a NaN input must come out
-  // as NaN so that allow_non_finite propagates like PyTorch.
-  HWY_INLINE V KeepNaN(V a, V y) const { return hn::IfThenElse(hn::IsNaN(a), a, y); }
-  HWY_INLINE V Exp(V a) const { return KeepNaN(a, hn::Exp(d, a)); }
+  HWY_INLINE V Exp(V a) const { return hn::Exp(d, a); }
   // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
   HWY_INLINE V Log(V a) const {
-    return KeepNaN(a, hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a)));
+    return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
   }
   HWY_INLINE V Log1p(V a) const {
-    return KeepNaN(a, hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a)));
+    return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
   }
-  HWY_INLINE V Expm1(V a) const { return KeepNaN(a, hn::Expm1(d, a)); }
+  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, a); }
   HWY_INLINE V Sqrt(V a) const { return hn::Sqrt(a); }
   HWY_INLINE V Abs(V a) const { return hn::Abs(a); }
   HWY_INLINE V Neg(V a) const { return hn::Neg(a); }
@@ -158,6 +157,18 @@ HWY_INLINE void StoreFloat(D d, hn::Vec<D> v, void* base, DType dtype, int64_t i
   for (size_t k = 0; k < hn::Lanes(d); ++k) StoreScalar(lanes[k], base, dtype, i + k);
 }
 
+/// The class-index target at position i, or -1 when it equals ignore_index.
+HWY_INLINE int64_t ClassIndexAt(const KernelArgs& a, int64_t i) {
+  int64_t y = 0;
+  switch (a.targets_dtype) {
+    case DType::kInt32: y = static_cast<const int32_t*>(a.targets)[i]; break;
+    case DType::kInt64: y = static_cast<const int64_t*>(a.targets)[i]; break;
+    case DType::kUInt8: y = static_cast<const uint8_t*>(a.targets)[i]; break;
+    default: break;
+  }
+  return y == a.ignore_index ? -1 : y;
+}
+
 /// Class-index targets at positions [p, p + Lanes(di)), in signed lanes as wide as the compute
 /// type's (so masks rebind), ignored rows as -1. Targets are C times smaller than the logits, so
 /// a scalar gather costs little.
@@ -165,17 +176,43 @@ template <class DI>
 HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
   using TI = hn::TFromD<DI>;
   HWY_ALIGN TI lanes[hn::MaxLanes(di)];
-  for (size_t k = 0; k < hn::Lanes(di); ++k) {
-    int64_t y = 0;
-    switch (a.targets_dtype) {
-      case DType::kInt32: y = static_cast<const int32_t*>(a.targets)[p + k]; break;
-      case DType::kInt64: y = static_cast<const int64_t*>(a.targets)[p + k]; break;
-      case DType::kUInt8: y = static_cast<const uint8_t*>(a.targets)[p + k]; break;
-      default: break;
-    }
-    lanes[k] = y == a.ignore_index ? TI{-1} : static_cast<TI>(y);
-  }
+  for (size_t k = 0; k < hn::Lanes(di); ++k) lanes[k] = static_cast<TI>(ClassIndexAt(a, p + k));
   return hn::Load(di, lanes);
+}
+
+/// Chunks of positions in blocks that stay within one n, so that class c of a block is the
+/// contiguous run (n·C + c)·S + s .. + count: f(n, s, p, count) for each. Reading the strided
+/// layout a block and a class at a time streams through memory instead of touching C cache
+/// lines per vector.
+template <class F>
+HWY_INLINE void ForEachPositionBlock(const KernelArgs& a, int64_t begin, int64_t end,
+                                     int64_t block, const F& f) {
+  const int64_t S = a.inner;
+  for (int64_t p = begin; p < end;) {
+    const int64_t n = p / S, s = p % S;
+    const int64_t count = std::min({block, end - p, S - s});
+    f(n, s, p, count);
+    p += count;
+  }
+}
+
+/// f(d, j) over [0, count) in full vectors, then f(d1, j) one lane at a time for the rest.
+template <class D, class D1, class F>
+HWY_INLINE void ForEachVector(D d, D1 d1, int64_t count, const F& f) {
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  int64_t j = 0;
+  for (; j + lanes <= count; j += lanes) f(d, j);
+  for (; j < count; ++j) f(d1, j);
+}
+
+/// `full` for a multi-lane descriptor, `one` for the one-lane tail descriptor.
+template <class D, class Full, class One>
+HWY_INLINE auto& ForLanes(D, Full& full, One& one) {
+  if constexpr (hn::MaxLanes(D()) == 1) {
+    return one;
+  } else {
+    return full;
+  }
 }
 
 template <class D>
@@ -228,64 +265,97 @@ HWY_INLINE hn::TFromD<D> SumLanes(D d, hn::Vec<D> v) { return hn::GetLane(hn::Su
 template <class D>
 HWY_INLINE hn::TFromD<D> MaxLanesOf(D d, hn::Vec<D> v) { return hn::GetLane(hn::MaxOfLanes(d, v)); }
 
+/// With allow_non_finite, a NaN input must give NaN outputs, as in PyTorch. Highway's
+/// transcendentals map NaN to numbers (Exp(NaN) is 0), so the kernels put it back explicitly;
+/// without the flag such inputs are rejected and this costs nothing.
+template <class D>
+HWY_INLINE hn::Vec<D> PropagateNaN(const KernelArgs& a, hn::Vec<D> x, hn::Vec<D> v) {
+  return a.propagate_nan ? hn::IfThenElse(hn::IsNaN(x), x, v) : v;
+}
+
+/// Per-thread scratch, reused across chunks and jobs: the strided kernels' blocks of targets,
+/// and the row kernels' e^(x - max), kept between the softmax and the gradient passes so that
+/// each logit costs one exp.
+template <typename T>
+T* Scratch(size_t count) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
 // ------------------------------------------------------------------------------------------
 // sigmoid_focal and dynamic_focal: elementwise.
+
+/// Per-job constants broadcast once per chunk, for one descriptor.
+template <class D>
+struct SigmoidConsts {
+  using V = hn::Vec<D>;
+  HWY_INLINE SigmoidConsts(D d, const KernelArgs& a)
+      : o{d},
+        gamma(math::MakeGamma(o, a.gamma)),
+        keep(o.Set(1 - a.smoothing)),
+        floor(o.Set(a.smoothing_floor)),
+        scale(o.Set(a.grad_scale)) {}
+  HwyOps<D> o;
+  math::Gamma<V> gamma;
+  V keep, floor;  ///< label smoothing: t' = t·keep + floor
+  V scale;        ///< gradient scale of the reduction and the upstream scalar
+};
 
 /// Writes one vector of results: per-item losses for NONE, and the gradient scaled by the
 /// reduction and the upstream weight.
 template <class D>
-HWY_INLINE void EmitElementwise(D d, const KernelArgs& a, int64_t i, hn::Vec<D> loss,
-                                hn::Vec<D> grad, int64_t weight_index) {
-  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, i);
+HWY_INLINE void EmitElementwise(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
+                                hn::Vec<D> x, hn::Vec<D> loss, hn::Vec<D> grad) {
+  if (a.losses) StoreFloat(d, PropagateNaN<D>(a, x, loss), a.losses, a.output_dtype, i);
   if (a.gradient) {
-    auto g = hn::Mul(grad, hn::Set(d, static_cast<hn::TFromD<D>>(a.grad_scale)));
-    if (a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, weight_index));
-    StoreFloat(d, g, a.gradient, a.output_dtype, i);
+    auto g = hn::Mul(grad, k.scale);
+    if (a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, i));
+    StoreFloat(d, PropagateNaN<D>(a, x, g), a.gradient, a.output_dtype, i);
   }
 }
 
 /// The §2 formula for one vector of targets t (before smoothing). `hard` says t is known to be
 /// 0/1 with no smoothing, which allows the cheaper hard-target form.
 template <class D>
-HWY_INLINE math::LossGrad<hn::Vec<D>> SigmoidFocalVec(D d, const KernelArgs& a, hn::Vec<D> x,
-                                                       hn::Vec<D> t, bool hard, double alpha_pos,
-                                                       double alpha_neg) {
-  const HwyOps<D> o{d};
-  const auto gamma = o.Set(a.gamma);
-  const auto ap = o.Set(alpha_pos);
-  const auto an = o.Set(alpha_neg);
+HWY_INLINE math::LossGrad<hn::Vec<D>> SigmoidFocalVec(const SigmoidConsts<D>& k,
+                                                       const KernelArgs& a, hn::Vec<D> x,
+                                                       hn::Vec<D> t, bool hard, hn::Vec<D> ap,
+                                                       hn::Vec<D> an) {
+  const HwyOps<D>& o = k.o;
   if (hard && !a.probabilities) {
     const auto is_pos = hn::Eq(t, o.Set(1));
     return math::SigmoidFocalHard(o, x, o.Select(is_pos, o.Set(1), o.Set(-1)),
-                                  o.Select(is_pos, ap, an), gamma);
+                                  o.Select(is_pos, ap, an), k.gamma);
   }
-  const auto smoothed = hn::MulAdd(t, o.Set(1 - a.smoothing), o.Set(a.smoothing_floor));
-  if (a.probabilities) return math::SigmoidFocalProbabilities(o, x, smoothed, ap, an, gamma);
-  return math::SigmoidFocalSoft(o, x, smoothed, ap, an, gamma);
+  const auto smoothed = hn::MulAdd(t, k.keep, k.floor);
+  if (a.probabilities) return math::SigmoidFocalProbabilities(o, x, smoothed, ap, an, k.gamma);
+  return math::SigmoidFocalSoft(o, x, smoothed, ap, an, k.gamma);
 }
 
 template <class D>
-HWY_INLINE void SigmoidFloatStep(D d, const KernelArgs& a, int64_t i, double alpha_pos,
-                                 double alpha_neg, LossSum<D>& sum, ChunkResult& r) {
+HWY_INLINE void SigmoidFloatStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
+                                 hn::Vec<D> ap, hn::Vec<D> an, LossSum<D>& sum, ChunkResult& r) {
   const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
   const auto t = LoadFloat(d, a.targets, a.targets_dtype, i);
   r.bad_input |= AnyBadInput(d, a, x);
   const auto zero = hn::Zero(d);
   const auto one = hn::Set(d, 1);
-  const auto binary = hn::Or(hn::Eq(t, zero), hn::Eq(t, one));
-  const bool all_binary = hn::AllTrue(d, binary);
+  const bool all_binary = hn::AllTrue(d, hn::Or(hn::Eq(t, zero), hn::Eq(t, one)));
   if (a.binary_targets ? !all_binary : !hn::AllTrue(d, hn::And(hn::Ge(t, zero), hn::Le(t, one)))) {
     r.bad_target = true;
   }
-  const auto out = SigmoidFocalVec(d, a, x, t, all_binary && a.smoothing == 0, alpha_pos, alpha_neg);
-  sum.Add(d, out.loss);
-  EmitElementwise(d, a, i, out.loss, out.grad, i);
+  const auto out = SigmoidFocalVec(k, a, x, t, all_binary && a.smoothing == 0, ap, an);
+  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
 }
 
 template <typename T>
 ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
+  const SigmoidConsts<decltype(d)> k(d, a);
+  const SigmoidConsts<decltype(d1)> k1(d1, a);
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
@@ -300,8 +370,10 @@ ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       alpha_pos = a.row_alpha[row];
       alpha_neg = 1.0 - a.row_alpha[row];
     }
-    for (; i + lanes <= segment_end; i += lanes) SigmoidFloatStep(d, a, i, alpha_pos, alpha_neg, sum, r);
-    for (; i < segment_end; ++i) SigmoidFloatStep(d1, a, i, alpha_pos, alpha_neg, tail_sum, r);
+    const auto ap = k.o.Set(alpha_pos), an = k.o.Set(alpha_neg);
+    for (; i + lanes <= segment_end; i += lanes) SigmoidFloatStep(d, k, a, i, ap, an, sum, r);
+    const auto ap1 = k1.o.Set(alpha_pos), an1 = k1.o.Set(alpha_neg);
+    for (; i < segment_end; ++i) SigmoidFloatStep(d1, k1, a, i, ap1, an1, tail_sum, r);
   }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
@@ -311,16 +383,18 @@ ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
 // sigmoid_focal with class-index targets: t = [c == y], background y = C, ignored rows 0.
 
 template <class D>
-HWY_INLINE void SigmoidIndexStep(D d, const KernelArgs& a, int64_t i, hn::Vec<D> x,
+HWY_INLINE void SigmoidIndexStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
                                  hn::Mask<D> is_target, hn::Mask<D> valid, LossSum<D>& sum,
                                  ChunkResult& r) {
+  const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
   r.bad_input |= AnyBadInput(d, a, x);
   const auto t = hn::IfThenElseZero(is_target, hn::Set(d, 1));
-  auto out = SigmoidFocalVec(d, a, x, t, a.smoothing == 0, a.alpha_pos, a.alpha_neg);
+  const auto ap = k.o.Set(a.alpha_pos), an = k.o.Set(a.alpha_neg);
+  auto out = SigmoidFocalVec(k, a, x, t, a.smoothing == 0, ap, an);
   out.loss = hn::IfThenElseZero(valid, out.loss);
   out.grad = hn::IfThenElseZero(valid, out.grad);
-  sum.Add(d, out.loss);
-  EmitElementwise(d, a, i, out.loss, out.grad, i);
+  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
 }
 
 template <typename T>
@@ -329,112 +403,232 @@ ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;
   hn::RebindToSigned<decltype(d1)> di1;
+  using TI = hn::TFromD<decltype(di)>;
+  const SigmoidConsts<decltype(d)> k(d, a);
+  const SigmoidConsts<decltype(d1)> k1(d1, a);
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
   const int64_t C = a.classes, S = a.inner;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   if (S == 1) {
-    // [N, C]: a row is contiguous; vectorise along the classes.
+    // [N, C]: a row is contiguous; vectorise along the classes. Lane j of the vector at class c
+    // is the target when j == y - c (Highway's Iota goes through memory: build it once).
+    const auto iota = hn::Iota(di, 0);
     for (int64_t row = begin; row < end; ++row) {
-      const int32_t y = hn::GetLane(LoadClassIndex(di1, a, row));
+      const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
       const int64_t base = row * C;
+      const auto valid = hn::RebindMask(d, hn::Gt(hn::Set(di, y), hn::Set(di, -1)));
+      const auto valid1 = hn::RebindMask(d1, hn::Gt(hn::Set(di1, y), hn::Set(di1, -1)));
       int64_t c = 0;
       for (; c + lanes <= C; c += lanes) {
-        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-        const auto is_target = hn::RebindMask(d, hn::Eq(hn::Iota(di, static_cast<hn::TFromD<decltype(di)>>(c)), hn::Set(di, y)));
-        const auto valid = hn::RebindMask(d, hn::Gt(hn::Set(di, y), hn::Set(di, -1)));
-        SigmoidIndexStep(d, a, base + c, x, is_target, valid, sum, r);
+        const auto is_target = hn::RebindMask(d, hn::Eq(iota, hn::Set(di, static_cast<TI>(y - c))));
+        SigmoidIndexStep(d, k, a, base + c, is_target, valid, sum, r);
       }
       for (; c < C; ++c) {
-        const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
-        const auto is_target = hn::RebindMask(d1, hn::Eq(hn::Set(di1, static_cast<hn::TFromD<decltype(di1)>>(c)), hn::Set(di1, y)));
-        const auto valid = hn::RebindMask(d1, hn::Gt(hn::Set(di1, y), hn::Set(di1, -1)));
-        SigmoidIndexStep(d1, a, base + c, x, is_target, valid, tail_sum, r);
+        const auto is_target = hn::RebindMask(d1, hn::Eq(hn::Set(di1, static_cast<TI>(c)), hn::Set(di1, y)));
+        SigmoidIndexStep(d1, k1, a, base + c, is_target, valid1, tail_sum, r);
       }
     }
   } else {
-    // [N, C, S]: vectorise along S, where consecutive positions are contiguous for each class.
-    auto run = [&](auto dv, auto div, int64_t p, LossSum<decltype(dv)>& acc) {
-      const int64_t n = p / S, s = p % S;
-      const auto y = LoadClassIndex(div, a, p);
-      const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
+    // [N, C, S]: vectorise along S, a block of positions and a class at a time.
+    constexpr int64_t kBlock = 4096;
+    TI* const ybuf = Scratch<TI>(kBlock);
+    ForEachPositionBlock(a, begin, end, kBlock, [&](int64_t n, int64_t s, int64_t p, int64_t count) {
+      for (int64_t j = 0; j < count; ++j) ybuf[j] = static_cast<TI>(ClassIndexAt(a, p + j));
       for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = (n * C + c) * S + s;
-        const auto x = LoadFloat(dv, a.logits, a.logits_dtype, i);
-        const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<hn::TFromD<decltype(div)>>(c))));
-        SigmoidIndexStep(dv, a, i, x, is_target, valid, acc, r);
+        const int64_t base = (n * C + c) * S + s;
+        ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+          const hn::RebindToSigned<decltype(dv)> div;
+          const auto y = hn::LoadU(div, ybuf + j);
+          const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
+          const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<TI>(c))));
+          SigmoidIndexStep(dv, ForLanes(dv, k, k1), a, base + j, is_target, valid,
+                           ForLanes(dv, sum, tail_sum), r);
+        });
       }
-    };
-    for (int64_t p = begin; p < end;) {
-      const int64_t row_end = std::min(end, (p / S + 1) * S);
-      for (; p + lanes <= row_end; p += lanes) run(d, di, p, sum);
-      for (; p < row_end; ++p) run(d1, di1, p, tail_sum);
-    }
+    });
   }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
 }
 
 // ------------------------------------------------------------------------------------------
-// softmax_focal.
-
-/// Per-item output of a row variant: the loss for NONE and the chunk sum.
-template <typename T>
-HWY_INLINE void EmitRowLoss(const KernelArgs& a, int64_t position, T loss) {
-  if (a.losses) StoreScalar(loss, a.losses, a.output_dtype, position);
-}
+// softmax_focal and focal_cosine: rows.
 
 template <typename T>
 HWY_INLINE double ItemWeight(const KernelArgs& a, int64_t position) {
   return a.grad_scale * (a.item_weights ? a.item_weights[position] : 1.0f);
 }
 
-/// [N, C] softmax focal: one contiguous row at a time, vectorised along the classes.
+/// Rows up to this many classes are processed in groups of one vector's lanes, so that the
+/// per-row math (logs, exps of the target) runs once per group as vectors instead of once per
+/// row as scalars; longer rows amortise it on their own and keep their scratch in L1/L2.
+constexpr int64_t kGroupedRowMaxClasses = 512;
+
+/// [N, C] softmax focal without label smoothing: pass 1 the row max, pass 2 e_j = e^(x_j - max)
+/// (kept) and the normaliser, then the per-row focal term for a group of rows at once, then
+/// pass 3 the gradient α_y g(p_y)(p_j - [j = y]) from the kept e_j: one exp per logit.
 template <typename T>
 ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  const HwyOps<decltype(d)> o{d};
+  const int64_t C = a.classes;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t group = C <= kGroupedRowMaxClasses ? lanes : 1;
+  constexpr size_t kMaxLanes = hn::MaxLanes(d);
+  T* const e = Scratch<T>(static_cast<size_t>(group * C));
+  const math::Gamma<hn::Vec<decltype(d)>> gamma = math::MakeGamma(o, a.gamma);
+  LossSum<decltype(d)> sum;
+  ChunkResult r;
+
+  // Per-row values of the group, laid out as vectors for the per-row math.
+  HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xy[kMaxLanes], row_alpha[kMaxLanes],
+      row_w[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes];
+  int64_t row_y[kMaxLanes];
+
+  for (int64_t first = begin; first < end; first += group) {
+    const int64_t rows = std::min(group, end - first);
+    for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
+      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0;
+    }
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      T* const row_e = e + g * C;
+      const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
+      row_y[g] = y;
+      // Pass 1: max, and the input check.
+      auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
+      T max = -std::numeric_limits<T>::infinity();
+      bool finite = true;
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+        if (a.check_inputs || a.propagate_nan) finite &= hn::AllTrue(d, hn::IsFinite(x));
+        vmax = hn::Max(vmax, x);
+      }
+      for (; c < C; ++c) {
+        const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+        finite &= std::isfinite(x);
+        max = std::max(max, x);
+      }
+      if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+      if (!finite && a.check_inputs) r.bad_input = true;
+      // Pass 2: e_j and rest = Σ e_j - 1 without the maximum's own 1 (see math::LogProb).
+      auto vrest = hn::Zero(d), vties = hn::Zero(d);
+      T rest = -1;
+      const auto vm = hn::Set(d, max);
+      for (c = 0; c + lanes <= C; c += lanes) {
+        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+        const auto ex = o.Exp(hn::Sub(x, vm));
+        hn::StoreU(ex, d, row_e + c);
+        vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(x, vm), ex));
+        vties = hn::Add(vties, math::TieTerm(o, x, vm));
+      }
+      if (c < C) {
+        const hn::CappedTag<T, 1> dt;
+        const HwyOps<decltype(dt)> ot{dt};
+        auto trest = hn::Zero(dt);
+        for (; c < C; ++c) {
+          const auto x = LoadFloat(dt, a.logits, a.logits_dtype, base + c);
+          const auto ex = ot.Exp(hn::Sub(x, hn::Set(dt, max)));
+          hn::StoreU(ex, dt, row_e + c);
+          trest = hn::Add(trest, hn::Add(math::RestTerm(ot, x, hn::Set(dt, max)), math::TieTerm(ot, x, hn::Set(dt, max))));
+        }
+        rest += hn::GetLane(trest);
+      }
+      rest += SumLanes(d, vties) + SumLanes(d, vrest);
+      row_max[g] = max;
+      row_rest[g] = rest;
+      if (y >= 0) {
+        row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
+        row_alpha[g] = a.class_alpha ? a.class_alpha[y] : T(1);
+        row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
+        if (!finite && a.propagate_nan) row_w[g] = std::numeric_limits<T>::quiet_NaN();
+      }
+    }
+    // The per-row focal term, one group of rows as one vector.
+    const auto log_norm = math::LogNormalizer(o, hn::Load(d, row_rest));
+    const auto u_y = math::LogProb(o, hn::Load(d, row_xy), hn::Load(d, row_max), log_norm);
+    const auto term = math::SoftmaxFocalTerm(o, u_y, gamma);
+    const auto alpha_y = hn::Load(d, row_alpha);
+    const auto w = hn::Load(d, row_w);
+    const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
+    // Loss: α_y f, NaN for a non-finite row under allow_non_finite (w is NaN there), 0 when
+    // ignored (α_y and w are 0 there).
+    const auto loss = hn::IfThenElse(hn::IsNaN(w), w, hn::Mul(alpha_y, term.f));
+    hn::Store(loss, d, row_loss);
+    // p_j = e_j / (1 + rest); the target's p_y - 1 is expm1(log p_y), exact as p_y → 1.
+    hn::Store(hn::Div(k, hn::Add(hn::Load(d, row_rest), hn::Set(d, 1))), d, row_k);
+    hn::Store(hn::Mul(k, o.Expm1(u_y)), d, row_fix);
+    sum.Add(d, loss);
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (!a.gradient) continue;
+      const T* const row_e = e + g * C;
+      const auto kp = hn::Set(d, row_k[g]);
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        StoreFloat(d, hn::Mul(kp, hn::LoadU(d, row_e + c)), a.gradient, a.output_dtype, base + c);
+      }
+      for (; c < C; ++c) StoreScalar(row_k[g] * row_e[c], a.gradient, a.output_dtype, base + c);
+      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, a.output_dtype, base + row_y[g]);
+    }
+  }
+  r.loss_sum = sum.Total();
+  return r;
+}
+
+/// [N, C] softmax focal with label smoothing: every class carries a focal term,
+///   ℓ = Σ_c q_c α_c f(p_c), ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j), W = Σ_c q_c α_c g(p_c),
+/// so the per-element work dominates and rows are taken one at a time.
+template <typename T>
+ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;
   hn::RebindToSigned<decltype(d1)> di1;
+  using TI = hn::TFromD<decltype(di)>;
   const HwyOps<decltype(d)> o{d};
   const HwyOps<decltype(d1)> o1{d1};
   const ScalarOps<T> so;
+  const auto gamma = math::MakeGamma(o, a.gamma);
+  const auto gamma1 = math::MakeGamma(o1, a.gamma);
   const int64_t C = a.classes;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  const T gamma = static_cast<T>(a.gamma), eps = static_cast<T>(a.smoothing);
+  const T eps = static_cast<T>(a.smoothing);
+  const T uniform = eps / static_cast<T>(C);
   ChunkResult r;
   double chunk_sum = 0;
-  auto alpha_of = [&](auto dv, int64_t c) {
-    return a.class_alpha ? LoadFloat(dv, a.class_alpha, DType::kFloat32, c) : hn::Set(dv, 1);
-  };
   for (int64_t row = begin; row < end; ++row) {
     const int64_t base = row * C;
-    const int32_t y = hn::GetLane(LoadClassIndex(di1, a, row));
+    const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
     if (y < 0) {  // ignored: contributes nothing, gradient 0
-      EmitRowLoss<T>(a, row, 0);
+      if (a.losses) StoreScalar(0, a.losses, a.output_dtype, row);
       if (a.gradient) {
         for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, a.output_dtype, base + c);
       }
       continue;
     }
-    // Pass 1 and 2 over the row (in cache after the first): max, then Σ exp(x - max).
     auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
     T max = -std::numeric_limits<T>::infinity();
+    bool finite = true;
     int64_t c = 0;
     for (; c + lanes <= C; c += lanes) {
       const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-      r.bad_input |= AnyBadInput(d, a, x);
+      finite &= hn::AllTrue(d, hn::IsFinite(x));
       vmax = hn::Max(vmax, x);
     }
     for (; c < C; ++c) {
-      const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
-      r.bad_input |= AnyBadInput(d1, a, x);
-      max = std::max(max, hn::GetLane(x));
+      const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+      finite &= std::isfinite(x);
+      max = std::max(max, x);
     }
     if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+    if (!finite && a.check_inputs) r.bad_input = true;
     auto vrest = hn::Zero(d), vties = hn::Zero(d);
-    T rest = -1;  // LogSumExp's rest: Σ e^(x - max) without the maximum's own 1
+    T rest = -1;
     for (c = 0; c + lanes <= C; c += lanes) {
       const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
       vrest = hn::Add(vrest, math::RestTerm(o, x, hn::Set(d, max)));
@@ -444,168 +638,194 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
       rest += hn::GetLane(hn::Add(math::RestTerm(o1, x, hn::Set(d1, max)), math::TieTerm(o1, x, hn::Set(d1, max))));
     }
-    rest += SumLanes(d, vties);
-    rest += SumLanes(d, vrest);
+    rest += SumLanes(d, vties) + SumLanes(d, vrest);
     const T log_norm = math::LogNormalizer(so, rest);
     auto log_prob = [&](auto dv, int64_t cc) {  // log p of classes [cc, cc + lanes)
       return math::LogProb(HwyOps<decltype(dv)>{dv}, LoadFloat(dv, a.logits, a.logits_dtype, base + cc),
                            hn::Set(dv, max), hn::Set(dv, log_norm));
     };
-    const T w = static_cast<T>(ItemWeight<T>(a, row));
-    T loss;
-    if (eps == 0) {
-      const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
-      const T alpha_y = a.class_alpha ? a.class_alpha[y] : T(1);
-      const T u_y = math::LogProb(so, x_y, max, log_norm);
-      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(so, u_y, gamma);
-      loss = alpha_y * term.f;
-      if (a.gradient) {
-        // ∂ℓ/∂x_j = α_y g(p_y) (p_j - [j = y])
-        const T k = w * alpha_y * term.g;
-        auto grad_at = [&](auto dv, auto div, int64_t cc) {
-          const auto p = hn::Exp(dv, log_prob(dv, cc));
-          const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
-          const auto g = hn::Mul(hn::Set(dv, k), hn::Sub(p, hn::IfThenElseZero(is_y, hn::Set(dv, 1))));
-          StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
-        };
-        for (c = 0; c + lanes <= C; c += lanes) grad_at(d, di, c);
-        for (; c < C; ++c) grad_at(d1, di1, c);
-        // The target's p_y - 1 again as expm1(log p_y): exact as p_y → 1, where it matters most.
-        StoreScalar(k * so.Expm1(u_y), a.gradient, a.output_dtype, base + y);
-      }
-    } else {
-      // ℓ = Σ_c q_c α_c f(p_c), q_c = (1-ε)[c = y] + ε/C; ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j).
-      const T uniform = eps / static_cast<T>(C);
-      auto qa_of = [&](auto dv, auto div, int64_t cc) {
-        const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
-        const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y, hn::Set(dv, 1 - eps)));
-        return hn::Mul(q, alpha_of(dv, cc));
-      };
-      auto vloss = hn::Zero(d), vw = hn::Zero(d);
-      T tail_loss = 0, tail_w = 0;
-      for (c = 0; c + lanes <= C; c += lanes) {
-        const auto term = math::SoftmaxFocalTerm(o, log_prob(d, c), hn::Set(d, gamma));
-        const auto qa = qa_of(d, di, c);
-        vloss = hn::MulAdd(qa, term.f, vloss);
-        vw = hn::MulAdd(qa, term.g, vw);
-      }
-      for (; c < C; ++c) {
-        const auto term = math::SoftmaxFocalTerm(o1, log_prob(d1, c), hn::Set(d1, gamma));
-        const auto qa = qa_of(d1, di1, c);
-        tail_loss += hn::GetLane(hn::Mul(qa, term.f));
-        tail_w += hn::GetLane(hn::Mul(qa, term.g));
-      }
-      loss = tail_loss + SumLanes(d, vloss);
-      const T W = tail_w + SumLanes(d, vw);
-      if (a.gradient) {
-        auto grad_at = [&](auto dv, auto div, int64_t cc) {
-          const HwyOps<decltype(dv)> ov{dv};
-          const auto u = log_prob(dv, cc);
-          const auto term = math::SoftmaxFocalTerm(ov, u, hn::Set(dv, gamma));
-          const auto g = hn::Mul(hn::Set(dv, w), hn::Sub(hn::Mul(hn::Exp(dv, u), hn::Set(dv, W)),
-                                                         hn::Mul(qa_of(dv, div, cc), term.g)));
-          StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
-        };
-        for (c = 0; c + lanes <= C; c += lanes) grad_at(d, di, c);
-        for (; c < C; ++c) grad_at(d1, di1, c);
-      }
+    auto qa_of = [&](auto dv, auto div, int64_t cc) {  // q_c α_c
+      const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, 0), hn::Set(div, static_cast<TI>(y - cc))));
+      const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y, hn::Set(dv, 1 - eps)));
+      return hn::Mul(q, a.class_alpha ? LoadFloat(dv, a.class_alpha, DType::kFloat32, cc) : hn::Set(dv, 1));
+    };
+    auto vloss = hn::Zero(d), vw = hn::Zero(d);
+    T tail_loss = 0, tail_w = 0;
+    for (c = 0; c + lanes <= C; c += lanes) {
+      const auto term = math::SoftmaxFocalTerm(o, log_prob(d, c), gamma);
+      const auto qa = qa_of(d, di, c);
+      vloss = hn::MulAdd(qa, term.f, vloss);
+      vw = hn::MulAdd(qa, term.g, vw);
     }
-    EmitRowLoss<T>(a, row, loss);
+    for (; c < C; ++c) {
+      const auto term = math::SoftmaxFocalTerm(o1, log_prob(d1, c), gamma1);
+      const auto qa = qa_of(d1, di1, c);
+      tail_loss += hn::GetLane(hn::Mul(qa, term.f));
+      tail_w += hn::GetLane(hn::Mul(qa, term.g));
+    }
+    T loss = tail_loss + SumLanes(d, vloss);
+    const T W = tail_w + SumLanes(d, vw);
+    T w = static_cast<T>(ItemWeight<T>(a, row));
+    if (!finite && a.propagate_nan) loss = w = std::numeric_limits<T>::quiet_NaN();
+    if (a.gradient) {
+      auto grad_at = [&](auto dv, auto div, const auto& gv, int64_t cc) {
+        const HwyOps<decltype(dv)> ov{dv};
+        const auto u = log_prob(dv, cc);
+        const auto term = math::SoftmaxFocalTerm(ov, u, gv);
+        const auto g = hn::Mul(hn::Set(dv, w), hn::Sub(hn::Mul(ov.Exp(u), hn::Set(dv, W)),
+                                                       hn::Mul(qa_of(dv, div, cc), term.g)));
+        StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
+      };
+      for (c = 0; c + lanes <= C; c += lanes) grad_at(d, di, gamma, c);
+      for (; c < C; ++c) grad_at(d1, di1, gamma1, c);
+    }
+    if (a.losses) StoreScalar(loss, a.losses, a.output_dtype, row);
     chunk_sum += static_cast<double>(loss);
   }
   r.loss_sum = chunk_sum;
   return r;
 }
 
-/// [N, C, S] softmax focal: lanes are consecutive positions s of one n, each its own row;
-/// the class loop reads x[n, c, s..s+L) at stride S, in place.
-template <class D, class DI>
-HWY_INLINE void SoftmaxStridedStep(D d, DI di, const KernelArgs& a, int64_t p, LossSum<D>& sum,
-                                   ChunkResult& r) {
-  using T = hn::TFromD<D>;
-  const HwyOps<D> o{d};
-  const int64_t C = a.classes, S = a.inner;
-  const int64_t n = p / S, s = p % S;
-  const int64_t base = n * C * S + s;
-  const auto y = LoadClassIndex(di, a, p);
-  const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
-  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, a.logits_dtype, base + c * S); };
-  auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<hn::TFromD<decltype(di)>>(c)))); };
-  auto alpha_at = [&](int64_t c) { return o.Set(a.class_alpha ? a.class_alpha[c] : 1.0f); };
-  auto max = hn::Set(d, -std::numeric_limits<T>::infinity());
-  for (int64_t c = 0; c < C; ++c) {
-    const auto x = x_at(c);
-    r.bad_input |= AnyBadInput(d, a, x);
-    max = hn::Max(max, x);
-  }
-  auto rest = hn::Zero(d), ties = hn::Set(d, -1), x_y = hn::Zero(d), alpha_y = hn::Zero(d);
-  for (int64_t c = 0; c < C; ++c) {
-    const auto x = x_at(c);
-    rest = hn::Add(rest, math::RestTerm(o, x, max));
-    ties = hn::Add(ties, math::TieTerm(o, x, max));
-    x_y = hn::IfThenElse(is_y(c), x, x_y);  // the target logit, captured without a gather
-    alpha_y = hn::IfThenElse(is_y(c), alpha_at(c), alpha_y);
-  }
-  const auto log_norm = math::LogNormalizer(o, hn::Add(ties, rest));
-  auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
-  auto w = hn::Set(d, static_cast<T>(a.grad_scale));
-  if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
-  w = hn::IfThenElseZero(valid, w);
-  const auto gamma = o.Set(a.gamma);
-  hn::Vec<D> loss;
-  if (a.smoothing == 0) {
-    const auto u_y = math::LogProb(o, x_y, max, log_norm);
-    const auto term = math::SoftmaxFocalTerm(o, u_y, gamma);
-    loss = hn::Mul(alpha_y, term.f);
-    if (a.gradient) {
-      const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
-      const auto p_y_minus_1 = o.Expm1(u_y);  // exact as p_y → 1, unlike p_y - 1
-      for (int64_t c = 0; c < C; ++c) {
-        const auto g = hn::Mul(k, hn::IfThenElse(is_y(c), p_y_minus_1, o.Exp(log_prob(c))));
-        StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
-      }
-    }
-  } else {
-    const auto uniform = o.Set(a.smoothing / static_cast<double>(C));
-    const auto keep = o.Set(1 - a.smoothing);
-    auto qa_at = [&](int64_t c) {
-      return hn::Mul(hn::Add(uniform, hn::IfThenElseZero(is_y(c), keep)), alpha_at(c));
-    };
-    loss = hn::Zero(d);
-    auto W = hn::Zero(d);
-    for (int64_t c = 0; c < C; ++c) {
-      const auto term = math::SoftmaxFocalTerm(o, log_prob(c), gamma);
-      loss = hn::MulAdd(qa_at(c), term.f, loss);
-      W = hn::MulAdd(qa_at(c), term.g, W);
-    }
-    if (a.gradient) {
-      for (int64_t c = 0; c < C; ++c) {
-        const auto u = log_prob(c);
-        const auto term = math::SoftmaxFocalTerm(o, u, gamma);
-        const auto g = hn::Mul(w, hn::Sub(hn::Mul(o.Exp(u), W), hn::Mul(qa_at(c), term.g)));
-        StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
-      }
-    }
-  }
-  loss = hn::IfThenElseZero(valid, loss);
-  sum.Add(d, loss);
-  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, p);
-}
-
+/// [N, C, S] softmax focal: each lane is its own row (position), and the class dimension is
+/// read at stride S in place, a block of positions and a class at a time. Per-position state
+/// lives in scratch arrays of the block: the running max, the normaliser's rest and ties, the
+/// captured target logit and α, and e^(x - max) for every class (one exp per logit).
 template <typename T>
 ChunkResult SoftmaxStridedChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
+  using TI = hn::TFromD<hn::RebindToSigned<decltype(d)>>;
+  const int64_t C = a.classes, S = a.inner;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  // The kept exponentials (C × block) stay within ~32 KB, in L1/L2.
+  const int64_t block = std::max<int64_t>(lanes, std::min<int64_t>(512, 8192 / std::max<int64_t>(C, 1)) / lanes * lanes);
+  enum Array { kMax, kRest, kTies, kTargetLogit, kTargetAlpha, kBad, kLogNorm, kWeight, kLoss, kW, kArrays };
+  T* const scratch = Scratch<T>(static_cast<size_t>((C + kArrays) * block));
+  T* const e = scratch;
+  auto arr = [&](Array which) { return scratch + (C + which) * block; };
+  TI* const ybuf = Scratch<TI>(static_cast<size_t>(block));
+  const auto gamma = math::MakeGamma(HwyOps<decltype(d)>{d}, a.gamma);
+  const auto gamma1 = math::MakeGamma(HwyOps<decltype(d1)>{d1}, a.gamma);
+  const bool track_finite = a.check_inputs || a.propagate_nan;
+  const T uniform = static_cast<T>(a.smoothing / static_cast<double>(std::max<int64_t>(C, 1)));
+  const T keep = static_cast<T>(1 - a.smoothing);
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
-  const int64_t S = a.inner;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  for (int64_t p = begin; p < end;) {
-    const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
-    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedStep(d, hn::RebindToSigned<decltype(d)>(), a, p, sum, r);
-    for (; p < row_end; ++p) SoftmaxStridedStep(d1, hn::RebindToSigned<decltype(d1)>(), a, p, tail_sum, r);
-  }
+
+  ForEachPositionBlock(a, begin, end, block, [&](int64_t n, int64_t s, int64_t p, int64_t count) {
+    for (int64_t j = 0; j < count; ++j) {
+      ybuf[j] = static_cast<TI>(ClassIndexAt(a, p + j));
+      arr(kMax)[j] = -std::numeric_limits<T>::infinity();
+      arr(kRest)[j] = 0, arr(kTies)[j] = -1;  // rest + ties = Σ e - 1, see math::LogProb
+      arr(kTargetLogit)[j] = 0, arr(kTargetAlpha)[j] = 1, arr(kBad)[j] = 0;
+      arr(kLoss)[j] = 0, arr(kW)[j] = 0;
+    }
+    auto x_at = [&](auto dv, int64_t c, int64_t j) {
+      return LoadFloat(dv, a.logits, a.logits_dtype, (n * C + c) * S + s + j);
+    };
+    auto is_y = [&](auto dv, int64_t c, int64_t j) {
+      const hn::RebindToSigned<decltype(dv)> div;
+      return hn::RebindMask(dv, hn::Eq(hn::LoadU(div, ybuf + j), hn::Set(div, static_cast<TI>(c))));
+    };
+    auto load = [&](auto dv, Array which, int64_t j) { return hn::LoadU(dv, arr(which) + j); };
+    auto store = [&](auto dv, auto v, Array which, int64_t j) { hn::StoreU(v, dv, arr(which) + j); };
+    // Pass 1: the max; x - x accumulates NaN for any NaN or ±Inf, marking the position.
+    for (int64_t c = 0; c < C; ++c) {
+      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+        const auto x = x_at(dv, c, j);
+        store(dv, hn::Max(load(dv, kMax, j), x), kMax, j);
+        if (track_finite) store(dv, hn::Add(load(dv, kBad, j), hn::Sub(x, x)), kBad, j);
+      });
+    }
+    // Pass 2: e = e^(x - max) kept, the normaliser, the target's logit and α.
+    for (int64_t c = 0; c < C; ++c) {
+      T* const e_c = e + c * block;
+      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+        const HwyOps<decltype(dv)> o{dv};
+        const auto x = x_at(dv, c, j);
+        const auto m = load(dv, kMax, j);
+        const auto ex = o.Exp(hn::Sub(x, m));
+        hn::StoreU(ex, dv, e_c + j);
+        store(dv, hn::Add(load(dv, kRest, j), hn::IfThenZeroElse(hn::Eq(x, m), ex)), kRest, j);
+        store(dv, hn::Add(load(dv, kTies, j), math::TieTerm(o, x, m)), kTies, j);
+        const auto target = is_y(dv, c, j);
+        store(dv, hn::IfThenElse(target, x, load(dv, kTargetLogit, j)), kTargetLogit, j);
+        if (a.class_alpha) {
+          store(dv, hn::IfThenElse(target, hn::Set(dv, a.class_alpha[c]), load(dv, kTargetAlpha, j)), kTargetAlpha, j);
+        }
+      });
+    }
+    // Per position: weights and the normaliser; without smoothing, the whole focal term.
+    ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+      const HwyOps<decltype(dv)> o{dv};
+      const hn::RebindToSigned<decltype(dv)> div;
+      const auto valid = hn::RebindMask(dv, hn::Gt(hn::LoadU(div, ybuf + j), hn::Set(div, -1)));
+      const auto bad = hn::IsNaN(load(dv, kBad, j));
+      if (a.check_inputs && !hn::AllFalse(dv, bad)) r.bad_input = true;
+      auto w = hn::Set(dv, static_cast<T>(a.grad_scale));
+      if (a.item_weights) w = hn::Mul(w, LoadFloat(dv, a.item_weights, DType::kFloat32, p + j));
+      w = hn::IfThenElseZero(valid, w);
+      const auto rest = hn::Add(load(dv, kRest, j), load(dv, kTies, j));
+      const auto log_norm = math::LogNormalizer(o, rest);
+      store(dv, log_norm, kLogNorm, j);
+      store(dv, w, kWeight, j);
+      if (a.smoothing != 0) return;
+      const auto alpha_y = load(dv, kTargetAlpha, j);
+      const auto u_y = math::LogProb(o, load(dv, kTargetLogit, j), load(dv, kMax, j), log_norm);
+      const auto term = math::SoftmaxFocalTerm(o, u_y, ForLanes(dv, gamma, gamma1));
+      const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
+      store(dv, hn::IfThenElseZero(valid, hn::Mul(alpha_y, term.f)), kLoss, j);
+      store(dv, hn::Div(k, hn::Add(rest, hn::Set(dv, 1))), kRest, j);  // p_j = e_j / (1 + rest)
+      store(dv, hn::Mul(k, o.Expm1(u_y)), kTies, j);  // the target's p_y - 1, exact as p_y → 1
+    });
+    if (a.smoothing != 0) {
+      // Pass 3 with smoothing: ℓ = Σ_c q_c α_c f(p_c) and W = Σ_c q_c α_c g(p_c) per position.
+      for (int64_t c = 0; c < C; ++c) {
+        ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+          const HwyOps<decltype(dv)> o{dv};
+          const auto u = math::LogProb(o, x_at(dv, c, j), load(dv, kMax, j), load(dv, kLogNorm, j));
+          const auto term = math::SoftmaxFocalTerm(o, u, ForLanes(dv, gamma, gamma1));
+          const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y(dv, c, j), hn::Set(dv, keep)));
+          const auto qa = hn::Mul(q, hn::Set(dv, a.class_alpha ? a.class_alpha[c] : T(1)));
+          store(dv, hn::MulAdd(qa, term.f, load(dv, kLoss, j)), kLoss, j);
+          store(dv, hn::MulAdd(qa, term.g, load(dv, kW, j)), kW, j);
+        });
+      }
+    }
+    // Losses: 0 where ignored, NaN for non-finite input under allow_non_finite.
+    ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+      const hn::RebindToSigned<decltype(dv)> div;
+      const auto valid = hn::RebindMask(dv, hn::Gt(hn::LoadU(div, ybuf + j), hn::Set(div, -1)));
+      auto loss = hn::IfThenElseZero(valid, load(dv, kLoss, j));
+      if (a.propagate_nan) loss = hn::Add(loss, load(dv, kBad, j));
+      ForLanes(dv, sum, tail_sum).Add(dv, loss);
+      if (a.losses) StoreFloat(dv, loss, a.losses, a.output_dtype, p + j);
+    });
+    if (!a.gradient) return;
+    // Last pass: the gradient, from the kept exponentials.
+    for (int64_t c = 0; c < C; ++c) {
+      const T* const e_c = e + c * block;
+      const int64_t base = (n * C + c) * S + s;
+      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+        hn::Vec<decltype(dv)> g;
+        if (a.smoothing == 0) {
+          // α_y g(p_y)(p_j - [j = y])
+          g = hn::IfThenElse(is_y(dv, c, j), load(dv, kTies, j), hn::Mul(load(dv, kRest, j), hn::LoadU(dv, e_c + j)));
+        } else {
+          // p_j W - q_j α_j g(p_j)
+          const HwyOps<decltype(dv)> o{dv};
+          const auto u = math::LogProb(o, x_at(dv, c, j), load(dv, kMax, j), load(dv, kLogNorm, j));
+          const auto term = math::SoftmaxFocalTerm(o, u, ForLanes(dv, gamma, gamma1));
+          const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y(dv, c, j), hn::Set(dv, keep)));
+          const auto qa = hn::Mul(q, hn::Set(dv, a.class_alpha ? a.class_alpha[c] : T(1)));
+          g = hn::Mul(load(dv, kWeight, j), hn::Sub(hn::Mul(o.Exp(u), load(dv, kW, j)), hn::Mul(qa, term.g)));
+        }
+        if (a.propagate_nan) g = hn::Add(g, load(dv, kBad, j));
+        StoreFloat(dv, g, a.gradient, a.output_dtype, base + j);
+      });
+    }
+  });
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
 }
@@ -617,81 +837,88 @@ template <typename T>
 ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
+  const HwyOps<decltype(d)> o{d};
+  const HwyOps<decltype(d1)> o1{d1};
   const ScalarOps<T> so;
+  const auto gamma = math::MakeGamma(so, a.gamma);
   const int64_t C = a.classes;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  T* const e = Scratch<T>(static_cast<size_t>(C));
   ChunkResult r;
   double chunk_sum = 0;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t base = row * C;
-    const int32_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int32_t, 1>(), a, row));
+    const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
     // Pass 1: ‖x‖² and max x.
     auto vsq = hn::Zero(d);
     auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
     T sq = 0, max = -std::numeric_limits<T>::infinity();
+    bool finite = true;
     int64_t c = 0;
     for (; c + lanes <= C; c += lanes) {
       const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-      r.bad_input |= AnyBadInput(d, a, x);
+      finite &= hn::AllTrue(d, hn::IsFinite(x));
       vsq = hn::MulAdd(x, x, vsq);
       vmax = hn::Max(vmax, x);
     }
     for (; c < C; ++c) {
-      const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
-      r.bad_input |= AnyBadInput(d1, a, x);
-      const T v = hn::GetLane(x);
+      const T v = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+      finite &= std::isfinite(v);
       sq += v * v;
       max = std::max(max, v);
     }
     if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+    if (!finite && a.check_inputs) r.bad_input = true;
     const T sum_squares = sq + SumLanes(d, vsq);
     const T z_scale = math::CosineZScale(so, sum_squares);
     const T z_max = max * z_scale;  // z_scale > 0, so max z = z_scale · max x
-    // Pass 2: Σ e^(z - z_max) and Σ z e^(z - z_max).
-    const HwyOps<decltype(d)> o{d};
-    const HwyOps<decltype(d1)> o1{d1};
+    // Pass 2: e_j = e^(z_j - z_max) (kept), rest as for LogProb, tz = Σ z_j e_j.
     auto vrest = hn::Zero(d), vties = hn::Zero(d), vtz = hn::Zero(d);
-    T rest = -1, tz = 0;  // rest as for LogSumExp; tz = Σ z e^(z - z_max)
+    T rest = -1, tz = 0;
     for (c = 0; c + lanes <= C; c += lanes) {
       const auto z = hn::Mul(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, z_scale));
       const auto zm = hn::Set(d, z_max);
-      vrest = hn::Add(vrest, math::RestTerm(o, z, zm));
+      const auto ez = o.Exp(hn::Sub(z, zm));
+      hn::StoreU(ez, d, e + c);
+      vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(z, zm), ez));
       vties = hn::Add(vties, math::TieTerm(o, z, zm));
-      vtz = hn::MulAdd(z, o.Exp(hn::Sub(z, zm)), vtz);
+      vtz = hn::MulAdd(z, ez, vtz);
     }
     for (; c < C; ++c) {
       const auto z = hn::Mul(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, z_scale));
       const auto zm = hn::Set(d1, z_max);
+      const auto ez = o1.Exp(hn::Sub(z, zm));
+      hn::StoreU(ez, d1, e + c);
       rest += hn::GetLane(hn::Add(math::RestTerm(o1, z, zm), math::TieTerm(o1, z, zm)));
-      tz += hn::GetLane(hn::Mul(z, o1.Exp(hn::Sub(z, zm))));
+      tz += hn::GetLane(hn::Mul(z, ez));
     }
-    rest += SumLanes(d, vties);
-    rest += SumLanes(d, vrest);
+    rest += SumLanes(d, vties) + SumLanes(d, vrest);
     tz += SumLanes(d, vtz);
     const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
+    T w = static_cast<T>(ItemWeight<T>(a, row));
+    if (!finite && a.propagate_nan) w = std::numeric_limits<T>::quiet_NaN();
     T log_norm;
-    const math::FocalCosineRow<T> rc = math::FocalCosine(
-        so, sum_squares, x_y, z_max, rest, tz, static_cast<T>(a.cosine_alpha), static_cast<T>(a.gamma),
-        static_cast<T>(a.xent), static_cast<T>(ItemWeight<T>(a, row)), log_norm);
+    math::FocalCosineRow<T> rc = math::FocalCosine(
+        so, sum_squares, x_y, z_max, rest, tz, static_cast<T>(a.cosine_alpha), gamma,
+        static_cast<T>(a.xent), w, log_norm);
+    if (!finite && a.propagate_nan) rc.loss = w;
     if (a.gradient) {
+      // p_j = e_j / (1 + rest): the kept exponentials, no second exp.
+      const T inv_s = 1 / (1 + rest);
       auto grad_at = [&](auto dv, int64_t cc) {
-        const hn::RebindToSigned<decltype(dv)> div;
         const auto x = LoadFloat(dv, a.logits, a.logits_dtype, base + cc);
-        const auto p = hn::Exp(dv, math::LogProb(HwyOps<decltype(dv)>{dv}, hn::Mul(x, hn::Set(dv, z_scale)),
-                                                 hn::Set(dv, z_max), hn::Set(dv, log_norm)));
-        const auto is_y = hn::RebindMask(dv, hn::Eq(hn::Iota(div, static_cast<hn::TFromD<decltype(div)>>(cc)), hn::Set(div, y)));
-        auto g = hn::MulAdd(hn::Set(dv, rc.coef_x), x, hn::Mul(hn::Set(dv, rc.coef_p), p));
-        g = hn::Add(g, hn::IfThenElseZero(is_y, hn::Set(dv, rc.coef_target - rc.coef_p)));
-        StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
+        const auto p = hn::Mul(hn::LoadU(dv, e + cc), hn::Set(dv, inv_s));
+        StoreFloat(dv, hn::MulAdd(hn::Set(dv, rc.coef_x), x, hn::Mul(hn::Set(dv, rc.coef_p), p)),
+                   a.gradient, a.output_dtype, base + cc);
       };
       for (c = 0; c + lanes <= C; c += lanes) grad_at(d, c);
       for (; c < C; ++c) grad_at(d1, c);
-      // The target's p_y - 1 again as expm1(log p_y): exact as p_y → 1.
+      // The target's p_y - 1 as expm1(log p_y): exact as p_y → 1.
       const T u_y = math::LogProb(so, x_y * z_scale, z_max, log_norm);
       StoreScalar(rc.coef_x * x_y + rc.coef_p * so.Expm1(u_y) + rc.coef_target, a.gradient,
                   a.output_dtype, base + y);
     }
-    EmitRowLoss<T>(a, row, rc.loss);
+    if (a.losses) StoreScalar(rc.loss, a.losses, a.output_dtype, row);
     chunk_sum += static_cast<double>(rc.loss);
   }
   r.loss_sum = chunk_sum;
@@ -706,7 +933,9 @@ ChunkResult RunTyped(KernelKind kind, const KernelArgs& a, int64_t begin, int64_
     case KernelKind::kSigmoidFloatTargets: return SigmoidFloatChunk<T>(a, begin, end);
     case KernelKind::kSigmoidIndexTargets: return SigmoidIndexChunk<T>(a, begin, end);
     case KernelKind::kSoftmaxFocal:
-      return a.inner == 1 ? SoftmaxRowsChunk<T>(a, begin, end) : SoftmaxStridedChunk<T>(a, begin, end);
+      if (a.inner != 1) return SoftmaxStridedChunk<T>(a, begin, end);
+      return a.smoothing == 0 ? SoftmaxRowsChunk<T>(a, begin, end)
+                              : SoftmaxSmoothedRowsChunk<T>(a, begin, end);
     case KernelKind::kFocalCosine: return FocalCosineChunk<T>(a, begin, end);
   }
   return {};

@@ -35,6 +35,7 @@ struct KernelArgs {
   void* gradient = nullptr;             ///< or null when not requested
   DType output_dtype = DType::kFloat32;
   bool check_inputs = true;  ///< flag non-finite logits (or probabilities outside [0,1])
+  bool propagate_nan = false;  ///< allow_non_finite: NaN/Inf inputs give NaN outputs
 };
 
 /// What one chunk reports; the backend adds chunk sums in chunk order, so the total does not

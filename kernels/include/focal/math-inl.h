@@ -29,9 +29,12 @@ template <class Ops, class V = typename Ops::V>
 FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
   const V one = o.Set(1);
   const V e = o.Exp(o.Neg(o.Abs(x)));  // e^-|x| ∈ (0, 1]: never overflows
-  const V l = o.Log1p(e);
+  const V u = one + e;
+  const V inv = one / u;
+  // log1p(e) as log(u) corrected for the rounding of u = 1 + e (Kahan's log1p), reusing the
+  // 1/u that σ needs: exact to the last digits even where e ≪ ε and log(u) is 0.
+  const V l = o.Log(u) + (e - (u - one)) * inv;
   const V m = o.Max(x, o.Zero());
-  const V inv = one / (one + e);
   const auto nonneg = o.Le(o.Zero(), x);
   // softplus(-x) = (max(x,0) - x) + l; (m - x) is exact, so log σ(x) keeps its relative
   // accuracy for large x where softplus(x) - x would cancel to 0.
@@ -39,11 +42,40 @@ FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
           o.Select(nonneg, e * inv, inv)};
 }
 
-/// (1-p)^γ from log(1-p). 0^0 = 1: with γ = 0 every variant is exactly its cross-entropy, even
-/// where 1-p underflows to 0 and γ·log(1-p) would be 0·(-∞).
-template <class Ops, class V>
-FOCAL_HD V Modulating(const Ops& o, V log_one_minus_p, V gamma) {
-  return o.Exp(o.Select(o.Eq(gamma, o.Zero()), o.Zero(), gamma * log_one_minus_p));
+/// The focusing parameter as the formulas take it: γ itself and, when γ is a whole number up to
+/// 4, that number, so that (1-p)^γ is a product instead of exp(γ·log(1-p)). The common γ = 1, 2
+/// then cost a multiply instead of an exp per element.
+template <class V>
+struct Gamma {
+  V value;
+  int whole = -1;  ///< γ when it is 0, 1, 2, 3 or 4; -1 otherwise (uniform over a job)
+};
+
+/// Gamma for γ broadcast into the value type by `o`.
+template <class Ops>
+FOCAL_HD Gamma<typename Ops::V> MakeGamma(const Ops& o, double gamma) {
+  Gamma<typename Ops::V> g{o.Set(gamma)};
+  const int whole = static_cast<int>(gamma);
+  if (whole == gamma && whole >= 0 && whole <= 4) g.whole = whole;
+  return g;
+}
+
+/// (1-p)^γ from 1-p and, lazily, its log (`log_base()` runs only for a fractional γ).
+/// 0^0 = 1: with γ = 0 every variant is exactly its cross-entropy, even where 1-p underflows
+/// to 0. A fractional γ is > 0, so γ·log(1-p) never meets 0·(-∞).
+template <class Ops, class V, class LogBase>
+FOCAL_HD V Modulating(const Ops& o, V base, const LogBase& log_base, const Gamma<V>& gamma) {
+  switch (gamma.whole) {
+    case 0: return o.Set(1);
+    case 1: return base;
+    case 2: return base * base;
+    case 3: return base * base * base;
+    case 4: {
+      const V square = base * base;
+      return square * square;
+    }
+    default: return o.Exp(gamma.value * log_base());
+  }
 }
 
 /// log(e^a + e^b); exact when one side is -∞.
@@ -55,19 +87,20 @@ FOCAL_HD V LogAddExp(const Ops& o, V a, V b) {
 
 /// §2 with a hard target. `sign` is 2t-1 (±1), `alpha_t` the weight of this target's class.
 template <class Ops, class V>
-FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, V gamma) {
+FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, const Gamma<V>& gamma) {
   // With z = (2t-1)x, p_t = σ(z) and 1-p_t = σ(-z): both logs without cancellation.
   const SigmoidParts<V> s = Sigmoid(o, sign * x);
-  const V mod = Modulating(o, s.log_q, gamma);  // (1-p_t)^γ
+  const V mod = Modulating(o, s.q, [&] { return s.log_q; }, gamma);  // (1-p_t)^γ
   const V loss = alpha_t * mod * o.Neg(s.log_p);
   // ∂ℓ/∂x = s α_t (1-p_t)^γ (γ p_t log p_t - (1-p_t)): the apex/mmcv form, no (γ-1) power.
-  const V grad = sign * alpha_t * mod * (gamma * s.p * s.log_p - s.q);
+  const V grad = sign * alpha_t * mod * (gamma.value * s.p * s.log_p - s.q);
   return {loss, grad};
 }
 
 /// §2 with a soft target t ∈ [0,1] (after label smoothing). α_t = alpha_pos·t + alpha_neg·(1-t).
 template <class Ops, class V>
-FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alpha_neg, V gamma) {
+FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alpha_neg,
+                                      const Gamma<V>& gamma) {
   const V one = o.Set(1);
   const SigmoidParts<V> s = Sigmoid(o, x);
   const V u = one - t;
@@ -75,11 +108,11 @@ FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alp
   const V ce = o.Neg(t * s.log_p + u * s.log_q);  // two non-negative terms: no cancellation
   // log(1-p_t) = log(p(1-t) + (1-p)t) in log space: finite even where a 0/1 target saturates p.
   const V log_1m_pt = LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t));
-  const V mod = Modulating(o, log_1m_pt, gamma);
+  const V mod = Modulating(o, s.p * u + s.q * t, [&] { return log_1m_pt; }, gamma);
   // γ(1-p_t)^(γ-1) p(1-p) as one exponential whose exponent is ≤ 0 for every γ ≥ 0: it never
   // overflows, and γ < 1 never raises 0 to a negative power.
-  const V second =
-      gamma * (t + t - one) * o.Exp((gamma - one) * log_1m_pt + s.log_p + s.log_q) * ce;
+  const V second = gamma.value * (t + t - one) *
+                   o.Exp((gamma.value - one) * log_1m_pt + s.log_p + s.log_q) * ce;
   // p - t written as p(1-t) - (1-p)t: no cancellation of p - 1 at t = 1.
   const V grad = alpha_t * (mod * (s.p * u - s.q * t) - second);
   return {alpha_t * mod * ce, grad};
@@ -88,7 +121,7 @@ FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alp
 /// §2 with input = PROBABILITIES: the input is p itself and the gradient is ∂ℓ/∂p.
 template <class Ops, class V>
 FOCAL_HD LossGrad<V> SigmoidFocalProbabilities(const Ops& o, V p, V t, V alpha_pos, V alpha_neg,
-                                               V gamma) {
+                                               const Gamma<V>& gamma) {
   const V one = o.Set(1);
   const V zero = o.Zero();
   const V q = one - p;
@@ -99,13 +132,14 @@ FOCAL_HD LossGrad<V> SigmoidFocalProbabilities(const Ops& o, V p, V t, V alpha_p
   const V ce = o.Neg(t * o.Max(o.Log(p), floor) + u * o.Max(o.Log1p(o.Neg(p)), floor));
   const V one_m_pt = p * u + q * t;
   const V log_1m_pt = o.Log(one_m_pt);
-  const V mod = Modulating(o, log_1m_pt, gamma);
+  const V mod = Modulating(o, one_m_pt, [&] { return log_1m_pt; }, gamma);
   // ∂ce/∂p as BCELoss's backward: (p - t) / max(p(1-p), 1e-12).
   const V dce = (p - t) / o.Max(p * q, o.Set(1e-12));
   // ce·∂(1-p_t)^γ/∂p = γ(1-2t)(1-p_t)^(γ-1)·ce, as exp((γ-1)log(1-p_t) + log ce) so that γ < 1
   // does not overflow; its limit where 1-p_t = 0 is 0 (ce vanishes as fast as 1-p_t).
-  const V dmod_ce = o.Select(o.Or(o.Eq(one_m_pt, zero), o.Eq(gamma, zero)), zero,
-                          gamma * (u - t) * o.Exp((gamma - one) * log_1m_pt + o.Log(ce)));
+  const V dmod_ce =
+      o.Select(o.Or(o.Eq(one_m_pt, zero), o.Eq(gamma.value, zero)), zero,
+               gamma.value * (u - t) * o.Exp((gamma.value - one) * log_1m_pt + o.Log(ce)));
   return {alpha_t * mod * ce, alpha_t * (mod * dce + dmod_ce)};
 }
 
@@ -144,14 +178,14 @@ struct FocalTerm {
 };
 
 template <class Ops, class V>
-FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, V gamma) {
+FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, const Gamma<V>& gamma) {
   const V one = o.Set(1);
   const V one_m_p = o.Neg(o.Expm1(u));  // 1 - p, accurate as p → 1
-  const V mod = Modulating(o, o.Log(one_m_p), gamma);
+  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
   // g equals (1-p)^γ - γp(1-p)^(γ-1) log p without the (γ-1) power, so γ < 1 stays finite;
   // r → -1 as p → 1, and the select also covers the exact 0/0 at u = 0.
   const V r = o.Select(o.Eq(one_m_p, o.Zero()), o.Neg(one), u / one_m_p);
-  return {o.Neg(mod * u), mod * (one - gamma * o.Exp(u) * r)};
+  return {o.Neg(mod * u), mod * (one - gamma.value * o.Exp(u) * r)};
 }
 
 /// Per-row coefficients of §3's gradient:
@@ -176,7 +210,8 @@ FOCAL_HD V CosineZScale(const Ops& o, V sum_squares) {
 /// for the per-element pass (p_j = exp(LogProb(z_j, z_max, log_norm))).
 template <class Ops, class V>
 FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V rest, V tz,
-                                       V alpha, V gamma, V xent, V w, V& log_norm_out) {
+                                       V alpha, const Gamma<V>& gamma, V xent, V w,
+                                       V& log_norm_out) {
   const V one = o.Set(1);
   const V norm = o.Sqrt(sum_squares);
   const V z_scale = CosineZScale(o, sum_squares);

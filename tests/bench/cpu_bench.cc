@@ -1,0 +1,144 @@
+// CPU backend throughput: forward + gradient of each variant, float32, MEAN, on the issue's
+// shapes, in logits elements per second; plus copy/<shape>, a plain parallel copy of the logits'
+// bytes into the gradient buffer (read once, write once): the memory-bandwidth floor that a
+// fused single pass cannot beat. Names are <variant>/<shape>; tests/bench/torch_compare.py runs
+// this binary and times PyTorch on the same shapes in the same run.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+
+#include "focal/host_memory.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace focal {
+namespace {
+
+struct Inputs {
+  Shape shape;
+  int64_t numel = 0;
+  std::vector<float> logits;
+  std::vector<int64_t> classes;  ///< [N, *]
+  std::vector<float> onehot;     ///< float targets shaped like the logits
+};
+
+/// Inputs are built once per shape: random normal logits (never zeros), random classes.
+const Inputs& InputsFor(const Shape& shape) {
+  static std::map<Shape, std::unique_ptr<Inputs>> cache;
+  auto& slot = cache[shape];
+  if (slot) return *slot;
+  slot = std::make_unique<Inputs>();
+  Inputs& in = *slot;
+  in.shape = shape;
+  in.numel = 1;
+  for (int64_t d : shape) in.numel *= d;
+  const int64_t n = shape[0], c = shape[1], s = in.numel / (n * c);
+  std::mt19937 rng(42);
+  std::normal_distribution<float> normal(0, 3);
+  std::uniform_int_distribution<int64_t> cls(0, c - 1);
+  in.logits.resize(in.numel);
+  for (float& x : in.logits) x = normal(rng);
+  in.classes.resize(n * s);
+  for (int64_t& y : in.classes) y = cls(rng);
+  in.onehot.assign(in.numel, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) in.onehot[(i * c + in.classes[i * s + j]) * s + j] = 1.0f;
+  }
+  return in;
+}
+
+enum class Kind { kSoftmax, kSigmoidFloat, kSigmoidIndex, kFocalCosine, kDynamic };
+
+void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
+  const Inputs& in = InputsFor(shape);
+  Shape target_shape{shape[0]};
+  target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
+  LossJob job;
+  job.logits = TensorView{DType::kFloat32, shape, in.logits.data(), in.logits.size() * 4};
+  const TensorView class_view{DType::kInt64, target_shape, in.classes.data(), in.classes.size() * 8};
+  const TensorView float_view{DType::kFloat32, shape, in.onehot.data(), in.onehot.size() * 4};
+  switch (kind) {
+    case Kind::kSoftmax: job.spec.params = SoftmaxFocalParams{}; job.targets = class_view; break;
+    case Kind::kSigmoidFloat: job.spec.params = SigmoidFocalParams{}; job.targets = float_view; break;
+    case Kind::kSigmoidIndex: job.spec.params = SigmoidFocalParams{}; job.targets = class_view; break;
+    case Kind::kFocalCosine: job.spec.params = FocalCosineParams{}; job.targets = class_view; break;
+    case Kind::kDynamic: job.spec.params = DynamicFocalParams{}; job.targets = float_view; break;
+  }
+  job.compute_gradient = true;
+  const CpuBackend backend;
+  (void)backend.Compute(job);  // warm-up: first-touch page faults are not the kernel's cost
+  for (auto _ : state) {
+    auto result = backend.Compute(job);
+    if (!result.ok()) {
+      state.SkipWithError(std::string(result.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(result->loss);
+  }
+  state.SetItemsProcessed(state.iterations() * in.numel);
+  state.SetBytesProcessed(state.iterations() *
+                          static_cast<int64_t>(job.logits.size_bytes * 2 + job.targets.size_bytes));
+}
+
+void BM_Copy(benchmark::State& state, Shape shape) {
+  const Inputs& in = InputsFor(shape);
+  const size_t bytes = in.logits.size() * 4;
+  // A fresh output each iteration, like the backend's gradient allocation.
+  auto copy = [&] {
+    std::unique_ptr<float[]> out(new float[in.logits.size()]);
+    const int64_t n = static_cast<int64_t>(in.logits.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t block = 0; block < (n + 16383) / 16384; ++block) {
+      const int64_t begin = block * 16384, count = std::min<int64_t>(16384, n - begin);
+      std::memcpy(out.get() + begin, in.logits.data() + begin, count * 4);
+    }
+    benchmark::DoNotOptimize(out.get());
+    benchmark::ClobberMemory();
+  };
+  copy();  // warm-up, as for the losses
+  for (auto _ : state) copy();
+  state.SetItemsProcessed(state.iterations() * in.numel);
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes * 2));
+}
+
+std::string ShapeName(const Shape& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+/// The shapes and, for quick runs, the same with N divided by 8.
+const std::vector<Shape> kShapes = {{65536, 80}, {4096, 1000}, {256, 32768}, {8, 19, 512, 512},
+                                    {8192, 80},  {512, 1000},  {32, 32768},  {1, 19, 512, 512}};
+
+int Register() {
+  for (const Shape& shape : kShapes) {
+    const std::string name = ShapeName(shape);
+    const bool rows = shape.size() == 2;
+    benchmark::RegisterBenchmark(("softmax_focal/" + name).c_str(), BM_Loss, Kind::kSoftmax, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("sigmoid_focal/" + name).c_str(), BM_Loss, Kind::kSigmoidFloat, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("sigmoid_focal_index/" + name).c_str(), BM_Loss, Kind::kSigmoidIndex, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    if (rows) benchmark::RegisterBenchmark(("focal_cosine/" + name).c_str(), BM_Loss, Kind::kFocalCosine, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("dynamic_focal/" + name).c_str(), BM_Loss, Kind::kDynamic, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("copy/" + name).c_str(), BM_Copy, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+  return 0;
+}
+const int kRegistered = Register();
+
+}  // namespace
+}  // namespace focal
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  // The same warm heap that torch_compare.py gives PyTorch, so neither side pays page faults.
+  benchmark::AddCustomContext("heap", focal::KeepFreedMemoryInProcess() ? "warm (mallopt)" : "glibc defaults");
+  benchmark::AddCustomContext("simd_target", focal::CpuBackend::SimdTarget());
+  benchmark::AddCustomContext("omp_threads", std::to_string(omp_get_max_threads()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
