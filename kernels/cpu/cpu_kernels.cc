@@ -16,6 +16,7 @@
 
 #include "focal/hd.h"
 #include "focal/math_ops.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -45,6 +46,8 @@ struct HwyOps {
   HWY_INLINE V Log(V a) const {
     return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
   }
+  // log a for a ∈ [1, 2]: Highway's log without the zero and subnormal handling.
+  HWY_INLINE V LogOneToTwo(V a) const { return hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, a); }
   HWY_INLINE V Log1p(V a) const {
     return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
   }
@@ -342,7 +345,7 @@ HWY_INLINE void SigmoidFloatStep(D d, const SigmoidConsts<D>& k, const KernelArg
   const auto zero = hn::Zero(d);
   const auto one = hn::Set(d, 1);
   const bool all_binary = hn::AllTrue(d, hn::Or(hn::Eq(t, zero), hn::Eq(t, one)));
-  if (a.binary_targets ? !all_binary : !hn::AllTrue(d, hn::And(hn::Ge(t, zero), hn::Le(t, one)))) {
+  if (!all_binary && (a.binary_targets || !hn::AllTrue(d, hn::And(hn::Ge(t, zero), hn::Le(t, one))))) {
     r.bad_target = true;
   }
   const auto out = SigmoidFocalVec(k, a, x, t, all_binary && a.smoothing == 0, ap, an);
@@ -686,146 +689,140 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
   return r;
 }
 
-/// [N, C, S] softmax focal: each lane is its own row (position), and the class dimension is
-/// read at stride S in place, a block of positions and a class at a time. Per-position state
-/// lives in scratch arrays of the block: the running max, the normaliser's rest and ties, the
-/// captured target logit and α, and e^(x - max) for every class (one exp per logit).
+/// [N, C, S] softmax focal: each lane is its own row (a position s of one n), and the class
+/// loop reads x[n, c, s..s+L) at stride S, in place. The per-position state stays in
+/// registers; e^(x - max) is kept per class and lane between the softmax and gradient passes
+/// (one exp per logit), and the target's logit and α are gathered once per position.
+template <class D>
+HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
+                                    const math::Gamma<hn::Vec<D>>& gamma, hn::TFromD<D>* e,
+                                    LossSum<D>& sum, ChunkResult& r) {
+  using T = hn::TFromD<D>;
+  const hn::RebindToSigned<D> di;
+  using TI = hn::TFromD<decltype(di)>;
+  const HwyOps<D> o{d};
+  const int64_t C = a.classes, S = a.inner;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t n = p / S, s = p % S;
+  const int64_t base = n * C * S + s;
+  const auto y = LoadClassIndex(di, a, p);
+  const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
+  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, a.logits_dtype, base + c * S); };
+  auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
+  // Pass 1: the max, and whether every logit of each position is finite. Each class is its
+  // own memory stream; prefetching the lanes two groups ahead keeps C streams flowing.
+  auto max = hn::Set(d, -std::numeric_limits<T>::infinity());
+  auto finite = hn::Eq(max, max);
+  const size_t elem = DTypeSize(a.logits_dtype);
+  const char* const logits = static_cast<const char*>(a.logits);
+  const bool prefetch = s + 3 * L <= S;  // stay inside this n's rows
+  for (int64_t c = 0; c < C; ++c) {
+    if (prefetch) hwy::Prefetch(logits + (base + c * S + 2 * L) * elem);
+    const auto x = x_at(c);
+    max = hn::Max(max, x);
+    finite = hn::And(finite, hn::IsFinite(x));
+  }
+  if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
+  // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::LogProb).
+  auto rest = hn::Zero(d), ties = hn::Set(d, -1);
+  for (int64_t c = 0; c < C; ++c) {
+    const auto x = x_at(c);
+    const auto is_max = hn::Eq(x, max);
+    const auto ex = o.Exp(hn::Sub(x, max));
+    hn::StoreU(ex, d, e + c * L);
+    rest = hn::Add(rest, hn::IfThenZeroElse(is_max, ex));
+    ties = hn::Add(ties, hn::IfThenElseZero(is_max, hn::Set(d, 1)));
+  }
+  rest = hn::Add(rest, ties);
+  // The target's logit and α, gathered: one scalar load per position instead of a select per
+  // class and position.
+  HWY_ALIGN TI y_lanes[hn::MaxLanes(di)];
+  HWY_ALIGN T x_y_lanes[hn::MaxLanes(d)], alpha_y_lanes[hn::MaxLanes(d)];
+  hn::Store(y, di, y_lanes);
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t yk = y_lanes[k];
+    x_y_lanes[k] = yk < 0 ? T(0) : static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + yk * S + k));
+    alpha_y_lanes[k] = yk < 0 || !a.class_alpha ? T(1) : static_cast<T>(a.class_alpha[yk]);
+  }
+  const auto log_norm = math::LogNormalizer(o, rest);
+  auto w = hn::Set(d, static_cast<T>(a.grad_scale));
+  if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
+  w = hn::IfThenElseZero(valid, w);
+  hn::Vec<D> loss;
+  if (a.smoothing == 0) {
+    const auto alpha_y = hn::Load(d, alpha_y_lanes);
+    const auto u_y = math::LogProb(o, hn::Load(d, x_y_lanes), max, log_norm);
+    const auto term = math::SoftmaxFocalTerm(o, u_y, gamma);
+    loss = hn::Mul(alpha_y, term.f);
+    if (a.gradient) {
+      // α_y g(p_y)(p_j - [j = y]) with p_j = e_j / (1 + rest); p_y - 1 as expm1(log p_y).
+      const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
+      const auto kp = hn::Div(k, hn::Add(rest, hn::Set(d, 1)));
+      const auto fix = hn::Mul(k, o.Expm1(u_y));
+      for (int64_t c = 0; c < C; ++c) {
+        const auto g = hn::IfThenElse(is_y(c), fix, hn::Mul(kp, hn::LoadU(d, e + c * L)));
+        StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
+      }
+    }
+  } else {
+    // ℓ = Σ_c q_c α_c f(p_c); ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j), W = Σ_c q_c α_c g(p_c).
+    const auto uniform = o.Set(a.smoothing / static_cast<double>(C));
+    const auto keep = o.Set(1 - a.smoothing);
+    auto qa_at = [&](int64_t c) {
+      return hn::Mul(hn::Add(uniform, hn::IfThenElseZero(is_y(c), keep)),
+                     o.Set(a.class_alpha ? a.class_alpha[c] : 1.0f));
+    };
+    auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
+    loss = hn::Zero(d);
+    auto W = hn::Zero(d);
+    for (int64_t c = 0; c < C; ++c) {
+      const auto term = math::SoftmaxFocalTerm(o, log_prob(c), gamma);
+      loss = hn::MulAdd(qa_at(c), term.f, loss);
+      W = hn::MulAdd(qa_at(c), term.g, W);
+    }
+    if (a.gradient) {
+      for (int64_t c = 0; c < C; ++c) {
+        const auto u = log_prob(c);
+        const auto term = math::SoftmaxFocalTerm(o, u, gamma);
+        const auto g = hn::Mul(w, hn::Sub(hn::Mul(o.Exp(u), W), hn::Mul(qa_at(c), term.g)));
+        StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
+      }
+    }
+  }
+  loss = hn::IfThenElseZero(valid, loss);
+  if (a.propagate_nan && !hn::AllTrue(d, finite)) {
+    // allow_non_finite: a position with a NaN or ±Inf logit has a NaN loss and gradient.
+    const auto nan = hn::Set(d, std::numeric_limits<T>::quiet_NaN());
+    loss = hn::IfThenElse(finite, loss, nan);
+    for (int64_t c = 0; c < C && a.gradient; ++c) {
+      HWY_ALIGN T lanes[hn::MaxLanes(d)];
+      hn::Store(hn::IfThenElse(finite, hn::Zero(d), nan), d, lanes);
+      for (int64_t k = 0; k < L; ++k) {
+        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, a.output_dtype, base + c * S + k);
+      }
+    }
+  }
+  sum.Add(d, loss);
+  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, p);
+}
+
 template <typename T>
 ChunkResult SoftmaxStridedChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
-  using TI = hn::TFromD<hn::RebindToSigned<decltype(d)>>;
-  const int64_t C = a.classes, S = a.inner;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  // The kept exponentials (C × block) stay within ~32 KB, in L1/L2.
-  const int64_t block = std::max<int64_t>(lanes, std::min<int64_t>(512, 8192 / std::max<int64_t>(C, 1)) / lanes * lanes);
-  enum Array { kMax, kRest, kTies, kTargetLogit, kTargetAlpha, kBad, kLogNorm, kWeight, kLoss, kW, kArrays };
-  T* const scratch = Scratch<T>(static_cast<size_t>((C + kArrays) * block));
-  T* const e = scratch;
-  auto arr = [&](Array which) { return scratch + (C + which) * block; };
-  TI* const ybuf = Scratch<TI>(static_cast<size_t>(block));
   const auto gamma = math::MakeGamma(HwyOps<decltype(d)>{d}, a.gamma);
   const auto gamma1 = math::MakeGamma(HwyOps<decltype(d1)>{d1}, a.gamma);
-  const bool track_finite = a.check_inputs || a.propagate_nan;
-  const T uniform = static_cast<T>(a.smoothing / static_cast<double>(std::max<int64_t>(C, 1)));
-  const T keep = static_cast<T>(1 - a.smoothing);
+  T* const e = Scratch<T>(static_cast<size_t>(a.classes) * hn::Lanes(d));
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
-
-  ForEachPositionBlock(a, begin, end, block, [&](int64_t n, int64_t s, int64_t p, int64_t count) {
-    for (int64_t j = 0; j < count; ++j) {
-      ybuf[j] = static_cast<TI>(ClassIndexAt(a, p + j));
-      arr(kMax)[j] = -std::numeric_limits<T>::infinity();
-      arr(kRest)[j] = 0, arr(kTies)[j] = -1;  // rest + ties = Σ e - 1, see math::LogProb
-      arr(kTargetLogit)[j] = 0, arr(kTargetAlpha)[j] = 1, arr(kBad)[j] = 0;
-      arr(kLoss)[j] = 0, arr(kW)[j] = 0;
-    }
-    auto x_at = [&](auto dv, int64_t c, int64_t j) {
-      return LoadFloat(dv, a.logits, a.logits_dtype, (n * C + c) * S + s + j);
-    };
-    auto is_y = [&](auto dv, int64_t c, int64_t j) {
-      const hn::RebindToSigned<decltype(dv)> div;
-      return hn::RebindMask(dv, hn::Eq(hn::LoadU(div, ybuf + j), hn::Set(div, static_cast<TI>(c))));
-    };
-    auto load = [&](auto dv, Array which, int64_t j) { return hn::LoadU(dv, arr(which) + j); };
-    auto store = [&](auto dv, auto v, Array which, int64_t j) { hn::StoreU(v, dv, arr(which) + j); };
-    // Pass 1: the max; x - x accumulates NaN for any NaN or ±Inf, marking the position.
-    for (int64_t c = 0; c < C; ++c) {
-      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-        const auto x = x_at(dv, c, j);
-        store(dv, hn::Max(load(dv, kMax, j), x), kMax, j);
-        if (track_finite) store(dv, hn::Add(load(dv, kBad, j), hn::Sub(x, x)), kBad, j);
-      });
-    }
-    // Pass 2: e = e^(x - max) kept, the normaliser, the target's logit and α.
-    for (int64_t c = 0; c < C; ++c) {
-      T* const e_c = e + c * block;
-      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-        const HwyOps<decltype(dv)> o{dv};
-        const auto x = x_at(dv, c, j);
-        const auto m = load(dv, kMax, j);
-        const auto ex = o.Exp(hn::Sub(x, m));
-        hn::StoreU(ex, dv, e_c + j);
-        store(dv, hn::Add(load(dv, kRest, j), hn::IfThenZeroElse(hn::Eq(x, m), ex)), kRest, j);
-        store(dv, hn::Add(load(dv, kTies, j), math::TieTerm(o, x, m)), kTies, j);
-        const auto target = is_y(dv, c, j);
-        store(dv, hn::IfThenElse(target, x, load(dv, kTargetLogit, j)), kTargetLogit, j);
-        if (a.class_alpha) {
-          store(dv, hn::IfThenElse(target, hn::Set(dv, a.class_alpha[c]), load(dv, kTargetAlpha, j)), kTargetAlpha, j);
-        }
-      });
-    }
-    // Per position: weights and the normaliser; without smoothing, the whole focal term.
-    ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-      const HwyOps<decltype(dv)> o{dv};
-      const hn::RebindToSigned<decltype(dv)> div;
-      const auto valid = hn::RebindMask(dv, hn::Gt(hn::LoadU(div, ybuf + j), hn::Set(div, -1)));
-      const auto bad = hn::IsNaN(load(dv, kBad, j));
-      if (a.check_inputs && !hn::AllFalse(dv, bad)) r.bad_input = true;
-      auto w = hn::Set(dv, static_cast<T>(a.grad_scale));
-      if (a.item_weights) w = hn::Mul(w, LoadFloat(dv, a.item_weights, DType::kFloat32, p + j));
-      w = hn::IfThenElseZero(valid, w);
-      const auto rest = hn::Add(load(dv, kRest, j), load(dv, kTies, j));
-      const auto log_norm = math::LogNormalizer(o, rest);
-      store(dv, log_norm, kLogNorm, j);
-      store(dv, w, kWeight, j);
-      if (a.smoothing != 0) return;
-      const auto alpha_y = load(dv, kTargetAlpha, j);
-      const auto u_y = math::LogProb(o, load(dv, kTargetLogit, j), load(dv, kMax, j), log_norm);
-      const auto term = math::SoftmaxFocalTerm(o, u_y, ForLanes(dv, gamma, gamma1));
-      const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
-      store(dv, hn::IfThenElseZero(valid, hn::Mul(alpha_y, term.f)), kLoss, j);
-      store(dv, hn::Div(k, hn::Add(rest, hn::Set(dv, 1))), kRest, j);  // p_j = e_j / (1 + rest)
-      store(dv, hn::Mul(k, o.Expm1(u_y)), kTies, j);  // the target's p_y - 1, exact as p_y → 1
-    });
-    if (a.smoothing != 0) {
-      // Pass 3 with smoothing: ℓ = Σ_c q_c α_c f(p_c) and W = Σ_c q_c α_c g(p_c) per position.
-      for (int64_t c = 0; c < C; ++c) {
-        ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-          const HwyOps<decltype(dv)> o{dv};
-          const auto u = math::LogProb(o, x_at(dv, c, j), load(dv, kMax, j), load(dv, kLogNorm, j));
-          const auto term = math::SoftmaxFocalTerm(o, u, ForLanes(dv, gamma, gamma1));
-          const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y(dv, c, j), hn::Set(dv, keep)));
-          const auto qa = hn::Mul(q, hn::Set(dv, a.class_alpha ? a.class_alpha[c] : T(1)));
-          store(dv, hn::MulAdd(qa, term.f, load(dv, kLoss, j)), kLoss, j);
-          store(dv, hn::MulAdd(qa, term.g, load(dv, kW, j)), kW, j);
-        });
-      }
-    }
-    // Losses: 0 where ignored, NaN for non-finite input under allow_non_finite.
-    ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-      const hn::RebindToSigned<decltype(dv)> div;
-      const auto valid = hn::RebindMask(dv, hn::Gt(hn::LoadU(div, ybuf + j), hn::Set(div, -1)));
-      auto loss = hn::IfThenElseZero(valid, load(dv, kLoss, j));
-      if (a.propagate_nan) loss = hn::Add(loss, load(dv, kBad, j));
-      ForLanes(dv, sum, tail_sum).Add(dv, loss);
-      if (a.losses) StoreFloat(dv, loss, a.losses, a.output_dtype, p + j);
-    });
-    if (!a.gradient) return;
-    // Last pass: the gradient, from the kept exponentials.
-    for (int64_t c = 0; c < C; ++c) {
-      const T* const e_c = e + c * block;
-      const int64_t base = (n * C + c) * S + s;
-      ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
-        hn::Vec<decltype(dv)> g;
-        if (a.smoothing == 0) {
-          // α_y g(p_y)(p_j - [j = y])
-          g = hn::IfThenElse(is_y(dv, c, j), load(dv, kTies, j), hn::Mul(load(dv, kRest, j), hn::LoadU(dv, e_c + j)));
-        } else {
-          // p_j W - q_j α_j g(p_j)
-          const HwyOps<decltype(dv)> o{dv};
-          const auto u = math::LogProb(o, x_at(dv, c, j), load(dv, kMax, j), load(dv, kLogNorm, j));
-          const auto term = math::SoftmaxFocalTerm(o, u, ForLanes(dv, gamma, gamma1));
-          const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y(dv, c, j), hn::Set(dv, keep)));
-          const auto qa = hn::Mul(q, hn::Set(dv, a.class_alpha ? a.class_alpha[c] : T(1)));
-          g = hn::Mul(load(dv, kWeight, j), hn::Sub(hn::Mul(o.Exp(u), load(dv, kW, j)), hn::Mul(qa, term.g)));
-        }
-        if (a.propagate_nan) g = hn::Add(g, load(dv, kBad, j));
-        StoreFloat(dv, g, a.gradient, a.output_dtype, base + j);
-      });
-    }
-  });
+  const int64_t S = a.inner;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t p = begin; p < end;) {
+    const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
+    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup(d, a, p, gamma, e, sum, r);
+    for (; p < row_end; ++p) SoftmaxStridedGroup(d1, a, p, gamma1, e, tail_sum, r);
+  }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
 }

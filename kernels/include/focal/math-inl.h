@@ -33,7 +33,7 @@ FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
   const V inv = one / u;
   // log1p(e) as log(u) corrected for the rounding of u = 1 + e (Kahan's log1p), reusing the
   // 1/u that σ needs: exact to the last digits even where e ≪ ε and log(u) is 0.
-  const V l = o.Log(u) + (e - (u - one)) * inv;
+  const V l = o.LogOneToTwo(u) + (e - (u - one)) * inv;
   const V m = o.Max(x, o.Zero());
   const auto nonneg = o.Le(o.Zero(), x);
   // softplus(-x) = (max(x,0) - x) + l; (m - x) is exact, so log σ(x) keeps its relative

@@ -19,6 +19,7 @@ struct ScalarOps {
   FOCAL_HD V Zero() const { return T(0); }
   FOCAL_HD V Exp(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
+  FOCAL_HD V LogOneToTwo(V a) const { return std::log(a); }  ///< log a for a ∈ [1, 2]
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
   FOCAL_HD V Expm1(V a) const { return std::expm1(a); }
   FOCAL_HD V Sqrt(V a) const { return std::sqrt(a); }
