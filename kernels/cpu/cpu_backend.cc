@@ -116,7 +116,9 @@ absl::StatusOr<LossResult> CpuBackend::Compute(const LossJob& job) const {
   const bool elementwise = kind == KernelKind::kSigmoidFloatTargets;
   const int64_t units = elementwise ? plan.num_elements : plan.batch * plan.inner;
   const int64_t per_unit = elementwise ? 1 : std::max<int64_t>(plan.classes, 1);
-  const int64_t chunk = std::max<int64_t>(1, kChunkElements / per_unit);
+  // A multiple of 64 units, so that chunk boundaries fall on whole vectors (and whole groups of
+  // rows) for every SIMD width: a ragged end would run lane by lane.
+  const int64_t chunk = std::max<int64_t>(64, kChunkElements / per_unit / 64 * 64);
   const int64_t num_chunks = units == 0 ? 0 : (units + chunk - 1) / chunk;
   std::vector<cpu::ChunkResult> partials(num_chunks);
   const int threads = options_.num_threads > 0 ? options_.num_threads : omp_get_max_threads();

@@ -179,7 +179,19 @@ template <class DI>
 HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
   using TI = hn::TFromD<DI>;
   HWY_ALIGN TI lanes[hn::MaxLanes(di)];
-  for (size_t k = 0; k < hn::Lanes(di); ++k) lanes[k] = static_cast<TI>(ClassIndexAt(a, p + k));
+  const int64_t n = static_cast<int64_t>(hn::Lanes(di));
+  auto fill = [&](const auto* y) {  // one loop per dtype, so the compiler can vectorise it
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t v = static_cast<int64_t>(y[p + k]);
+      lanes[k] = v == a.ignore_index ? TI{-1} : static_cast<TI>(v);
+    }
+  };
+  switch (a.targets_dtype) {
+    case DType::kInt32: fill(static_cast<const int32_t*>(a.targets)); break;
+    case DType::kInt64: fill(static_cast<const int64_t*>(a.targets)); break;
+    case DType::kUInt8: fill(static_cast<const uint8_t*>(a.targets)); break;
+    default: std::fill(lanes, lanes + n, TI{-1}); break;
+  }
   return hn::Load(di, lanes);
 }
 
@@ -715,16 +727,17 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
   auto finite = hn::Eq(max, max);
   const size_t elem = DTypeSize(a.logits_dtype);
   const char* const logits = static_cast<const char*>(a.logits);
-  const bool prefetch = s + 3 * L <= S;  // stay inside this n's rows
+  const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
   for (int64_t c = 0; c < C; ++c) {
-    if (prefetch) hwy::Prefetch(logits + (base + c * S + 2 * L) * elem);
+    if (prefetch) hwy::Prefetch(logits + (base + c * S + 8 * L) * elem);
     const auto x = x_at(c);
     max = hn::Max(max, x);
     finite = hn::And(finite, hn::IsFinite(x));
   }
   if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
-  // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::LogProb).
-  auto rest = hn::Zero(d), ties = hn::Set(d, -1);
+  // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::LogProb);
+  // the target's logit and α captured by select, without a gather.
+  auto rest = hn::Zero(d), ties = hn::Set(d, -1), x_y = hn::Zero(d), alpha_y = hn::Set(d, 1);
   for (int64_t c = 0; c < C; ++c) {
     const auto x = x_at(c);
     const auto is_max = hn::Eq(x, max);
@@ -732,26 +745,17 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
     hn::StoreU(ex, d, e + c * L);
     rest = hn::Add(rest, hn::IfThenZeroElse(is_max, ex));
     ties = hn::Add(ties, hn::IfThenElseZero(is_max, hn::Set(d, 1)));
+    x_y = hn::IfThenElse(is_y(c), x, x_y);
+    if (a.class_alpha) alpha_y = hn::IfThenElse(is_y(c), hn::Set(d, a.class_alpha[c]), alpha_y);
   }
   rest = hn::Add(rest, ties);
-  // The target's logit and α, gathered: one scalar load per position instead of a select per
-  // class and position.
-  HWY_ALIGN TI y_lanes[hn::MaxLanes(di)];
-  HWY_ALIGN T x_y_lanes[hn::MaxLanes(d)], alpha_y_lanes[hn::MaxLanes(d)];
-  hn::Store(y, di, y_lanes);
-  for (int64_t k = 0; k < L; ++k) {
-    const int64_t yk = y_lanes[k];
-    x_y_lanes[k] = yk < 0 ? T(0) : static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + yk * S + k));
-    alpha_y_lanes[k] = yk < 0 || !a.class_alpha ? T(1) : static_cast<T>(a.class_alpha[yk]);
-  }
   const auto log_norm = math::LogNormalizer(o, rest);
   auto w = hn::Set(d, static_cast<T>(a.grad_scale));
   if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
   w = hn::IfThenElseZero(valid, w);
   hn::Vec<D> loss;
   if (a.smoothing == 0) {
-    const auto alpha_y = hn::Load(d, alpha_y_lanes);
-    const auto u_y = math::LogProb(o, hn::Load(d, x_y_lanes), max, log_norm);
+    const auto u_y = math::LogProb(o, x_y, max, log_norm);
     const auto term = math::SoftmaxFocalTerm(o, u_y, gamma);
     loss = hn::Mul(alpha_y, term.f);
     if (a.gradient) {
