@@ -476,6 +476,58 @@ HWY_INLINE double ItemWeight(const KernelArgs& a, int64_t position) {
   return a.grad_scale * (a.item_weights ? a.item_weights[position] : 1.0f);
 }
 
+/// Pass 1 over a contiguous row of C logits: the max, and whether all of them are finite.
+template <class D>
+HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t C, bool& finite) {
+  using T = hn::TFromD<D>;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
+  T max = -std::numeric_limits<T>::infinity();
+  finite = true;
+  int64_t c = 0;
+  for (; c + lanes <= C; c += lanes) {
+    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+    finite &= hn::AllTrue(d, hn::IsFinite(x));
+    vmax = hn::Max(vmax, x);
+  }
+  for (; c < C; ++c) {
+    const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+    finite &= std::isfinite(x);
+    max = std::max(max, x);
+  }
+  return C >= lanes ? std::max(max, MaxLanesOf(d, vmax)) : max;
+}
+
+/// Pass 2 over a contiguous row: e_j = e^(x_j - max) into `e`, and the normaliser's
+/// rest = Σ e_j - 1 accumulated without the maximum's own 1 (see math::LogProb).
+template <class D>
+HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, int64_t C,
+                                       hn::TFromD<D> max, hn::TFromD<D>* e) {
+  using T = hn::TFromD<D>;
+  const HwyOps<D> o{d};
+  const hn::CappedTag<T, 1> d1;
+  const HwyOps<decltype(d1)> o1{d1};
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  auto vrest = hn::Zero(d), vties = hn::Zero(d);
+  const auto vm = hn::Set(d, max);
+  int64_t c = 0;
+  for (; c + lanes <= C; c += lanes) {
+    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+    const auto ex = o.Exp(hn::Sub(x, vm));
+    hn::StoreU(ex, d, e + c);
+    vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(x, vm), ex));
+    vties = hn::Add(vties, math::TieTerm(o, x, vm));
+  }
+  T rest = -1;
+  for (; c < C; ++c) {
+    const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
+    const auto m = hn::Set(d1, max);
+    hn::StoreU(o1.Exp(hn::Sub(x, m)), d1, e + c);
+    rest += hn::GetLane(hn::Add(math::RestTerm(o1, x, m), math::TieTerm(o1, x, m)));
+  }
+  return rest + SumLanes(d, vties) + SumLanes(d, vrest);
+}
+
 /// Rows up to this many classes are processed in groups of one vector's lanes, so that the
 /// per-row math (logs, exps of the target) runs once per group as vectors instead of once per
 /// row as scalars; longer rows amortise it on their own and keep their scratch in L1/L2.
@@ -512,47 +564,10 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       T* const row_e = e + g * C;
       const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
       row_y[g] = y;
-      // Pass 1: max, and the input check.
-      auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
-      T max = -std::numeric_limits<T>::infinity();
-      bool finite = true;
-      int64_t c = 0;
-      for (; c + lanes <= C; c += lanes) {
-        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-        if (a.check_inputs || a.propagate_nan) finite &= hn::AllTrue(d, hn::IsFinite(x));
-        vmax = hn::Max(vmax, x);
-      }
-      for (; c < C; ++c) {
-        const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
-        finite &= std::isfinite(x);
-        max = std::max(max, x);
-      }
-      if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+      bool finite;
+      const T max = RowMax(d, a, base, C, finite);
       if (!finite && a.check_inputs) r.bad_input = true;
-      // Pass 2: e_j and rest = Σ e_j - 1 without the maximum's own 1 (see math::LogProb).
-      auto vrest = hn::Zero(d), vties = hn::Zero(d);
-      T rest = -1;
-      const auto vm = hn::Set(d, max);
-      for (c = 0; c + lanes <= C; c += lanes) {
-        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-        const auto ex = o.Exp(hn::Sub(x, vm));
-        hn::StoreU(ex, d, row_e + c);
-        vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(x, vm), ex));
-        vties = hn::Add(vties, math::TieTerm(o, x, vm));
-      }
-      if (c < C) {
-        const hn::CappedTag<T, 1> dt;
-        const HwyOps<decltype(dt)> ot{dt};
-        auto trest = hn::Zero(dt);
-        for (; c < C; ++c) {
-          const auto x = LoadFloat(dt, a.logits, a.logits_dtype, base + c);
-          const auto ex = ot.Exp(hn::Sub(x, hn::Set(dt, max)));
-          hn::StoreU(ex, dt, row_e + c);
-          trest = hn::Add(trest, hn::Add(math::RestTerm(ot, x, hn::Set(dt, max)), math::TieTerm(ot, x, hn::Set(dt, max))));
-        }
-        rest += hn::GetLane(trest);
-      }
-      rest += SumLanes(d, vties) + SumLanes(d, vrest);
+      const T rest = RowExpAndRest(d, a, base, C, max, row_e);
       row_max[g] = max;
       row_rest[g] = rest;
       if (y >= 0) {
@@ -626,34 +641,11 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
       }
       continue;
     }
-    auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
-    T max = -std::numeric_limits<T>::infinity();
-    bool finite = true;
-    int64_t c = 0;
-    for (; c + lanes <= C; c += lanes) {
-      const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-      finite &= hn::AllTrue(d, hn::IsFinite(x));
-      vmax = hn::Max(vmax, x);
-    }
-    for (; c < C; ++c) {
-      const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
-      finite &= std::isfinite(x);
-      max = std::max(max, x);
-    }
-    if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+    bool finite;
+    const T max = RowMax(d, a, base, C, finite);
     if (!finite && a.check_inputs) r.bad_input = true;
-    auto vrest = hn::Zero(d), vties = hn::Zero(d);
-    T rest = -1;
-    for (c = 0; c + lanes <= C; c += lanes) {
-      const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-      vrest = hn::Add(vrest, math::RestTerm(o, x, hn::Set(d, max)));
-      vties = hn::Add(vties, math::TieTerm(o, x, hn::Set(d, max)));
-    }
-    for (; c < C; ++c) {
-      const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
-      rest += hn::GetLane(hn::Add(math::RestTerm(o1, x, hn::Set(d1, max)), math::TieTerm(o1, x, hn::Set(d1, max))));
-    }
-    rest += SumLanes(d, vties) + SumLanes(d, vrest);
+    const T rest = RowExpAndRest(d, a, base, C, max, Scratch<T>(static_cast<size_t>(C)));
+    int64_t c = 0;
     const T log_norm = math::LogNormalizer(so, rest);
     auto log_prob = [&](auto dv, int64_t cc) {  // log p of classes [cc, cc + lanes)
       return math::LogProb(HwyOps<decltype(dv)>{dv}, LoadFloat(dv, a.logits, a.logits_dtype, base + cc),

@@ -70,6 +70,13 @@ struct Problem {
 
 std::vector<Real> AsReal(const std::vector<double>& v) { return {v.begin(), v.end()}; }
 
+/// N, C and S = d1·…·dk of logits [N, C, d1..dk].
+std::tuple<int64_t, int64_t, int64_t> ClassLayout(const Shape& shape) {
+  int64_t s = 1;
+  for (size_t d = 2; d < shape.size(); ++d) s *= shape[d];
+  return {shape[0], shape[1], s};
+}
+
 double MaxAbs(const std::vector<Real>& v) {
   double m = 0;
   for (Real x : v) m = std::max(m, static_cast<double>(std::fabs(x)));
@@ -162,19 +169,7 @@ void CheckProblem(const Problem& problem, Reduction reduction,
     indices.resize(x.size());
     std::iota(indices.begin(), indices.end(), 0);
   }
-  std::vector<Real> xs = AsReal(x);
-  std::vector<Real> fd(indices.size());
-  for (size_t k = 0; k < indices.size(); ++k) {
-    const int64_t i = indices[k];
-    const Real xi = xs[i];
-    const Real step = 1e-6L * std::max<Real>(1, std::fabs(xi));
-    xs[i] = xi + step;
-    const Real up = objective(xs);
-    xs[i] = xi - step;
-    const Real down = objective(xs);
-    xs[i] = xi;
-    fd[k] = (up - down) / (2 * step);
-  }
+  const std::vector<Real> fd = testing::FiniteDifferences(objective, AsReal(x), indices);
   const double grad_scale = MaxAbs(fd);
   for (size_t k = 0; k < indices.size(); ++k) {
     const int64_t i = indices[k];
@@ -198,9 +193,8 @@ void CheckAllReductions(const Problem& p) {
 
 Problem SoftmaxProblem(Shape shape, double gamma, bool with_alpha, double smoothing,
                        std::optional<int64_t> ignore, uint32_t seed, double scale = 3.0) {
-  const int64_t n = shape[0], c = shape[1];
-  int64_t s = 1;
-  for (size_t d = 2; d < shape.size(); ++d) s *= shape[d];
+  const auto layout = ClassLayout(shape);
+  const int64_t n = std::get<0>(layout), c = std::get<1>(layout), s = std::get<2>(layout);
   Problem p;
   p.variant = "softmax_focal";
   SoftmaxFocalParams params;
@@ -349,9 +343,8 @@ TEST(SigmoidFocal, SmoothingClassesAndShapes) {
 
 Problem SigmoidIndexProblem(Shape shape, double gamma, double alpha, double smoothing, int64_t k,
                             std::optional<int64_t> ignore, uint32_t seed, bool probabilities = false) {
-  const int64_t n = shape[0], c = shape[1];
-  int64_t s = 1;
-  for (size_t d = 2; d < shape.size(); ++d) s *= shape[d];
+  const auto layout = ClassLayout(shape);
+  const int64_t n = std::get<0>(layout), c = std::get<1>(layout), s = std::get<2>(layout);
   Problem p;
   p.variant = "sigmoid_focal";
   SigmoidFocalParams params;

@@ -163,11 +163,15 @@ inline Real Weighted(const RefLosses& l, const std::vector<Real>& w) {
   return s;
 }
 
-/// Central finite differences of f at x, element by element, step h·max(1, |x_i|).
+/// Central finite differences of f at x for the elements `indices`, step h*max(1, |x_i|).
+/// In long double the rounding error is ~1e-19*|f|/h and the truncation error ~h^2 times the
+/// third derivative: both far below float32's resolution.
 inline std::vector<Real> FiniteDifferences(const std::function<Real(const std::vector<Real>&)>& f,
-                                           std::vector<Real> x, Real h = 1e-6L) {
-  std::vector<Real> g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
+                                           std::vector<Real> x, const std::vector<int64_t>& indices,
+                                           Real h = 1e-6L) {
+  std::vector<Real> g(indices.size());
+  for (size_t k = 0; k < indices.size(); ++k) {
+    const int64_t i = indices[k];
     const Real xi = x[i];
     const Real step = h * std::max<Real>(1, std::fabs(xi));
     x[i] = xi + step;
@@ -175,7 +179,7 @@ inline std::vector<Real> FiniteDifferences(const std::function<Real(const std::v
     x[i] = xi - step;
     const Real down = f(x);
     x[i] = xi;
-    g[i] = (up - down) / (2 * step);
+    g[k] = (up - down) / (2 * step);
   }
   return g;
 }
