@@ -1,0 +1,34 @@
+// Protobuf ↔ LossJob/LossResult as pure functions: no gRPC in here, and no protobuf type below
+// this layer. Tensor bytes are read in place from the request; the response copies each
+// output tensor once.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "focal/job.h"
+#include "focal/v1/focal_loss.pb.h"
+
+namespace focal::server {
+
+/// Limits the codec enforces before anything is computed.
+struct CodecLimits {
+  int64_t max_elements = int64_t{1} << 28;  ///< logits elements per request
+};
+
+/// Decodes a request into a LossJob whose tensors are views into `request`'s bytes, which must
+/// outlive the job. Wire-level problems (missing tensors, unknown dtype, variant or reduction)
+/// are INVALID_ARGUMENT naming the field; an oversized request is RESOURCE_EXHAUSTED. Shapes,
+/// byte lengths, values and parameters are checked by ValidateJob, shared by every backend.
+absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const CodecLimits& limits);
+
+/// Fills `response` from a result; `queue_micros` is the time the request waited for a slot.
+void EncodeComputeResponse(const LossResult& result, absl::string_view request_id,
+                           int64_t queue_micros, v1::ComputeResponse* response);
+
+/// Wire dtype of a core dtype and back (UNSPECIFIED and unknown values are errors).
+v1::DataType ToProto(DType dtype);
+absl::StatusOr<DType> FromProto(int dtype, absl::string_view field);
+
+}  // namespace focal::server

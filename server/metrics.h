@@ -1,0 +1,66 @@
+// Prometheus metrics (prometheus-cpp), scraped at http://<--metrics-listen>/metrics.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace prometheus {
+class Exposer;
+class Registry;
+class Gauge;
+template <typename T>
+class Family;
+class Counter;
+class Histogram;
+}  // namespace prometheus
+
+namespace focal::server {
+
+/// What one finished call reports.
+struct CallRecord {
+  absl::string_view method;   ///< "Compute", "ComputeStream", "Evaluate", "GetServerInfo"
+  absl::string_view variant;  ///< "" when unknown (decode failed)
+  absl::string_view code;     ///< gRPC status code name, "OK", "INVALID_ARGUMENT", ...
+  double latency_seconds = 0;
+  double queue_seconds = -1;    ///< < 0 when the call never queued
+  double compute_seconds = -1;  ///< < 0 when nothing was computed
+  int64_t bytes_in = 0, bytes_out = 0;
+  int64_t elements = 0;  ///< logits elements computed
+};
+
+class Metrics {
+ public:
+  /// Starts the HTTP exposer on `listen` ("host:port", port 0 picks one); empty: metrics are
+  /// still counted but not served.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Start(const std::string& listen);
+  ~Metrics();
+
+  /// "host:port" actually bound, or "" when not served.
+  std::string address() const { return address_; }
+
+  void Record(const CallRecord& call);
+  void CallStarted();
+  void CallEnded();
+  void SetDeviceMemoryBytes(double bytes);
+
+ private:
+  Metrics();
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::string address_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* latency_;
+  prometheus::Family<prometheus::Histogram>* queue_;
+  prometheus::Family<prometheus::Histogram>* compute_;
+  prometheus::Family<prometheus::Counter>* elements_;
+  prometheus::Counter* bytes_in_;
+  prometheus::Counter* bytes_out_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Gauge* device_memory_;
+};
+
+}  // namespace focal::server

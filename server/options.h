@@ -1,0 +1,55 @@
+// focalserve's options: one plain struct, its defaults here and nowhere else, filled from flags.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace focal::server {
+
+enum class BackendChoice { kAuto, kCpu, kCuda };
+
+struct TlsOptions {
+  std::string cert_file;       ///< PEM server certificate chain; TLS is on when set
+  std::string key_file;        ///< PEM private key
+  std::string client_ca_file;  ///< PEM CA bundle; when set, clients must present a certificate it signed
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+struct KeepaliveOptions {
+  int64_t time_seconds = 60;     ///< ping an idle connection after this long
+  int64_t timeout_seconds = 20;  ///< drop it when the ping is not answered in this long
+  /// Close connections after this long (0: never), so clients behind a load balancer re-resolve
+  /// and spread onto new replicas; in-flight calls get `max_connection_age_grace_seconds`.
+  int64_t max_connection_age_seconds = 0;
+  int64_t max_connection_age_grace_seconds = 30;
+};
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:50051";  ///< port 0 picks a free port, printed at start
+  BackendChoice backend = BackendChoice::kAuto;
+  std::vector<int> devices;  ///< CUDA ordinals to use; empty: all
+  int cpu_threads = 0;       ///< OpenMP threads per request; 0: all cores
+  int64_t max_message_bytes = int64_t{1} << 30;  ///< both directions
+  int64_t max_elements = int64_t{1} << 28;       ///< logits elements per request
+  int max_concurrent = 4;   ///< requests computing at once
+  int max_queue = 64;       ///< requests waiting beyond those; more get RESOURCE_EXHAUSTED at once
+  std::string metrics_listen = "127.0.0.1:9464";  ///< Prometheus /metrics; empty disables
+  TlsOptions tls;
+  std::string auth_token_file;  ///< bearer token required on every call but health
+  KeepaliveOptions keepalive;
+  int64_t drain_timeout_seconds = 30;  ///< SIGTERM: how long in-flight calls may take to finish
+  int64_t debug_delay_ms = 0;          ///< test only: each computation sleeps this long first
+};
+
+/// Parses `--name=value` / `--name value` flags. `--help` yields a status whose message is the
+/// usage text (code CANCELLED, so callers print it and exit 0); bad flags are INVALID_ARGUMENT
+/// naming the flag.
+absl::StatusOr<ServerOptions> ParseFlags(int argc, const char* const* argv);
+
+/// The usage text, with every flag and its default.
+std::string Usage();
+
+}  // namespace focal::server

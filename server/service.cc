@@ -1,0 +1,473 @@
+#include "server/service.h"
+
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "server/exact_sum.h"
+
+namespace focal::server {
+namespace {
+
+using Clock = FocalLossServiceImpl::Clock;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+/// Cancelled or past its deadline: nothing is computed for it.
+absl::Status CheckStillWanted(grpc::CallbackServerContext* context) {
+  if (!context->IsCancelled()) return absl::OkStatus();
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the deadline passed before the computation started");
+  }
+  return absl::CancelledError("the client cancelled the call");
+}
+
+/// Reference counting shared by the streaming reactors: gRPC holds one reference until
+/// OnDone, each queued computation one until it has finished; the last one deletes.
+class RefCounted {
+ public:
+  virtual ~RefCounted() = default;
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+ private:
+  std::atomic<int> refs_{1};
+};
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+FocalLossServiceImpl::FocalLossServiceImpl(ServiceConfig config) : config_(std::move(config)) {}
+
+absl::Status FocalLossServiceImpl::Admit(grpc::CallbackServerContext* context) const {
+  if (draining_) return absl::UnavailableError("the server is shutting down; retry on another replica");
+  if (config_.auth_token.empty()) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
+  }
+  const absl::string_view value(it->second.data(), it->second.size());
+  if (value != absl::StrCat("Bearer ", config_.auth_token)) {
+    return absl::UnauthenticatedError("the bearer token is not valid");
+  }
+  return absl::OkStatus();
+}
+
+FocalLossServiceImpl::BatchOutcome FocalLossServiceImpl::RunBatch(
+    grpc::CallbackServerContext* context, const v1::ComputeRequest& request, Clock::time_point queued_at,
+    const std::function<void(LossJob&)>& edit) const {
+  BatchOutcome out;
+  out.queue_seconds = SecondsSince(queued_at);
+  if (config_.debug_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(config_.debug_delay_ms));
+  out.status = CheckStillWanted(context);
+  if (!out.status.ok()) return out;
+  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
+  if (!job.ok()) {
+    out.status = job.status();
+    return out;
+  }
+  out.variant = VariantName(job->spec.params);
+  if (edit) edit(*job);
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<LossResult> result = config_.backend->Compute(*job);
+  out.compute_seconds = SecondsSince(start);
+  if (!result.ok()) {
+    out.status = result.status();
+    return out;
+  }
+  out.elements = static_cast<int64_t>(job->logits.size_bytes / DTypeSize(job->logits.dtype));
+  out.result = std::move(*result);
+  return out;
+}
+
+void FocalLossServiceImpl::Report(absl::string_view method, absl::string_view request_id,
+                                  const absl::Status& status, const BatchOutcome* outcome,
+                                  Clock::time_point started, int64_t bytes_in, int64_t bytes_out) const {
+  const std::string code = absl::StatusCodeToString(status.code());
+  CallRecord record;
+  record.method = method;
+  record.code = code;
+  record.latency_seconds = SecondsSince(started);
+  record.bytes_in = bytes_in;
+  record.bytes_out = bytes_out;
+  if (outcome) {
+    record.variant = outcome->variant;
+    record.queue_seconds = outcome->queue_seconds;
+    record.compute_seconds = outcome->compute_seconds;
+    if (status.ok()) record.elements = outcome->elements;
+  }
+  config_.metrics->Record(record);
+  if (!status.ok()) {
+    std::fprintf(stderr, "focalserve: request '%.*s' %.*s failed: %s: %.*s\n", static_cast<int>(request_id.size()),
+                 request_id.data(), static_cast<int>(method.size()), method.data(), code.c_str(),
+                 static_cast<int>(status.message().size()), status.message().data());
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Compute
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerContext* context,
+                                                        const v1::ComputeRequest* request,
+                                                        v1::ComputeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Clock::time_point started = Clock::now();
+  const int64_t bytes_in = static_cast<int64_t>(request->ByteSizeLong());
+  config_.metrics->CallStarted();
+  auto finish = [this, reactor, request, started, bytes_in](const absl::Status& status, const BatchOutcome* outcome,
+                                                             int64_t bytes_out) {
+    Report("Compute", request->request_id(), status, outcome, started, bytes_in, bytes_out);
+    config_.metrics->CallEnded();
+    reactor->Finish(ToGrpcStatus(status));
+  };
+  if (absl::Status admitted = Admit(context); !admitted.ok()) {
+    finish(admitted, nullptr, 0);
+    return reactor;
+  }
+  const bool queued = config_.queue->TrySubmit([this, context, request, response, started, finish] {
+    const BatchOutcome outcome = RunBatch(context, *request, started);
+    if (!outcome.status.ok()) return finish(outcome.status, &outcome, 0);
+    EncodeComputeResponse(outcome.result, request->request_id(),
+                          static_cast<int64_t>(outcome.queue_seconds * 1e6), response);
+    finish(absl::OkStatus(), &outcome, static_cast<int64_t>(response->ByteSizeLong()));
+  });
+  if (!queued) {
+    finish(absl::ResourceExhaustedError("the server is at its concurrency limit (--max-concurrent + --max-queue "
+                                        "requests); retry with backoff"),
+           nullptr, 0);
+  }
+  return reactor;
+}
+
+// ------------------------------------------------------------------------------------------
+// ComputeStream: batches computed as they arrive (up to kMaxInFlight at once per stream) and
+// answered in order. Reading pauses while kMaxInFlight batches are unanswered, so a slow reader
+// holds at most that many responses in the server.
+
+namespace {
+
+constexpr size_t kMaxInFlight = 2;
+
+class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeRequest, v1::ComputeResponse>,
+                                   public RefCounted {
+ public:
+  ComputeStreamReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {
+    service_->config().metrics->CallStarted();
+    if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
+      service_->Report("ComputeStream", "", admitted, nullptr, Clock::now(), 0, 0);
+      std::lock_guard<std::mutex> lock(mu_);
+      FinishLocked(admitted);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    StartNewReadLocked();
+  }
+
+  void OnReadDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) {  // the client has sent its last batch
+      reads_done_ = true;
+      MaybeWriteLocked();
+      return;
+    }
+    Slot* slot = reading_.get();
+    slots_.push_back(std::move(reading_));
+    if (finished_) return;
+    slot->started = Clock::now();
+    slot->bytes_in = static_cast<int64_t>(slot->request.ByteSizeLong());
+    Ref();
+    const bool queued = service_->config().queue->TrySubmit([this, slot] { Compute(slot); });
+    if (!queued) {
+      Unref();
+      slot->status = absl::ResourceExhaustedError("the server is at its concurrency limit; retry with backoff");
+      slot->ready = true;
+    }
+    if (slots_.size() < kMaxInFlight) {
+      StartNewReadLocked();
+    } else {
+      read_paused_ = true;
+    }
+    MaybeWriteLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {  // the client went away
+      FinishLocked(absl::CancelledError("the client stopped reading"));
+      return;
+    }
+    slots_.pop_front();
+    if (read_paused_ && !reads_done_ && !finished_) {
+      read_paused_ = false;
+      StartNewReadLocked();
+    }
+    MaybeWriteLocked();
+  }
+
+  void OnDone() override {
+    service_->config().metrics->CallEnded();
+    Unref();
+  }
+
+ private:
+  struct Slot {
+    v1::ComputeRequest request;
+    v1::ComputeResponse response;
+    absl::Status status;
+    bool ready = false;
+    Clock::time_point started;
+    int64_t bytes_in = 0;
+  };
+
+  void Compute(Slot* slot) {
+    const auto outcome = service_->RunBatch(context_, slot->request, slot->started);
+    int64_t bytes_out = 0;
+    if (outcome.status.ok()) {
+      EncodeComputeResponse(outcome.result, slot->request.request_id(),
+                            static_cast<int64_t>(outcome.queue_seconds * 1e6), &slot->response);
+      bytes_out = static_cast<int64_t>(slot->response.ByteSizeLong());
+    }
+    service_->Report("ComputeStream", slot->request.request_id(), outcome.status, &outcome, slot->started,
+                     slot->bytes_in, bytes_out);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->status = outcome.status;
+      slot->ready = true;
+      MaybeWriteLocked();
+    }
+    Unref();
+  }
+
+  void StartNewReadLocked() {
+    reading_ = std::make_unique<Slot>();
+    StartRead(&reading_->request);
+  }
+
+  /// Writes the oldest answer when it is ready; a failed batch ends the stream with its status
+  /// (after the answers before it); the stream ends OK once every batch is answered.
+  void MaybeWriteLocked() {
+    if (finished_ || writing_) return;
+    if (slots_.empty()) {
+      if (reads_done_) FinishLocked(absl::OkStatus());
+      return;
+    }
+    Slot* front = slots_.front().get();
+    if (!front->ready) return;
+    if (!front->status.ok()) {
+      FinishLocked(front->status);
+      return;
+    }
+    writing_ = true;
+    StartWrite(&front->response);
+  }
+
+  void FinishLocked(const absl::Status& status) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(ToGrpcStatus(status));
+  }
+
+  FocalLossServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  std::mutex mu_;
+  std::unique_ptr<Slot> reading_;
+  std::deque<std::unique_ptr<Slot>> slots_;  ///< read, not yet answered, in order
+  bool reads_done_ = false, read_paused_ = false, writing_ = false, finished_ = false;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::ComputeRequest, v1::ComputeResponse>* FocalLossServiceImpl::ComputeStream(
+    grpc::CallbackServerContext* context) {
+  return new ComputeStreamReactor(this, context);
+}
+
+// ------------------------------------------------------------------------------------------
+// Evaluate: one batch at a time (the next is read once the previous is accumulated), per-item
+// losses summed exactly, overall and per class.
+
+namespace {
+
+/// Exact sums over a whole evaluation.
+struct EvaluationTotals {
+  ExactSum total;
+  int64_t count = 0;
+  std::vector<ExactSum> class_sums;
+  std::vector<int64_t> class_counts;
+  int64_t batches = 0;
+  int64_t compute_micros = 0, queue_micros = 0;
+
+  void Grow(int64_t classes) {
+    if (static_cast<int64_t>(class_sums.size()) < classes) {
+      class_sums.resize(classes);
+      class_counts.resize(classes, 0);
+    }
+  }
+
+  /// Adds one batch's per-item losses. Items are attributed to a class: the target class of
+  /// the row for softmax_focal and focal_cosine; the class channel (dim 1) for sigmoid_focal
+  /// and dynamic_focal, whose items are single logits. Ignored items add nothing.
+  void Add(const LossJob& job, const LossResult& result) {
+    ++batches;
+    count += result.count;
+    const TensorView losses = result.losses->view();
+    const int64_t items = static_cast<int64_t>(losses.size_bytes / DTypeSize(losses.dtype));
+    const Shape& shape = job.logits.shape;
+    const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
+    int64_t inner = 1;
+    for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
+    const bool per_row = std::holds_alternative<SoftmaxFocalParams>(job.spec.params) ||
+                         std::holds_alternative<FocalCosineParams>(job.spec.params);
+    std::optional<int64_t> ignore;
+    if (const auto* p = std::get_if<SoftmaxFocalParams>(&job.spec.params)) ignore = p->ignore_index;
+    if (const auto* p = std::get_if<SigmoidFocalParams>(&job.spec.params)) ignore = p->ignore_index;
+    const bool index_targets = IsInteger(job.targets.dtype);
+    Grow(channels);
+    for (int64_t i = 0; i < items; ++i) {
+      const double loss = LoadAsDouble(losses, i);
+      int64_t cls;
+      if (per_row) {
+        cls = LoadAsInt64(job.targets, i);
+        if (ignore && cls == *ignore) continue;
+      } else {
+        cls = shape.size() >= 2 ? (i / inner) % channels : 0;
+        if (index_targets && ignore) {
+          const int64_t row = (i / (inner * channels)) * inner + i % inner;
+          if (LoadAsInt64(job.targets, row) == *ignore) continue;
+        }
+      }
+      total.Add(loss);
+      class_sums[cls].Add(loss);
+      ++class_counts[cls];
+    }
+  }
+};
+
+class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>, public RefCounted {
+ public:
+  EvaluateReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
+                  v1::EvaluateResponse* response)
+      : service_(service), context_(context), response_(response), started_(Clock::now()) {
+    service_->config().metrics->CallStarted();
+    if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
+      Complete(admitted);
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the last batch has been read
+      response_->set_total_loss(totals_.total.Value());
+      response_->set_count(totals_.count);
+      response_->set_mean(totals_.count > 0 ? response_->total_loss() / static_cast<double>(totals_.count) : 0.0);
+      for (size_t c = 0; c < totals_.class_sums.size(); ++c) {
+        response_->add_class_loss_sums(totals_.class_sums[c].Value());
+        response_->add_class_counts(totals_.class_counts[c]);
+      }
+      response_->set_batches(totals_.batches);
+      response_->mutable_timing()->set_compute_micros(totals_.compute_micros);
+      response_->mutable_timing()->set_queue_micros(totals_.queue_micros);
+      response_->set_backend(service_->config().backend->Name());
+      Complete(absl::OkStatus());
+      return;
+    }
+    bytes_in_ += static_cast<int64_t>(request_.ByteSizeLong());
+    Ref();
+    const Clock::time_point queued_at = Clock::now();
+    const bool queued = service_->config().queue->TrySubmit([this, queued_at] {
+      Accumulate(queued_at);
+      Unref();
+    });
+    if (!queued) {
+      Unref();
+      Complete(absl::ResourceExhaustedError("the server is at its concurrency limit; retry with backoff"));
+    }
+  }
+
+  void OnDone() override {
+    service_->config().metrics->CallEnded();
+    Unref();
+  }
+
+ private:
+  void Accumulate(Clock::time_point queued_at) {
+    LossJob job;
+    const auto outcome = service_->RunBatch(context_, request_, queued_at, [&job](LossJob& j) {
+      j.spec.reduction = Reduction::kNone;  // per-item losses, summed exactly here
+      j.spec.normalizer.reset();
+      j.compute_gradient = false;
+      j.grad_output = std::monostate{};
+      j.output_dtype = j.logits.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+      job = j;
+    });
+    if (!outcome.status.ok()) {
+      Complete(absl::Status(outcome.status.code(), absl::StrCat("batch ", totals_.batches, " (request '",
+                                                               request_.request_id(), "'): ", outcome.status.message())));
+      return;
+    }
+    variant_ = outcome.variant;
+    elements_ += outcome.elements;
+    totals_.compute_micros += outcome.result.compute_micros;
+    totals_.queue_micros += static_cast<int64_t>(outcome.queue_seconds * 1e6);
+    totals_.Add(job, outcome.result);
+    StartRead(&request_);  // the next batch, only now: one batch in memory at a time
+  }
+
+  void Complete(const absl::Status& status) {
+    BatchOutcome outcome;
+    outcome.variant = variant_;
+    outcome.elements = elements_;
+    service_->Report("Evaluate", request_.request_id(), status, &outcome, started_, bytes_in_,
+                     status.ok() ? static_cast<int64_t>(response_->ByteSizeLong()) : 0);
+    Finish(ToGrpcStatus(status));
+  }
+
+  using BatchOutcome = FocalLossServiceImpl::BatchOutcome;
+  FocalLossServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::EvaluateResponse* const response_;
+  const Clock::time_point started_;
+  v1::ComputeRequest request_;
+  EvaluationTotals totals_;
+  std::string variant_;
+  int64_t elements_ = 0, bytes_in_ = 0;
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<v1::ComputeRequest>* FocalLossServiceImpl::Evaluate(grpc::CallbackServerContext* context,
+                                                                             v1::EvaluateResponse* response) {
+  return new EvaluateReactor(this, context, response);
+}
+
+// ------------------------------------------------------------------------------------------
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
+                                                              const v1::GetServerInfoRequest* /*request*/,
+                                                              v1::ServerInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Clock::time_point started = Clock::now();
+  absl::Status status = Admit(context);
+  if (status.ok()) *response = config_.info;
+  Report("GetServerInfo", "", status, nullptr, started, 0, status.ok() ? static_cast<int64_t>(response->ByteSizeLong()) : 0);
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace focal::server

@@ -1,0 +1,53 @@
+#include "server/work_queue.h"
+
+namespace focal::server {
+
+WorkQueue::WorkQueue(int workers, int max_waiting) : max_waiting_(max_waiting) {
+  threads_.reserve(workers);
+  for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { Work(); });
+}
+
+WorkQueue::~WorkQueue() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  ready_.notify_all();
+  for (std::thread& t : threads_) t.join();
+}
+
+bool WorkQueue::TrySubmit(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A task may start at once when a worker is idle; otherwise it waits, up to max_waiting_.
+    const int idle = static_cast<int>(threads_.size()) - running_ - static_cast<int>(waiting_.size());
+    if (idle <= 0 && static_cast<int>(waiting_.size()) >= max_waiting_) return false;
+    waiting_.push_back(std::move(task));
+  }
+  ready_.notify_one();
+  return true;
+}
+
+int WorkQueue::Pending() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_ + static_cast<int>(waiting_.size());
+}
+
+void WorkQueue::Work() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ready_.wait(lock, [this] { return stopping_ || !waiting_.empty(); });
+      if (waiting_.empty()) return;  // stopping, and everything queued has run
+      task = std::move(waiting_.front());
+      waiting_.pop_front();
+      ++running_;
+    }
+    task();
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+  }
+}
+
+}  // namespace focal::server
