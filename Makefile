@@ -1,4 +1,5 @@
 # FocalServe developer entry points. Every target installs what is missing first.
+#   make run     build and start focalserve on 127.0.0.1:50051 (ARGS="--flag=value ..." adds flags)
 #   make test    install, configure, build, run every test (what CI runs)
 #   make bench   CPU benchmark and PyTorch on the same shapes, side by side
 #   make golden  regenerate tests/golden/data from PyTorch
@@ -8,7 +9,9 @@ CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc)
 PYTHON := /usr/bin/python3
 
-.PHONY: all deps configure build test bench golden clean
+ARGS ?=
+
+.PHONY: all deps configure build run test bench golden clean
 
 all: build
 
@@ -23,6 +26,10 @@ configure: $(BUILD_DIR)/build.ninja
 
 build: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: deps configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target focalserve
+	$(BUILD_DIR)/server/focalserve $(ARGS)
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
