@@ -14,6 +14,9 @@ namespace {
 
 using Clock = FocalLossServiceImpl::Clock;
 
+/// Requests up to this size (~64K float32 logits) compute on the gRPC thread that received them.
+constexpr int64_t kInlineRequestBytes = 256 << 10;
+
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -137,14 +140,19 @@ grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerCont
     finish(admitted, nullptr, 0);
     return reactor;
   }
-  const bool queued = config_.queue->TrySubmit([this, context, request, response, started, finish] {
+  auto work = [this, context, request, response, started, finish] {
     const BatchOutcome outcome = RunBatch(context, *request, started);
     if (!outcome.status.ok()) return finish(outcome.status, &outcome, 0);
     EncodeComputeResponse(outcome.result, request->request_id(),
                           static_cast<int64_t>(outcome.queue_seconds * 1e6), response);
     finish(absl::OkStatus(), &outcome, static_cast<int64_t>(response->ByteSizeLong()));
-  });
-  if (!queued) {
+  };
+  // A small batch computes in microseconds, less than a hand-over to a worker thread costs:
+  // it runs here when a slot is free. Large ones go to the workers, keeping gRPC's threads free.
+  if (bytes_in <= kInlineRequestBytes && config_.debug_delay_ms == 0 && config_.queue->TryRunInline(work)) {
+    return reactor;
+  }
+  if (!config_.queue->TrySubmit(std::move(work))) {
     finish(absl::ResourceExhaustedError("the server is at its concurrency limit (--max-concurrent + --max-queue "
                                         "requests); retry with backoff"),
            nullptr, 0);

@@ -28,6 +28,18 @@ bool WorkQueue::TrySubmit(std::function<void()> task) {
   return true;
 }
 
+bool WorkQueue::TryRunInline(const std::function<void()>& task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_ + static_cast<int>(waiting_.size()) >= static_cast<int>(threads_.size())) return false;
+    ++running_;
+  }
+  task();
+  std::lock_guard<std::mutex> lock(mu_);
+  --running_;
+  return true;
+}
+
 int WorkQueue::Pending() const {
   std::lock_guard<std::mutex> lock(mu_);
   return running_ + static_cast<int>(waiting_.size());

@@ -21,6 +21,10 @@ class WorkQueue {
 
   /// Queues `task`; false (and `task` is dropped) when the queue is full.
   bool TrySubmit(std::function<void()> task);
+  /// Runs `task` on the calling thread when a worker slot is free and nobody waits for one
+  /// (it counts against the concurrency limit like a queued task); false otherwise. For small
+  /// requests, where handing over to a worker would cost more than the computation.
+  bool TryRunInline(const std::function<void()>& task);
   /// Tasks queued or running.
   int Pending() const;
 
