@@ -33,6 +33,7 @@ run: deps configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+	FOCALSERVE_BINARY=$(BUILD_DIR)/server/focalserve bash scripts/python-tests.sh
 
 bench: build
 	$(PYTHON) tests/bench/torch_compare.py --cpu-bench $(BUILD_DIR)/tests/bench/cpu_bench --markdown

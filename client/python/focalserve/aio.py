@@ -1,0 +1,106 @@
+"""focalserve.AsyncClient: the same calls over grpc.aio (asyncio)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import grpc
+import grpc.aio
+
+from . import _codec, _health
+from ._errors import FocalServeError
+from ._proto import pb, rpc
+from .client import _Base
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of focalserve.Client: same constructor, same methods, awaited.
+
+        async with focalserve.AsyncClient("127.0.0.1:50051") as client:
+            r = await client.compute(logits, targets, "sigmoid_focal", compute_gradient=True)
+
+    Create it inside the running event loop (grpc.aio binds the channel to it). evaluate()
+    takes a plain or an async iterable of batches.
+    """
+
+    def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+        super().__init__(target, tls_root_certs=tls_root_certs, token=token, timeout=timeout,
+                         max_message_bytes=max_message_bytes, options=options)
+        if self._credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, self._credentials, self._options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, self._options)
+        self.stub = rpc.FocalLossServiceStub(self.channel)
+        self._health_check = self.channel.unary_unary(
+            _health.METHOD, request_serializer=_health.encode_request, response_deserializer=_health.decode_response)
+
+    async def compute(self, logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+                      compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
+                      num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
+                      *, timeout: Optional[float] = None, request_id: str = "",
+                      **params: Any) -> _codec.ComputeResult:
+        """See Client.compute."""
+        request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
+                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id, **params)
+        return await self.compute_request(request, timeout=timeout)
+
+    async def compute_request(self, request: pb.ComputeRequest, *,
+                              timeout: Optional[float] = None) -> _codec.ComputeResult:
+        try:
+            response = await self.stub.Compute(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Compute") from None
+        return _codec.ComputeResult(response)
+
+    async def evaluate(self, batches: Any, variant: str = "softmax_focal", *, allow_non_finite: bool = False,
+                       timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
+        """See Client.evaluate; `batches` may also be an async iterable."""
+        spec = _codec.loss_spec(variant, "none", **params)
+        if hasattr(batches, "__aiter__"):
+            async def requests():
+                i = 0
+                async for batch in batches:
+                    for request in _codec.batch_requests([batch], spec, allow_non_finite):
+                        request.request_id = f"batch-{i}"
+                        yield request
+                    i += 1
+            request_iterator = requests()
+        else:
+            request_iterator = _codec.batch_requests(batches, spec, allow_non_finite)
+        request_iterator = _codec.CapturingIterator(request_iterator)
+        try:
+            response = await self.stub.Evaluate(request_iterator, timeout=self._timeout(timeout),
+                                                metadata=self._metadata)
+        except (grpc.RpcError, asyncio.CancelledError) as e:
+            if request_iterator.error is not None:  # gRPC cancels the call; raise what the batches raised
+                raise request_iterator.error from None
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise FocalServeError.from_rpc_error(e, "Evaluate") from None
+        return _codec.EvaluateResult(response)
+
+    async def info(self, *, timeout: Optional[float] = None) -> pb.ServerInfo:
+        try:
+            return await self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self._timeout(timeout),
+                                                 metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "GetServerInfo") from None
+
+    async def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
+        try:
+            return await self._health_check(service, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Health/Check") from None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"focalserve.AsyncClient({self.target!r})"

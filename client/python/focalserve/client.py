@@ -1,0 +1,169 @@
+"""focalserve.Client: the blocking client over grpcio."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional
+
+import grpc
+
+from . import _codec, _health
+from ._errors import FocalServeError
+from ._proto import pb, rpc
+
+_INT32_MAX = 2**31 - 1
+
+
+def _channel_options(max_message_bytes: int, extra):
+    n = min(int(max_message_bytes), _INT32_MAX)  # gRPC's limits are C ints
+    options = [("grpc.max_send_message_length", n), ("grpc.max_receive_message_length", n)]
+    options.extend(extra or ())
+    return options
+
+
+def _root_certs(tls_root_certs: Any) -> bytes:
+    """PEM bytes as given, or read from a path (str or os.PathLike)."""
+    if isinstance(tls_root_certs, (bytes, bytearray)):
+        return bytes(tls_root_certs)
+    with open(os.fspath(tls_root_certs), "rb") as f:
+        return f.read()
+
+
+class _Base:
+    """What the blocking and the asyncio clients share: options, metadata, request building."""
+
+    def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+        self.target = target
+        self.timeout = timeout
+        self._options = _channel_options(max_message_bytes, options)
+        self._credentials = (grpc.ssl_channel_credentials(root_certificates=_root_certs(tls_root_certs))
+                             if tls_root_certs is not None else None)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+        return self.timeout if timeout is None else timeout
+
+    @staticmethod
+    def build_request(logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+                      compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
+                      num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
+                      request_id: str = "", **params: Any) -> pb.ComputeRequest:
+        """The ComputeRequest `compute` would send (to keep, edit and send with `compute_request`)."""
+        return _codec.compute_request(logits, targets, variant=variant, reduction=reduction,
+                                      compute_gradient=compute_gradient, grad_output=grad_output,
+                                      gradient_dtype=gradient_dtype, num_objects=num_objects,
+                                      allow_non_finite=allow_non_finite, normalizer=normalizer,
+                                      request_id=request_id, **params)
+
+
+class Client(_Base):
+    """A blocking FocalServe client.
+
+        client = focalserve.Client("127.0.0.1:50051")
+        r = client.compute(logits, targets, "softmax_focal", gamma=2.0, compute_gradient=True)
+        r.loss, r.count, r.gradient
+
+    target            "host:port" (any gRPC target: "dns:///svc:50051" balances with
+                      options=[("grpc.lb_policy_name", "round_robin")])
+    tls_root_certs    None for plaintext; PEM bytes or a path to a PEM file for TLS
+    token             sent as 'authorization: Bearer <token>' on every call
+    timeout           default deadline per call, seconds (None: none)
+    max_message_bytes largest message both ways (the server's default is 1 GiB too)
+    options           extra gRPC channel options
+
+    Failed calls raise FocalServeError (.code, .message); arguments the client cannot encode
+    raise TypeError/ValueError before anything is sent. Thread-safe; use as a context manager
+    or call close().
+    """
+
+    def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+        super().__init__(target, tls_root_certs=tls_root_certs, token=token, timeout=timeout,
+                         max_message_bytes=max_message_bytes, options=options)
+        if self._credentials is not None:
+            self.channel = grpc.secure_channel(target, self._credentials, self._options)
+        else:
+            self.channel = grpc.insecure_channel(target, self._options)
+        self.stub = rpc.FocalLossServiceStub(self.channel)
+        self._health_check = self.channel.unary_unary(
+            _health.METHOD, request_serializer=_health.encode_request, response_deserializer=_health.decode_response)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def compute(self, logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+                compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
+                num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
+                *, timeout: Optional[float] = None, request_id: str = "", **params: Any) -> _codec.ComputeResult:
+        """One batch. Returns a ComputeResult (loss, count, losses, gradient, backend, timing).
+
+        logits, targets   arrays (NumPy or torch; see focalserve._codec for dtypes and bfloat16)
+        variant           'softmax_focal' | 'sigmoid_focal' | 'focal_cosine' | 'dynamic_focal'
+        reduction         'mean' | 'sum' | 'none'
+        compute_gradient  also return d(sum w*loss)/d(logits)
+        grad_output       the upstream gradient w: a scalar, or for 'none' an array shaped like
+                          the per-item losses; None = 1
+        gradient_dtype    None (the logits' dtype) or 'float32' (also the dtype of 'none' losses)
+        num_objects       dynamic_focal's per-row object counts, float [N]
+        allow_non_finite  let NaN/Inf propagate instead of INVALID_ARGUMENT
+        normalizer        replaces MEAN's count as the denominator
+        **params          the variant's parameters as in VARIANTS.md (gamma, alpha, ignore_index,
+                          label_smoothing, smoothing_classes, input, xent); None = default
+        """
+        request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
+                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id, **params)
+        return self.compute_request(request, timeout=timeout)
+
+    def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None) -> _codec.ComputeResult:
+        """Sends a prepared ComputeRequest (see build_request)."""
+        try:
+            response = self.stub.Compute(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Compute") from None
+        return _codec.ComputeResult(response)
+
+    def evaluate(self, batches: Iterable[Any], variant: str = "softmax_focal", *, allow_non_finite: bool = False,
+                 timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
+        """A whole dataset streamed batch by batch; exact totals and per-class sums come back.
+
+        batches is any iterable of (logits, targets) or (logits, targets, num_objects); it is
+        consumed lazily, one batch encoded at a time as gRPC's flow control asks for it.
+        """
+        spec = _codec.loss_spec(variant, "none", **params)
+        requests = _codec.CapturingIterator(_codec.batch_requests(batches, spec, allow_non_finite))
+        try:
+            response = self.stub.Evaluate(requests, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            if requests.error is not None:  # gRPC cancels the call; raise what the batches raised
+                raise requests.error from None
+            raise FocalServeError.from_rpc_error(e, "Evaluate") from None
+        return _codec.EvaluateResult(response)
+
+    def info(self, *, timeout: Optional[float] = None) -> pb.ServerInfo:
+        """The server's focal.v1.ServerInfo: version, variants and parameters, dtypes, limits, devices."""
+        try:
+            return self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=self._timeout(timeout),
+                                           metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "GetServerInfo") from None
+
+    def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
+        """grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', ... ('' = the whole server;
+        'focal.v1.FocalLossService' = the loss service). See focalserve._health for why by hand."""
+        try:
+            return self._health_check(service, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Health/Check") from None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"focalserve.Client({self.target!r})"

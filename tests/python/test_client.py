@@ -1,0 +1,289 @@
+"""Client surface: error mapping, info(), health(), evaluate(), AsyncClient, auth, TLS."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import focalserve
+from conftest import ServerProcess
+
+RNG = np.random.default_rng(11)
+X = (RNG.standard_normal((12, 5)) * 2).astype(np.float32)
+Y = RNG.integers(0, 5, 12)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(targets=np.array([0, 1, 7] + [0] * 9)), "targets[2]"),
+    (dict(gamma=-1.0), "loss.gamma"),
+    (dict(alpha=[1.0, 2.0]), "loss.alpha"),
+    (dict(label_smoothing=1.0), "loss.label_smoothing"),
+    (dict(targets=np.zeros(11, np.int64)), "targets.shape"),
+    (dict(targets=np.zeros(12, np.float32)), "targets.dtype"),
+    (dict(logits=np.where(np.arange(60).reshape(12, 5) == 7, np.nan, X).astype(np.float32)), "logits[1, 2]"),
+    (dict(gradient_dtype="float16", compute_gradient=True), "gradient_dtype"),
+    (dict(normalizer=0.0), "loss.normalizer"),
+    (dict(grad_output=np.ones(3), compute_gradient=True), "grad_output.shape"),
+    (dict(num_objects=np.ones(12, np.float32)), "num_objects"),
+])
+def test_invalid_request_names_the_field(client, kwargs, field):
+    args = dict(logits=X, targets=Y)
+    args.update(kwargs)
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.compute(args.pop("logits"), args.pop("targets"), **args)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in e.value.message, e.value.message
+    assert "INVALID_ARGUMENT" in str(e.value)
+
+
+def test_non_finite_allowed_propagates(client):
+    x = X.copy()
+    x[1, 2] = np.nan
+    r = client.compute(x, Y, reduction="none", allow_non_finite=True)
+    assert np.isnan(r.losses[1]) and np.isfinite(np.delete(r.losses, 1)).all()
+
+
+def test_sigmoid_specific_errors(client):
+    t = (RNG.random(X.shape) < 0.5).astype(np.float32)
+    with pytest.raises(focalserve.FocalServeError, match="loss.alpha") as e:
+        client.compute(X, t, "sigmoid_focal", alpha=1.5)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(focalserve.FocalServeError, match=r"targets\[0, 0\] is 2"):
+        client.compute(X, np.full(X.shape, 2, np.float32), "sigmoid_focal")
+
+
+def test_client_side_argument_errors(client):
+    with pytest.raises(ValueError, match="variant 'softmax'"):
+        client.compute(X, Y, "softmax")
+    with pytest.raises(TypeError, match="focal_cosine has no parameter 'ignore_index'"):
+        client.compute(X, Y, "focal_cosine", ignore_index=1)
+    with pytest.raises(ValueError, match="reduction"):
+        client.compute(X, Y, reduction="avg")
+    with pytest.raises(TypeError, match="logits: dtype int16"):
+        client.compute(X.astype(np.int16), Y)
+    with pytest.raises(ValueError, match="input"):
+        client.compute(X, Y, "sigmoid_focal", input="odds")
+
+
+def test_deadline_exceeded(client):
+    big = np.zeros((4096, 1024), np.float32)
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.compute(big, np.zeros(4096, np.int64), timeout=1e-4)
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_unreachable_server():
+    with focalserve.Client("127.0.0.1:1", timeout=2) as c:
+        with pytest.raises(focalserve.FocalServeError) as e:
+            c.compute(X, Y)
+    assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+# -- info, health -------------------------------------------------------------------------
+
+def test_info(client):
+    info = client.info()
+    assert info.version
+    assert [v.name for v in info.variants] == list(focalserve.VARIANTS)
+    softmax = next(v for v in info.variants if v.name == "softmax_focal")
+    assert {"gamma", "alpha", "ignore_index", "label_smoothing"} <= {p.name for p in softmax.parameters}
+    assert {focalserve.pb.FLOAT32, focalserve.pb.FLOAT16, focalserve.pb.BFLOAT16} <= set(info.logits_dtypes)
+    assert info.max_message_bytes > 0 and info.max_elements > 0
+    assert info.backend
+
+
+def test_health(client):
+    assert client.health() == "SERVING"
+    assert client.health("focal.v1.FocalLossService") == "SERVING"
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.health("no.such.Service")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_codec():
+    from focalserve import _health
+    assert _health.encode_request("") == b""
+    assert _health.encode_request("a.B") == b"\x0a\x03a.B"
+    assert _health.encode_request("x" * 200)[:3] == b"\x0a\xc8\x01"
+    assert _health.decode_response(b"") == "UNKNOWN"
+    assert _health.decode_response(b"\x08\x01") == "SERVING"
+    assert _health.decode_response(b"\x12\x02hi\x08\x02") == "NOT_SERVING"  # unknown field skipped
+
+
+def test_health_not_serving_while_draining():
+    proc = ServerProcess("--debug-delay-ms", "1500")
+    try:
+        with focalserve.Client(proc.target, timeout=10) as c:
+            assert c.health() == "SERVING"
+            future = c.stub.Compute.future(c.build_request(X, Y))  # in flight while draining
+            import time
+            time.sleep(0.3)
+            proc.proc.send_signal(__import__("signal").SIGTERM)
+            time.sleep(0.3)
+            try:
+                status = c.health()
+            except focalserve.FocalServeError as e:  # the listener may already be gone
+                status = e.code.name
+            assert status in ("NOT_SERVING", "UNAVAILABLE")
+            assert future.result().count == 12, "in-flight call finishes during the drain"
+    finally:
+        assert proc.stop() == 0
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+def _batches(n=5, rows=17, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [((rng.standard_normal((rows, classes)) * 2).astype(np.float32), rng.integers(0, classes, rows))
+            for _ in range(n)]
+
+
+def test_evaluate_matches_per_item_losses(client):
+    batches = _batches()
+    result = client.evaluate(iter(batches), "softmax_focal", gamma=2.0, alpha=[1, 2, 1, 0.5, 1])
+    losses = np.concatenate([client.compute(x, y, reduction="none", gradient_dtype="float32", gamma=2.0,
+                                            alpha=[1, 2, 1, 0.5, 1]).losses for x, y in batches]).astype(np.float64)
+    targets = np.concatenate([y for _, y in batches])
+    assert result.batches == 5 and result.count == 85
+    assert result.total_loss == pytest.approx(losses.sum(), rel=1e-12)
+    assert result.mean == pytest.approx(losses.mean(), rel=1e-12)
+    np.testing.assert_allclose(result.class_loss_sums, np.bincount(targets, losses, 5), rtol=1e-12)
+    np.testing.assert_array_equal(result.class_counts, np.bincount(targets, minlength=5))
+
+
+def test_evaluate_dynamic_with_num_objects(client):
+    rng = np.random.default_rng(4)
+    batches = [(rng.standard_normal((4, 6)).astype(np.float32), (rng.random((4, 6)) < 0.3).astype(np.float32),
+                np.array([1, 2, 3, 2], np.float32)) for _ in range(3)]
+    result = client.evaluate(batches, "dynamic_focal")
+    expected = sum(client.compute(x, t, "dynamic_focal", "sum", num_objects=n).loss for x, t, n in batches)
+    assert result.count == 72 and result.total_loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_error_names_the_batch(client):
+    batches = _batches(3)
+    batches[1] = (batches[1][0], batches[1][1] + 10)
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.evaluate(batches)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "batch 1" in e.value.message and "targets" in e.value.message
+
+
+def test_evaluate_batch_iterator_errors_surface(client):
+    def batches():
+        yield _batches(1)[0]
+        yield (X,)  # not a (logits, targets) pair
+
+    with pytest.raises(ValueError, match="batch 1"):
+        client.evaluate(batches())
+
+    def failing():
+        yield _batches(1)[0]
+        raise RuntimeError("the data loader broke")
+
+    with pytest.raises(RuntimeError, match="data loader broke"):
+        client.evaluate(failing())
+
+
+# -- async --------------------------------------------------------------------------------
+
+def test_async_client(server, client):
+    batches = _batches(4)
+    sync_compute = client.compute(X, Y, compute_gradient=True, gamma=1.5)
+    sync_eval = client.evaluate(batches, gamma=1.5)
+
+    async def main():
+        async with focalserve.AsyncClient(server.target, timeout=30) as ac:
+            r = await ac.compute(X, Y, compute_gradient=True, gamma=1.5)
+            many = await asyncio.gather(*(ac.compute(X, Y, reduction="sum") for _ in range(8)))
+
+            async def agen():
+                for b in batches:
+                    await asyncio.sleep(0)
+                    yield b
+            ev_async = await ac.evaluate(agen(), gamma=1.5)
+            ev_sync_iter = await ac.evaluate(batches, gamma=1.5)
+            info = await ac.info()
+            health = await ac.health()
+            async def broken():
+                yield batches[0]
+                raise RuntimeError("async loader broke")
+            with pytest.raises(RuntimeError, match="async loader broke"):
+                await ac.evaluate(broken())
+            with pytest.raises(focalserve.FocalServeError) as e:
+                await ac.compute(X, Y + 5)
+            return r, many, ev_async, ev_sync_iter, info, health, e.value
+
+    r, many, ev_async, ev_sync_iter, info, health, error = asyncio.run(main())
+    assert r.loss == sync_compute.loss and np.array_equal(r.gradient, sync_compute.gradient)  # deterministic
+    assert len({m.loss for m in many}) == 1
+    assert ev_async.total_loss == sync_eval.total_loss == ev_sync_iter.total_loss and ev_async.batches == 4
+    assert info.version and health == "SERVING"
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "targets" in error.message
+
+
+# -- auth and TLS -------------------------------------------------------------------------
+
+def test_bearer_token(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    proc = ServerProcess("--auth-token-file", str(token_file))
+    try:
+        with focalserve.Client(proc.target, timeout=10) as anonymous:
+            with pytest.raises(focalserve.FocalServeError) as e:
+                anonymous.compute(X, Y)
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert anonymous.health() == "SERVING"  # health stays open
+        with focalserve.Client(proc.target, timeout=10, token="wrong") as wrong:
+            with pytest.raises(focalserve.FocalServeError) as e:
+                wrong.info()
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with focalserve.Client(proc.target, timeout=10, token="s3cret") as good:
+            assert good.compute(X, Y).count == 12 and good.info().version
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    proc = ServerProcess("--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        with focalserve.Client(proc.target, timeout=10, tls_root_certs=str(cert)) as c:  # a path
+            assert c.compute(X, Y).count == 12 and c.health() == "SERVING"
+        with focalserve.Client(proc.target, timeout=10, tls_root_certs=cert.read_bytes()) as c:  # PEM bytes
+            assert c.info().version
+        with focalserve.Client(proc.target, timeout=3) as plaintext:
+            with pytest.raises(focalserve.FocalServeError) as e:
+                plaintext.info()
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert proc.stop() == 0
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+def test_accepts_torch_lists_and_narrow_targets(client):
+    base = client.compute(X, Y, reduction="sum").loss
+    assert client.compute(torch.from_numpy(X), torch.from_numpy(Y), reduction="sum").loss == base
+    assert client.compute(X.tolist(), Y.astype(np.int32), reduction="sum").loss == pytest.approx(base, rel=1e-7)
+    assert client.compute(X, Y.astype(np.uint8), reduction="sum").loss == base
+    assert client.compute(X.astype(">f4"), Y.astype(">i8"), reduction="sum").loss == base  # big-endian input
+    assert client.compute(np.asfortranarray(X), Y, reduction="sum").loss == base  # non-contiguous input
+    t = RNG.random(X.shape) < 0.3
+    assert client.compute(X, t, "sigmoid_focal", reduction="sum").loss == pytest.approx(
+        client.compute(X, t.astype(np.float32), "sigmoid_focal", reduction="sum").loss, rel=1e-12)
+
+
+def test_request_id_round_trips(client):
+    assert client.compute(X, Y, request_id="abc-123").request_id == "abc-123"

@@ -1,0 +1,110 @@
+"""focalserve.Client against float64 torch/torchvision references: every variant, option,
+reduction and wire dtype, forward and gradient (with a non-trivial upstream gradient)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import focalserve
+from cases import CASE_IDS, CASES, REDUCTIONS
+from helpers import (ARRAY_RTOL, COMPUTE_RTOL, assert_close, reference, upstream_for, wire_logits,
+                     wire_targets)
+
+
+def _wire_for_client(x_wire: torch.Tensor, dtype: str):
+    """float32/float64/float16 as NumPy arrays (the NumPy front end), bfloat16 as a torch tensor."""
+    return x_wire if dtype == "bfloat16" else x_wire.numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name,variant,params,make", CASES, ids=CASE_IDS)
+def test_compute_matches_reference(client, name, variant, params, make, reduction, dtype):
+    rng = np.random.default_rng(abs(hash((name, reduction, dtype))) % 2**32)
+    x64, t, n = make(rng)
+    x_wire = wire_logits(x64, dtype)
+    t_wire = wire_targets(t)
+    n_wire = None if n is None else n.astype(np.float32)
+    ref_out, _, count = reference(variant, x_wire, t_wire, n_wire, reduction, params)
+    w = upstream_for(reduction, ref_out.shape, rng)
+    ref_out, ref_grad, count = reference(variant, x_wire, t_wire, n_wire, reduction, params, upstream=w)
+
+    r = client.compute(_wire_for_client(x_wire, dtype), t_wire, variant, reduction, compute_gradient=True,
+                       grad_output=w, num_objects=n_wire, **params)
+
+    assert r.count == count
+    assert r.backend
+    assert r.gradient_dtype == dtype and r.gradient.shape == x64.shape
+    grad = focalserve.bfloat16_to_float32(r.gradient) if dtype == "bfloat16" else r.gradient
+    assert_close(grad, ref_grad, ARRAY_RTOL[dtype], f"{name} {reduction} {dtype} gradient")
+    if reduction == "none":
+        assert r.losses_dtype == dtype
+        losses = focalserve.bfloat16_to_float32(r.losses) if dtype == "bfloat16" else r.losses
+        assert_close(losses, ref_out, ARRAY_RTOL[dtype], f"{name} none {dtype} losses")
+        assert_close(r.loss, losses.astype(np.float64).sum(), ARRAY_RTOL[dtype], "NONE's loss is the sum")
+    else:
+        assert r.losses is None
+        # reduced losses are accumulated from float32 items in float64: float32 accuracy whatever the dtype
+        assert_close(r.loss, ref_out, COMPUTE_RTOL, f"{name} {reduction} {dtype} loss")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradient_dtype_float32_for_16bit_logits(client, reduction):
+    rng = np.random.default_rng(7)
+    x_wire = wire_logits(rng.standard_normal((32, 10)) * 3, "float16")
+    y = rng.integers(0, 10, 32)
+    out, _, _ = reference("softmax_focal", x_wire, y, None, reduction, {})
+    w = upstream_for(reduction, out.shape, rng)
+    out, grad, _ = reference("softmax_focal", x_wire, y, None, reduction, {}, upstream=w)
+    r = client.compute(x_wire.numpy(), y, "softmax_focal", reduction, compute_gradient=True, grad_output=w,
+                       gradient_dtype="float32")
+    assert r.gradient.dtype == np.float32
+    assert_close(r.gradient, grad, COMPUTE_RTOL, "float32 gradient of float16 logits")
+    if reduction == "none":
+        assert r.losses.dtype == np.float32
+        assert_close(r.losses, out, COMPUTE_RTOL, "float32 losses of float16 logits")
+
+
+def test_bfloat16_numpy_wrapper_equals_torch(client):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((16, 6)) * 3).astype(np.float32)
+    y = rng.integers(0, 6, 16)
+    bits = focalserve.BFloat16.from_float32(x)
+    as_torch = torch.from_numpy(x).to(torch.bfloat16)
+    assert np.array_equal(bits.bits, as_torch.view(torch.int16).numpy().view(np.uint16)), "rounding differs"
+    a = client.compute(bits, y, reduction="none", compute_gradient=True)
+    b = client.compute(as_torch, y, reduction="none", compute_gradient=True)
+    assert a.gradient.dtype == np.uint16 and a.gradient_dtype == "bfloat16"
+    assert np.array_equal(a.gradient, b.gradient) and np.array_equal(a.losses, b.losses)
+    widened = focalserve.bfloat16_to_float32(bits.bits)
+    assert np.array_equal(widened, as_torch.float().numpy())
+
+
+def test_normalizer_replaces_the_count(client):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    t = (rng.random((10, 4)) < 0.2).astype(np.float32)
+    s = client.compute(x, t, "sigmoid_focal", "sum", compute_gradient=True)
+    m = client.compute(x, t, "sigmoid_focal", "mean", compute_gradient=True, normalizer=3.5)
+    assert m.loss == pytest.approx(s.loss / 3.5, rel=1e-12)
+    assert_close(m.gradient, s.gradient / 3.5, 1e-6, "gradient / normalizer")
+
+
+def test_mean_with_nothing_counted_is_zero(client):
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    y = np.full(4, -100)
+    r = client.compute(x, y, ignore_index=-100, compute_gradient=True)
+    assert (r.loss, r.count) == (0.0, 0)
+    assert not r.gradient.any()
+
+
+def test_results_are_zero_copy_views(client):
+    x = np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
+    r = client.compute(x, np.arange(8) % 5, reduction="none", compute_gradient=True)
+    for array in (r.losses, r.gradient):
+        base = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert isinstance(base, bytes), "np.frombuffer over the response bytes, not a copy"
+        assert not array.flags.writeable
