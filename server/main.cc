@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -146,11 +147,29 @@ int Run(int argc, char** argv) {
                static_cast<long long>(options.drain_timeout_seconds));
   health->SetServingStatus("", false);
   health->SetServingStatus(kServiceName, false);
-  service.StartDraining();
-  // Stops accepting calls, lets those in flight finish, cancels what is left at the deadline.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(options.drain_timeout_seconds));
-  std::fprintf(stderr, "focalserve: stopped\n");
-  return 0;
+  service.StartDraining();  // calls that arrive from now on get UNAVAILABLE
+  // Let the calls in flight finish, up to the drain deadline...
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.drain_timeout_seconds);
+  while (service.InFlight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // ...then stop at once: Shutdown cancels what is left and closes idle connections. A
+  // computation cannot be interrupted half-way, so if one outlives the deadline the process
+  // exits without waiting for it (its client sees the connection close).
+  const int unfinished = service.InFlight();
+  std::thread stopper([&server] { server->Shutdown(std::chrono::system_clock::now()); });
+  stopper.detach();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (service.InFlight() > 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::fprintf(stderr, "focalserve: stopped%s\n",
+               unfinished > 0 ? absl::StrCat(" (", unfinished, " call(s) cut off at the drain deadline)").c_str() : "");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // Exit without running destructors: the metrics HTTP server and gRPC take seconds to stop
+  // and there is nothing left to flush.
+  std::_Exit(0);
 }
 
 }  // namespace

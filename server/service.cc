@@ -54,6 +54,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 FocalLossServiceImpl::FocalLossServiceImpl(ServiceConfig config) : config_(std::move(config)) {}
 
+void FocalLossServiceImpl::CallStarted() const {
+  ++in_flight_;
+  config_.metrics->CallStarted();
+}
+
+void FocalLossServiceImpl::CallEnded() const {
+  --in_flight_;
+  config_.metrics->CallEnded();
+}
+
 absl::Status FocalLossServiceImpl::Admit(grpc::CallbackServerContext* context) const {
   if (draining_) return absl::UnavailableError("the server is shutting down; retry on another replica");
   if (config_.auth_token.empty()) return absl::OkStatus();
@@ -74,7 +84,9 @@ FocalLossServiceImpl::BatchOutcome FocalLossServiceImpl::RunBatch(
     const std::function<void(LossJob&)>& edit) const {
   BatchOutcome out;
   out.queue_seconds = SecondsSince(queued_at);
-  if (config_.debug_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(config_.debug_delay_ms));
+  // The test-only delay wakes up early when the call is cancelled, as a real wait would.
+  const Clock::time_point delay_end = Clock::now() + std::chrono::milliseconds(config_.debug_delay_ms);
+  while (Clock::now() < delay_end && !context->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   out.status = CheckStillWanted(context);
   if (!out.status.ok()) return out;
   absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
@@ -129,11 +141,11 @@ grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Clock::time_point started = Clock::now();
   const int64_t bytes_in = static_cast<int64_t>(request->ByteSizeLong());
-  config_.metrics->CallStarted();
+  CallStarted();
   auto finish = [this, reactor, request, started, bytes_in](const absl::Status& status, const BatchOutcome* outcome,
                                                              int64_t bytes_out) {
     Report("Compute", request->request_id(), status, outcome, started, bytes_in, bytes_out);
-    config_.metrics->CallEnded();
+    CallEnded();
     reactor->Finish(ToGrpcStatus(status));
   };
   if (absl::Status admitted = Admit(context); !admitted.ok()) {
@@ -174,7 +186,7 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeReq
  public:
   ComputeStreamReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context) {
-    service_->config().metrics->CallStarted();
+    service_->CallStarted();
     if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
       service_->Report("ComputeStream", "", admitted, nullptr, Clock::now(), 0, 0);
       std::lock_guard<std::mutex> lock(mu_);
@@ -228,7 +240,7 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeReq
   }
 
   void OnDone() override {
-    service_->config().metrics->CallEnded();
+    service_->CallEnded();
     Unref();
   }
 
@@ -371,7 +383,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>
   EvaluateReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
                   v1::EvaluateResponse* response)
       : service_(service), context_(context), response_(response), started_(Clock::now()) {
-    service_->config().metrics->CallStarted();
+    service_->CallStarted();
     if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
       Complete(admitted);
       return;
@@ -409,7 +421,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>
   }
 
   void OnDone() override {
-    service_->config().metrics->CallEnded();
+    service_->CallEnded();
     Unref();
   }
 
@@ -427,6 +439,13 @@ class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>
     if (!outcome.status.ok()) {
       Complete(absl::Status(outcome.status.code(), absl::StrCat("batch ", totals_.batches, " (request '",
                                                                request_.request_id(), "'): ", outcome.status.message())));
+      return;
+    }
+    if (!variant_.empty() && outcome.variant != variant_) {
+      Complete(absl::InvalidArgumentError(absl::StrCat("batch ", totals_.batches, " (request '", request_.request_id(),
+                                                       "'): loss.variant is ", outcome.variant,
+                                                       ", but the evaluation started with ", variant_,
+                                                       "; one Evaluate call evaluates one loss")));
       return;
     }
     variant_ = outcome.variant;

@@ -37,6 +37,10 @@ class FocalLossServiceImpl final : public v1::FocalLossService::CallbackService 
 
   /// From now on new calls get UNAVAILABLE; calls already admitted finish.
   void StartDraining() { draining_ = true; }
+  /// Calls admitted and not yet finished.
+  int InFlight() const { return in_flight_.load(); }
+  void CallStarted() const;
+  void CallEnded() const;
 
   grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* context, const v1::ComputeRequest* request,
                                     v1::ComputeResponse* response) override;
@@ -77,6 +81,7 @@ class FocalLossServiceImpl final : public v1::FocalLossService::CallbackService 
  private:
   ServiceConfig config_;
   std::atomic<bool> draining_{false};
+  mutable std::atomic<int> in_flight_{0};
 };
 
 }  // namespace focal::server

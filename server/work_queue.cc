@@ -19,9 +19,11 @@ WorkQueue::~WorkQueue() {
 bool WorkQueue::TrySubmit(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // A task may start at once when a worker is idle; otherwise it waits, up to max_waiting_.
-    const int idle = static_cast<int>(threads_.size()) - running_ - static_cast<int>(waiting_.size());
-    if (idle <= 0 && static_cast<int>(waiting_.size()) >= max_waiting_) return false;
+    // Room for one task per worker plus max_waiting_ more. A task handed to a worker that has
+    // not woken up yet still sits in waiting_, so the bound is on the sum.
+    if (running_ + static_cast<int>(waiting_.size()) >= static_cast<int>(threads_.size()) + max_waiting_) {
+      return false;
+    }
     waiting_.push_back(std::move(task));
   }
   ready_.notify_one();

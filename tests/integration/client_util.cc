@@ -1,6 +1,8 @@
 #include "tests/integration/client_util.h"
 
 #include <arpa/inet.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
+#include <grpcpp/impl/codegen/sync_stream.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
