@@ -1,0 +1,298 @@
+#include "tests/client/test_support.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "kernels/cpu/cpu_backend.h"
+
+#ifndef FOCALSERVE_BINARY
+#error "FOCALSERVE_BINARY must name the focalserve executable"
+#endif
+
+namespace focal::client_test {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string TempRoot() {
+  const char* dir = std::getenv("TMPDIR");
+  return dir != nullptr && *dir != '\0' ? dir : "/tmp";
+}
+
+/// argv for execv, built before fork: the child may only call async-signal-safe functions.
+std::vector<char*> Argv(const std::string& binary, const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(binary.c_str()));
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  return argv;
+}
+
+int DecodeWaitStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+/// The word after `marker` in `line`, up to a space, '|' or the end.
+std::string WordAfter(const std::string& line, const std::string& marker) {
+  const size_t at = line.find(marker);
+  if (at == std::string::npos) return "";
+  const size_t start = at + marker.size();
+  const size_t end = line.find_first_of(" |\n", start);
+  return line.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& extra_flags,
+                                                                    bool metrics) {
+  const std::string binary = FOCALSERVE_BINARY;
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--backend", "cpu", "--metrics-listen",
+                                   metrics ? "127.0.0.1:0" : ""};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  std::unique_ptr<ServerProcess> server(new ServerProcess());
+  std::string stderr_template = TempRoot() + "/focalserve-stderr-XXXXXX";
+  const int stderr_fd = mkstemp(stderr_template.data());
+  if (stderr_fd < 0) return absl::InternalError(absl::StrCat("mkstemp: ", std::strerror(errno)));
+  server->stderr_path_ = stderr_template;
+  int out_pipe[2];
+  if (pipe2(out_pipe, O_CLOEXEC) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+  std::vector<char*> argv = Argv(binary, args);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+  if (pid == 0) {
+    // The server dies with the test process, even when the test crashes.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    const int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    dup2(out_pipe[1], 1);
+    dup2(stderr_fd, 2);
+    execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  close(stderr_fd);
+  server->pid_ = pid;
+  server->stdout_fd_ = out_pipe[0];
+
+  // Read stdout until the listening line; the server prints nothing else there.
+  std::string line;
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
+  while (line.find('\n') == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return absl::DeadlineExceededError("focalserve printed no listening line within 20 s");
+    pollfd p{server->stdout_fd_, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+    char buffer[4096];
+    const ssize_t n = read(server->stdout_fd_, buffer, sizeof buffer);
+    if (n <= 0) {
+      return absl::InternalError(absl::StrCat("focalserve exited before listening; stderr: ", server->Stderr()));
+    }
+    line.append(buffer, static_cast<size_t>(n));
+  }
+  server->address_ = WordAfter(line, "listening on ");
+  if (metrics) {
+    server->metrics_address_ = WordAfter(line, "metrics http://");
+    server->metrics_address_ = server->metrics_address_.substr(0, server->metrics_address_.find('/'));
+  }
+  if (server->address_.empty()) return absl::InternalError(absl::StrCat("no address in the start line: ", line));
+  return server;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0 && !exit_code_) {
+    kill(pid_, SIGKILL);
+    Wait(std::chrono::seconds(10));
+  }
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+  if (!stderr_path_.empty()) unlink(stderr_path_.c_str());
+}
+
+bool ServerProcess::Signal(int signal) { return !exit_code_ && kill(pid_, signal) == 0; }
+
+std::optional<int> ServerProcess::Wait(std::chrono::milliseconds timeout) {
+  const Clock::time_point deadline = Clock::now() + timeout;
+  while (!exit_code_) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exit_code_ = DecodeWaitStatus(status);
+      break;
+    }
+    if (r < 0 || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return exit_code_;
+}
+
+std::string ServerProcess::Stderr() const { return ReadFile(stderr_path_); }
+
+// ------------------------------------------------------------------------------------------
+
+RunResult RunProgram(const std::string& binary, const std::vector<std::string>& args, const std::string& cwd,
+              std::chrono::milliseconds timeout) {
+  RunResult result;
+  TempDir dir;
+  const std::string out_path = dir.File("stdout"), err_path = dir.File("stderr");
+  const int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  const int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  std::vector<char*> argv = Argv(binary, args);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int devnull = open("/dev/null", O_RDONLY);
+    dup2(devnull, 0);
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    if (!cwd.empty() && chdir(cwd.c_str()) != 0) _exit(126);
+    execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  close(out_fd);
+  close(err_fd);
+  if (pid < 0) return result;
+  const Clock::time_point deadline = Clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      result.exit_code = DecodeWaitStatus(status);
+      break;
+    }
+    if (Clock::now() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      result.exit_code = -1;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  result.out = ReadFile(out_path);
+  result.err = ReadFile(err_path);
+  return result;
+}
+
+TempDir::TempDir() {
+  std::string templ = TempRoot() + "/focal-client-test-XXXXXX";
+  if (mkdtemp(templ.data()) != nullptr) path_ = templ;
+}
+
+TempDir::~TempDir() {
+  if (path_.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+bool WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  return static_cast<bool>(out);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// ------------------------------------------------------------------------------------------
+
+LossJob JobFor(const ComputeCall& call) {
+  LossJob job;
+  job.spec = call.loss;
+  job.logits = call.logits.View();
+  job.targets = call.targets.View();
+  if (call.num_objects) job.num_objects = call.num_objects->View();
+  job.compute_gradient = call.compute_gradient;
+  if (const double* w = std::get_if<double>(&call.grad_output)) job.grad_output = *w;
+  if (const HostTensor* w = std::get_if<HostTensor>(&call.grad_output)) job.grad_output = w->View();
+  job.output_dtype = call.gradient_dtype;
+  job.allow_non_finite = call.allow_non_finite;
+  return job;
+}
+
+absl::StatusOr<LossResult> ComputeLocally(const ComputeCall& call) {
+  static const CpuBackend* backend = new CpuBackend();
+  return backend->Compute(JobFor(call));
+}
+
+bool SameTensor(const OwnedTensor& expected, const HostTensor& actual) {
+  return expected.dtype == actual.dtype && expected.shape == actual.shape && expected.size_bytes == actual.bytes.size() &&
+         std::memcmp(expected.data(), actual.bytes.data(), expected.size_bytes) == 0;
+}
+
+// ------------------------------------------------------------------------------------------
+
+absl::StatusOr<std::string> HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad address ", address));
+  }
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError("socket failed");
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("connect to ", address, ": ", std::strerror(errno)));
+  }
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", address, "\r\n\r\n");
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError("send failed");
+  }
+  std::string response;
+  char buffer[8192];
+  for (ssize_t n; (n = recv(fd, buffer, sizeof buffer, 0)) > 0;) response.append(buffer, static_cast<size_t>(n));
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (body == std::string::npos) return absl::DataLossError("no HTTP response");
+  return response.substr(body + 4);
+}
+
+double SumSamples(const std::string& exposition, const std::string& metric, const std::vector<std::string>& labels) {
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (line.substr(0, metric.size() + 1) != metric + "{") continue;
+    const size_t close = line.find('}');
+    if (close == absl::string_view::npos) continue;
+    const absl::string_view label_text = line.substr(0, close);
+    bool all = true;
+    for (const std::string& l : labels) all = all && label_text.find(l) != absl::string_view::npos;
+    double v;
+    if (all && absl::SimpleAtod(line.substr(close + 1), &v)) sum += v;
+  }
+  return sum;
+}
+
+}  // namespace focal::client_test
