@@ -9,6 +9,8 @@
 
 #include <exception>
 
+#include "absl/status/status.h"
+
 #include "absl/strings/str_cat.h"
 
 namespace focal::server {
@@ -54,15 +56,57 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& liste
   return metrics;
 }
 
-void Metrics::Record(const CallRecord& call) {
-  const std::string method(call.method), variant(call.variant), code(call.code);
-  requests_->Add({{"method", method}, {"variant", variant}, {"code", code}}).Increment();
-  latency_->Add({{"method", method}}, SecondsBuckets()).Observe(call.latency_seconds);
-  if (call.queue_seconds >= 0) queue_->Add({{"method", method}}, SecondsBuckets()).Observe(call.queue_seconds);
-  if (call.compute_seconds >= 0) {
-    compute_->Add({{"method", method}, {"variant", variant}}, SecondsBuckets()).Observe(call.compute_seconds);
+namespace {
+
+int MethodIndex(absl::string_view method) {
+  if (method == "Compute") return 0;
+  if (method == "ComputeStream") return 1;
+  if (method == "Evaluate") return 2;
+  return 3;  // GetServerInfo
+}
+
+int VariantIndex(absl::string_view variant) {
+  if (variant == "softmax_focal") return 1;
+  if (variant == "sigmoid_focal") return 2;
+  if (variant == "focal_cosine") return 3;
+  if (variant == "dynamic_focal") return 4;
+  return 0;  // unknown: the request did not decode
+}
+
+constexpr const char* kMethodNames[] = {"Compute", "ComputeStream", "Evaluate", "GetServerInfo"};
+constexpr const char* kVariantNames[] = {"", "softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal"};
+
+int CodeIndex(absl::string_view code) {
+  for (int c = 0; c <= 16; ++c) {
+    if (absl::StatusCodeToString(static_cast<absl::StatusCode>(c)) == code) return c;
   }
-  if (call.elements > 0) elements_->Add({{"variant", variant}}).Increment(static_cast<double>(call.elements));
+  return 2;  // UNKNOWN
+}
+
+}  // namespace
+
+void Metrics::Record(const CallRecord& call) {
+  const int m = MethodIndex(call.method), v = VariantIndex(call.variant), c = CodeIndex(call.code);
+  std::atomic<bool>& filled = filled_[(m * kVariants + v) * kCodes + c];
+  MethodSeries& series = series_[m];
+  if (!filled.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(series_mu_);
+    const std::string method = kMethodNames[m], variant = kVariantNames[v];
+    if (!series.latency) {
+      series.latency = &latency_->Add({{"method", method}}, SecondsBuckets());
+      series.queue = &queue_->Add({{"method", method}}, SecondsBuckets());
+    }
+    if (!series.compute[v]) series.compute[v] = &compute_->Add({{"method", method}, {"variant", variant}}, SecondsBuckets());
+    if (!elements_series_[v]) elements_series_[v] = &elements_->Add({{"variant", variant}});
+    series.requests[v][c] = &requests_->Add(
+        {{"method", method}, {"variant", variant}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c))}});
+    filled.store(true, std::memory_order_release);
+  }
+  series.requests[v][c]->Increment();
+  series.latency->Observe(call.latency_seconds);
+  if (call.queue_seconds >= 0) series.queue->Observe(call.queue_seconds);
+  if (call.compute_seconds >= 0) series.compute[v]->Observe(call.compute_seconds);
+  if (call.elements > 0) elements_series_[v]->Increment(static_cast<double>(call.elements));
   bytes_in_->Increment(static_cast<double>(call.bytes_in));
   bytes_out_->Increment(static_cast<double>(call.bytes_out));
 }

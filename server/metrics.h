@@ -1,8 +1,11 @@
 // Prometheus metrics (prometheus-cpp), scraped at http://<--metrics-listen>/metrics.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -61,6 +64,21 @@ class Metrics {
   prometheus::Counter* bytes_out_;
   prometheus::Gauge* in_flight_;
   prometheus::Gauge* device_memory_;
+
+  // Series looked up once per label combination and kept: prometheus-cpp's Family::Add builds a
+  // label map and takes a lock on every call, which showed on small requests. The label values
+  // come from small closed sets: methods, variants (and "" for unknown), gRPC codes.
+  static constexpr int kMethods = 4, kVariants = 5, kCodes = 17;
+  struct MethodSeries {
+    prometheus::Histogram* latency = nullptr;
+    prometheus::Histogram* queue = nullptr;
+    std::array<prometheus::Histogram*, kVariants> compute{};
+    std::array<std::array<prometheus::Counter*, kCodes>, kVariants> requests{};
+  };
+  std::mutex series_mu_;  ///< guards filling the tables below (reads after filling are lock-free)
+  std::array<MethodSeries, kMethods> series_{};
+  std::array<prometheus::Counter*, kVariants> elements_series_{};
+  std::array<std::atomic<bool>, kMethods * kVariants * kCodes> filled_{};
 };
 
 }  // namespace focal::server

@@ -16,8 +16,9 @@
 // /focal.v1.FocalLossService/GetServerInfo, `echo` /focal.bench.Echo/Echo (focal_echo_server,
 // the byte-echo ceiling) with the same serialized ComputeRequest. The client does the same work
 // per call for all three, so ratios between them measure the servers, not the client. Responses
-// are kept as bytes (--decode 1 parses each into its message, as a real client would); one
-// call before the run is always parsed and checked, and a failure there ends the run.
+// are kept as bytes (--decode 1 parses each into its message, as a real client would, and
+// reports the server's own queue and compute times from ComputeResponse.timing); one call
+// before the run is always parsed and checked, and a failure there ends the run.
 //
 // Each worker drives its own CompletionQueue from its own thread (what a blocking stub does
 // inside), so there is no thread hop per call. Channels use a local subchannel pool, so K
@@ -410,6 +411,8 @@ struct WorkerStats {
   uint64_t ok = 0;
   uint64_t errors = 0;
   uint64_t bytes = 0;  // request + response, successful calls
+  std::vector<double> server_queue_us;  // ComputeResponse.timing, with --decode 1
+  std::vector<double> server_compute_us;
   Clock::time_point last_done{};
   std::map<int, uint64_t> error_codes;
   std::string first_error;
@@ -521,6 +524,7 @@ int main(int argc, char** argv) {
                                                : Parse(&result.response, &echo_response);
           if (!parsed) result.status = grpc::Status(grpc::StatusCode::INTERNAL, "bad response");
         }
+        const bool timed = result.status.ok() && o.decode && o.rpc == Rpc::kCompute;
         const Clock::time_point t1 = Clock::now();
         // Count what completes inside the window, including calls begun in the warm-up, so
         // the window is busy from its first instant to its last.
@@ -530,6 +534,12 @@ int main(int argc, char** argv) {
           ++s.ok;
           s.bytes += request_size + got;
           s.latencies_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+          if (timed) {
+            s.server_queue_us.push_back(
+                static_cast<double>(compute_response.timing().queue_micros()));
+            s.server_compute_us.push_back(
+                static_cast<double>(compute_response.timing().compute_micros()));
+          }
         } else {
           ++s.errors;
           ++s.error_codes[static_cast<int>(result.status.error_code())];
@@ -543,13 +553,17 @@ int main(int argc, char** argv) {
   }
   for (std::thread& t : workers) t.join();
 
-  std::vector<double> latencies;
+  std::vector<double> latencies, server_queue_us, server_compute_us;
   uint64_t ok = 0, errors = 0, bytes = 0;
   Clock::time_point last_done = measure_start;
   std::map<int, uint64_t> error_codes;
   std::string first_error;
   for (const WorkerStats& s : stats) {
     latencies.insert(latencies.end(), s.latencies_ms.begin(), s.latencies_ms.end());
+    server_queue_us.insert(server_queue_us.end(), s.server_queue_us.begin(),
+                           s.server_queue_us.end());
+    server_compute_us.insert(server_compute_us.end(), s.server_compute_us.begin(),
+                             s.server_compute_us.end());
     ok += s.ok;
     errors += s.errors;
     bytes += s.bytes;
@@ -558,6 +572,8 @@ int main(int argc, char** argv) {
     if (first_error.empty()) first_error = s.first_error;
   }
   std::sort(latencies.begin(), latencies.end());
+  std::sort(server_queue_us.begin(), server_queue_us.end());
+  std::sort(server_compute_us.begin(), server_compute_us.end());
   const double elapsed_s =
       std::max(1e-9, std::chrono::duration<double>(last_done - measure_start).count());
   const double rps = static_cast<double>(ok) / elapsed_s;
@@ -580,6 +596,11 @@ int main(int argc, char** argv) {
   std::printf("  throughput: %.1f requests/s, %.1f MB/s (request+response)\n", rps, mb_per_s);
   std::printf("  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\n", p50, p90, p99,
               max, mean_ms);
+  if (!server_compute_us.empty()) {
+    std::printf("  server-reported us: queue p50 %.0f p99 %.0f, compute p50 %.0f p99 %.0f\n",
+                Percentile(server_queue_us, 0.5), Percentile(server_queue_us, 0.99),
+                Percentile(server_compute_us, 0.5), Percentile(server_compute_us, 0.99));
+  }
   std::printf(
       "{\"tool\":\"focal_loadgen\",\"rpc\":\"%s\",\"target\":\"%s\",\"method\":\"%s\","
       "\"variant\":\"%s\",\"shape\":[%s],\"targets\":\"%s\",\"gradient\":%s,"
@@ -587,12 +608,14 @@ int main(int argc, char** argv) {
       "\"duration_s\":%.3f,\"elapsed_s\":%.6f,\"ok\":%" PRIu64 ",\"errors\":%" PRIu64
       ",\"request_bytes\":%zu,\"response_bytes\":%zu,\"rps\":%.3f,\"mb_per_s\":%.3f,"
       "\"bytes_per_s\":%.1f,\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"max_ms\":%.4f,"
-      "\"mean_ms\":%.4f,\"first_error\":\"%s\"}\n",
+      "\"mean_ms\":%.4f,\"server_queue_us_p50\":%.0f,\"server_compute_us_p50\":%.0f,"
+      "\"decode\":%s,\"first_error\":\"%s\"}\n",
       o.rpc_name.c_str(), JsonEscape(o.target).c_str(), method.c_str(), o.variant.c_str(),
       shape_text.c_str(), o.targets.c_str(), o.gradient ? "true" : "false", o.reduction.c_str(),
       o.concurrency, o.channels, o.warmup_s, o.duration_s, elapsed_s, ok, errors, request_size,
       response_size, rps, mb_per_s, static_cast<double>(bytes) / elapsed_s, p50, p90, p99, max,
-      mean_ms, JsonEscape(first_error).c_str());
+      mean_ms, Percentile(server_queue_us, 0.5), Percentile(server_compute_us, 0.5),
+      o.decode ? "true" : "false", JsonEscape(first_error).c_str());
   std::fflush(stdout);
   return ok > 0 && errors == 0 ? 0 : 1;
 }
