@@ -34,7 +34,9 @@ v1::Tensor ToProto(const HostTensor& t);
 TensorView View(const v1::Tensor& t);
 /// The proto's LossSpec with the defaults of VARIANTS.md for absent fields.
 LossSpec SpecFromProto(const v1::LossSpec& spec);
-/// The LossJob a conforming server builds from `request` (views into `request`).
+/// The LossJob a conforming server builds from `request` (views into `request`). Written
+/// from the proto's contract independently of server/codec.cc, on purpose: the end-to-end
+/// comparison would not see a codec bug if both sides decoded with the codec.
 LossJob JobFromRequest(const v1::ComputeRequest& request);
 
 /// Status of grpc.health.v1.Health/Check for `service`: `*serving` receives the response's
