@@ -116,21 +116,21 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
 }
 
 namespace {
-void TensorToProto(const OwnedTensor& t, v1::Tensor* out) {
+void TensorToProto(OwnedTensor&& t, v1::Tensor* out) {
   out->set_dtype(ToProto(t.dtype));
   out->mutable_shape()->Assign(t.shape.begin(), t.shape.end());
-  out->set_data(t.data(), t.size_bytes);  // the one copy on the way out
+  out->set_data(std::move(t.bytes));  // moved, not copied
 }
 }  // namespace
 
-void EncodeComputeResponse(const LossResult& result, absl::string_view request_id, int64_t queue_micros,
+void EncodeComputeResponse(LossResult&& result, absl::string_view request_id, int64_t queue_micros,
                            v1::ComputeResponse* response) {
   response->set_request_id(std::string(request_id));
   response->set_loss(result.loss);
   response->set_count(result.count);
   response->set_backend(result.backend);
-  if (result.losses) TensorToProto(*result.losses, response->mutable_losses());
-  if (result.gradient) TensorToProto(*result.gradient, response->mutable_gradient());
+  if (result.losses) TensorToProto(std::move(*result.losses), response->mutable_losses());
+  if (result.gradient) TensorToProto(std::move(*result.gradient), response->mutable_gradient());
   response->mutable_timing()->set_queue_micros(queue_micros);
   response->mutable_timing()->set_compute_micros(result.compute_micros);
 }

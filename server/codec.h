@@ -1,6 +1,5 @@
 // Protobuf ↔ LossJob/LossResult as pure functions: no gRPC in here, and no protobuf type below
-// this layer. Tensor bytes are read in place from the request; the response copies each
-// output tensor once.
+// this layer. Tensor bytes are read in place from the request and moved into the response.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +22,9 @@ struct CodecLimits {
 /// byte lengths, values and parameters are checked by ValidateJob, shared by every backend.
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const CodecLimits& limits);
 
-/// Fills `response` from a result; `queue_micros` is the time the request waited for a slot.
-void EncodeComputeResponse(const LossResult& result, absl::string_view request_id,
+/// Fills `response` from a result, moving its tensors' bytes in (no copy); `queue_micros` is
+/// the time the request waited for a slot.
+void EncodeComputeResponse(LossResult&& result, absl::string_view request_id,
                            int64_t queue_micros, v1::ComputeResponse* response);
 
 /// Wire dtype of a core dtype and back (UNSPECIFIED and unknown values are errors).

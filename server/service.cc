@@ -153,9 +153,9 @@ grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerCont
     return reactor;
   }
   auto work = [this, context, request, response, started, finish] {
-    const BatchOutcome outcome = RunBatch(context, *request, started);
+    BatchOutcome outcome = RunBatch(context, *request, started);
     if (!outcome.status.ok()) return finish(outcome.status, &outcome, 0);
-    EncodeComputeResponse(outcome.result, request->request_id(),
+    EncodeComputeResponse(std::move(outcome.result), request->request_id(),
                           static_cast<int64_t>(outcome.queue_seconds * 1e6), response);
     finish(absl::OkStatus(), &outcome, static_cast<int64_t>(response->ByteSizeLong()));
   };
@@ -255,10 +255,10 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeReq
   };
 
   void Compute(Slot* slot) {
-    const auto outcome = service_->RunBatch(context_, slot->request, slot->started);
+    auto outcome = service_->RunBatch(context_, slot->request, slot->started);
     int64_t bytes_out = 0;
     if (outcome.status.ok()) {
-      EncodeComputeResponse(outcome.result, slot->request.request_id(),
+      EncodeComputeResponse(std::move(outcome.result), slot->request.request_id(),
                             static_cast<int64_t>(outcome.queue_seconds * 1e6), &slot->response);
       bytes_out = static_cast<int64_t>(slot->response.ByteSizeLong());
     }

@@ -141,7 +141,7 @@ TEST(Codec, EncodesEveryField) {
   const uint16_t g[2] = {0x3c00, 0xc000};
   std::memcpy(result.gradient->data(), g, sizeof g);
   v1::ComputeResponse response;
-  EncodeComputeResponse(result, "abc", 34, &response);
+  EncodeComputeResponse(std::move(result), "abc", 34, &response);
   EXPECT_EQ(response.request_id(), "abc");
   EXPECT_EQ(response.loss(), 1.5);
   EXPECT_EQ(response.count(), 7);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,18 +37,18 @@ struct TensorView {
   }
 };
 
-/// An owned result tensor. The buffer is allocated uninitialised: every element is written by
-/// the backend, so zero-filling it first would only cost a pass over memory.
+/// An owned result tensor. Its bytes live in a std::string so that the wire layer can move them
+/// into a protobuf `bytes` field instead of copying a gradient that may be gigabytes.
 struct OwnedTensor {
   DType dtype = DType::kFloat32;
   Shape shape;
-  std::unique_ptr<std::byte[]> buffer;
+  std::string bytes;
   size_t size_bytes = 0;
 
   static OwnedTensor Allocate(DType dtype, Shape shape, int64_t num_elements);
-  void* data() { return buffer.get(); }
-  const void* data() const { return buffer.get(); }
-  TensorView view() const { return TensorView{dtype, shape, buffer.get(), size_bytes}; }
+  void* data() { return bytes.data(); }
+  const void* data() const { return bytes.data(); }
+  TensorView view() const { return TensorView{dtype, shape, bytes.data(), size_bytes}; }
 };
 
 /// Reads element `i` of a floating-point view as double (used by validation and references,
