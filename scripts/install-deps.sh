@@ -13,7 +13,9 @@ packages=(
   libhwy-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # python side: golden files, parity and the torch baseline
+  # TLS tests make their certificates with the openssl command
+  openssl
+  # python side: golden files, parity, the Python client and the torch baseline
   python3-numpy python3-torch python3-torchvision python3-pytest python3-grpcio
 )
 
