@@ -1,6 +1,7 @@
 #include "server/exact_sum.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace focal::server {
 
@@ -41,6 +42,54 @@ double ExactSum::Value() const {
     if (y == x - high) high = x;
   }
   return high;
+}
+
+}  // namespace focal::server
+
+namespace focal::server {
+
+void ExactFloat32Sum::Add(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t exponent = (bits >> 23) & 0xffu;
+  if (exponent == 0xffu) {
+    non_finite_ += value;
+    return;
+  }
+  // Normal: (2^23 + fraction) · 2^(e - 150); subnormal: fraction · 2^(1 - 150).
+  const int64_t mantissa = exponent == 0 ? (bits & 0x7fffffu) : ((bits & 0x7fffffu) | 0x800000u);
+  buckets_[exponent == 0 ? 1 : exponent] += (bits >> 31) ? -mantissa : mantissa;
+  // Each add moves a bucket by < 2^24: spilling every 2^38 adds keeps it under 2^62.
+  if (++adds_ == (int64_t{1} << 38)) Spill();
+}
+
+void ExactFloat32Sum::AddTo(ExactSum& sum) const {
+  sum.Merge(spilled_);
+  for (int e = 1; e < 255; ++e) {
+    const int64_t b = buckets_[e];
+    if (b == 0) continue;
+    // b = high · 2^32 + low with |high| < 2^31 and 0 <= low < 2^32: both exact as doubles.
+    const int64_t high = b >> 32;
+    const int64_t low = b - high * (int64_t{1} << 32);
+    sum.Add(std::ldexp(static_cast<double>(high), e - 150 + 32));
+    sum.Add(std::ldexp(static_cast<double>(low), e - 150));
+  }
+  if (non_finite_ != 0 || std::isnan(non_finite_)) sum.Add(non_finite_);
+}
+
+double ExactFloat32Sum::Value() const {
+  ExactSum sum;
+  AddTo(sum);
+  return sum.Value();
+}
+
+void ExactFloat32Sum::Spill() {
+  ExactFloat32Sum copy = *this;
+  copy.spilled_ = ExactSum();
+  copy.non_finite_ = 0;
+  copy.AddTo(spilled_);
+  buckets_.fill(0);
+  adds_ = 0;
 }
 
 }  // namespace focal::server

@@ -332,48 +332,91 @@ struct EvaluationTotals {
   int64_t batches = 0;
   int64_t compute_micros = 0, queue_micros = 0;
 
-  void Grow(int64_t classes) {
-    if (static_cast<int64_t>(class_sums.size()) < classes) {
-      class_sums.resize(classes);
-      class_counts.resize(classes, 0);
-    }
-  }
-
   /// Adds one batch's per-item losses. Items are attributed to a class: the target class of
   /// the row for softmax_focal and focal_cosine; the class channel (dim 1) for sigmoid_focal
   /// and dynamic_focal, whose items are single logits. Ignored items add nothing.
   void Add(const LossJob& job, const LossResult& result) {
     ++batches;
     count += result.count;
-    const TensorView losses = result.losses->view();
-    const int64_t items = static_cast<int64_t>(losses.size_bytes / DTypeSize(losses.dtype));
     const Shape& shape = job.logits.shape;
     const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
+    if (static_cast<int64_t>(class_sums.size()) < channels) {
+      class_sums.resize(channels);
+      class_counts.resize(channels, 0);
+    }
+    const TensorView losses = result.losses->view();
+    if (losses.dtype == DType::kFloat32) {
+      // Float32 losses (every logits dtype but float64) go through integer buckets, ~10x
+      // cheaper per item than ExactSum; per class too while that stays small in memory.
+      ExactFloat32Sum batch_total;
+      if (channels <= kBucketedClasses) {
+        std::vector<ExactFloat32Sum> batch_classes(channels);
+        ForEachItem(job, losses, [&](int64_t cls, double loss) {
+          batch_total.Add(static_cast<float>(loss));
+          batch_classes[cls].Add(static_cast<float>(loss));
+          ++class_counts[cls];
+        });
+        for (int64_t c = 0; c < channels; ++c) batch_classes[c].AddTo(class_sums[c]);
+      } else {
+        ForEachItem(job, losses, [&](int64_t cls, double loss) {
+          batch_total.Add(static_cast<float>(loss));
+          class_sums[cls].Add(loss);
+          ++class_counts[cls];
+        });
+      }
+      batch_total.AddTo(total);
+    } else {
+      ForEachItem(job, losses, [&](int64_t cls, double loss) {
+        total.Add(loss);
+        class_sums[cls].Add(loss);
+        ++class_counts[cls];
+      });
+    }
+  }
+
+  /// Up to this many classes, per-class sums use ExactFloat32Sum (2 KB each).
+  static constexpr int64_t kBucketedClasses = 1024;
+
+  /// f(class, loss) for every item that counts, in order; no division per item.
+  template <class F>
+  static void ForEachItem(const LossJob& job, const TensorView& losses, const F& f) {
+    const Shape& shape = job.logits.shape;
+    const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
+    const int64_t rows = shape.empty() ? 1 : shape[0];
     int64_t inner = 1;
     for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
-    const bool per_row = std::holds_alternative<SoftmaxFocalParams>(job.spec.params) ||
-                         std::holds_alternative<FocalCosineParams>(job.spec.params);
     std::optional<int64_t> ignore;
     if (const auto* p = std::get_if<SoftmaxFocalParams>(&job.spec.params)) ignore = p->ignore_index;
     if (const auto* p = std::get_if<SigmoidFocalParams>(&job.spec.params)) ignore = p->ignore_index;
-    const bool index_targets = IsInteger(job.targets.dtype);
-    Grow(channels);
-    for (int64_t i = 0; i < items; ++i) {
-      const double loss = LoadAsDouble(losses, i);
-      int64_t cls;
-      if (per_row) {
-        cls = LoadAsInt64(job.targets, i);
+    auto loss_at = [&](int64_t i) {
+      return losses.dtype == DType::kFloat32 ? static_cast<double>(losses.As<float>()[i]) : losses.As<double>()[i];
+    };
+    const bool per_row = std::holds_alternative<SoftmaxFocalParams>(job.spec.params) ||
+                         std::holds_alternative<FocalCosineParams>(job.spec.params);
+    if (per_row) {  // items are positions [N, S]; class = target
+      const int64_t items = rows * inner;
+      for (int64_t i = 0; i < items; ++i) {
+        const int64_t cls = LoadAsInt64(job.targets, i);
         if (ignore && cls == *ignore) continue;
-      } else {
-        cls = shape.size() >= 2 ? (i / inner) % channels : 0;
-        if (index_targets && ignore) {
-          const int64_t row = (i / (inner * channels)) * inner + i % inner;
-          if (LoadAsInt64(job.targets, row) == *ignore) continue;
+        f(cls, loss_at(i));
+      }
+      return;
+    }
+    // Items are logits [N, C, S]; class = channel c. With class-index targets a row (n, s) can
+    // be ignored as a whole.
+    const bool index_targets = IsInteger(job.targets.dtype);
+    if (shape.empty()) {
+      f(0, loss_at(0));
+      return;
+    }
+    for (int64_t n = 0; n < rows; ++n) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t base = (n * channels + c) * inner;
+        for (int64_t s = 0; s < inner; ++s) {
+          if (index_targets && ignore && LoadAsInt64(job.targets, n * inner + s) == *ignore) continue;
+          f(c, loss_at(base + s));
         }
       }
-      total.Add(loss);
-      class_sums[cls].Add(loss);
-      ++class_counts[cls];
     }
   }
 };

@@ -174,6 +174,31 @@ TEST(ExactSum, IsCorrectlyRoundedAndOrderIndependent) {
   EXPECT_NEAR(forward.Value(), static_cast<double>(reference), 1e-9 * std::fabs(static_cast<double>(reference)) + 1e-12);
 }
 
+TEST(ExactFloat32Sum, EqualsExactSumForAnyFloat32Values) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mag(-140, 100);
+  std::vector<float> values(20000);
+  for (float& v : values) v = std::ldexp(1.0f + mag(rng) / 256, static_cast<int>(mag(rng))) * (rng() % 2 ? 1.f : -1.f);
+  values[7] = 1e-45f;  // the smallest subnormal
+  values[8] = -3e-39f;
+  ExactFloat32Sum buckets, reversed;
+  ExactSum reference;
+  for (float v : values) {
+    buckets.Add(v);
+    reference.Add(v);
+  }
+  for (auto it = values.rbegin(); it != values.rend(); ++it) reversed.Add(*it);
+  EXPECT_EQ(buckets.Value(), reference.Value());
+  EXPECT_EQ(reversed.Value(), reference.Value());
+  ExactSum merged;
+  buckets.AddTo(merged);
+  EXPECT_EQ(merged.Value(), reference.Value());
+  ExactFloat32Sum with_nan;
+  with_nan.Add(1.0f);
+  with_nan.Add(std::nanf(""));
+  EXPECT_TRUE(std::isnan(with_nan.Value()));
+}
+
 TEST(WorkQueue, RunsTasksAndRefusesBeyondItsBound) {
   WorkQueue queue(1, 1);
   std::atomic<bool> release{false};
