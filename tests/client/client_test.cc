@@ -88,7 +88,7 @@ void ExpectMatchesCpuBackend(const ComputeCall& call, const absl::StatusOr<Compu
 class ClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start();
+    absl::StatusOr<std::unique_ptr<ServerProcess>> started = StartServer();
     ASSERT_TRUE(started.ok()) << started.status();
     server_ = started->release();
   }
@@ -493,7 +493,7 @@ TEST(ClientOptionsTest, CreateRejectsInconsistentOptions) {
 TEST(ClientServerFlagsTest, BearerTokenIsSentAndChecked) {
   TempDir dir;
   ASSERT_TRUE(WriteFile(dir.File("token"), "s3cret\n"));
-  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start({"--auth-token-file", dir.File("token")});
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--auth-token-file", dir.File("token")});
   ASSERT_TRUE(server.ok()) << server.status();
   ClientOptions options;
   options.target = (*server)->address();
@@ -519,7 +519,7 @@ TEST(ClientServerFlagsTest, BearerTokenIsSentAndChecked) {
 }
 
 TEST(ClientServerFlagsTest, DeadlineExceeded) {
-  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start({"--debug-delay-ms", "3000"});
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--debug-delay-ms", "3000"});
   ASSERT_TRUE(server.ok()) << server.status();
   ClientOptions options;
   options.target = (*server)->address();
@@ -531,7 +531,7 @@ TEST(ClientServerFlagsTest, DeadlineExceeded) {
 }
 
 TEST(ClientServerFlagsTest, ServerLimitIsResourceExhausted) {
-  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start({"--max-elements", "100"});
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--max-elements", "100"});
   ASSERT_TRUE(server.ok()) << server.status();
   ClientOptions options;
   options.target = (*server)->address();
@@ -559,7 +559,7 @@ TEST(ClientServerFlagsTest, TlsAndMutualTls) {
   {
     SCOPED_TRACE("server TLS");
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--tls-cert", dir.File("server.pem"), "--tls-key", dir.File("server.key")});
+        StartServer({"--tls-cert", dir.File("server.pem"), "--tls-key", dir.File("server.key")});
     ASSERT_TRUE(server.ok()) << server.status();
     ClientOptions options;
     options.target = (*server)->address();
@@ -572,7 +572,7 @@ TEST(ClientServerFlagsTest, TlsAndMutualTls) {
   {
     SCOPED_TRACE("mutual TLS");
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--tls-cert", dir.File("server.pem"), "--tls-key", dir.File("server.key"),
+        StartServer({"--tls-cert", dir.File("server.pem"), "--tls-key", dir.File("server.key"),
                               "--tls-client-ca", dir.File("client.pem")});
     ASSERT_TRUE(server.ok()) << server.status();
     ClientOptions options;

@@ -240,7 +240,7 @@ TEST(FocalctlTest, UnreachableServerExitsOne) {
 class FocalctlServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start();
+    absl::StatusOr<std::unique_ptr<ServerProcess>> started = StartServer();
     ASSERT_TRUE(started.ok()) << started.status();
     server_ = started->release();
   }

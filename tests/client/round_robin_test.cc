@@ -45,7 +45,7 @@ TEST(RoundRobinTest, SpreadsCallsAndSurvivesAKilledServer) {
   std::vector<std::string> addresses;
   for (int i = 0; i < kServers; ++i) {
     // Each computation takes 20 ms, so that calls are in flight on the server that is killed.
-    absl::StatusOr<std::unique_ptr<ServerProcess>> s = ServerProcess::Start({"--debug-delay-ms", "20"}, /*metrics=*/true);
+    absl::StatusOr<std::unique_ptr<ServerProcess>> s = StartServer({"--debug-delay-ms", "20"}, /*metrics=*/true);
     ASSERT_TRUE(s.ok()) << s.status();
     addresses.push_back((*s)->address());
     servers.push_back(*std::move(s));
@@ -94,7 +94,7 @@ TEST(RoundRobinTest, SpreadsCallsAndSurvivesAKilledServer) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   ASSERT_TRUE(servers[1]->Signal(SIGKILL));
-  EXPECT_EQ(servers[1]->Wait(std::chrono::seconds(5)), 128 + SIGKILL);
+  EXPECT_EQ(servers[1]->WaitForExit(std::chrono::seconds(5)), 128 + SIGKILL);
   for (std::thread& t : workers) t.join();
 
   EXPECT_EQ(finished.load(), kWorkers * kCallsPerWorker);

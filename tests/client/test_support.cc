@@ -33,11 +33,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string TempRoot() {
-  const char* dir = std::getenv("TMPDIR");
-  return dir != nullptr && *dir != '\0' ? dir : "/tmp";
-}
-
 /// argv for execv, built before fork: the child may only call async-signal-safe functions.
 std::vector<char*> Argv(const std::string& binary, const std::vector<std::string>& args) {
   std::vector<char*> argv;
@@ -53,105 +48,19 @@ int DecodeWaitStatus(int status) {
   return -1;
 }
 
-/// The word after `marker` in `line`, up to a space, '|' or the end.
-std::string WordAfter(const std::string& line, const std::string& marker) {
-  const size_t at = line.find(marker);
-  if (at == std::string::npos) return "";
-  const size_t start = at + marker.size();
-  const size_t end = line.find_first_of(" |\n", start);
-  return line.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& extra_flags,
-                                                                    bool metrics) {
-  const std::string binary = FOCALSERVE_BINARY;
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--backend", "cpu", "--metrics-listen",
-                                   metrics ? "127.0.0.1:0" : ""};
-  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
-  std::unique_ptr<ServerProcess> server(new ServerProcess());
-  std::string stderr_template = TempRoot() + "/focalserve-stderr-XXXXXX";
-  const int stderr_fd = mkstemp(stderr_template.data());
-  if (stderr_fd < 0) return absl::InternalError(absl::StrCat("mkstemp: ", std::strerror(errno)));
-  server->stderr_path_ = stderr_template;
-  int out_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-  std::vector<char*> argv = Argv(binary, args);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-  if (pid == 0) {
-    // The server dies with the test process, even when the test crashes.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    const int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, 0);
-    dup2(out_pipe[1], 1);
-    dup2(stderr_fd, 2);
-    execv(binary.c_str(), argv.data());
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  close(stderr_fd);
-  server->pid_ = pid;
-  server->stdout_fd_ = out_pipe[0];
-
-  // Read stdout until the listening line; the server prints nothing else there.
-  std::string line;
-  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
-  while (line.find('\n') == std::string::npos) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return absl::DeadlineExceededError("focalserve printed no listening line within 20 s");
-    pollfd p{server->stdout_fd_, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    char buffer[4096];
-    const ssize_t n = read(server->stdout_fd_, buffer, sizeof buffer);
-    if (n <= 0) {
-      return absl::InternalError(absl::StrCat("focalserve exited before listening; stderr: ", server->Stderr()));
-    }
-    line.append(buffer, static_cast<size_t>(n));
-  }
-  server->address_ = WordAfter(line, "listening on ");
-  if (metrics) {
-    server->metrics_address_ = WordAfter(line, "metrics http://");
-    server->metrics_address_ = server->metrics_address_.substr(0, server->metrics_address_.find('/'));
-  }
-  if (server->address_.empty()) return absl::InternalError(absl::StrCat("no address in the start line: ", line));
+absl::StatusOr<std::unique_ptr<ServerProcess>> StartServer(const std::vector<std::string>& extra_flags,
+                                                           bool metrics) {
+  std::vector<std::string> flags = {"--backend", "cpu"};
+  flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
+  std::string error;
+  std::unique_ptr<ServerProcess> server = ServerProcess::Start(FOCALSERVE_BINARY, flags, &error, metrics);
+  if (!server) return absl::UnavailableError(absl::StrCat("focalserve did not start: ", error));
   return server;
 }
-
-ServerProcess::~ServerProcess() {
-  if (pid_ > 0 && !exit_code_) {
-    kill(pid_, SIGKILL);
-    Wait(std::chrono::seconds(10));
-  }
-  if (stdout_fd_ >= 0) close(stdout_fd_);
-  if (!stderr_path_.empty()) unlink(stderr_path_.c_str());
-}
-
-bool ServerProcess::Signal(int signal) { return !exit_code_ && kill(pid_, signal) == 0; }
-
-std::optional<int> ServerProcess::Wait(std::chrono::milliseconds timeout) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  while (!exit_code_) {
-    int status = 0;
-    const pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      exit_code_ = DecodeWaitStatus(status);
-      break;
-    }
-    if (r < 0 || Clock::now() >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return exit_code_;
-}
-
-std::string ServerProcess::Stderr() const { return ReadFile(stderr_path_); }
-
-// ------------------------------------------------------------------------------------------
 
 RunResult RunProgram(const std::string& binary, const std::vector<std::string>& args, const std::string& cwd,
               std::chrono::milliseconds timeout) {
@@ -195,32 +104,6 @@ RunResult RunProgram(const std::string& binary, const std::vector<std::string>& 
   result.err = ReadFile(err_path);
   return result;
 }
-
-TempDir::TempDir() {
-  std::string templ = TempRoot() + "/focal-client-test-XXXXXX";
-  if (mkdtemp(templ.data()) != nullptr) path_ = templ;
-}
-
-TempDir::~TempDir() {
-  if (path_.empty()) return;
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
-
-bool WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  return static_cast<bool>(out);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// ------------------------------------------------------------------------------------------
 
 LossJob JobFor(const ComputeCall& call) {
   LossJob job;

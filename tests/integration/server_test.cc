@@ -26,7 +26,7 @@
 #include "focal/v1/focal_loss.grpc.pb.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/integration/client_util.h"
-#include "tests/integration/server_process.h"
+#include "tests/support/server_process.h"
 #include "tests/unit/test_util.h"
 
 namespace focal {
