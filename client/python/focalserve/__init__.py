@@ -9,10 +9,11 @@ focalserve.AsyncClient is the asyncio twin; focalserve.torch.RemoteFocalLoss is 
 """
 from ._codec import BFloat16, ComputeResult, EvaluateResult, Timing, bfloat16_to_float32
 from ._errors import FocalServeError
+from ._memory import keep_freed_memory
 from ._proto import VARIANTS, pb, rpc
 from .aio import AsyncClient
 from .client import Client
 
 __version__ = "0.1.0"
 __all__ = ["AsyncClient", "BFloat16", "Client", "ComputeResult", "EvaluateResult", "FocalServeError", "Timing",
-           "VARIANTS", "bfloat16_to_float32", "pb", "rpc"]
+           "VARIANTS", "bfloat16_to_float32", "keep_freed_memory", "pb", "rpc"]

@@ -258,9 +258,12 @@ def compute_request(logits: Any, targets: Any, *, variant: str = "softmax_focal"
     """Builds a ComputeRequest (see Client.compute for the arguments)."""
     if spec is None:
         spec = loss_spec(variant, reduction, normalizer, **params)
-    req = pb.ComputeRequest(request_id=request_id, loss=spec, logits=to_tensor(logits, "logits"),
-                            targets=to_tensor(targets, "targets"), compute_gradient=bool(compute_gradient),
+    req = pb.ComputeRequest(request_id=request_id, loss=spec, compute_gradient=bool(compute_gradient),
                             allow_non_finite=bool(allow_non_finite))
+    # Written into the request's own fields: building a Tensor first and passing it to the
+    # constructor would copy every byte once more.
+    to_tensor(logits, "logits", req.logits)
+    to_tensor(targets, "targets", req.targets)
     if gradient_dtype is not None:
         req.gradient_dtype = wire_dtype(gradient_dtype)
     if num_objects is not None:
