@@ -826,93 +826,122 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& a, int64_t begin, int64_t end)
 // ------------------------------------------------------------------------------------------
 // focal_cosine: [N, C] rows.
 
+/// [N, C] focal cosine: pass 1 ‖x‖² and the max, pass 2 e_j = e^(z_j - z_max) (kept), the
+/// normaliser and Σ z_j e_j, then the per-row math (math::FocalCosine) for a group of rows as one
+/// vector, then the gradient coef_x·x_j + coef_p·p_j from the kept e_j: one exp per logit.
 template <typename T>
 ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   const HwyOps<decltype(d)> o{d};
   const HwyOps<decltype(d1)> o1{d1};
-  const ScalarOps<T> so;
-  const auto gamma = math::MakeGamma(so, a.gamma);
   const int64_t C = a.classes;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  T* const e = Scratch<T>(static_cast<size_t>(C));
+  const int64_t group = C <= kGroupedRowMaxClasses ? lanes : 1;
+  constexpr size_t kMaxLanes = hn::MaxLanes(d);
+  T* const e = Scratch<T>(static_cast<size_t>(group * C));
+  const auto gamma = math::MakeGamma(o, a.gamma);
+  double chunk_sum = 0;  // row by row, in order (idle lanes of a group are not rows)
   ChunkResult r;
-  double chunk_sum = 0;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t base = row * C;
-    const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
-    // Pass 1: ‖x‖² and max x.
-    auto vsq = hn::Zero(d);
-    auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
-    T sq = 0, max = -std::numeric_limits<T>::infinity();
-    bool finite = true;
-    int64_t c = 0;
-    for (; c + lanes <= C; c += lanes) {
-      const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-      finite &= hn::AllTrue(d, hn::IsFinite(x));
-      vsq = hn::MulAdd(x, x, vsq);
-      vmax = hn::Max(vmax, x);
+
+  HWY_ALIGN T row_sq[kMaxLanes], row_xy[kMaxLanes], row_zmax[kMaxLanes], row_rest[kMaxLanes],
+      row_tz[kMaxLanes], row_w[kMaxLanes], row_loss[kMaxLanes], row_cx[kMaxLanes], row_cp[kMaxLanes],
+      row_fix[kMaxLanes];
+  int64_t row_y[kMaxLanes];
+
+  for (int64_t first = begin; first < end; first += group) {
+    const int64_t rows = std::min(group, end - first);
+    for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
+      row_sq[g] = 1, row_xy[g] = 0, row_zmax[g] = 0, row_rest[g] = 0, row_tz[g] = 0, row_w[g] = 0;
     }
-    for (; c < C; ++c) {
-      const T v = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
-      finite &= std::isfinite(v);
-      sq += v * v;
-      max = std::max(max, v);
-    }
-    if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
-    if (!finite && a.check_inputs) r.bad_input = true;
-    const T sum_squares = sq + SumLanes(d, vsq);
-    const T z_scale = math::CosineZScale(so, sum_squares);
-    const T z_max = max * z_scale;  // z_scale > 0, so max z = z_scale · max x
-    // Pass 2: e_j = e^(z_j - z_max) (kept), rest as for LogProb, tz = Σ z_j e_j.
-    auto vrest = hn::Zero(d), vties = hn::Zero(d), vtz = hn::Zero(d);
-    T rest = -1, tz = 0;
-    for (c = 0; c + lanes <= C; c += lanes) {
-      const auto z = hn::Mul(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, z_scale));
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      T* const row_e = e + g * C;
+      const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
+      row_y[g] = y;
+      // Pass 1: ‖x‖² and max x.
+      auto vsq = hn::Zero(d);
+      auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
+      T sq = 0, max = -std::numeric_limits<T>::infinity();
+      bool finite = true;
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+        finite &= hn::AllTrue(d, hn::IsFinite(x));
+        vsq = hn::MulAdd(x, x, vsq);
+        vmax = hn::Max(vmax, x);
+      }
+      for (; c < C; ++c) {
+        const T v = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+        finite &= std::isfinite(v);
+        sq += v * v;
+        max = std::max(max, v);
+      }
+      if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
+      if (!finite && a.check_inputs) r.bad_input = true;
+      const T sum_squares = sq + SumLanes(d, vsq);
+      const T z_scale = math::CosineZScale(ScalarOps<T>(), sum_squares);
+      const T z_max = max * z_scale;  // z_scale > 0, so max z = z_scale · max x
+      // Pass 2: e_j (kept), rest as for LogProb, tz = Σ z_j e_j.
+      auto vrest = hn::Zero(d), vties = hn::Zero(d), vtz = hn::Zero(d);
+      T rest = -1, tz = 0;
       const auto zm = hn::Set(d, z_max);
-      const auto ez = o.Exp(hn::Sub(z, zm));
-      hn::StoreU(ez, d, e + c);
-      vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(z, zm), ez));
-      vties = hn::Add(vties, math::TieTerm(o, z, zm));
-      vtz = hn::MulAdd(z, ez, vtz);
+      for (c = 0; c + lanes <= C; c += lanes) {
+        const auto z = hn::Mul(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, z_scale));
+        const auto ez = o.Exp(hn::Sub(z, zm));
+        hn::StoreU(ez, d, row_e + c);
+        vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(z, zm), ez));
+        vties = hn::Add(vties, math::TieTerm(o, z, zm));
+        vtz = hn::MulAdd(z, ez, vtz);
+      }
+      for (; c < C; ++c) {
+        const auto z = hn::Mul(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, z_scale));
+        const auto zm1 = hn::Set(d1, z_max);
+        const auto ez = o1.Exp(hn::Sub(z, zm1));
+        hn::StoreU(ez, d1, row_e + c);
+        rest += hn::GetLane(hn::Add(math::RestTerm(o1, z, zm1), math::TieTerm(o1, z, zm1)));
+        tz += hn::GetLane(hn::Mul(z, ez));
+      }
+      row_sq[g] = sum_squares;
+      row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
+      row_zmax[g] = z_max;
+      row_rest[g] = rest + SumLanes(d, vties) + SumLanes(d, vrest);
+      row_tz[g] = tz + SumLanes(d, vtz);
+      row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
+      if (!finite && a.propagate_nan) row_w[g] = std::numeric_limits<T>::quiet_NaN();
     }
-    for (; c < C; ++c) {
-      const auto z = hn::Mul(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, z_scale));
-      const auto zm = hn::Set(d1, z_max);
-      const auto ez = o1.Exp(hn::Sub(z, zm));
-      hn::StoreU(ez, d1, e + c);
-      rest += hn::GetLane(hn::Add(math::RestTerm(o1, z, zm), math::TieTerm(o1, z, zm)));
-      tz += hn::GetLane(hn::Mul(z, ez));
+    // The per-row math of §3 for the group, as one vector.
+    const auto sum_squares = hn::Load(d, row_sq), x_y = hn::Load(d, row_xy), z_max = hn::Load(d, row_zmax);
+    const auto rest = hn::Load(d, row_rest), w = hn::Load(d, row_w);
+    hn::Vec<decltype(d)> log_norm;
+    const math::FocalCosineRow<hn::Vec<decltype(d)>> rc =
+        math::FocalCosine(o, sum_squares, x_y, z_max, rest, hn::Load(d, row_tz), o.Set(a.cosine_alpha), gamma,
+                          o.Set(a.xent), w, log_norm);
+    const auto loss = hn::IfThenElse(hn::IsNaN(w), w, rc.loss);  // NaN rows under allow_non_finite
+    hn::Store(loss, d, row_loss);
+    // p_j = e_j / (1 + rest); the target's p_y - 1 as expm1(log p_y), exact as p_y → 1.
+    hn::Store(rc.coef_x, d, row_cx);
+    hn::Store(hn::Div(rc.coef_p, hn::Add(rest, o.Set(1))), d, row_cp);
+    const auto u_y = math::LogProb(o, hn::Mul(x_y, math::CosineZScale(o, sum_squares)), z_max, log_norm);
+    hn::Store(hn::Add(hn::MulAdd(rc.coef_x, x_y, hn::Mul(rc.coef_p, o.Expm1(u_y))), rc.coef_target), d, row_fix);
+    for (int64_t g = 0; g < rows; ++g) chunk_sum += static_cast<double>(row_loss[g]);
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (!a.gradient) continue;
+      const T* const row_e = e + g * C;
+      const auto cx = hn::Set(d, row_cx[g]), cp = hn::Set(d, row_cp[g]);
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+        StoreFloat(d, hn::MulAdd(cx, x, hn::Mul(cp, hn::LoadU(d, row_e + c))), a.gradient, a.output_dtype, base + c);
+      }
+      for (; c < C; ++c) {
+        const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+        StoreScalar(row_cx[g] * x + row_cp[g] * row_e[c], a.gradient, a.output_dtype, base + c);
+      }
+      StoreScalar(row_fix[g], a.gradient, a.output_dtype, base + row_y[g]);
     }
-    rest += SumLanes(d, vties) + SumLanes(d, vrest);
-    tz += SumLanes(d, vtz);
-    const T x_y = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
-    T w = static_cast<T>(ItemWeight<T>(a, row));
-    if (!finite && a.propagate_nan) w = std::numeric_limits<T>::quiet_NaN();
-    T log_norm;
-    math::FocalCosineRow<T> rc = math::FocalCosine(
-        so, sum_squares, x_y, z_max, rest, tz, static_cast<T>(a.cosine_alpha), gamma,
-        static_cast<T>(a.xent), w, log_norm);
-    if (!finite && a.propagate_nan) rc.loss = w;
-    if (a.gradient) {
-      // p_j = e_j / (1 + rest): the kept exponentials, no second exp.
-      const T inv_s = 1 / (1 + rest);
-      auto grad_at = [&](auto dv, int64_t cc) {
-        const auto x = LoadFloat(dv, a.logits, a.logits_dtype, base + cc);
-        const auto p = hn::Mul(hn::LoadU(dv, e + cc), hn::Set(dv, inv_s));
-        StoreFloat(dv, hn::MulAdd(hn::Set(dv, rc.coef_x), x, hn::Mul(hn::Set(dv, rc.coef_p), p)),
-                   a.gradient, a.output_dtype, base + cc);
-      };
-      for (c = 0; c + lanes <= C; c += lanes) grad_at(d, c);
-      for (; c < C; ++c) grad_at(d1, c);
-      // The target's p_y - 1 as expm1(log p_y): exact as p_y → 1.
-      const T u_y = math::LogProb(so, x_y * z_scale, z_max, log_norm);
-      StoreScalar(rc.coef_x * x_y + rc.coef_p * so.Expm1(u_y) + rc.coef_target, a.gradient,
-                  a.output_dtype, base + y);
-    }
-    if (a.losses) StoreScalar(rc.loss, a.losses, a.output_dtype, row);
-    chunk_sum += static_cast<double>(rc.loss);
   }
   r.loss_sum = chunk_sum;
   return r;
