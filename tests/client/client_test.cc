@@ -15,22 +15,6 @@
 namespace focal::client_test {
 namespace {
 
-std::vector<float> Normal(size_t n, uint32_t seed, float stddev = 2.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int64_t> dist(0, classes - 1);
-  std::vector<int64_t> v(n);
-  for (int64_t& x : v) x = dist(rng);
-  return v;
-}
-
 std::vector<float> Binary(size_t n, uint32_t seed, float p = 0.3f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(0.0f, 1.0f);

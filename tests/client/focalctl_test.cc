@@ -23,22 +23,6 @@ namespace {
 
 const std::string kFocalctl = FOCALCTL_BINARY;
 
-std::vector<float> Normal(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 2.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int64_t> dist(0, classes - 1);
-  std::vector<int64_t> v(n);
-  for (int64_t& x : v) x = dist(rng);
-  return v;
-}
-
 /// The value printed after `key` at the start of a line of `out` ("loss     0.25" → "0.25").
 std::string Field(const std::string& out, const std::string& key) {
   for (absl::string_view line : absl::StrSplit(out, '\n')) {

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <random>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -103,6 +104,22 @@ RunResult RunProgram(const std::string& binary, const std::vector<std::string>& 
   result.out = ReadFile(out_path);
   result.err = ReadFile(err_path);
   return result;
+}
+
+std::vector<float> Normal(size_t n, uint32_t seed, float stddev) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int64_t> dist(0, classes - 1);
+  std::vector<int64_t> v(n);
+  for (int64_t& x : v) x = dist(rng);
+  return v;
 }
 
 LossJob JobFor(const ComputeCall& call) {

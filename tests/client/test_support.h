@@ -39,6 +39,10 @@ struct RunResult {
 RunResult RunProgram(const std::string& binary, const std::vector<std::string>& args, const std::string& cwd = "",
               std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+/// `n` seeded normal values (mean 0, `stddev`), and `n` seeded classes in [0, classes).
+std::vector<float> Normal(size_t n, uint32_t seed, float stddev = 2.0f);
+std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed);
+
 /// The LossJob a conforming server builds from `call` (views into `call`'s tensors).
 LossJob JobFor(const ComputeCall& call);
 /// `call` computed in this process by focal::CpuBackend.
