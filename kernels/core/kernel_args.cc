@@ -1,0 +1,81 @@
+#include "focal/kernel_args.h"
+
+#include <algorithm>
+#include <type_traits>
+#include <variant>
+
+namespace focal {
+
+KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a) {
+  a.logits = job.logits.data;
+  a.logits_dtype = job.logits.dtype;
+  a.targets = job.targets.data;
+  a.targets_dtype = job.targets.dtype;
+  a.batch = plan.batch;
+  a.classes = plan.classes;
+  a.inner = plan.inner;
+  a.num_elements = plan.num_elements;
+  a.grad_scale = plan.grad_scale;
+  a.output_dtype = plan.output_dtype;
+  const bool probabilities = [&] {
+    const auto* s = std::get_if<SigmoidFocalParams>(&job.spec.params);
+    return s && s->input == SigmoidInput::kProbabilities;
+  }();
+  // Probabilities outside [0, 1] are rejected even with allow_non_finite: they have no loss.
+  a.check_inputs = !job.allow_non_finite || probabilities;
+  a.propagate_nan = job.allow_non_finite;
+  return std::visit(
+      [&](const auto& p) -> KernelKind {
+        using P = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<P, SoftmaxFocalParams>) {
+          a.gamma = p.gamma;
+          a.smoothing = p.label_smoothing;
+          a.ignore_index = p.ignore_index.value_or(INT64_MIN);
+          a.class_alpha = p.alpha.empty() ? nullptr : p.alpha.data();
+          return KernelKind::kSoftmaxFocal;
+        } else if constexpr (std::is_same_v<P, SigmoidFocalParams>) {
+          a.gamma = p.gamma;
+          if (p.alpha >= 0) {  // a negative α disables the weighting, as torchvision
+            a.alpha_pos = p.alpha;
+            a.alpha_neg = 1 - p.alpha;
+          }
+          a.smoothing = p.label_smoothing;
+          a.smoothing_floor = p.label_smoothing / static_cast<double>(p.smoothing_classes);
+          a.probabilities = p.input == SigmoidInput::kProbabilities;
+          a.ignore_index = p.ignore_index.value_or(INT64_MIN);
+          return plan.index_targets ? KernelKind::kSigmoidIndexTargets
+                                    : KernelKind::kSigmoidFloatTargets;
+        } else if constexpr (std::is_same_v<P, FocalCosineParams>) {
+          a.gamma = p.gamma;
+          a.cosine_alpha = p.alpha;
+          a.xent = p.xent;
+          return KernelKind::kFocalCosine;
+        } else {
+          static_assert(std::is_same_v<P, DynamicFocalParams>);
+          a.gamma = p.gamma;
+          a.binary_targets = true;
+          a.row_length = std::max<int64_t>(plan.inner, 1);
+          a.row_alpha = plan.row_alpha.empty() ? nullptr : plan.row_alpha.data();
+          return KernelKind::kSigmoidFloatTargets;
+        }
+      },
+      job.spec.params);
+}
+
+const float* ItemWeightsAsFloat32(const LossJob& job, std::vector<float>& storage) {
+  const TensorView* w = std::get_if<TensorView>(&job.grad_output);
+  if (!w || job.spec.reduction != Reduction::kNone) return nullptr;
+  if (w->dtype == DType::kFloat32) return w->As<float>();
+  const int64_t n = static_cast<int64_t>(w->size_bytes / DTypeSize(w->dtype));
+  storage.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) storage[i] = static_cast<float>(LoadAsDouble(*w, i));
+  return storage.data();
+}
+
+double ReducedLoss(const LossJob& job, const JobPlan& plan, double sum) {
+  if (job.spec.reduction != Reduction::kMean) return sum;
+  const double denominator = job.spec.normalizer.value_or(static_cast<double>(plan.count));
+  return denominator > 0 ? sum / denominator : 0.0;  // nothing counted: 0, not NaN
+}
+
+}  // namespace focal
