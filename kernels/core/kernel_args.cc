@@ -1,5 +1,8 @@
 #include "focal/kernel_args.h"
 
+#include "focal/job.h"
+#include "focal/validate.h"
+
 #include <algorithm>
 #include <type_traits>
 #include <variant>

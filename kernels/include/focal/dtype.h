@@ -20,7 +20,7 @@ enum class DType : uint8_t {
 };
 
 /// Bytes per element.
-constexpr size_t DTypeSize(DType t) {
+FOCAL_HD constexpr size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kFloat16:
     case DType::kBFloat16:

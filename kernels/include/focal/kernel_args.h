@@ -8,10 +8,13 @@
 #include <vector>
 
 #include "focal/dtype.h"
-#include "focal/job.h"
-#include "focal/validate.h"
 
 namespace focal {
+
+// Declared here, defined in focal/job.h and focal/validate.h: this header stays free of Abseil
+// so that nvcc compiles it into the kernels.
+struct LossJob;
+struct JobPlan;
 
 /// Everything a kernel needs, fixed for the whole job.
 struct KernelArgs {

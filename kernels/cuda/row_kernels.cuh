@@ -1,0 +1,324 @@
+// softmax_focal and focal_cosine on the GPU. Each row function is written once against a team
+// (teams.cuh) and runs in three shapes: lanes of a warp per [N, C] row for small C, a block per
+// row for large C, a thread per position for the strided [N, C, S] layout (read in place: the
+// threads of a warp take neighbouring positions, so every class read is coalesced). The softmax
+// statistics come from one online pass (running max, the sum below it, the count of ties); the
+// gradient pass reads the row again, from L1/L2 for all but the largest rows.
+#pragma once
+
+#include <cmath>
+
+#include "kernels/cuda/kernel_common.cuh"
+
+namespace focal::cuda {
+
+/// Calls f(c, x_c) for the team member's share of the row's C logits at base + c·stride: runs of
+/// 16 bytes per member where the row is contiguous and aligned, single elements otherwise.
+template <DType kDT, class Team, class F>
+__device__ __forceinline__ void ForEachInRow(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
+                                             const F& f) {
+  using T = ComputeT<kDT>;
+  constexpr int kV = kVectorElements<kDT>;
+  const int64_t C = a.classes;
+  if (stride == 1 && C % kV == 0 && base % kV == 0) {
+    for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
+      T x[kV];
+      LoadRun<kV>(a.logits, kDT, base + v * kV, x);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) f(v * kV + k, x[k]);
+    }
+  } else {
+    for (int64_t c = team.rank(); c < C; c += team.size()) f(c, LoadAs<T>(a.logits, kDT, base + c * stride));
+  }
+}
+
+/// Writes the gradient g(c, x_c) of the member's share of the row, in the same runs as
+/// ForEachInRow (a run of V elements at an index that is a multiple of V is aligned for every
+/// output dtype).
+template <DType kDT, class Team, class G>
+__device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
+                                                 const G& g) {
+  using T = ComputeT<kDT>;
+  constexpr int kV = kVectorElements<kDT>;
+  const int64_t C = a.classes;
+  if (stride == 1 && C % kV == 0 && base % kV == 0) {
+    for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
+      T x[kV], out[kV];
+      LoadRun<kV>(a.logits, kDT, base + v * kV, x);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) out[k] = g(v * kV + k, x[k]);
+      StoreRun<kV>(a.gradient, a.output_dtype, base + v * kV, out);
+    }
+  } else {
+    for (int64_t c = team.rank(); c < C; c += team.size()) {
+      StoreAs(a.gradient, a.output_dtype, base + c * stride, g(c, LoadAs<T>(a.logits, kDT, base + c * stride)));
+    }
+  }
+}
+
+/// The softmax statistics of a row in one pass: the running max, Σ e^(x - max) over the logits
+/// below it (rescaled when the max moves), and how many equal it, so that the normaliser's
+/// rest = Σ e^(x - max) - 1 keeps the max's own 1 out of the sum (math::LogProb).
+template <class T>
+struct OnlineSoftmax {
+  T max, below, ties;
+  int finite;
+
+  __device__ __forceinline__ static OnlineSoftmax Empty() { return {-INFINITY, T(0), T(0), 1}; }
+
+  __device__ __forceinline__ void Add(const ScalarOps<T>& o, T x) {
+    finite &= isfinite(x) ? 1 : 0;
+    if (x > max) {
+      below = (below + ties) * o.Exp(max - x);
+      ties = T(1);
+      max = x;
+    } else if (x == max) {
+      ties += T(1);
+    } else {
+      below += o.Exp(x - max);  // a NaN lands here and makes the row NaN
+    }
+  }
+
+  /// rest of math::LogProb: the ties' count less the max's own 1 is exact.
+  __device__ __forceinline__ T Rest() const { return below + (ties - T(1)); }
+};
+
+struct CombineOnlineSoftmax {
+  template <class T>
+  __device__ __forceinline__ OnlineSoftmax<T> operator()(const OnlineSoftmax<T>& a, const OnlineSoftmax<T>& b) const {
+    const int finite = a.finite & b.finite;
+    if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite};
+    const OnlineSoftmax<T>& hi = a.max > b.max ? a : b;
+    const OnlineSoftmax<T>& lo = a.max > b.max ? b : a;
+    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite};
+  }
+};
+
+/// Where a row is and what its team does with it.
+struct RowRef {
+  int64_t item;    ///< index of the per-item loss (n·S + s) and of its target
+  int64_t base;    ///< first logit
+  int64_t stride;  ///< between classes
+  bool active;     ///< false for a warp's padding rows past the end: computed, never written
+};
+
+/// §1 for one row: returns the row's loss; writes the gradient and NONE's per-item loss.
+template <DType kDT, bool kSmooth, bool kGrad, class Team>
+__device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const KernelArgs& a,
+                                                         const math::Gamma<ComputeT<kDT>>& gamma, const RowRef& row,
+                                                         int& bad) {
+  using T = ComputeT<kDT>;
+  const ScalarOps<T> o;
+  OnlineSoftmax<T> stats = OnlineSoftmax<T>::Empty();
+  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) { stats.Add(o, x); });
+  stats = team.Reduce(stats, CombineOnlineSoftmax());
+  if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
+  const T max = stats.max, rest = stats.Rest();
+  const T log_norm = math::LogNormalizer(o, rest);
+  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
+  const bool valid = y >= 0;
+  // allow_non_finite: a row with a NaN or ±Inf logit has a NaN loss and gradient, as in PyTorch.
+  const bool nan_row = !stats.finite && a.propagate_nan;
+  T w = valid ? ItemWeight<T>(a, row.item) : T(0);
+  if (nan_row) w = T(NAN);
+  T loss;
+  if constexpr (!kSmooth) {
+    const T x_y = valid ? LoadAs<T>(a.logits, kDT, row.base + y * row.stride) : T(0);
+    const T alpha_y = valid ? (a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1)) : T(0);
+    const T u_y = math::LogProb(o, x_y, max, log_norm);
+    const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, u_y, gamma);
+    loss = valid ? alpha_y * term.f : T(0);
+    if constexpr (kGrad) {
+      // α_y g(p_y)(p_j - [j = y]) with p_j = e^(x_j - max) / (1 + rest); p_y - 1 as expm1(log p_y).
+      const T k = w * (alpha_y * term.g);
+      const T kp = k / (rest + T(1));
+      const T fix = k * o.Expm1(u_y);
+      WriteRowGradient<kDT>(team, a, row.base, row.stride,
+                            [&](int64_t c, T x) { return c == y ? fix : kp * o.Exp(x - max); });
+    }
+  } else {
+    // ℓ = Σ_c q_c α_c f(p_c); ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j), W = Σ_c q_c α_c g(p_c).
+    const T eps = static_cast<T>(a.smoothing);
+    const T uniform = eps / static_cast<T>(a.classes);
+    auto qa_at = [&](int64_t c) {
+      return (uniform + (c == y ? T(1) - eps : T(0))) * (a.class_alpha ? static_cast<T>(a.class_alpha[c]) : T(1));
+    };
+    Sums<T, 2> sums{{T(0), T(0)}};
+    ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
+      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, math::LogProb(o, x, max, log_norm), gamma);
+      const T qa = qa_at(c);
+      sums.v[0] += qa * term.f;
+      sums.v[1] += qa * term.g;
+    });
+    sums = team.Reduce(sums, AddSums());
+    loss = valid ? sums.v[0] : T(0);
+    if constexpr (kGrad) {
+      const T W = sums.v[1];
+      WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
+        const T u = math::LogProb(o, x, max, log_norm);
+        return valid || nan_row ? w * (o.Exp(u) * W - qa_at(c) * math::SoftmaxFocalTerm(o, u, gamma).g) : T(0);
+      });
+    }
+  }
+  if (nan_row) loss = T(NAN);
+  if (a.losses && row.active && team.rank() == 0) StoreAs(a.losses, a.output_dtype, row.item, loss);
+  return loss;
+}
+
+/// §3 for one [N, C] row: pass 1 ‖x‖², the max and finiteness; pass 2 the softmax sums of
+/// z = x/‖x‖ (exact about z_max = max·z_scale, as z_scale > 0); then math::FocalCosine's
+/// per-row coefficients and the gradient coef_x·x_j + coef_p·p_j.
+template <DType kDT, bool kGrad, class Team>
+__device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const KernelArgs& a,
+                                                        const math::Gamma<ComputeT<kDT>>& gamma, const RowRef& row,
+                                                        int& bad) {
+  using T = ComputeT<kDT>;
+  const ScalarOps<T> o;
+  struct Norm {
+    T sum_squares, max;
+    int finite;
+  };
+  Norm norm{T(0), T(-INFINITY), 1};
+  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) {
+    norm.sum_squares += x * x;
+    norm.max = o.Max(norm.max, x);
+    norm.finite &= isfinite(x) ? 1 : 0;
+  });
+  norm = team.Reduce(norm, [&](const Norm& p, const Norm& q) {
+    return Norm{p.sum_squares + q.sum_squares, o.Max(p.max, q.max), p.finite & q.finite};
+  });
+  if (!norm.finite && a.check_inputs && row.active) bad |= kBadInput;
+  const T z_scale = math::CosineZScale(o, norm.sum_squares);
+  const T z_max = norm.max * z_scale;
+  Sums<T, 3> sums{{T(0), T(0), T(0)}};  // Σ RestTerm, Σ TieTerm, Σ z e^(z - z_max)
+  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) {
+    const T z = x * z_scale;
+    sums.v[0] += math::RestTerm(o, z, z_max);
+    sums.v[1] += math::TieTerm(o, z, z_max);
+    sums.v[2] += z * o.Exp(z - z_max);
+  });
+  sums = team.Reduce(sums, AddSums());
+  const T rest = sums.v[0] + (sums.v[1] - T(1));
+  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
+  const T x_y = LoadAs<T>(a.logits, kDT, row.base + y * row.stride);
+  T w = ItemWeight<T>(a, row.item);
+  if (!norm.finite && a.propagate_nan) w = T(NAN);  // a NaN row: NaN loss and gradient
+  T log_norm;
+  const math::FocalCosineRow<T> rc = math::FocalCosine(o, norm.sum_squares, x_y, z_max, rest, sums.v[2],
+                                                       static_cast<T>(a.cosine_alpha), gamma,
+                                                       static_cast<T>(a.xent), w, log_norm);
+  const T loss = isnan(w) ? w : rc.loss;
+  if constexpr (kGrad) {
+    // p_j = e^(z_j - z_max) / (1 + rest); the target's p_y - 1 as expm1(log p_y).
+    const T cp = rc.coef_p / (rest + T(1));
+    const T u_y = math::LogProb(o, x_y * z_scale, z_max, log_norm);
+    const T fix = (rc.coef_x * x_y + rc.coef_p * o.Expm1(u_y)) + rc.coef_target;
+    WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
+      return c == y ? fix : rc.coef_x * x + cp * o.Exp(x * z_scale - z_max);
+    });
+  }
+  if (a.losses && row.active && team.rank() == 0) StoreAs(a.losses, a.output_dtype, row.item, loss);
+  return loss;
+}
+
+/// A row variant as the kernels below take it: Run(team, args, gamma, row, bad) → the row's loss.
+template <DType kDT, bool kSmooth, bool kGrad>
+struct SoftmaxFocalRows {
+  static constexpr DType kLogits = kDT;
+  template <class Team>
+  __device__ __forceinline__ static ComputeT<kDT> Run(const Team& team, const KernelArgs& a,
+                                                      const math::Gamma<ComputeT<kDT>>& gamma, const RowRef& row,
+                                                      int& bad) {
+    return SoftmaxFocalRow<kDT, kSmooth, kGrad>(team, a, gamma, row, bad);
+  }
+};
+
+template <DType kDT, bool kGrad>
+struct FocalCosineRows {
+  static constexpr DType kLogits = kDT;
+  template <class Team>
+  __device__ __forceinline__ static ComputeT<kDT> Run(const Team& team, const KernelArgs& a,
+                                                      const math::Gamma<ComputeT<kDT>>& gamma, const RowRef& row,
+                                                      int& bad) {
+    return FocalCosineRow<kDT, kGrad>(team, a, gamma, row, bad);
+  }
+};
+
+/// [N, C], small C: each warp takes 32 / width rows at a time, `width` lanes per row.
+template <class Rows>
+__global__ void __launch_bounds__(kThreads) WarpRowsKernel(const KernelArgs a, int width, double* partials, int* flags) {
+  using T = ComputeT<Rows::kLogits>;
+  const math::Gamma<T> gamma = math::MakeGamma(ScalarOps<T>(), a.gamma);
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const WarpTeam team{width, lane % width};
+  const int rows_per_warp = 32 / width;
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  const int64_t N = a.batch;
+  double sum = 0;
+  int bad = 0;
+  // The loop bound is the same for every lane of a warp, so all of them reach each shuffle.
+  for (int64_t first = warp * rows_per_warp; first < N; first += warps * rows_per_warp) {
+    const int64_t n = first + lane / width;
+    const bool active = n < N;
+    const int64_t r = active ? n : N - 1;  // padding lanes recompute the last row, writing nothing
+    const T loss = Rows::Run(team, a, gamma, RowRef{r, r * a.classes, 1, active}, bad);
+    if (active && team.rank() == 0) sum += static_cast<double>(loss);
+  }
+  FinishBlock<kThreads>(sum, bad, partials, flags);
+}
+
+/// [N, C], large C: a block per row.
+template <class Rows>
+__global__ void __launch_bounds__(kBlockRowThreads) BlockRowsKernel(const KernelArgs a, double* partials, int* flags) {
+  using T = ComputeT<Rows::kLogits>;
+  __shared__ BlockTeamScratch scratch;
+  const math::Gamma<T> gamma = math::MakeGamma(ScalarOps<T>(), a.gamma);
+  const BlockTeam<kBlockRowThreads> team{&scratch};
+  double sum = 0;
+  int bad = 0;
+  for (int64_t n = blockIdx.x; n < a.batch; n += gridDim.x) {
+    const T loss = Rows::Run(team, a, gamma, RowRef{n, n * a.classes, 1, true}, bad);
+    if (team.rank() == 0) sum += static_cast<double>(loss);
+  }
+  FinishBlock<kBlockRowThreads>(sum, bad, partials, flags);
+}
+
+/// [N, C, S]: a thread per position n·S + s, classes at stride S.
+template <class Rows>
+__global__ void __launch_bounds__(kThreads) StridedRowsKernel(const KernelArgs a, double* partials, int* flags) {
+  using T = ComputeT<Rows::kLogits>;
+  const math::Gamma<T> gamma = math::MakeGamma(ScalarOps<T>(), a.gamma);
+  const int64_t S = a.inner, positions = a.batch * a.inner;
+  double sum = 0;
+  int bad = 0;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < positions;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = p / S, s = p - n * S;
+    sum += static_cast<double>(Rows::Run(ThreadTeam(), a, gamma, RowRef{p, n * a.classes * S + s, S, true}, bad));
+  }
+  FinishBlock<kThreads>(sum, bad, partials, flags);
+}
+
+/// Launches `Rows` in the plan's shape (focal_cosine is [N, C] only: no strided instantiation).
+template <class Rows, bool kStrided = true>
+cudaError_t LaunchRows(const KernelArgs& a, const LaunchPlan& plan, double* partials, int* flags, cudaStream_t stream) {
+  switch (plan.shape) {
+    case LaunchPlan::Shape::kWarpRows:
+      WarpRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, plan.row_width, partials, flags);
+      break;
+    case LaunchPlan::Shape::kBlockRows:
+      BlockRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, partials, flags);
+      break;
+    case LaunchPlan::Shape::kStridedRows:
+      if constexpr (kStrided) {
+        StridedRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, partials, flags);
+        break;
+      }
+      return cudaErrorInvalidValue;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace focal::cuda
