@@ -141,8 +141,19 @@ int Run(int argc, char** argv) {
               token.empty() ? "off" : "bearer token");
   std::fflush(stdout);
 
+  // Wait for a stop signal, checking the backend's health each second: a CUDA device that lost
+  // its context turns the health service NOT_SERVING so that balancers route around this replica.
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  bool reported_unhealthy = false;
+  const timespec one_second{1, 0};
+  while ((signal_number = sigtimedwait(&stop_signals, nullptr, &one_second)) < 0) {
+    if (!reported_unhealthy && !backend->backend->Healthy()) {
+      reported_unhealthy = true;
+      std::fprintf(stderr, "focalserve: backend %s is unhealthy; health NOT_SERVING\n", backend->backend->Name().c_str());
+      health->SetServingStatus("", false);
+      health->SetServingStatus(kServiceName, false);
+    }
+  }
   std::fprintf(stderr, "focalserve: %s: draining (up to %llds), health NOT_SERVING\n", strsignal(signal_number),
                static_cast<long long>(options.drain_timeout_seconds));
   health->SetServingStatus("", false);

@@ -58,6 +58,8 @@ const std::map<std::string, Flag>& Flags() {
                      }
                      return true;
                    }}},
+      {"cuda-streams", {"requests computed at once per CUDA device, each on its own stream (default 4)",
+                        IntFlag(&ServerOptions::cuda_streams, 1)}},
       {"cpu-threads", {"OpenMP threads per request on the CPU backend; 0 = all cores (default 0)",
                        IntFlag(&ServerOptions::cpu_threads, 0)}},
       {"max-message-bytes", {"largest gRPC message, both directions (default 1073741824)",

@@ -31,6 +31,7 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  ///< port 0 picks a free port, printed at start
   BackendChoice backend = BackendChoice::kAuto;
   std::vector<int> devices;  ///< CUDA ordinals to use; empty: all
+  int cuda_streams = 4;      ///< concurrent requests per CUDA device
   int cpu_threads = 0;       ///< OpenMP threads per request; 0: all cores
   int64_t max_message_bytes = int64_t{1} << 30;  ///< both directions
   int64_t max_elements = int64_t{1} << 28;       ///< logits elements per request

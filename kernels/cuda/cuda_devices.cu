@@ -30,4 +30,9 @@ DeviceQuery QueryDevices() {
   return query;
 }
 
+std::string DescribeDevice(const DeviceInfo& d) {
+  return "cuda:" + std::to_string(d.ordinal) + " " + d.name + " (" + std::to_string(d.memory_bytes >> 20) + " MiB, sm_" +
+         std::to_string(d.compute_major) + std::to_string(d.compute_minor) + ")";
+}
+
 }  // namespace focal::cuda

@@ -26,4 +26,7 @@ struct DeviceQuery {
 /// list and a reason, which is how auto selection falls back to the CPU.
 DeviceQuery QueryDevices();
 
+/// "cuda:0 NVIDIA H200 (143771 MiB, sm_90)", for start lines and server info.
+std::string DescribeDevice(const DeviceInfo& device);
+
 }  // namespace focal::cuda

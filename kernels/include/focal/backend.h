@@ -16,6 +16,9 @@ class Backend {
   virtual absl::StatusOr<LossResult> Compute(const LossJob& job) const = 0;
   /// "cpu", "cuda:0", ... as reported in every response.
   virtual std::string Name() const = 0;
+  /// False once the backend cannot compute any more (a CUDA device lost its context); the
+  /// server reports NOT_SERVING so that load balancers move traffic elsewhere.
+  virtual bool Healthy() const { return true; }
 };
 
 }  // namespace focal
