@@ -634,6 +634,9 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
   for (int64_t row = begin; row < end; ++row) {
     const int64_t base = row * C;
     const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
+    bool finite;  // checked in ignored rows too, as every other path does
+    const T max = RowMax(d, a, base, C, finite);
+    if (!finite && a.check_inputs) r.bad_input = true;
     if (y < 0) {  // ignored: contributes nothing, gradient 0
       if (a.losses) StoreScalar(0, a.losses, a.output_dtype, row);
       if (a.gradient) {
@@ -641,9 +644,6 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
       }
       continue;
     }
-    bool finite;
-    const T max = RowMax(d, a, base, C, finite);
-    if (!finite && a.check_inputs) r.bad_input = true;
     const T rest = RowExpAndRest(d, a, base, C, max, Scratch<T>(static_cast<size_t>(C)));
     int64_t c = 0;
     const T log_norm = math::LogNormalizer(so, rest);
