@@ -551,13 +551,13 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
 
   // Per-row values of the group, laid out as vectors for the per-row math.
   HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xy[kMaxLanes], row_alpha[kMaxLanes],
-      row_w[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes];
+      row_w[kMaxLanes], row_nan[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes];
   int64_t row_y[kMaxLanes];
 
   for (int64_t first = begin; first < end; first += group) {
     const int64_t rows = std::min(group, end - first);
     for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
-      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0;
+      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0, row_nan[g] = 0;
     }
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
@@ -570,11 +570,16 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       const T rest = RowExpAndRest(d, a, base, C, max, row_e);
       row_max[g] = max;
       row_rest[g] = rest;
+      // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
+      row_xy[g] = max;
       if (y >= 0) {
         row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
         row_alpha[g] = a.class_alpha ? a.class_alpha[y] : T(1);
         row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
-        if (!finite && a.propagate_nan) row_w[g] = std::numeric_limits<T>::quiet_NaN();
+        if (!finite && a.propagate_nan) {
+          row_w[g] = std::numeric_limits<T>::quiet_NaN();
+          row_nan[g] = 1;
+        }
       }
     }
     // The per-row focal term, one group of rows as one vector.
@@ -584,9 +589,10 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     const auto alpha_y = hn::Load(d, row_alpha);
     const auto w = hn::Load(d, row_w);
     const auto k = hn::Mul(w, hn::Mul(alpha_y, term.g));
-    // Loss: α_y f, NaN for a non-finite row under allow_non_finite (w is NaN there), 0 when
-    // ignored (α_y and w are 0 there).
-    const auto loss = hn::IfThenElse(hn::IsNaN(w), w, hn::Mul(alpha_y, term.f));
+    // Loss: α_y f, NaN for a counted non-finite row under allow_non_finite, 0 when ignored (α_y
+    // is 0 there). Not tested on w: a NaN upstream weight is the gradient's business, not the loss's.
+    const auto nan_row = hn::Ne(hn::Load(d, row_nan), hn::Zero(d));
+    const auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()), hn::Mul(alpha_y, term.f));
     hn::Store(loss, d, row_loss);
     // p_j = e_j / (1 + rest); the target's p_y - 1 is expm1(log p_y), exact as p_y → 1.
     hn::Store(hn::Div(k, hn::Add(hn::Load(d, row_rest), hn::Set(d, 1))), d, row_k);
@@ -596,6 +602,10 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       const int64_t row = first + g, base = row * C;
       if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
       if (!a.gradient) continue;
+      if (row_y[g] < 0) {  // ignored: gradient 0, whatever its logits hold
+        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, a.output_dtype, base + c);
+        continue;
+      }
       const T* const row_e = e + g * C;
       const auto kp = hn::Set(d, row_k[g]);
       int64_t c = 0;
@@ -729,7 +739,8 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
   if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
   // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::LogProb);
   // the target's logit and α captured by select, without a gather.
-  auto rest = hn::Zero(d), ties = hn::Set(d, -1), x_y = hn::Zero(d), alpha_y = hn::Set(d, 1);
+  // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
+  auto rest = hn::Zero(d), ties = hn::Set(d, -1), x_y = max, alpha_y = hn::Set(d, 1);
   for (int64_t c = 0; c < C; ++c) {
     const auto x = x_at(c);
     const auto is_max = hn::Eq(x, max);
@@ -756,7 +767,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
       const auto kp = hn::Div(k, hn::Add(rest, hn::Set(d, 1)));
       const auto fix = hn::Mul(k, o.Expm1(u_y));
       for (int64_t c = 0; c < C; ++c) {
-        const auto g = hn::IfThenElse(is_y(c), fix, hn::Mul(kp, hn::LoadU(d, e + c * L)));
+        const auto g = hn::IfThenElseZero(valid, hn::IfThenElse(is_y(c), fix, hn::Mul(kp, hn::LoadU(d, e + c * L))));
         StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
       }
     }
@@ -781,18 +792,20 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
         const auto u = log_prob(c);
         const auto term = math::SoftmaxFocalTerm(o, u, gamma);
         const auto g = hn::Mul(w, hn::Sub(hn::Mul(o.Exp(u), W), hn::Mul(qa_at(c), term.g)));
-        StoreFloat(d, g, a.gradient, a.output_dtype, base + c * S);
+        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, a.output_dtype, base + c * S);
       }
     }
   }
   loss = hn::IfThenElseZero(valid, loss);
-  if (a.propagate_nan && !hn::AllTrue(d, finite)) {
-    // allow_non_finite: a position with a NaN or ±Inf logit has a NaN loss and gradient.
+  const auto nan_rows = hn::AndNot(finite, valid);  // counted positions with a non-finite logit
+  if (a.propagate_nan && !hn::AllFalse(d, nan_rows)) {
+    // allow_non_finite: a counted position with a NaN or ±Inf logit has a NaN loss and gradient
+    // (an ignored one contributes 0, as VARIANTS.md says of every ignored item).
     const auto nan = hn::Set(d, std::numeric_limits<T>::quiet_NaN());
-    loss = hn::IfThenElse(finite, loss, nan);
+    loss = hn::IfThenElse(nan_rows, nan, loss);
     for (int64_t c = 0; c < C && a.gradient; ++c) {
       HWY_ALIGN T lanes[hn::MaxLanes(d)];
-      hn::Store(hn::IfThenElse(finite, hn::Zero(d), nan), d, lanes);
+      hn::Store(hn::IfThenElseZero(nan_rows, nan), d, lanes);
       for (int64_t k = 0; k < L; ++k) {
         if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, a.output_dtype, base + c * S + k);
       }
@@ -845,14 +858,14 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   ChunkResult r;
 
   HWY_ALIGN T row_sq[kMaxLanes], row_xy[kMaxLanes], row_zmax[kMaxLanes], row_rest[kMaxLanes],
-      row_tz[kMaxLanes], row_w[kMaxLanes], row_loss[kMaxLanes], row_cx[kMaxLanes], row_cp[kMaxLanes],
+      row_tz[kMaxLanes], row_w[kMaxLanes], row_nan[kMaxLanes], row_loss[kMaxLanes], row_cx[kMaxLanes], row_cp[kMaxLanes],
       row_fix[kMaxLanes];
   int64_t row_y[kMaxLanes];
 
   for (int64_t first = begin; first < end; first += group) {
     const int64_t rows = std::min(group, end - first);
     for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
-      row_sq[g] = 1, row_xy[g] = 0, row_zmax[g] = 0, row_rest[g] = 0, row_tz[g] = 0, row_w[g] = 0;
+      row_sq[g] = 1, row_xy[g] = 0, row_zmax[g] = 0, row_rest[g] = 0, row_tz[g] = 0, row_w[g] = 0, row_nan[g] = 0;
     }
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
@@ -908,7 +921,10 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       row_rest[g] = rest + SumLanes(d, vties) + SumLanes(d, vrest);
       row_tz[g] = tz + SumLanes(d, vtz);
       row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
-      if (!finite && a.propagate_nan) row_w[g] = std::numeric_limits<T>::quiet_NaN();
+      if (!finite && a.propagate_nan) {
+        row_w[g] = std::numeric_limits<T>::quiet_NaN();
+        row_nan[g] = 1;
+      }
     }
     // The per-row math of §3 for the group, as one vector.
     const auto sum_squares = hn::Load(d, row_sq), x_y = hn::Load(d, row_xy), z_max = hn::Load(d, row_zmax);
@@ -917,7 +933,9 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     const math::FocalCosineRow<hn::Vec<decltype(d)>> rc =
         math::FocalCosine(o, sum_squares, x_y, z_max, rest, hn::Load(d, row_tz), o.Set(a.cosine_alpha), gamma,
                           o.Set(a.xent), w, log_norm);
-    const auto loss = hn::IfThenElse(hn::IsNaN(w), w, rc.loss);  // NaN rows under allow_non_finite
+    // NaN rows under allow_non_finite (a NaN upstream weight leaves the loss alone).
+    const auto loss = hn::IfThenElse(hn::Ne(hn::Load(d, row_nan), hn::Zero(d)),
+                                     hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rc.loss);
     hn::Store(loss, d, row_loss);
     // p_j = e_j / (1 + rest); the target's p_y - 1 as expm1(log p_y), exact as p_y → 1.
     hn::Store(rc.coef_x, d, row_cx);

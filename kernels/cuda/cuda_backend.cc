@@ -78,6 +78,8 @@ struct CudaBackend::Impl {
   mutable std::condition_variable lane_freed;
   mutable std::deque<Lane*> free_lanes;  ///< devices interleaved, taken from the front, returned to the back
 
+  ~Impl();  // releases whatever Create made, also when it failed half-way
+
   /// OK, or the error of `e` as a status naming the device and step; marks the device unhealthy
   /// when the error is sticky.
   absl::Status Check(cudaError_t e, Device& device, const char* what) const;
@@ -278,8 +280,10 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
 
 CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-CudaBackend::~CudaBackend() {
-  for (const auto& lane : impl_->lanes) {
+CudaBackend::~CudaBackend() = default;
+
+CudaBackend::Impl::~Impl() {
+  for (const auto& lane : lanes) {
     cudaSetDevice(lane->device->ordinal);
     if (lane->stream) cudaStreamSynchronize(lane->stream);
     for (int b = 0; b < 2; ++b) {
@@ -345,8 +349,12 @@ absl::StatusOr<LossResult> CudaBackend::Compute(const LossJob& job) const {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(const JobPlan plan, ValidateJob(job));  // nothing reaches a device before this passes
   ASSIGN_OR_RETURN(Lane* const lane, impl_->Acquire());
+  struct ReleaseOnExit {  // also when a result allocation throws
+    const Impl& impl;
+    Lane* lane;
+    ~ReleaseOnExit() { impl.Release(lane); }
+  } release{*impl_, lane};
   absl::StatusOr<LossResult> result = impl_->Run(*lane, job, plan);
-  impl_->Release(lane);
   if (result.ok()) {
     result->compute_micros =
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();

@@ -117,24 +117,27 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
   const T log_norm = math::LogNormalizer(o, rest);
   const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
   const bool valid = y >= 0;
-  // allow_non_finite: a row with a NaN or ±Inf logit has a NaN loss and gradient, as in PyTorch.
-  const bool nan_row = !stats.finite && a.propagate_nan;
+  // allow_non_finite: a counted row with a NaN or ±Inf logit has a NaN loss and gradient, as in
+  // PyTorch; an ignored one contributes 0 like every ignored item.
+  const bool nan_row = !stats.finite && a.propagate_nan && valid;
   T w = valid ? ItemWeight<T>(a, row.item) : T(0);
   if (nan_row) w = T(NAN);
   T loss;
   if constexpr (!kSmooth) {
-    const T x_y = valid ? LoadAs<T>(a.logits, kDT, row.base + y * row.stride) : T(0);
+    // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
+    const T x_y = valid ? LoadAs<T>(a.logits, kDT, row.base + y * row.stride) : max;
     const T alpha_y = valid ? (a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1)) : T(0);
     const T u_y = math::LogProb(o, x_y, max, log_norm);
     const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, u_y, gamma);
     loss = valid ? alpha_y * term.f : T(0);
-    if constexpr (kGrad) {
+    if (kGrad && row.active) {
       // α_y g(p_y)(p_j - [j = y]) with p_j = e^(x_j - max) / (1 + rest); p_y - 1 as expm1(log p_y).
       const T k = w * (alpha_y * term.g);
       const T kp = k / (rest + T(1));
       const T fix = k * o.Expm1(u_y);
-      WriteRowGradient<kDT>(team, a, row.base, row.stride,
-                            [&](int64_t c, T x) { return c == y ? fix : kp * o.Exp(x - max); });
+      WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
+        return !valid ? T(0) : c == y ? fix : kp * o.Exp(x - max);
+      });
     }
   } else {
     // ℓ = Σ_c q_c α_c f(p_c); ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j), W = Σ_c q_c α_c g(p_c).
@@ -152,11 +155,11 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
     });
     sums = team.Reduce(sums, AddSums());
     loss = valid ? sums.v[0] : T(0);
-    if constexpr (kGrad) {
+    if (kGrad && row.active) {
       const T W = sums.v[1];
       WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
         const T u = math::LogProb(o, x, max, log_norm);
-        return valid || nan_row ? w * (o.Exp(u) * W - qa_at(c) * math::SoftmaxFocalTerm(o, u, gamma).g) : T(0);
+        return valid ? w * (o.Exp(u) * W - qa_at(c) * math::SoftmaxFocalTerm(o, u, gamma).g) : T(0);
       });
     }
   }
@@ -201,14 +204,15 @@ __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const 
   const T rest = sums.v[0] + (sums.v[1] - T(1));
   const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
   const T x_y = LoadAs<T>(a.logits, kDT, row.base + y * row.stride);
+  const bool nan_row = !norm.finite && a.propagate_nan;  // NaN loss and gradient
   T w = ItemWeight<T>(a, row.item);
-  if (!norm.finite && a.propagate_nan) w = T(NAN);  // a NaN row: NaN loss and gradient
+  if (nan_row) w = T(NAN);
   T log_norm;
   const math::FocalCosineRow<T> rc = math::FocalCosine(o, norm.sum_squares, x_y, z_max, rest, sums.v[2],
                                                        static_cast<T>(a.cosine_alpha), gamma,
                                                        static_cast<T>(a.xent), w, log_norm);
-  const T loss = isnan(w) ? w : rc.loss;
-  if constexpr (kGrad) {
+  const T loss = nan_row ? T(NAN) : rc.loss;  // a NaN upstream weight leaves the loss alone
+  if (kGrad && row.active) {
     // p_j = e^(z_j - z_max) / (1 + rest); the target's p_y - 1 as expm1(log p_y).
     const T cp = rc.coef_p / (rest + T(1));
     const T u_y = math::LogProb(o, x_y * z_scale, z_max, log_norm);

@@ -193,23 +193,28 @@ class CudaBackendTest : public ::testing::Test {
   static void Compare(const Case& k, uint32_t seed = 7) {
     SCOPED_TRACE(k.name);
     const auto in = Build(k, seed);
-    const auto cpu = CpuBackend().Compute(in->job);
-    const auto gpu = backend_->Compute(in->job);
+    CompareJob(in->job);
+  }
+
+  static void CompareJob(const LossJob& job) {
+    const DType logits_dtype = job.logits.dtype;
+    const auto cpu = CpuBackend().Compute(job);
+    const auto gpu = backend_->Compute(job);
     ASSERT_EQ(gpu.ok(), cpu.ok()) << "cuda: " << gpu.status() << " cpu: " << cpu.status();
     if (!cpu.ok()) {
       EXPECT_EQ(gpu.status(), cpu.status());
       return;
     }
     EXPECT_EQ(gpu->count, cpu->count);
-    const double loss_tol = k.logits_dtype == DType::kFloat64 ? 1e-12 : 1e-6;
+    const double loss_tol = logits_dtype == DType::kFloat64 ? 1e-12 : 1e-6;
     EXPECT_NEAR(gpu->loss, cpu->loss, loss_tol * std::fabs(cpu->loss) + 1e-30) << "reduced loss";
     EXPECT_EQ(gpu->losses.has_value(), cpu->losses.has_value());
-    if (gpu->losses && cpu->losses) ExpectTensorsClose(*gpu->losses, *cpu->losses, k.logits_dtype, "losses");
+    if (gpu->losses && cpu->losses) ExpectTensorsClose(*gpu->losses, *cpu->losses, logits_dtype, "losses");
     EXPECT_EQ(gpu->gradient.has_value(), cpu->gradient.has_value());
-    if (gpu->gradient && cpu->gradient) ExpectTensorsClose(*gpu->gradient, *cpu->gradient, k.logits_dtype, "gradient");
+    if (gpu->gradient && cpu->gradient) ExpectTensorsClose(*gpu->gradient, *cpu->gradient, logits_dtype, "gradient");
     EXPECT_EQ(gpu->backend.rfind("cuda:", 0), 0u) << gpu->backend;
     // The same request again: the same bits.
-    const auto again = backend_->Compute(in->job);
+    const auto again = backend_->Compute(job);
     ASSERT_TRUE(again.ok()) << again.status();
     EXPECT_EQ(std::memcmp(&again->loss, &gpu->loss, sizeof(double)), 0) << "loss differs between runs";
     if (gpu->gradient) {
@@ -407,6 +412,42 @@ TEST_F(CudaBackendTest, NonFiniteInputs) {
       for (size_t j = 0; j < c.size(); ++j) {
         if (std::isnan(c[j])) {
           EXPECT_TRUE(std::isnan(g[j])) << "losses[" << j << "]";
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, IgnoredRowsContributeZeroWhateverTheirLogits) {
+  // Rows far below 0 (a dummy x_y of 0 would give log p_y > 0) and, under allow_non_finite, a
+  // NaN in an ignored row: loss 0 and gradient 0 on both backends, in every softmax path.
+  for (const Shape& shape : {Shape{40, 5}, Shape{4, 5, 30}, Shape{6, 3000}}) {
+    for (double smoothing : {0.0, 0.1}) {
+      for (double gamma : {0.5, 2.0}) {
+        for (bool with_nan : {false, true}) {
+          SCOPED_TRACE(absl::StrCat(Describe(shape), " smoothing ", smoothing, " gamma ", gamma, with_nan ? " NaN" : ""));
+          const int64_t N = shape[0], C = shape[1], S = shape.size() > 2 ? shape[2] : 1;
+          std::vector<double> x = RandomNormal(static_cast<size_t>(N * C * S), 2, 11);
+          for (int64_t c = 0; c < C; ++c) x[(1 * C + c) * S] = -100;
+          if (with_nan) x[(1 * C + 2) * S] = std::nan("");
+          Shape ts{N};
+          if (S > 1) ts.push_back(S);
+          std::vector<double> y = RandomClasses(static_cast<size_t>(N * S), C, 12);
+          y[1 * S] = -100;
+          const HostTensor logits = MakeTensor(DType::kFloat32, shape, x);
+          const HostTensor targets = MakeTensor(DType::kInt64, ts, y);
+          SoftmaxFocalParams p;
+          p.gamma = gamma;
+          p.label_smoothing = smoothing;
+          p.ignore_index = -100;
+          LossJob job;
+          job.spec.params = p;
+          job.spec.reduction = Reduction::kNone;
+          job.logits = logits.view();
+          job.targets = targets.view();
+          job.compute_gradient = true;
+          job.allow_non_finite = with_nan;
+          CompareJob(job);
         }
       }
     }

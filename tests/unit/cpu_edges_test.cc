@@ -409,3 +409,67 @@ TEST(UpstreamGradient, NoneTakesAPerItemTensorOfAnyFloatDtype) {
 
 }  // namespace
 }  // namespace focal
+
+namespace focal {
+namespace {
+
+// Ignored rows contribute 0 to the loss and the gradient whatever their logits hold: rows far
+// below 0 (where a dummy target logit of 0 would make log p_y > 0 and (1-p)^γ NaN), and rows
+// with a NaN under allow_non_finite. In every softmax path: [N, C], label-smoothed, strided.
+TEST(IgnoredRows, ContributeZeroWhateverTheirLogits) {
+  for (const Shape& shape : {Shape{4, 5}, Shape{4, 5, 3}}) {
+    for (double smoothing : {0.0, 0.1}) {
+      for (double gamma : {0.5, 1.5, 2.0}) {
+        for (double low : {-3.0, -100.0, -1e4}) {
+          for (bool with_nan : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "shape rank " << shape.size() << " ε " << smoothing << " γ " << gamma
+                                            << " logits " << low << (with_nan ? " with NaN" : ""));
+            const int64_t C = shape[1], S = shape.size() > 2 ? shape[2] : 1, N = shape[0];
+            std::vector<double> x = testing::RandomNormal(static_cast<size_t>(N * C * S), 2, 11);
+            // Row (position) 0 of n = 1 is ignored and far below 0; it holds a NaN when asked.
+            for (int64_t c = 0; c < C; ++c) x[(1 * C + c) * S] = low;
+            if (with_nan) x[(1 * C + 2) * S] = std::nan("");
+            Shape ts{N};
+            if (S > 1) ts.push_back(S);
+            std::vector<double> y = testing::RandomClasses(static_cast<size_t>(N * S), C, 12);
+            y[1 * S] = -100;
+            const HostTensor logits = MakeTensor(DType::kFloat32, shape, x);
+            const HostTensor targets = MakeTensor(DType::kInt64, ts, y);
+            LossSpec spec = Softmax(gamma, smoothing);
+            std::get<SoftmaxFocalParams>(spec.params).ignore_index = -100;
+            LossJob job = MakeJob(spec, logits, targets, Reduction::kNone);
+            job.allow_non_finite = with_nan;
+            const auto r = Compute(job);
+            ASSERT_TRUE(r.ok()) << r.status();
+            const std::vector<double> losses = testing::Values(r->losses->view());
+            const std::vector<double> grad = testing::Values(r->gradient->view());
+            EXPECT_EQ(losses[1 * S], 0.0);
+            EXPECT_TRUE(AllFinite(losses));
+            for (int64_t c = 0; c < C; ++c) EXPECT_EQ(grad[(1 * C + c) * S], 0.0) << "class " << c;
+            EXPECT_TRUE(AllFinite(grad));
+            EXPECT_TRUE(std::isfinite(r->loss));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Under allow_non_finite a NaN upstream weight makes that item's gradient NaN, never its loss.
+TEST(UpstreamWeights, NaNWeightLeavesTheLossAlone) {
+  const HostTensor logits = MakeTensor(DType::kFloat32, {3, 6}, testing::RandomNormal(18, 2, 13));
+  const HostTensor targets = MakeTensor(DType::kInt64, {3}, {1, 4, 0});
+  const HostTensor weights = MakeTensor(DType::kFloat32, {3}, {std::nan(""), 1, 2});
+  for (const LossSpec& spec : {Softmax(2), Spec(FocalCosineParams{})}) {
+    LossJob job = MakeJob(spec, logits, targets, Reduction::kNone);
+    job.allow_non_finite = true;
+    job.grad_output = weights.view();
+    const auto r = Compute(job);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(AllFinite(testing::Values(r->losses->view()))) << VariantName(spec.params);
+    EXPECT_TRUE(std::isnan(testing::Values(r->gradient->view())[0])) << VariantName(spec.params);
+  }
+}
+
+}  // namespace
+}  // namespace focal
