@@ -943,6 +943,30 @@ TEST(FocalServeCli, HelpAndUnknownFlag) {
   EXPECT_NE(code, -1) << "the server kept running with an unknown flag";
 }
 
+// --backend=cuda fails loudly, naming why, when no CUDA device answers (this machine, CI); with
+// one, it serves on it and the start line names the device. auto says which it chose and why.
+TEST(FocalServeCli, BackendSelectionSaysWhichAndWhy) {
+  testing::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const int code = testing::RunProgram({kBinary, "--backend=cuda", "--listen=127.0.0.1:0", "--metrics-listen="},
+                                       dir.File("cuda.txt"), 20s);
+  const std::string said = testing::ReadFile(dir.File("cuda.txt"));
+  if (code == -1) {
+    // Still running after the timeout: a device answered and the server is serving on it.
+    EXPECT_NE(said.find("backend cuda:"), std::string::npos) << said;
+    GTEST_SKIP() << "a CUDA device answered; the no-device failure cannot be shown here";
+  }
+  EXPECT_NE(code, 0) << said;
+  EXPECT_NE(said.find("--backend=cuda"), std::string::npos) << said;
+  EXPECT_NE(said.find("no CUDA"), std::string::npos) << said;
+
+  std::string error;
+  const auto server = testing::ServerProcess::Start(kBinary, {}, &error, /*metrics=*/false);
+  ASSERT_NE(server, nullptr) << error;
+  EXPECT_NE(server->listening_line().find("backend cpu ("), std::string::npos) << server->listening_line();
+  EXPECT_NE(server->listening_line().find("no CUDA"), std::string::npos) << server->listening_line();
+}
+
 TEST(FocalServeDeadline, DeadlineExceededAndCancelledThenStillServing) {
   std::string error;
   auto server = Launch({"--debug-delay-ms", "500"}, &error, /*metrics=*/false);
