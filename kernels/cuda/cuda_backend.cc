@@ -55,7 +55,7 @@ size_t AlignUp(size_t n) { return (n + kDeviceAlignment - 1) / kDeviceAlignment 
 /// One device in use.
 struct Device {
   int ordinal = 0;
-  int multiprocessors = 1;
+  DeviceLimits limits;
   std::string description;
   std::atomic<bool> healthy{true};
   std::string failure;  ///< the sticky error that made it unhealthy (written once, under the pool lock)
@@ -198,7 +198,7 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   const float* item_weights = ItemWeightsAsFloat32(job, widened_weights);
   const bool none = job.spec.reduction == Reduction::kNone;
   const size_t out_size = DTypeSize(plan.output_dtype);
-  const LaunchPlan launch = PlanLaunch(kind, a, device.multiprocessors);
+  const LaunchPlan launch = PlanLaunch(kind, a, device.limits);
   const auto* softmax = std::get_if<SoftmaxFocalParams>(&job.spec.params);
   const size_t class_alpha_count = softmax ? softmax->alpha.size() : 0;
 
@@ -304,7 +304,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(CudaBackendOpti
     if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), info.ordinal) == wanted.end()) continue;
     auto device = std::make_unique<Device>();
     device->ordinal = info.ordinal;
-    device->multiprocessors = info.multiprocessors;
+    device->limits = DeviceLimits{info.multiprocessors, info.l2_bytes};
     device->description = DescribeDevice(info);
     impl->devices.push_back(std::move(device));
   }

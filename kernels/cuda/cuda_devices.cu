@@ -23,6 +23,7 @@ DeviceQuery QueryDevices() {
     info.compute_major = prop.major;
     info.compute_minor = prop.minor;
     info.multiprocessors = prop.multiProcessorCount;
+    info.l2_bytes = prop.l2CacheSize;
     info.memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
     query.devices.push_back(std::move(info));
   }

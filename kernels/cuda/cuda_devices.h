@@ -13,6 +13,7 @@ struct DeviceInfo {
   std::string name;
   int compute_major = 0, compute_minor = 0;
   int multiprocessors = 0;
+  int64_t l2_bytes = 0;
   int64_t memory_bytes = 0;
 };
 

@@ -19,6 +19,9 @@ constexpr int kBlockRowsPerSm = 4;  // 512-thread blocks: 2048 threads per SM
 
 constexpr int kFinishThreads = 256;
 
+/// 16-byte runs per lane the warp-row width aims for.
+constexpr int64_t kRunsPerLane = 4;
+
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /// The single-block fixed-order sum of the partials: thread t adds partials t, t + 256, ... in
@@ -36,9 +39,9 @@ bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
-LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, int multiprocessors) {
+LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, const DeviceLimits& device) {
   LaunchPlan plan;
-  const int64_t sms = std::max(multiprocessors, 1);
+  const int64_t sms = std::max(device.multiprocessors, 1);
   auto grid = [&](int64_t blocks_needed, int per_sm) {
     return static_cast<int>(std::min(std::max<int64_t>(blocks_needed, 1), sms * per_sm));
   };
@@ -56,12 +59,16 @@ LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, int multiprocessors)
     return plan;
   }
   if (a.classes <= kWarpRowMaxClasses) {
-    // Lanes per row: enough for one 16-byte run each (single elements when the row is not a
-    // whole number of runs), rounded up to a power of two, at most a warp.
+    // Lanes per row: about four 16-byte runs each (single elements when the row is not a whole
+    // number of runs), a power of two, at most a warp. Fewer lanes per row put several rows in
+    // each warp, so every shuffle of the reductions and every instruction of the per-row math
+    // serves all of them: at C = 80 float32, 8 lanes and 4 rows per warp instead of 32 lanes
+    // (12 of them idle) for one.
     const int64_t run = 16 / static_cast<int64_t>(DTypeSize(a.logits_dtype));
     const int64_t units = a.classes % run == 0 ? a.classes / run : a.classes;
+    const int64_t wanted = CeilDiv(units, kRunsPerLane);
     int width = 1;
-    while (width < 32 && width < units) width *= 2;
+    while (width < 32 && width < wanted) width *= 2;
     plan.shape = LaunchPlan::Shape::kWarpRows;
     plan.threads = kThreads;
     plan.row_width = width;
@@ -72,6 +79,14 @@ LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, int multiprocessors)
   plan.shape = LaunchPlan::Shape::kBlockRows;
   plan.threads = kBlockRowThreads;
   plan.blocks = grid(a.batch, kBlockRowsPerSm);
+  if (device.l2_bytes > 0) {
+    // The gradient pass reads the row again: keep the rows in flight within half the L2 so that
+    // the second read hits it (at C = 131072 bfloat16, 256 KiB a row: ~120 rows on an H200's
+    // 60 MB), but never fewer than one block per SM.
+    const int64_t row_bytes = a.classes * static_cast<int64_t>(DTypeSize(a.logits_dtype));
+    const int64_t rows_in_l2 = device.l2_bytes / 2 / row_bytes;
+    plan.blocks = static_cast<int>(std::min<int64_t>(plan.blocks, std::max(sms, rows_in_l2)));
+  }
   return plan;
 }
 

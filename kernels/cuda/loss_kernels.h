@@ -36,9 +36,16 @@ struct LaunchPlan {
   int row_width = 0;
 };
 
-/// The launch for `kind` over `a`'s shape on a device with `multiprocessors` SMs. It depends on
-/// nothing else, so the same job on the same kind of device always sums in the same order.
-LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, int multiprocessors);
+/// What the launch plan needs to know of a device.
+struct DeviceLimits {
+  int multiprocessors = 1;
+  int64_t l2_bytes = 0;  ///< 0: unknown (no cap on rows kept in flight for L2)
+};
+
+/// The launch for `kind` over `a`'s shape on `device`. It depends on nothing else, so the same
+/// job on the same kind of device always sums in the same order (bit-identical repeats; another
+/// device model, or a MIG slice with fewer SMs, may round the last bits differently).
+LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, const DeviceLimits& device);
 
 /// Enqueues the job on `stream`: clears `scalars`, runs the fused kernel (per-block partial sums
 /// into `partials`, plan.blocks of them) and the fixed-order final sum into scalars->loss_sum.

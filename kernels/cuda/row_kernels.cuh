@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "kernels/cuda/kernel_common.cuh"
+#include "kernels/cuda/online_softmax.h"
 
 namespace focal::cuda {
 
@@ -21,6 +22,7 @@ __device__ __forceinline__ void ForEachInRow(const Team& team, const KernelArgs&
   constexpr int kV = kVectorElements<kDT>;
   const int64_t C = a.classes;
   if (stride == 1 && C % kV == 0 && base % kV == 0) {
+#pragma unroll 4  // several loads in flight before the first use
     for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
       T x[kV];
       LoadRun<kV>(a.logits, kDT, base + v * kV, x);
@@ -42,6 +44,7 @@ __device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelA
   constexpr int kV = kVectorElements<kDT>;
   const int64_t C = a.classes;
   if (stride == 1 && C % kV == 0 && base % kV == 0) {
+#pragma unroll 4
     for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
       T x[kV], out[kV];
       LoadRun<kV>(a.logits, kDT, base + v * kV, x);
@@ -55,44 +58,6 @@ __device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelA
     }
   }
 }
-
-/// The softmax statistics of a row in one pass: the running max, Σ e^(x - max) over the logits
-/// below it (rescaled when the max moves), and how many equal it, so that the normaliser's
-/// rest = Σ e^(x - max) - 1 keeps the max's own 1 out of the sum (math::LogProb).
-template <class T>
-struct OnlineSoftmax {
-  T max, below, ties;
-  int finite;
-
-  __device__ __forceinline__ static OnlineSoftmax Empty() { return {-INFINITY, T(0), T(0), 1}; }
-
-  __device__ __forceinline__ void Add(const ScalarOps<T>& o, T x) {
-    finite &= isfinite(x) ? 1 : 0;
-    if (x > max) {
-      below = (below + ties) * o.Exp(max - x);
-      ties = T(1);
-      max = x;
-    } else if (x == max) {
-      ties += T(1);
-    } else {
-      below += o.Exp(x - max);  // a NaN lands here and makes the row NaN
-    }
-  }
-
-  /// rest of math::LogProb: the ties' count less the max's own 1 is exact.
-  __device__ __forceinline__ T Rest() const { return below + (ties - T(1)); }
-};
-
-struct CombineOnlineSoftmax {
-  template <class T>
-  __device__ __forceinline__ OnlineSoftmax<T> operator()(const OnlineSoftmax<T>& a, const OnlineSoftmax<T>& b) const {
-    const int finite = a.finite & b.finite;
-    if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite};
-    const OnlineSoftmax<T>& hi = a.max > b.max ? a : b;
-    const OnlineSoftmax<T>& lo = a.max > b.max ? b : a;
-    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite};
-  }
-};
 
 /// Where a row is and what its team does with it.
 struct RowRef {
@@ -185,7 +150,7 @@ __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const 
   ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) {
     norm.sum_squares += x * x;
     norm.max = o.Max(norm.max, x);
-    norm.finite &= isfinite(x) ? 1 : 0;
+    norm.finite &= IsFiniteValue(x) ? 1 : 0;
   });
   norm = team.Reduce(norm, [&](const Norm& p, const Norm& q) {
     return Norm{p.sum_squares + q.sum_squares, o.Max(p.max, q.max), p.finite & q.finite};

@@ -146,7 +146,8 @@ Measured Run(const BenchCase& c, int multiprocessors, size_t l2_bytes, int repea
                                                 ? N * inner
                                                 : elements);
   a.output_dtype = c.dtype;
-  const focal::cuda::LaunchPlan plan = focal::cuda::PlanLaunch(kind, a, multiprocessors);
+  const focal::cuda::LaunchPlan plan =
+      focal::cuda::PlanLaunch(kind, a, focal::cuda::DeviceLimits{multiprocessors, static_cast<int64_t>(l2_bytes)});
 
   std::vector<void*> logits(sets), targets(sets);
   for (int s = 0; s < sets; ++s) {

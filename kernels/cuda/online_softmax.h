@@ -1,0 +1,59 @@
+// The softmax statistics of a row in one pass, mergeable in any tree: the running max, the sum
+// of e^(x - max) over the logits below it (rescaled when the max moves) and the count of logits
+// equal to it, so that the normaliser's rest = Σ e^(x - max) - 1 keeps the max's own 1 out of the
+// sum (math::LogProb: a confident row keeps its digits). FOCAL_HD so that the host tests check
+// the algebra the kernels rely on.
+#pragma once
+
+#include <cmath>
+
+#include "focal/hd.h"
+#include "focal/math_ops.h"
+
+namespace focal::cuda {
+
+/// x is finite: written as x - x == 0 so that host and device compile the same expression.
+template <class T>
+FOCAL_HD bool IsFiniteValue(T x) {
+  return x - x == T(0);
+}
+
+template <class T>
+struct OnlineSoftmax {
+  T max, below, ties;
+  int finite;
+
+  FOCAL_HD static OnlineSoftmax Empty() { return {-INFINITY, T(0), T(0), 1}; }
+
+  FOCAL_HD void Add(const ScalarOps<T>& o, T x) {
+    finite &= IsFiniteValue(x) ? 1 : 0;
+    if (x > max) {
+      below = (below + ties) * o.Exp(max - x);
+      ties = T(1);
+      max = x;
+    } else if (x == max) {
+      ties += T(1);
+    } else {
+      below += o.Exp(x - max);  // a NaN lands here and makes the row NaN
+    }
+  }
+
+  /// rest of math::LogProb: the ties' count less the max's own 1 is exact.
+  FOCAL_HD T Rest() const { return below + (ties - T(1)); }
+};
+
+/// Merges two partial states. Commutative to the bit (each branch is symmetric in its
+/// arguments), which the butterfly reductions of teams.cuh need: both partners of an exchange
+/// compute the same value. The max never becomes NaN (Add sends NaN to `below`).
+struct CombineOnlineSoftmax {
+  template <class T>
+  FOCAL_HD OnlineSoftmax<T> operator()(const OnlineSoftmax<T>& a, const OnlineSoftmax<T>& b) const {
+    const int finite = a.finite & b.finite;
+    if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite};
+    const OnlineSoftmax<T>& hi = a.max > b.max ? a : b;
+    const OnlineSoftmax<T>& lo = a.max > b.max ? b : a;
+    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite};
+  }
+};
+
+}  // namespace focal::cuda
