@@ -280,6 +280,41 @@ HWY_INLINE hn::TFromD<D> SumLanes(D d, hn::Vec<D> v) { return hn::GetLane(hn::Su
 template <class D>
 HWY_INLINE hn::TFromD<D> MaxLanesOf(D d, hn::Vec<D> v) { return hn::GetLane(hn::MaxOfLanes(d, v)); }
 
+/// A row sum of vectors that stays accurate for long rows: lanes add in T for blocks of
+/// kBlock vectors, and each block's total joins a float64 sum. A float lane that takes 16384
+/// terms in turn (C = 262144 with 16 lanes) drifts by ~1e-5; in blocks of 64 it stays near the
+/// tree sums of the CUDA kernels (VARIANTS.md: at least float32-pairwise with a float64 step).
+template <class D>
+class RowSum {
+ public:
+  static constexpr int kBlock = 64;
+  HWY_INLINE explicit RowSum(D d) : d_(d), lanes_(hn::Zero(d)) {}
+  HWY_INLINE void Add(hn::Vec<D> v) {
+    lanes_ = hn::Add(lanes_, v);
+    if (++count_ == kBlock) Flush();
+  }
+  HWY_INLINE void MulAdd(hn::Vec<D> a, hn::Vec<D> b) {
+    lanes_ = hn::MulAdd(a, b, lanes_);
+    if (++count_ == kBlock) Flush();
+  }
+  /// The row's total plus `tail` (the scalar remainder), in T.
+  HWY_INLINE hn::TFromD<D> Total(double tail = 0) {
+    Flush();
+    return static_cast<hn::TFromD<D>>(total_ + tail);
+  }
+
+ private:
+  HWY_INLINE void Flush() {
+    total_ += static_cast<double>(hn::GetLane(hn::SumOfLanes(d_, lanes_)));
+    lanes_ = hn::Zero(d_);
+    count_ = 0;
+  }
+  D d_;
+  hn::Vec<D> lanes_;
+  int count_ = 0;
+  double total_ = 0;
+};
+
 /// With allow_non_finite, a NaN input must give NaN outputs, as in PyTorch. Highway's
 /// transcendentals map NaN to numbers (Exp(NaN) is 0), so the kernels put it back explicitly;
 /// without the flag such inputs are rejected and this costs nothing.
@@ -508,24 +543,27 @@ HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, i
   const hn::CappedTag<T, 1> d1;
   const HwyOps<decltype(d1)> o1{d1};
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  auto vrest = hn::Zero(d), vties = hn::Zero(d);
+  RowSum<D> vrest(d);
+  auto vties = hn::Zero(d);
   const auto vm = hn::Set(d, max);
   int64_t c = 0;
   for (; c + lanes <= C; c += lanes) {
     const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
     const auto ex = o.Exp(hn::Sub(x, vm));
     hn::StoreU(ex, d, e + c);
-    vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(x, vm), ex));
+    vrest.Add(hn::IfThenZeroElse(hn::Eq(x, vm), ex));
     vties = hn::Add(vties, math::TieTerm(o, x, vm));
   }
-  T rest = -1;
+  // The tail's terms and ties apart: -1 + a small term would round the term away.
+  T tail_rest = 0, ties = SumLanes(d, vties);
   for (; c < C; ++c) {
     const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
     const auto m = hn::Set(d1, max);
     hn::StoreU(o1.Exp(hn::Sub(x, m)), d1, e + c);
-    rest += hn::GetLane(hn::Add(math::RestTerm(o1, x, m), math::TieTerm(o1, x, m)));
+    tail_rest += hn::GetLane(math::RestTerm(o1, x, m));
+    ties += hn::GetLane(math::TieTerm(o1, x, m));
   }
-  return rest + SumLanes(d, vties) + SumLanes(d, vrest);
+  return vrest.Total(static_cast<double>(tail_rest) + static_cast<double>(ties - 1));
 }
 
 /// Rows up to this many classes are processed in groups of one vector's lanes, so that the
@@ -666,13 +704,13 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
       const auto q = hn::Add(hn::Set(dv, uniform), hn::IfThenElseZero(is_y, hn::Set(dv, 1 - eps)));
       return hn::Mul(q, a.class_alpha ? LoadFloat(dv, a.class_alpha, DType::kFloat32, cc) : hn::Set(dv, 1));
     };
-    auto vloss = hn::Zero(d), vw = hn::Zero(d);
+    RowSum<decltype(d)> vloss(d), vw(d);
     T tail_loss = 0, tail_w = 0;
     for (c = 0; c + lanes <= C; c += lanes) {
       const auto term = math::SoftmaxFocalTerm(o, log_prob(d, c), gamma);
       const auto qa = qa_of(d, di, c);
-      vloss = hn::MulAdd(qa, term.f, vloss);
-      vw = hn::MulAdd(qa, term.g, vw);
+      vloss.MulAdd(qa, term.f);
+      vw.MulAdd(qa, term.g);
     }
     for (; c < C; ++c) {
       const auto term = math::SoftmaxFocalTerm(o1, log_prob(d1, c), gamma1);
@@ -680,8 +718,8 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
       tail_loss += hn::GetLane(hn::Mul(qa, term.f));
       tail_w += hn::GetLane(hn::Mul(qa, term.g));
     }
-    T loss = tail_loss + SumLanes(d, vloss);
-    const T W = tail_w + SumLanes(d, vw);
+    T loss = vloss.Total(tail_loss);
+    const T W = vw.Total(tail_w);
     T w = static_cast<T>(ItemWeight<T>(a, row));
     if (!finite && a.propagate_nan) loss = w = std::numeric_limits<T>::quiet_NaN();
     if (a.gradient) {
@@ -873,7 +911,7 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
       row_y[g] = y;
       // Pass 1: ‖x‖² and max x.
-      auto vsq = hn::Zero(d);
+      RowSum<decltype(d)> vsq(d);
       auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
       T sq = 0, max = -std::numeric_limits<T>::infinity();
       bool finite = true;
@@ -881,7 +919,7 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       for (; c + lanes <= C; c += lanes) {
         const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
         finite &= hn::AllTrue(d, hn::IsFinite(x));
-        vsq = hn::MulAdd(x, x, vsq);
+        vsq.MulAdd(x, x);
         vmax = hn::Max(vmax, x);
       }
       for (; c < C; ++c) {
@@ -892,34 +930,36 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       }
       if (C >= lanes) max = std::max(max, MaxLanesOf(d, vmax));
       if (!finite && a.check_inputs) r.bad_input = true;
-      const T sum_squares = sq + SumLanes(d, vsq);
+      const T sum_squares = vsq.Total(sq);
       const T z_scale = math::CosineZScale(ScalarOps<T>(), sum_squares);
       const T z_max = max * z_scale;  // z_scale > 0, so max z = z_scale · max x
       // Pass 2: e_j (kept), rest as for LogProb, tz = Σ z_j e_j.
-      auto vrest = hn::Zero(d), vties = hn::Zero(d), vtz = hn::Zero(d);
-      T rest = -1, tz = 0;
+      RowSum<decltype(d)> vrest(d), vtz(d);
+      auto vties = hn::Zero(d);
+      T tail_rest = 0, tail_ties = 0, tz = 0;
       const auto zm = hn::Set(d, z_max);
       for (c = 0; c + lanes <= C; c += lanes) {
         const auto z = hn::Mul(LoadFloat(d, a.logits, a.logits_dtype, base + c), hn::Set(d, z_scale));
         const auto ez = o.Exp(hn::Sub(z, zm));
         hn::StoreU(ez, d, row_e + c);
-        vrest = hn::Add(vrest, hn::IfThenZeroElse(hn::Eq(z, zm), ez));
+        vrest.Add(hn::IfThenZeroElse(hn::Eq(z, zm), ez));
         vties = hn::Add(vties, math::TieTerm(o, z, zm));
-        vtz = hn::MulAdd(z, ez, vtz);
+        vtz.MulAdd(z, ez);
       }
       for (; c < C; ++c) {
         const auto z = hn::Mul(LoadFloat(d1, a.logits, a.logits_dtype, base + c), hn::Set(d1, z_scale));
         const auto zm1 = hn::Set(d1, z_max);
         const auto ez = o1.Exp(hn::Sub(z, zm1));
         hn::StoreU(ez, d1, row_e + c);
-        rest += hn::GetLane(hn::Add(math::RestTerm(o1, z, zm1), math::TieTerm(o1, z, zm1)));
+        tail_rest += hn::GetLane(math::RestTerm(o1, z, zm1));
+        tail_ties += hn::GetLane(math::TieTerm(o1, z, zm1));
         tz += hn::GetLane(hn::Mul(z, ez));
       }
       row_sq[g] = sum_squares;
       row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
       row_zmax[g] = z_max;
-      row_rest[g] = rest + SumLanes(d, vties) + SumLanes(d, vrest);
-      row_tz[g] = tz + SumLanes(d, vtz);
+      row_rest[g] = vrest.Total(static_cast<double>(tail_rest) + static_cast<double>(SumLanes(d, vties) + tail_ties - 1));
+      row_tz[g] = vtz.Total(tz);
       row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
       if (!finite && a.propagate_nan) {
         row_w[g] = std::numeric_limits<T>::quiet_NaN();

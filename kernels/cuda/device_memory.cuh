@@ -3,13 +3,12 @@
 // elements allows it. Included by the kernel translation units only.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "focal/dtype.h"
+#include "kernels/cuda/device_api.h"
 
 namespace focal::cuda {
 
@@ -75,19 +74,28 @@ __device__ __forceinline__ void StoreAs(void* base, DType dt, int64_t i, T v) {
   }
 }
 
-/// kBytes of raw memory at an address aligned to min(kBytes, 16), in the widest accesses that fit.
+/// kBytes of raw memory at an address aligned to min(kBytes, 16), in the widest accesses that
+/// fit. The local side goes through memcpy, never a pointer cast: reading a float16 array as
+/// uint4 would break strict aliasing, and the compiler may then reorder or drop the copies (the
+/// host emulation caught exactly that); memcpy between registers compiles to moves.
 template <int kBytes>
 __device__ __forceinline__ void LoadRaw(const void* src, void* dst) {
   if constexpr (kBytes % 16 == 0) {
 #pragma unroll
-    for (int k = 0; k < kBytes / 16; ++k) static_cast<uint4*>(dst)[k] = __ldg(static_cast<const uint4*>(src) + k);
+    for (int k = 0; k < kBytes / 16; ++k) {
+      const uint4 v = __ldg(static_cast<const uint4*>(src) + k);
+      memcpy(static_cast<char*>(dst) + 16 * k, &v, 16);
+    }
   } else if constexpr (kBytes == 8) {
-    *static_cast<uint2*>(dst) = __ldg(static_cast<const uint2*>(src));
+    const uint2 v = __ldg(static_cast<const uint2*>(src));
+    memcpy(dst, &v, 8);
   } else if constexpr (kBytes == 4) {
-    *static_cast<uint32_t*>(dst) = __ldg(static_cast<const unsigned int*>(src));
+    const unsigned int v = __ldg(static_cast<const unsigned int*>(src));
+    memcpy(dst, &v, 4);
   } else {
     static_assert(kBytes == 2, "runs of 2, 4, 8 or 16k bytes");
-    *static_cast<unsigned short*>(dst) = __ldg(static_cast<const unsigned short*>(src));
+    const unsigned short v = __ldg(static_cast<const unsigned short*>(src));
+    memcpy(dst, &v, 2);
   }
 }
 
@@ -95,14 +103,24 @@ template <int kBytes>
 __device__ __forceinline__ void StoreRaw(const void* src, void* dst) {
   if constexpr (kBytes % 16 == 0) {
 #pragma unroll
-    for (int k = 0; k < kBytes / 16; ++k) static_cast<uint4*>(dst)[k] = static_cast<const uint4*>(src)[k];
+    for (int k = 0; k < kBytes / 16; ++k) {
+      uint4 v;
+      memcpy(&v, static_cast<const char*>(src) + 16 * k, 16);
+      static_cast<uint4*>(dst)[k] = v;
+    }
   } else if constexpr (kBytes == 8) {
-    *static_cast<uint2*>(dst) = *static_cast<const uint2*>(src);
+    uint2 v;
+    memcpy(&v, src, 8);
+    *static_cast<uint2*>(dst) = v;
   } else if constexpr (kBytes == 4) {
-    *static_cast<uint32_t*>(dst) = *static_cast<const uint32_t*>(src);
+    unsigned int v;
+    memcpy(&v, src, 4);
+    *static_cast<unsigned int*>(dst) = v;
   } else {
     static_assert(kBytes == 2, "runs of 2, 4, 8 or 16k bytes");
-    *static_cast<unsigned short*>(dst) = *static_cast<const unsigned short*>(src);
+    unsigned short v;
+    memcpy(&v, src, 2);
+    *static_cast<unsigned short*>(dst) = v;
   }
 }
 

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
 #pragma unroll
     for (int k = 0; k < kRun; ++k) {
       if (a.check_inputs && k < count) {
-        const bool ok = a.probabilities ? (x[k] >= T(0) && x[k] <= T(1)) : isfinite(x[k]);
+        const bool ok = a.probabilities ? (x[k] >= T(0) && x[k] <= T(1)) : IsFiniteValue(x[k]);
         if (!ok) bad |= kBadInput;
       }
       math::LossGrad<T> out = SigmoidElement(o, a, gamma, x[k], t[k], ap[k], an[k]);
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
       T g = out.grad * static_cast<T>(a.grad_scale);
       if (kGrad && a.item_weights) g = g * weight[k];
       // allow_non_finite: a NaN input gives NaN outputs, as in PyTorch.
-      const bool nan_in = a.propagate_nan && isnan(x[k]);
+      const bool nan_in = a.propagate_nan && x[k] != x[k];
       loss[k] = nan_in ? x[k] : out.loss;
       grad[k] = nan_in ? x[k] : g;
       if (k < count) sum += static_cast<double>(loss[k]);
@@ -160,8 +160,8 @@ cudaError_t LaunchSigmoid(bool index_targets, const KernelArgs& a, const LaunchP
   return DispatchLogitsDType(a.logits_dtype, [&](auto dt) {
     return DispatchBool(index_targets, [&](auto index) {
       return DispatchBool(a.gradient != nullptr, [&](auto grad) {
-        SigmoidKernel<decltype(dt)::value, decltype(index)::value, decltype(grad)::value>
-            <<<plan.blocks, plan.threads, 0, stream>>>(a, partials, flags);
+        FOCAL_LAUNCH(plan.blocks, plan.threads, stream,
+                     SigmoidKernel<decltype(dt)::value, decltype(index)::value, decltype(grad)::value>)(a, partials, flags);
         return cudaGetLastError();
       });
     });

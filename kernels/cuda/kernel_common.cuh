@@ -2,16 +2,15 @@
 // the deterministic reduction, and the switches from run-time job values to template arguments.
 #pragma once
 
-#include <cuda_runtime.h>
-
-#include <cub/block/block_reduce.cuh>
 #include <type_traits>
 
 #include "focal/kernel_args.h"
 #include "focal/math.h"
 #include "focal/math_ops.h"
+#include "kernels/cuda/device_api.h"
 #include "kernels/cuda/device_memory.cuh"
 #include "kernels/cuda/loss_kernels.h"
+#include "kernels/cuda/online_softmax.h"
 #include "kernels/cuda/teams.cuh"
 
 namespace focal::cuda {

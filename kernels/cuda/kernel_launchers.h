@@ -2,7 +2,11 @@
 // parallel; LaunchLoss (loss_kernels.cu) chooses among them.
 #pragma once
 
+#if defined(FOCAL_CUDA_EMULATION)
+#include "tests/cuda/emulation/device_emulation.h"  // the host tests' stand-in for the runtime
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 

@@ -108,7 +108,7 @@ cudaError_t LaunchLoss(KernelKind kind, const KernelArgs& a, const LaunchPlan& p
     case KernelKind::kFocalCosine: status = LaunchFocalCosine(a, plan, partials, flags, stream); break;
   }
   if (status != cudaSuccess) return status;
-  FinishKernel<<<1, kFinishThreads, 0, stream>>>(partials, plan.blocks, &scalars->loss_sum);
+  FOCAL_LAUNCH(1, kFinishThreads, stream, FinishKernel)(partials, plan.blocks, &scalars->loss_sum);
   return cudaGetLastError();
 }
 

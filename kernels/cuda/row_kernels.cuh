@@ -274,14 +274,14 @@ template <class Rows, bool kStrided = true>
 cudaError_t LaunchRows(const KernelArgs& a, const LaunchPlan& plan, double* partials, int* flags, cudaStream_t stream) {
   switch (plan.shape) {
     case LaunchPlan::Shape::kWarpRows:
-      WarpRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, plan.row_width, partials, flags);
+      FOCAL_LAUNCH(plan.blocks, plan.threads, stream, WarpRowsKernel<Rows>)(a, plan.row_width, partials, flags);
       break;
     case LaunchPlan::Shape::kBlockRows:
-      BlockRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, partials, flags);
+      FOCAL_LAUNCH(plan.blocks, plan.threads, stream, BlockRowsKernel<Rows>)(a, partials, flags);
       break;
     case LaunchPlan::Shape::kStridedRows:
       if constexpr (kStrided) {
-        StridedRowsKernel<Rows><<<plan.blocks, plan.threads, 0, stream>>>(a, partials, flags);
+        FOCAL_LAUNCH(plan.blocks, plan.threads, stream, StridedRowsKernel<Rows>)(a, partials, flags);
         break;
       }
       return cudaErrorInvalidValue;

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cuda/device_api.h"
+
 namespace focal::cuda {
 
 /// `v` from the lane `offset` away (xor) within groups of `width` lanes, any trivially copyable

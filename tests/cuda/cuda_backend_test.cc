@@ -1,165 +1,25 @@
-// The CUDA backend against the CPU backend, the reference: every variant × logits dtype × layout
-// × reduction × option, on sizes that are and are not multiples of the kernels' 8-element runs,
-// 16-byte vectors and block sizes, C from 1 to 262144, and empty inputs. Output buffers are
-// poisoned (0xFF: NaN in every float dtype) before each run, so an element a kernel does not
-// write fails the comparison; each case runs twice and must repeat bit for bit. Skips, with the
-// reason, where no CUDA device answers.
-//
-// Tolerances (the targets): the reduced loss within 1e-6 relative; per-item losses and
-// gradients within 1e-5 relative, with an absolute floor of 1e-6 × the tensor's largest magnitude
-// for elements that are differences of near-equal terms (the focal_cosine gradient is
-// coef_x·x + coef_p·p, whose error scales with the row, not with the element). Both backends
-// compute in float32 with libraries accurate to 1-2 ulp (CUDA's expf/logf/log1pf, Highway's
-// exp/log), and sum in different orders: ~1e-7 relative per item. Narrow outputs add one rounding
-// at each side: a value near a rounding boundary may land one ulp of the output dtype apart
-// (2^-10 float16, 2^-7 bfloat16). float64 logits compute in double on both: 1e-12.
+// The CUDA backend against the CPU backend, the reference, on a real device: the shared parity
+// cases of parity_cases.h (tolerances and their reasons there), with output buffers poisoned
+// (0xFF: NaN in every float dtype) before each run so an element a kernel does not write fails
+// the comparison, and every case run twice for bit-identical repeats; then concurrency and device
+// out-of-memory. Skips, with the reason, where no CUDA device answers.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_devices.h"
-#include "tests/unit/test_util.h"
+#include "tests/cuda/parity_cases.h"
 
 namespace focal::cuda {
 namespace {
 
-using focal::testing::HostTensor;
-using focal::testing::MakeTensor;
-using focal::testing::RandomClasses;
-using focal::testing::RandomNormal;
-using focal::testing::RandomUniform;
-using focal::testing::Values;
-
-enum class Targets { kIndex, kHard, kSoft };
-
-/// One comparison: what to build and how to ask for it.
-struct Case {
-  std::string name;
-  VariantParams params;
-  Shape shape;
-  DType logits_dtype = DType::kFloat32;
-  Targets targets = Targets::kIndex;
-  DType targets_dtype = DType::kInt64;
-  Reduction reduction = Reduction::kMean;
-  bool gradient = true;
-  std::optional<DType> output_dtype;
-  bool item_weights = false;      ///< NONE with an upstream gradient tensor
-  bool num_objects = false;       ///< dynamic_focal's α_n
-  bool background = false;        ///< sigmoid index targets include the background value C
-  std::optional<int64_t> ignore;  ///< class-index targets equal to this are ignored
-  double logit_scale = 3;
-};
-
-Case MakeCase(std::string name, VariantParams params, Shape shape, DType logits_dtype = DType::kFloat32,
-              Targets targets = Targets::kIndex, DType targets_dtype = DType::kInt64) {
-  Case k;
-  k.name = std::move(name);
-  k.params = std::move(params);
-  k.shape = std::move(shape);
-  k.logits_dtype = logits_dtype;
-  k.targets = targets;
-  k.targets_dtype = targets_dtype;
-  return k;
-}
-
-/// The tensors of a case, owned.
-struct Inputs {
-  HostTensor logits, targets, weights, objects;
-  LossJob job;
-};
-
-std::unique_ptr<Inputs> Build(const Case& k, uint32_t seed) {
-  auto in = std::make_unique<Inputs>();
-  int64_t n = 1;
-  for (int64_t d : k.shape) n *= d;
-  std::vector<double> x = RandomNormal(static_cast<size_t>(n), k.logit_scale, seed);
-  const auto* sigmoid = std::get_if<SigmoidFocalParams>(&k.params);
-  if (sigmoid && sigmoid->input == SigmoidInput::kProbabilities) x = RandomUniform(x.size(), 0, 1, seed);
-  in->logits = MakeTensor(k.logits_dtype, k.shape, x);
-  if (k.targets == Targets::kIndex) {
-    Shape ts{k.shape[0]};
-    ts.insert(ts.end(), k.shape.begin() + 2, k.shape.end());
-    int64_t rows = 1;
-    for (int64_t d : ts) rows *= d;
-    const int64_t C = k.shape[1];
-    std::vector<double> y = RandomClasses(static_cast<size_t>(rows), C + (k.background ? 1 : 0), seed + 1);
-    if (k.ignore) {
-      for (size_t i = 0; i < y.size(); i += 5) y[i] = static_cast<double>(*k.ignore);
-    }
-    in->targets = MakeTensor(k.targets_dtype, ts, y);
-  } else {
-    std::vector<double> t = RandomUniform(static_cast<size_t>(n), 0, 1, seed + 1);
-    if (k.targets == Targets::kHard) {
-      for (double& v : t) v = v < 0.3 ? 1 : 0;
-    } else {
-      for (size_t i = 0; i < t.size(); i += 7) t[i] = std::round(t[i]);  // exact 0/1 among soft ones
-    }
-    in->targets = MakeTensor(k.targets_dtype, k.shape, t);
-  }
-  LossJob& job = in->job;
-  job.spec.params = k.params;
-  job.spec.reduction = k.reduction;
-  job.logits = in->logits.view();
-  job.targets = in->targets.view();
-  job.compute_gradient = k.gradient;
-  job.output_dtype = k.output_dtype;
-  if (k.item_weights) {
-    const Shape item_shape = k.targets == Targets::kIndex ? in->targets.shape : k.shape;
-    int64_t items = 1;
-    for (int64_t d : item_shape) items *= d;
-    in->weights = MakeTensor(DType::kFloat32, item_shape, RandomUniform(static_cast<size_t>(items), -2, 2, seed + 2));
-    job.grad_output = in->weights.view();
-  } else if (k.reduction != Reduction::kNone) {
-    job.grad_output = 0.75;
-  }
-  if (k.num_objects) {
-    std::vector<double> counts = RandomUniform(static_cast<size_t>(k.shape[0]), 0, 6, seed + 3);
-    for (double& c : counts) c = std::floor(c);
-    counts[0] = 3;  // a positive mean
-    in->objects = MakeTensor(DType::kFloat32, {k.shape[0]}, counts);
-    job.num_objects = in->objects.view();
-  }
-  return in;
-}
-
-/// Relative tolerance of an output of `dtype` from logits of `logits_dtype`.
-double Tolerance(DType dtype, DType logits_dtype) {
-  switch (dtype) {
-    case DType::kFloat16: return std::ldexp(1.0, -10);
-    case DType::kBFloat16: return std::ldexp(1.0, -7);
-    default: return logits_dtype == DType::kFloat64 && dtype == DType::kFloat64 ? 1e-12 : 1e-5;
-  }
-}
-
-void ExpectTensorsClose(const OwnedTensor& gpu, const OwnedTensor& cpu, DType logits_dtype, const char* what) {
-  ASSERT_EQ(gpu.dtype, cpu.dtype) << what;
-  ASSERT_EQ(gpu.shape, cpu.shape) << what;
-  const std::vector<double> g = Values(gpu.view()), c = Values(cpu.view());
-  double scale = 0;
-  for (double v : c) {
-    if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
-  }
-  const double rel = Tolerance(gpu.dtype, logits_dtype);
-  int reported = 0;
-  for (size_t i = 0; i < c.size() && reported < 5; ++i) {
-    const bool ok = std::isnan(c[i]) ? std::isnan(g[i])
-                                     : std::fabs(g[i] - c[i]) <= rel * std::fabs(c[i]) + rel * 0.1 * scale;
-    if (!ok) {
-      ADD_FAILURE() << what << "[" << i << "]: cuda " << g[i] << " cpu " << c[i] << " (scale " << scale << ")";
-      ++reported;
-    }
-  }
-}
+using namespace parity;  // NOLINT: the shared cases and helpers
 
 class CudaBackendTest : public ::testing::Test {
  protected:
@@ -189,285 +49,31 @@ class CudaBackendTest : public ::testing::Test {
     if (!backend_) GTEST_SKIP() << *skip_reason_;
   }
 
-  /// Runs `k` on both backends (the CUDA one twice) and compares.
-  static void Compare(const Case& k, uint32_t seed = 7) {
-    SCOPED_TRACE(k.name);
-    const auto in = Build(k, seed);
-    CompareJob(in->job);
+  static DeviceCompute Device() {
+    return [](const LossJob& job) { return backend_->Compute(job); };
   }
-
-  static void CompareJob(const LossJob& job) {
-    const DType logits_dtype = job.logits.dtype;
-    const auto cpu = CpuBackend().Compute(job);
-    const auto gpu = backend_->Compute(job);
-    ASSERT_EQ(gpu.ok(), cpu.ok()) << "cuda: " << gpu.status() << " cpu: " << cpu.status();
-    if (!cpu.ok()) {
-      EXPECT_EQ(gpu.status(), cpu.status());
-      return;
-    }
-    EXPECT_EQ(gpu->count, cpu->count);
-    const double loss_tol = logits_dtype == DType::kFloat64 ? 1e-12 : 1e-6;
-    EXPECT_NEAR(gpu->loss, cpu->loss, loss_tol * std::fabs(cpu->loss) + 1e-30) << "reduced loss";
-    EXPECT_EQ(gpu->losses.has_value(), cpu->losses.has_value());
-    if (gpu->losses && cpu->losses) ExpectTensorsClose(*gpu->losses, *cpu->losses, logits_dtype, "losses");
-    EXPECT_EQ(gpu->gradient.has_value(), cpu->gradient.has_value());
-    if (gpu->gradient && cpu->gradient) ExpectTensorsClose(*gpu->gradient, *cpu->gradient, logits_dtype, "gradient");
-    EXPECT_EQ(gpu->backend.rfind("cuda:", 0), 0u) << gpu->backend;
-    // The same request again: the same bits.
-    const auto again = backend_->Compute(job);
-    ASSERT_TRUE(again.ok()) << again.status();
-    EXPECT_EQ(std::memcmp(&again->loss, &gpu->loss, sizeof(double)), 0) << "loss differs between runs";
-    if (gpu->gradient) {
-      EXPECT_EQ(again->gradient->bytes, gpu->gradient->bytes) << "gradient differs between runs";
-    }
-    if (gpu->losses) {
-      EXPECT_EQ(again->losses->bytes, gpu->losses->bytes) << "losses differ between runs";
-    }
+  static void CompareAll(const std::vector<Case>& cases) {
+    for (const Case& k : cases) CompareCase(Device(), k, "cuda:");
   }
+  static void Compare(const Case& k) { CompareCase(Device(), k, "cuda:"); }
 
   static inline CudaBackend* backend_ = nullptr;
   static inline std::string* skip_reason_ = nullptr;
   static inline bool failed_ = false;
 };
 
-constexpr DType kLogitsDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat64};
-constexpr Reduction kReductions[] = {Reduction::kMean, Reduction::kSum, Reduction::kNone};
-
-std::string Describe(const Shape& s) { return absl::StrCat("[", absl::StrJoin(s, ","), "]"); }
-
-/// Reduction, gradient, output dtype and upstream weights cycled by `i`, so that every
-/// combination appears across a family without a full product.
-void Vary(Case& k, int i) {
-  k.reduction = kReductions[i % 3];
-  k.gradient = i % 4 != 3;
-  if (i % 5 == 1) k.output_dtype = DType::kFloat32;
-  k.item_weights = k.reduction == Reduction::kNone && i % 2 == 0;
-  k.name = absl::StrCat(k.name, " ", DTypeName(k.logits_dtype), " ", Describe(k.shape), " reduction ",
-                        static_cast<int>(k.reduction), k.gradient ? " grad" : " no-grad",
-                        k.output_dtype ? " out f32" : "", k.item_weights ? " weights" : "");
-}
-
-TEST_F(CudaBackendTest, SoftmaxFocalRows) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (int64_t C : {1, 2, 3, 7, 8, 80, 81, 1000, 2048, 2049, 4099}) {
-      const int64_t N = std::max<int64_t>(3, std::min<int64_t>(257, 200000 / C));
-      for (int option = 0; option < 4; ++option) {
-        SoftmaxFocalParams p;
-        p.gamma = option == 2 ? 0.5 : 2.0;
-        if (option & 1) p.label_smoothing = 0.1;
-        if (option >= 2) {
-          p.alpha = std::vector<float>(static_cast<size_t>(C));
-          for (int64_t c = 0; c < C; ++c) p.alpha[c] = 0.25f + 0.5f * static_cast<float>(c % 3);
-          p.ignore_index = -100;
-        }
-        Case k = MakeCase(absl::StrCat("softmax option ", option), p, {N, C}, dt);
-        if (option >= 2) k.ignore = -100;
-        k.targets_dtype = option == 1 && C <= 255 ? DType::kUInt8 : option == 3 ? DType::kInt32 : DType::kInt64;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, SoftmaxFocalStrided) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (const Shape& shape : {Shape{3, 5, 7}, Shape{2, 19, 33, 17}, Shape{4, 2, 300}, Shape{1, 1000, 3}}) {
-      for (int option = 0; option < 3; ++option) {
-        SoftmaxFocalParams p;
-        if (option == 1) p.label_smoothing = 0.2;
-        if (option == 2) p.ignore_index = 255, p.gamma = 1.0;
-        Case k = MakeCase(absl::StrCat("softmax strided option ", option), p, shape, dt);
-        if (option == 2) k.ignore = 255, k.targets_dtype = DType::kInt32;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, SoftmaxFocalLargeClasses) {
-  // Block-per-row rows up to C = 262144 (a language-model vocabulary and more).
-  int i = 0;
-  for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
-    for (int64_t C : {131072, 262144, 262143}) {
-      for (bool smooth : {false, true}) {
-        SoftmaxFocalParams p;
-        if (smooth) p.label_smoothing = 0.1;
-        Case k = MakeCase(smooth ? "softmax large C smoothed" : "softmax large C", p, {3, C}, dt);
-        k.logit_scale = 6;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, SigmoidFocalFloatTargets) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (const Shape& shape : {Shape{1}, Shape{7}, Shape{8}, Shape{9}, Shape{33, 5}, Shape{1000, 80}, Shape{3, 19, 7, 9}}) {
-      for (int option = 0; option < 5; ++option) {
-        SigmoidFocalParams p;
-        Case k = MakeCase(absl::StrCat("sigmoid option ", option), p, shape, dt, Targets::kHard, DType::kFloat32);
-        if (option == 1) k.targets = Targets::kSoft;
-        if (option == 2) p.label_smoothing = 0.1, p.smoothing_classes = 4, p.gamma = 1.5;
-        if (option == 3) p.alpha = -1, p.gamma = 0, k.targets_dtype = dt;  // targets in the logits' dtype
-        if (option == 4) p.input = SigmoidInput::kProbabilities, k.targets = Targets::kSoft, k.targets_dtype = DType::kFloat64;
-        k.params = p;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, SigmoidFocalIndexTargets) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (const Shape& shape : {Shape{5, 3}, Shape{33, 80}, Shape{2, 7, 5, 3}, Shape{64, 1}}) {
-      for (int option = 0; option < 3; ++option) {
-        SigmoidFocalParams p;
-        Case k = MakeCase(absl::StrCat("sigmoid index option ", option), p, shape, dt, Targets::kIndex, DType::kInt64);
-        k.background = true;
-        if (option == 1) p.ignore_index = -1, k.ignore = -1, k.targets_dtype = DType::kInt32;
-        if (option == 2) p.label_smoothing = 0.05, p.gamma = 0.5;
-        k.params = p;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, DynamicFocal) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (const Shape& shape : {Shape{5, 17}, Shape{4, 3, 11}, Shape{9, 1}, Shape{2, 4096}}) {
-      for (bool objects : {false, true}) {
-        Case k = MakeCase(objects ? "dynamic with num_objects" : "dynamic", DynamicFocalParams{}, shape, dt, Targets::kHard,
-               DType::kFloat32);
-        k.num_objects = objects;
-        Vary(k, i++);
-        Compare(k);
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, FocalCosine) {
-  int i = 0;
-  for (DType dt : kLogitsDTypes) {
-    for (int64_t C : {1, 2, 3, 8, 80, 1000, 2049, 5000}) {
-      const int64_t N = std::max<int64_t>(2, std::min<int64_t>(129, 100000 / C));
-      FocalCosineParams p;
-      p.gamma = i % 2 ? 2.0 : 0.7;
-      Case k = MakeCase("focal_cosine", p, {N, C}, dt);
-      Vary(k, i++);
-      Compare(k);
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, EmptyInputs) {
-  int i = 0;
-  for (Case k : {MakeCase("softmax empty", SoftmaxFocalParams{}, {0, 80}),
-                 MakeCase("softmax strided empty", SoftmaxFocalParams{}, {0, 3, 4}),
-                 MakeCase("sigmoid empty", SigmoidFocalParams{}, {0}, DType::kFloat32, Targets::kHard, DType::kFloat32),
-                 MakeCase("focal_cosine empty", FocalCosineParams{}, {0, 5})}) {
-    for (Reduction r : kReductions) {
-      k.reduction = r;
-      k.name += absl::StrCat(" ", i++);
-      Compare(k);
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, NonFiniteInputs) {
-  for (bool allow : {false, true}) {
-    for (int variant = 0; variant < 3; ++variant) {
-      Case k = MakeCase("non-finite", SoftmaxFocalParams{}, {17, 9});
-      if (variant == 1) k.params = SigmoidFocalParams{}, k.targets = Targets::kHard, k.targets_dtype = DType::kFloat32;
-      if (variant == 2) k.params = FocalCosineParams{};
-      k.reduction = Reduction::kNone;
-      k.name = absl::StrCat("non-finite variant ", variant, allow ? " allowed" : " rejected");
-      SCOPED_TRACE(k.name);
-      auto in = Build(k, 3);
-      // A NaN and an infinity in the logits (float32: patch the bytes).
-      float* x = reinterpret_cast<float*>(in->logits.bytes.data());
-      x[20] = std::nanf("");
-      x[100] = INFINITY;
-      in->job.allow_non_finite = allow;
-      const auto cpu = CpuBackend().Compute(in->job);
-      const auto gpu = backend_->Compute(in->job);
-      ASSERT_EQ(gpu.ok(), cpu.ok()) << gpu.status() << " / " << cpu.status();
-      if (!allow) {
-        EXPECT_EQ(gpu.status(), cpu.status());  // the same first bad index in the message
-        continue;
-      }
-      // NaN where the CPU has NaN; elsewhere close.
-      const std::vector<double> g = Values(gpu->losses->view()), c = Values(cpu->losses->view());
-      for (size_t j = 0; j < c.size(); ++j) {
-        if (std::isnan(c[j])) {
-          EXPECT_TRUE(std::isnan(g[j])) << "losses[" << j << "]";
-        }
-      }
-    }
-  }
-}
-
-TEST_F(CudaBackendTest, IgnoredRowsContributeZeroWhateverTheirLogits) {
-  // Rows far below 0 (a dummy x_y of 0 would give log p_y > 0) and, under allow_non_finite, a
-  // NaN in an ignored row: loss 0 and gradient 0 on both backends, in every softmax path.
-  for (const Shape& shape : {Shape{40, 5}, Shape{4, 5, 30}, Shape{6, 3000}}) {
-    for (double smoothing : {0.0, 0.1}) {
-      for (double gamma : {0.5, 2.0}) {
-        for (bool with_nan : {false, true}) {
-          SCOPED_TRACE(absl::StrCat(Describe(shape), " smoothing ", smoothing, " gamma ", gamma, with_nan ? " NaN" : ""));
-          const int64_t N = shape[0], C = shape[1], S = shape.size() > 2 ? shape[2] : 1;
-          std::vector<double> x = RandomNormal(static_cast<size_t>(N * C * S), 2, 11);
-          for (int64_t c = 0; c < C; ++c) x[(1 * C + c) * S] = -100;
-          if (with_nan) x[(1 * C + 2) * S] = std::nan("");
-          Shape ts{N};
-          if (S > 1) ts.push_back(S);
-          std::vector<double> y = RandomClasses(static_cast<size_t>(N * S), C, 12);
-          y[1 * S] = -100;
-          const HostTensor logits = MakeTensor(DType::kFloat32, shape, x);
-          const HostTensor targets = MakeTensor(DType::kInt64, ts, y);
-          SoftmaxFocalParams p;
-          p.gamma = gamma;
-          p.label_smoothing = smoothing;
-          p.ignore_index = -100;
-          LossJob job;
-          job.spec.params = p;
-          job.spec.reduction = Reduction::kNone;
-          job.logits = logits.view();
-          job.targets = targets.view();
-          job.compute_gradient = true;
-          job.allow_non_finite = with_nan;
-          CompareJob(job);
-        }
-      }
-    }
-  }
-}
-
+TEST_F(CudaBackendTest, SoftmaxFocalRows) { CompareAll(SoftmaxRowCases(200000)); }
+TEST_F(CudaBackendTest, SoftmaxFocalStrided) { CompareAll(SoftmaxStridedCases()); }
+TEST_F(CudaBackendTest, SoftmaxFocalLargeClasses) { CompareAll(SoftmaxLargeClassCases()); }
+TEST_F(CudaBackendTest, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTargetCases()); }
+TEST_F(CudaBackendTest, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
+TEST_F(CudaBackendTest, DynamicFocal) { CompareAll(DynamicFocalCases()); }
+TEST_F(CudaBackendTest, FocalCosine) { CompareAll(FocalCosineCases(100000)); }
+TEST_F(CudaBackendTest, EmptyInputs) { CompareAll(EmptyCases()); }
+TEST_F(CudaBackendTest, NonFiniteInputs) { CheckNonFiniteInputs(Device(), "cuda:"); }
+TEST_F(CudaBackendTest, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(Device(), "cuda:"); }
 TEST_F(CudaBackendTest, BadTargetsAreRejectedLikeTheCpu) {
-  Case k = MakeCase("sigmoid bad target", SigmoidFocalParams{}, {10, 9}, DType::kFloat32, Targets::kSoft, DType::kFloat32);
-  auto in = Build(k, 5);
-  reinterpret_cast<float*>(in->targets.bytes.data())[41] = 1.5f;
-  const auto cpu = CpuBackend().Compute(in->job);
-  const auto gpu = backend_->Compute(in->job);
-  ASSERT_FALSE(cpu.ok());
-  EXPECT_EQ(gpu.status(), cpu.status());
-  Case d = MakeCase("dynamic soft target", DynamicFocalParams{}, {10, 9}, DType::kFloat32, Targets::kSoft, DType::kFloat32);
-  auto din = Build(d, 6);
-  const auto dcpu = CpuBackend().Compute(din->job);
-  const auto dgpu = backend_->Compute(din->job);
-  ASSERT_FALSE(dcpu.ok());
-  EXPECT_EQ(dgpu.status(), dcpu.status());
+  CheckBadTargets(Device(), "cuda:");
   // The backend keeps serving after errors.
   Case ok = MakeCase("after errors", SoftmaxFocalParams{}, {64, 80});
   Vary(ok, 0);

@@ -473,3 +473,24 @@ TEST(UpstreamWeights, NaNWeightLeavesTheLossAlone) {
 
 }  // namespace
 }  // namespace focal
+
+namespace focal {
+namespace {
+
+// A confident row's normaliser keeps every small term, also those of the SIMD tail (C not a
+// multiple of the vector width): log p_y = -log1p((C-1)e^-30) exactly to float precision.
+TEST(ConfidentRows, KeepTheSmallTermsOfTheirTail) {
+  for (int64_t C : {17, 33, 100}) {
+    std::vector<double> x(static_cast<size_t>(C), -10.0);
+    x[0] = 20;
+    const HostTensor logits = MakeTensor(DType::kFloat32, {1, C}, x);
+    const HostTensor targets = MakeTensor(DType::kInt64, {1}, {0});
+    const auto r = Compute(MakeJob(Softmax(0), logits, targets, Reduction::kSum));
+    ASSERT_TRUE(r.ok()) << r.status();
+    const long double expected = std::log1p(static_cast<long double>(C - 1) * std::exp(-30.0L));
+    EXPECT_NEAR(r->loss / static_cast<double>(expected), 1.0, 1e-6) << "C " << C;
+  }
+}
+
+}  // namespace
+}  // namespace focal

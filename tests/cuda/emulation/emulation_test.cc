@@ -1,0 +1,124 @@
+// The CUDA kernels' own source, run on the host through the device emulation
+// (device_emulation.h: every CUDA thread an OS thread, warps and blocks in lockstep at each
+// shuffle and barrier), against the CPU backend with the parity cases the real device runs
+// (parity_cases.h). This is how the kernels' logic — indexing, tails, the grid-stride loops,
+// the team reductions, the per-variant semantics — is checked on machines without a GPU, CI
+// included. It cannot check the device compiler, timing or speed: the bundle of
+// scripts/gpu-check.sh runs the same cases on a real device.
+//
+// The emulated "device" has 2 SMs, so grids are small and every grid-stride loop goes round
+// several times; sizes are smaller than on the device (each emulated block is 256-512 threads).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "focal/kernel_args.h"
+#include "focal/status_macros.h"
+#include "focal/validate.h"
+#include "kernels/cuda/loss_kernels.h"
+#include "tests/cuda/parity_cases.h"
+
+namespace focal::cuda {
+namespace {
+
+using namespace parity;  // NOLINT: the shared cases and helpers
+
+constexpr DeviceLimits kEmulatedDevice{2, int64_t{1} << 20};
+
+/// Host memory aligned as the backend's device buffers are (16 bytes and more).
+class Aligned {
+ public:
+  explicit Aligned(size_t bytes) : bytes_(bytes), data_(std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256)) {}
+  ~Aligned() { std::free(data_); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+  void* get() const { return bytes_ ? data_ : nullptr; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(get());
+  }
+
+ private:
+  size_t bytes_;
+  void* data_;
+};
+
+std::unique_ptr<Aligned> CopyOf(const void* src, size_t bytes) {
+  auto out = std::make_unique<Aligned>(bytes);
+  if (bytes) std::memcpy(out->get(), src, bytes);
+  return out;
+}
+
+/// What CudaBackend::Compute does, with host memory for device memory and the emulated launch:
+/// validate, copy the inputs into aligned buffers, poison the outputs, plan, launch, read back.
+absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
+  ASSIGN_OR_RETURN(const JobPlan plan, ValidateJob(job));
+  KernelArgs a;
+  const KernelKind kind = MakeKernelArgs(job, plan, a);
+  std::vector<float> widened;
+  const float* item_weights = ItemWeightsAsFloat32(job, widened);
+  const auto* softmax = std::get_if<SoftmaxFocalParams>(&job.spec.params);
+  const bool none = job.spec.reduction == Reduction::kNone;
+  const size_t out_size = DTypeSize(plan.output_dtype);
+  const auto logits = CopyOf(job.logits.data, job.logits.size_bytes);
+  const auto targets = CopyOf(job.targets.data, job.targets.size_bytes);
+  const auto row_alpha = CopyOf(plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float));
+  const auto class_alpha = CopyOf(softmax ? softmax->alpha.data() : nullptr, softmax ? softmax->alpha.size() * 4 : 0);
+  const auto weights = CopyOf(item_weights, item_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
+  const size_t gradient_bytes = job.compute_gradient ? static_cast<size_t>(plan.num_elements) * out_size : 0;
+  const size_t losses_bytes = none ? static_cast<size_t>(plan.num_items) * out_size : 0;
+  Aligned gradient(gradient_bytes), losses(losses_bytes), scalars(sizeof(JobScalars));
+  a.logits = logits->get();
+  a.targets = targets->get();
+  a.row_alpha = row_alpha->as<float>();
+  a.class_alpha = class_alpha->as<float>();
+  a.item_weights = weights->as<float>();
+  a.gradient = gradient.get();
+  a.losses = losses.get();
+  const LaunchPlan launch = PlanLaunch(kind, a, kEmulatedDevice);
+  Aligned partials(static_cast<size_t>(launch.blocks) * sizeof(double));
+  const bool empty = launch.shape == LaunchPlan::Shape::kEmpty;
+  if (gradient_bytes) std::memset(gradient.get(), empty ? 0 : 0xFF, gradient_bytes);  // poison, as on the device
+  if (losses_bytes) std::memset(losses.get(), empty ? 0 : 0xFF, losses_bytes);
+  if (LaunchLoss(kind, a, launch, partials.as<double>(), scalars.as<JobScalars>(), nullptr) != cudaSuccess) {
+    return absl::InternalError("LaunchLoss refused the job");
+  }
+  const JobScalars reported = *scalars.as<JobScalars>();
+  if (reported.flags != 0) RETURN_IF_ERROR(FindInvalidValue(job));
+  LossResult result;
+  result.backend = "emulated";
+  result.count = plan.count;
+  result.loss = ReducedLoss(job, plan, reported.loss_sum);
+  if (none) {
+    result.losses = OwnedTensor::Allocate(plan.output_dtype, plan.item_shape, plan.num_items);
+    std::memcpy(result.losses->data(), losses.get(), losses_bytes);
+  }
+  if (job.compute_gradient) {
+    result.gradient = OwnedTensor::Allocate(plan.output_dtype, job.logits.shape, plan.num_elements);
+    std::memcpy(result.gradient->data(), gradient.get(), gradient_bytes);
+  }
+  return result;
+}
+
+void CompareAll(const std::vector<Case>& cases) {
+  for (const Case& k : cases) CompareCase(EmulatedCompute, k, "emulated");
+}
+
+TEST(EmulatedKernels, SoftmaxFocalRows) { CompareAll(SoftmaxRowCases(1500)); }
+TEST(EmulatedKernels, SoftmaxFocalStrided) { CompareAll(SoftmaxStridedCases()); }
+TEST(EmulatedKernels, SoftmaxFocalLargeClasses) { CompareAll(SoftmaxLargeClassCases()); }
+TEST(EmulatedKernels, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTargetCases()); }
+TEST(EmulatedKernels, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
+TEST(EmulatedKernels, DynamicFocal) { CompareAll(DynamicFocalCases()); }
+TEST(EmulatedKernels, FocalCosine) { CompareAll(FocalCosineCases(3000)); }
+TEST(EmulatedKernels, EmptyInputs) { CompareAll(EmptyCases()); }
+TEST(EmulatedKernels, NonFiniteInputs) { CheckNonFiniteInputs(EmulatedCompute, "emulated"); }
+TEST(EmulatedKernels, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(EmulatedCompute, "emulated"); }
+TEST(EmulatedKernels, BadTargetsAreRejectedLikeTheCpu) { CheckBadTargets(EmulatedCompute, "emulated"); }
+
+}  // namespace
+}  // namespace focal::cuda
