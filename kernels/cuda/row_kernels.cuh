@@ -111,17 +111,19 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
     auto qa_at = [&](int64_t c) {
       return (uniform + (c == y ? T(1) - eps : T(0))) * (a.class_alpha ? static_cast<T>(a.class_alpha[c]) : T(1));
     };
-    Sums<T, 2> sums{{T(0), T(0)}};
+    // Σ over every class, in float64: W's error becomes the gradient's, and a thread of a
+    // block-row team adds up to C/512 terms in turn.
+    Sums<double, 2> sums{{0.0, 0.0}};
     ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
       const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, math::LogProb(o, x, max, log_norm), gamma);
       const T qa = qa_at(c);
-      sums.v[0] += qa * term.f;
-      sums.v[1] += qa * term.g;
+      sums.v[0] += static_cast<double>(qa * term.f);
+      sums.v[1] += static_cast<double>(qa * term.g);
     });
     sums = team.Reduce(sums, AddSums());
-    loss = valid ? sums.v[0] : T(0);
+    loss = valid ? static_cast<T>(sums.v[0]) : T(0);
     if (kGrad && row.active) {
-      const T W = sums.v[1];
+      const T W = static_cast<T>(sums.v[1]);
       WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
         const T u = math::LogProb(o, x, max, log_norm);
         return valid ? w * (o.Exp(u) * W - qa_at(c) * math::SoftmaxFocalTerm(o, u, gamma).g) : T(0);
