@@ -101,4 +101,4 @@ printf '%s\n' "${rows[@]}"
 RUN
 chmod +x .gpu/run.sh
 du -sh .gpu
-echo "bundle ready: run .gpu/run.sh on the GPU machine (carry .gpu)"
+echo "bundle ready: on the GPU machine run: bash .gpu/run.sh (carry .gpu, timeout_s 600)"
