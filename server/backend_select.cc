@@ -1,5 +1,7 @@
 #include "server/backend_select.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #if FOCAL_HAVE_CUDA
@@ -9,6 +11,24 @@
 
 namespace focal::server {
 namespace {
+
+/// --debug-unhealthy-after: forwards to `inner` and reports unhealthy after `limit` computations,
+/// so the tests can watch the server turn NOT_SERVING as it does after a sticky CUDA error.
+class UnhealthyAfter final : public Backend {
+ public:
+  UnhealthyAfter(std::unique_ptr<Backend> inner, int64_t limit) : inner_(std::move(inner)), limit_(limit) {}
+  absl::StatusOr<LossResult> Compute(const LossJob& job) const override {
+    ++computed_;
+    return inner_->Compute(job);
+  }
+  std::string Name() const override { return inner_->Name(); }
+  bool Healthy() const override { return inner_->Healthy() && computed_.load() < limit_; }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  int64_t limit_;
+  mutable std::atomic<int64_t> computed_{0};
+};
 
 std::unique_ptr<Backend> MakeCpu(const ServerOptions& options) {
   return std::make_unique<CpuBackend>(CpuBackendOptions{options.cpu_threads});
@@ -35,6 +55,14 @@ absl::StatusOr<SelectedBackend> MakeCuda(const ServerOptions& options) {
 }  // namespace
 
 absl::StatusOr<SelectedBackend> SelectBackend(const ServerOptions& options) {
+  absl::StatusOr<SelectedBackend> selected = SelectUndecorated(options);
+  if (selected.ok() && options.debug_unhealthy_after > 0) {
+    selected->backend = std::make_unique<UnhealthyAfter>(std::move(selected->backend), options.debug_unhealthy_after);
+  }
+  return selected;
+}
+
+absl::StatusOr<SelectedBackend> SelectUndecorated(const ServerOptions& options) {
   const std::string simd = CpuBackend::SimdTarget();
   if (options.backend == BackendChoice::kCpu) {
     SelectedBackend selected;

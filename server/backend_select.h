@@ -19,4 +19,7 @@ struct SelectedBackend {
 
 absl::StatusOr<SelectedBackend> SelectBackend(const ServerOptions& options);
 
+/// SelectBackend without the test-only decorations of the --debug-* flags.
+absl::StatusOr<SelectedBackend> SelectUndecorated(const ServerOptions& options);
+
 }  // namespace focal::server

@@ -87,6 +87,8 @@ const std::map<std::string, Flag>& Flags() {
                          IntFlag(&ServerOptions::drain_timeout_seconds, 0)}},
       {"debug-delay-ms", {"TEST ONLY: each computation sleeps this long first (default 0)",
                           IntFlag(&ServerOptions::debug_delay_ms, 0)}},
+      {"debug-unhealthy-after", {"TEST ONLY: the backend turns unhealthy after this many computations (default 0: never)",
+                                 IntFlag(&ServerOptions::debug_unhealthy_after, 0)}},
   };
   return *flags;
 }

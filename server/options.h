@@ -43,6 +43,9 @@ struct ServerOptions {
   KeepaliveOptions keepalive;
   int64_t drain_timeout_seconds = 30;  ///< SIGTERM: how long in-flight calls may take to finish
   int64_t debug_delay_ms = 0;          ///< test only: each computation sleeps this long first
+  /// Test only: the backend reports itself unhealthy after this many computations (0: never),
+  /// as a CUDA backend does after a sticky device error.
+  int64_t debug_unhealthy_after = 0;
 };
 
 /// Parses `--name=value` / `--name value` flags. `--help` yields a status whose message is the

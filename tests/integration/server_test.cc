@@ -1117,6 +1117,28 @@ TEST(FocalServeLimits, MaxElements) {
   EXPECT_TRUE(status.ok()) << Describe(status) << " (the limit is per request, not per stream)";
 }
 
+// A backend that stops being healthy (a CUDA device lost to a sticky error) turns the health
+// service NOT_SERVING within the watcher's second, so load balancers route around the replica.
+TEST(FocalServeHealth, AnUnhealthyBackendTurnsHealthNotServing) {
+  std::string error;
+  auto server = Launch({"--debug-unhealthy-after=1"}, &error, /*metrics=*/false);
+  ASSERT_NE(server, nullptr) << error;
+  auto channel = testing::MakeChannel(server->address());
+  auto stub = v1::FocalLossService::NewStub(channel);
+  int serving = 0;
+  ASSERT_TRUE(testing::HealthCheck(channel.get(), "", &serving).ok());
+  EXPECT_EQ(serving, kServing);
+  v1::ComputeResponse response;
+  const grpc::Status status = Compute(*stub, SmallRequest("last-healthy"), &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  const auto give_up = std::chrono::steady_clock::now() + 5s;
+  while (serving != kNotServing && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(100ms);
+    ASSERT_TRUE(testing::HealthCheck(channel.get(), "focal.v1.FocalLossService", &serving).ok());
+  }
+  EXPECT_EQ(serving, kNotServing) << "health still SERVING 5 s after the backend turned unhealthy";
+}
+
 TEST(FocalServeShutdown, SigtermDrainsInFlightRequestsAndExitsZero) {
   std::string error;
   auto server = Launch({"--debug-delay-ms=300", "--drain-timeout=10", "--max-concurrent=4"}, &error,
