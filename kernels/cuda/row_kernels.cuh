@@ -13,50 +13,55 @@
 
 namespace focal::cuda {
 
-/// Calls f(c, x_c) for the team member's share of the row's C logits at base + c·stride: runs of
-/// 16 bytes per member where the row is contiguous and aligned, single elements otherwise.
-template <DType kDT, class Team, class F>
-__device__ __forceinline__ void ForEachInRow(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
-                                             const F& f) {
+/// The member's share of the row's C logits at base + c·stride, in runs of 16 bytes per member
+/// where the row is contiguous and aligned, single elements otherwise. kWrite: f(c, x_c) is the
+/// gradient of class c, stored in the same runs (a run of V elements at an index that is a
+/// multiple of V is aligned for every output dtype); otherwise f(c, x_c) only reads.
+template <DType kDT, bool kWrite, class Team, class F>
+__device__ __forceinline__ void VisitRow(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
+                                         const F& f) {
   using T = ComputeT<kDT>;
   constexpr int kV = kVectorElements<kDT>;
   const int64_t C = a.classes;
   if (stride == 1 && C % kV == 0 && base % kV == 0) {
 #pragma unroll 4  // several loads in flight before the first use
     for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
-      T x[kV];
-      LoadRun<kV>(a.logits, kDT, base + v * kV, x);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) f(v * kV + k, x[k]);
-    }
-  } else {
-    for (int64_t c = team.rank(); c < C; c += team.size()) f(c, LoadAs<T>(a.logits, kDT, base + c * stride));
-  }
-}
-
-/// Writes the gradient g(c, x_c) of the member's share of the row, in the same runs as
-/// ForEachInRow (a run of V elements at an index that is a multiple of V is aligned for every
-/// output dtype).
-template <DType kDT, class Team, class G>
-__device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
-                                                 const G& g) {
-  using T = ComputeT<kDT>;
-  constexpr int kV = kVectorElements<kDT>;
-  const int64_t C = a.classes;
-  if (stride == 1 && C % kV == 0 && base % kV == 0) {
-#pragma unroll 4
-    for (int64_t v = team.rank(); v < C / kV; v += team.size()) {
       T x[kV], out[kV];
       LoadRun<kV>(a.logits, kDT, base + v * kV, x);
 #pragma unroll
-      for (int k = 0; k < kV; ++k) out[k] = g(v * kV + k, x[k]);
-      StoreRun<kV>(a.gradient, a.output_dtype, base + v * kV, out);
+      for (int k = 0; k < kV; ++k) {
+        if constexpr (kWrite) {
+          out[k] = f(v * kV + k, x[k]);
+        } else {
+          f(v * kV + k, x[k]);
+        }
+      }
+      if constexpr (kWrite) StoreRun<kV>(a.gradient, a.output_dtype, base + v * kV, out);
     }
   } else {
     for (int64_t c = team.rank(); c < C; c += team.size()) {
-      StoreAs(a.gradient, a.output_dtype, base + c * stride, g(c, LoadAs<T>(a.logits, kDT, base + c * stride)));
+      const T x = LoadAs<T>(a.logits, kDT, base + c * stride);
+      if constexpr (kWrite) {
+        StoreAs(a.gradient, a.output_dtype, base + c * stride, f(c, x));
+      } else {
+        f(c, x);
+      }
     }
   }
+}
+
+/// Calls f(c, x_c) over the member's share of the row.
+template <DType kDT, class Team, class F>
+__device__ __forceinline__ void ForEachInRow(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
+                                             const F& f) {
+  VisitRow<kDT, false>(team, a, base, stride, f);
+}
+
+/// Writes the gradient g(c, x_c) of the member's share of the row.
+template <DType kDT, class Team, class G>
+__device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
+                                                 const G& g) {
+  VisitRow<kDT, true>(team, a, base, stride, g);
 }
 
 /// Where a row is and what its team does with it.

@@ -163,6 +163,18 @@ inline void ExpectTensorsClose(const OwnedTensor& gpu, const OwnedTensor& cpu, D
   }
 }
 
+/// A job over tensors the caller owns, with the gradient asked for.
+inline LossJob GradientJob(VariantParams params, Reduction reduction, const HostTensor& logits,
+                           const HostTensor& targets) {
+  LossJob job;
+  job.spec.params = std::move(params);
+  job.spec.reduction = reduction;
+  job.logits = logits.view();
+  job.targets = targets.view();
+  job.compute_gradient = true;
+  return job;
+}
+
 /// The device under test: a backend's Compute, or the emulated kernels.
 using DeviceCompute = std::function<absl::StatusOr<LossResult>(const LossJob&)>;
 
@@ -434,12 +446,7 @@ inline void CheckIgnoredRows(const DeviceCompute& device, const std::string& bac
           p.gamma = gamma;
           p.label_smoothing = smoothing;
           p.ignore_index = -100;
-          LossJob job;
-          job.spec.params = p;
-          job.spec.reduction = Reduction::kNone;
-          job.logits = logits.view();
-          job.targets = targets.view();
-          job.compute_gradient = true;
+          LossJob job = GradientJob(p, Reduction::kNone, logits, targets);
           job.allow_non_finite = with_nan;
           CompareJob(device, job, backend_prefix);
         }

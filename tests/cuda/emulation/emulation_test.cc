@@ -138,12 +138,7 @@ TEST(EmulatedKernels, LongRowsAgainstALongDoubleReference) {
       const HostTensor targets = MakeTensor(DType::kInt64, {N}, y);
       SoftmaxFocalParams p;
       p.label_smoothing = eps;
-      LossJob job;
-      job.spec.params = p;
-      job.spec.reduction = Reduction::kSum;
-      job.logits = logits.view();
-      job.targets = targets.view();
-      job.compute_gradient = true;
+      const LossJob job = GradientJob(p, Reduction::kSum, logits, targets);
       const auto cpu = CpuBackend().Compute(job);
       const auto emulated = EmulatedCompute(job);
       ASSERT_TRUE(cpu.ok() && emulated.ok());
