@@ -11,6 +11,9 @@ absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(st
 absl::StatusOr<TensorView> TensorFromProto(const v1::Tensor& t, absl::string_view field) {
   TensorView view;
   ASSIGN_OR_RETURN(view.dtype, FromProto(t.dtype(), absl::StrCat(field, ".dtype")));
+  if (t.shape_size() > kMaxRank) {
+    return Invalid(absl::StrCat(field, ".shape has ", t.shape_size(), " dimensions; at most ", kMaxRank));
+  }
   view.shape.assign(t.shape().begin(), t.shape().end());
   view.data = t.data().data();  // in place: no copy of the request's bytes
   view.size_bytes = t.data().size();
@@ -75,7 +78,7 @@ absl::StatusOr<DType> FromProto(int dtype, absl::string_view field) {
   return static_cast<DType>(dtype);
 }
 
-absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const CodecLimits& limits) {
+absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits) {
   LossJob job;
   if (!request.has_loss()) return Invalid("loss is missing; it names the variant and its parameters");
   ASSIGN_OR_RETURN(job.spec.params, ParamsFromProto(request.loss()));
@@ -95,6 +98,13 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
   if (elements > limits.max_elements) {
     return absl::ResourceExhaustedError(absl::StrCat("logits has ", elements, " elements; this server takes at most ",
                                                      limits.max_elements, " per request (--max-elements)"));
+  }
+  // dim 1 is the class dimension of every class-indexed layout; Evaluate sizes per-class sums
+  // from it even when dim 0 is 0, so it is bounded for every variant and every RPC.
+  if (job.logits.shape.size() >= 2 && job.logits.shape[1] > limits.max_classes) {
+    return absl::ResourceExhaustedError(absl::StrCat("logits.shape[1] is ", job.logits.shape[1],
+                                                     " classes; this server takes at most ", limits.max_classes,
+                                                     " per request (--max-classes)"));
   }
   if (request.has_num_objects()) {
     ASSIGN_OR_RETURN(job.num_objects, TensorFromProto(request.num_objects(), "num_objects"));

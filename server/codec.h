@@ -8,19 +8,18 @@
 #include "absl/strings/string_view.h"
 #include "focal/job.h"
 #include "focal/v1/focal_loss.pb.h"
+#include "server/limits.h"
 
 namespace focal::server {
 
-/// Limits the codec enforces before anything is computed.
-struct CodecLimits {
-  int64_t max_elements = int64_t{1} << 28;  ///< logits elements per request
-};
 
 /// Decodes a request into a LossJob whose tensors are views into `request`'s bytes, which must
 /// outlive the job. Wire-level problems (missing tensors, unknown dtype, variant or reduction)
-/// are INVALID_ARGUMENT naming the field; an oversized request is RESOURCE_EXHAUSTED. Shapes,
+/// are INVALID_ARGUMENT naming the field; a tensor of more than kMaxRank dimensions is
+/// INVALID_ARGUMENT; more logits elements or classes than `limits` allow is RESOURCE_EXHAUSTED,
+/// for every variant, before anything is sized from the shape. Shapes,
 /// byte lengths, values and parameters are checked by ValidateJob, shared by every backend.
-absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const CodecLimits& limits);
+absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits);
 
 /// Fills `response` from a result, moving its tensors' bytes in (no copy); `queue_micros` is
 /// the time the request waited for a slot.

@@ -1,7 +1,10 @@
-// focalserve: flags → options → backend → gRPC server; SIGTERM/SIGINT drain it and exit 0.
+// focalserve: flags → options → backend → gRPC server; SIGTERM/SIGINT drain it (exit 0 when
+// nothing accepted was lost, 1 when calls had to be cut off).
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -20,12 +23,56 @@
 #include "server/options.h"
 #include "server/server_info.h"
 #include "server/service.h"
+#include "server/wire.h"
 #include "server/work_queue.h"
 
 namespace focal::server {
 namespace {
 
 constexpr const char* kServiceName = "focal.v1.FocalLossService";
+constexpr absl::string_view kReflectionPrefix = "/grpc.reflection.";
+/// The HTTP/2 window of each stream: at 4 MiB a 1 ms round trip still carries 4 GB/s.
+constexpr int kStreamWindowBytes = 4 << 20;
+
+/// Puts gRPC's reflection service behind the bearer token: the reflection plugin has no hook of
+/// its own, so a reflection call without the token is cancelled as soon as its metadata
+/// arrives, before anything is read or answered. (Our own methods check the token themselves
+/// and answer UNAUTHENTICATED; health stays open for probes.)
+class ReflectionAuth final : public grpc::experimental::Interceptor {
+ public:
+  ReflectionAuth(grpc::experimental::ServerRpcInfo* info, const std::string* token) : info_(info), token_(token) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      bool ok = false;
+      const auto* metadata = methods->GetRecvInitialMetadata();
+      const auto it = metadata->find("authorization");
+      if (it != metadata->end()) {
+        ok = BearerTokenMatches(absl::string_view(it->second.data(), it->second.size()), *token_);
+      }
+      if (!ok) {
+        std::fprintf(stderr, "focalserve: reflection call without a valid bearer token: cancelled\n");
+        info_->server_context()->TryCancel();
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* const info_;
+  const std::string* const token_;
+};
+
+class ReflectionAuthFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ReflectionAuthFactory(std::string token) : token_(std::move(token)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    if (absl::string_view(info->method()).substr(0, kReflectionPrefix.size()) != kReflectionPrefix) return nullptr;
+    return new ReflectionAuth(info, &token_);
+  }
+
+ private:
+  const std::string token_;
+};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
   std::ifstream in(path, std::ios::binary);
@@ -97,7 +144,8 @@ int Run(int argc, char** argv) {
   config.backend = backend->backend.get();
   config.metrics = metrics->get();
   config.queue = &queue;
-  config.limits.max_elements = options.max_elements;
+  config.limits = options.limits;
+  config.max_message_bytes = options.max_message_bytes;
   config.auth_token = token;
   config.debug_delay_ms = options.debug_delay_ms;
   config.info = BuildServerInfo(options, backend->backend->Name(), backend->devices);
@@ -109,9 +157,21 @@ int Run(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(options.listen, *credentials, &port);
   builder.RegisterService(&service);
+  if (!token.empty()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<ReflectionAuthFactory>(token));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   const int message_limit = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT_MAX));
   builder.SetMaxReceiveMessageSize(message_limit);
   builder.SetMaxSendMessageSize(message_limit);
+  // What a client may make the transport buffer for it before the service reads: a fixed
+  // per-stream HTTP/2 window. gRPC's BDP probing would grow it without bound on a fast link
+  // (about 30 MB per stream that never reads was seen), so that streams whose clients do not
+  // read their answers could hold gigabytes between them; the service bounds what it holds
+  // itself (--max-buffered-bytes).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kStreamWindowBytes);
   const KeepaliveOptions& ka = options.keepalive;
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(ka.time_seconds * 1000));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(ka.timeout_seconds * 1000));
@@ -135,52 +195,86 @@ int Run(int argc, char** argv) {
               FOCALSERVE_VERSION, address.c_str(), backend->why.c_str(),
               backend->devices.empty() ? "none" : absl::StrJoin(backend->devices, ", ").c_str(),
               (*metrics)->address().empty() ? "off" : absl::StrCat("http://", (*metrics)->address(), "/metrics").c_str(),
-              static_cast<long long>(options.max_message_bytes), static_cast<long long>(options.max_elements),
+              static_cast<long long>(options.max_message_bytes), static_cast<long long>(options.limits.max_elements),
               options.max_concurrent, options.max_queue,
               !options.tls.enabled() ? "off" : options.tls.client_ca_file.empty() ? "on" : "on, client certificates required",
               token.empty() ? "off" : "bearer token");
   std::fflush(stdout);
 
-  // Wait for a stop signal, checking the backend's health each second: a CUDA device that lost
-  // its context turns the health service NOT_SERVING so that balancers route around this replica.
+  // Wait for a stop signal. Meanwhile, each tick: a CUDA device that lost its context turns the
+  // health service NOT_SERVING so that balancers route around this replica; and once the server
+  // has been idle for --trim-idle-ms after a burst, the memory freed since goes back to the OS
+  // (during bursts it stays mapped: large buffers reuse its pages, see host_memory.h).
   int signal_number = 0;
-  bool reported_unhealthy = false;
-  const timespec one_second{1, 0};
-  while ((signal_number = sigtimedwait(&stop_signals, nullptr, &one_second)) < 0) {
+  bool reported_unhealthy = false, trimmed = true;
+  auto last_busy = std::chrono::steady_clock::now();
+  const timespec tick{0, 100 * 1000 * 1000};
+  while ((signal_number = sigtimedwait(&stop_signals, nullptr, &tick)) < 0) {
     if (!reported_unhealthy && !backend->backend->Healthy()) {
       reported_unhealthy = true;
       std::fprintf(stderr, "focalserve: backend %s is unhealthy; health NOT_SERVING\n", backend->backend->Name().c_str());
       health->SetServingStatus("", false);
       health->SetServingStatus(kServiceName, false);
     }
+    const auto now = std::chrono::steady_clock::now();
+    if (service.InFlight() > 0) {
+      last_busy = now;
+      trimmed = false;
+    } else if (!trimmed && options.trim_idle_ms > 0 && now - last_busy >= std::chrono::milliseconds(options.trim_idle_ms)) {
+      malloc_trim(0);
+      trimmed = true;
+    }
   }
-  std::fprintf(stderr, "focalserve: %s: draining (up to %llds), health NOT_SERVING\n", strsignal(signal_number),
+
+  // Draining, as Kubernetes expects of a pod it stops: health NOT_SERVING at once, and calls
+  // still served for --drain-grace while endpoints and balancers take this replica out (a
+  // second signal skips the rest of the grace)...
+  std::fprintf(stderr,
+               "focalserve: %s: health NOT_SERVING; serving on for the %llds grace, then draining for up to %llds\n",
+               strsignal(signal_number), static_cast<long long>(options.drain_grace_seconds),
                static_cast<long long>(options.drain_timeout_seconds));
   health->SetServingStatus("", false);
   health->SetServingStatus(kServiceName, false);
-  service.StartDraining();  // calls that arrive from now on get UNAVAILABLE
-  // Let the calls in flight finish, up to the drain deadline...
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.drain_timeout_seconds);
-  while (service.InFlight() > 0 && std::chrono::steady_clock::now() < deadline) {
+  const timespec grace{static_cast<time_t>(options.drain_grace_seconds), 0};
+  if (options.drain_grace_seconds > 0 && sigtimedwait(&stop_signals, nullptr, &grace) > 0) {
+    std::fprintf(stderr, "focalserve: second signal: grace cut short\n");
+  }
+  // ...then new calls are refused with UNAVAILABLE (retryable: clients go to another replica)
+  // and open ComputeStreams answer what they have read and end. Once nothing accepted is left,
+  // or at the drain deadline, Shutdown sends GOAWAY and stops. (gRPC cancels calls that reach
+  // it after Shutdown has begun before any handler sees them, so Shutdown waits for the
+  // accepted calls to finish rather than doing the waiting itself.)
+  const auto drain_deadline = std::chrono::system_clock::now() + std::chrono::seconds(options.drain_timeout_seconds);
+  service.StartDraining();
+  while (service.InFlight() > 0 && std::chrono::system_clock::now() < drain_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  // ...then stop at once: Shutdown cancels what is left and closes idle connections. A
-  // computation cannot be interrupted half-way, so if one outlives the deadline the process
-  // exits without waiting for it (its client sees the connection close).
-  const int unfinished = service.InFlight();
-  std::thread stopper([&server] { server->Shutdown(std::chrono::system_clock::now()); });
+  std::thread stopper([&server, drain_deadline] { server->Shutdown(drain_deadline); });
   stopper.detach();
+  // Cancellations from just before the deadline on are the shutdown's, not the clients'.
+  const auto cut_from = drain_deadline - std::chrono::milliseconds(50);
+  while (service.InFlight() > 0 && std::chrono::system_clock::now() < cut_from) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  service.StartCuttingOff();
+  // A computation cannot be interrupted half-way: one that outlives the deadline by more than
+  // this is abandoned with the process (and counted).
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   while (service.InFlight() > 0 && std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::fprintf(stderr, "focalserve: stopped%s\n",
-               unfinished > 0 ? absl::StrCat(" (", unfinished, " call(s) cut off at the drain deadline)").c_str() : "");
+  const int lost = service.CutOff() + service.InFlight();
+  if (lost > 0) {
+    std::fprintf(stderr, "focalserve: stopped; %d call(s) cut off at the drain deadline (--drain-timeout %llds)\n",
+                 lost, static_cast<long long>(options.drain_timeout_seconds));
+  } else {
+    std::fprintf(stderr, "focalserve: stopped; every accepted call was answered\n");
+  }
   std::fflush(stdout);
   std::fflush(stderr);
   // Exit without running destructors: the metrics HTTP server and gRPC take seconds to stop
   // and there is nothing left to flush.
-  std::_Exit(0);
+  std::_Exit(lost > 0 ? 1 : 0);
 }
 
 }  // namespace

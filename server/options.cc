@@ -32,6 +32,10 @@ std::function<bool(const std::string&, ServerOptions&)> IntFlag(Int ServerOption
   };
 }
 
+std::function<bool(const std::string&, ServerOptions&)> LimitFlag(int64_t RequestLimits::*member) {
+  return [member](const std::string& text, ServerOptions& o) { return ParseInt(text, 1, o.limits.*member); };
+}
+
 std::function<bool(const std::string&, ServerOptions&)> KeepaliveFlag(int64_t KeepaliveOptions::*member) {
   return [member](const std::string& text, ServerOptions& o) { return ParseInt(text, 0, o.keepalive.*member); };
 }
@@ -65,7 +69,12 @@ const std::map<std::string, Flag>& Flags() {
       {"max-message-bytes", {"largest gRPC message, both directions (default 1073741824)",
                              IntFlag(&ServerOptions::max_message_bytes, 1024)}},
       {"max-elements", {"largest logits tensor per request, in elements (default 268435456)",
-                        IntFlag(&ServerOptions::max_elements, 1)}},
+                        LimitFlag(&RequestLimits::max_elements)}},
+      {"max-classes", {"most classes (logits dim 1) per request, for every variant and RPC (default 1048576)",
+                       LimitFlag(&RequestLimits::max_classes)}},
+      {"max-buffered-bytes", {"computed answers streams may hold for clients that have not read them, all streams "
+                              "together; over it streams read no new batches (default 536870912)",
+                              LimitFlag(&RequestLimits::max_buffered_bytes)}},
       {"max-concurrent", {"requests computing at once (default 4)", IntFlag(&ServerOptions::max_concurrent, 1)}},
       {"max-queue", {"requests waiting beyond those; more get RESOURCE_EXHAUSTED at once (default 64)",
                      IntFlag(&ServerOptions::max_queue, 0)}},
@@ -83,8 +92,14 @@ const std::map<std::string, Flag>& Flags() {
                               KeepaliveFlag(&KeepaliveOptions::max_connection_age_seconds)}},
       {"max-connection-age-grace", {"seconds in-flight calls get when a connection ages out (default 30)",
                                     KeepaliveFlag(&KeepaliveOptions::max_connection_age_grace_seconds)}},
-      {"drain-timeout", {"seconds in-flight calls may take to finish after SIGTERM (default 30)",
+      {"drain-grace", {"seconds after SIGTERM during which health is NOT_SERVING but calls are still served, "
+                       "so balancers can take this replica out (default 5)",
+                       IntFlag(&ServerOptions::drain_grace_seconds, 0)}},
+      {"drain-timeout", {"seconds after the grace that accepted calls may take to finish; later ones are cut off "
+                         "and the exit code is 1 (default 30)",
                          IntFlag(&ServerOptions::drain_timeout_seconds, 0)}},
+      {"trim-idle-ms", {"return freed memory to the OS after this long idle; 0 = never (default 2000)",
+                        IntFlag(&ServerOptions::trim_idle_ms, 0)}},
       {"debug-delay-ms", {"TEST ONLY: each computation sleeps this long first (default 0)",
                           IntFlag(&ServerOptions::debug_delay_ms, 0)}},
       {"debug-unhealthy-after", {"TEST ONLY: the backend turns unhealthy after this many computations (default 0: never)",

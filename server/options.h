@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/limits.h"
 
 namespace focal::server {
 
@@ -34,14 +35,22 @@ struct ServerOptions {
   int cuda_streams = 4;      ///< concurrent requests per CUDA device
   int cpu_threads = 0;       ///< OpenMP threads per request; 0: all cores
   int64_t max_message_bytes = int64_t{1} << 30;  ///< both directions
-  int64_t max_elements = int64_t{1} << 28;       ///< logits elements per request
+  RequestLimits limits;  ///< sizes a request may have (server/limits.h)
   int max_concurrent = 4;   ///< requests computing at once
   int max_queue = 64;       ///< requests waiting beyond those; more get RESOURCE_EXHAUSTED at once
   std::string metrics_listen = "127.0.0.1:9464";  ///< Prometheus /metrics; empty disables
   TlsOptions tls;
   std::string auth_token_file;  ///< bearer token required on every call but health
   KeepaliveOptions keepalive;
-  int64_t drain_timeout_seconds = 30;  ///< SIGTERM: how long in-flight calls may take to finish
+  /// SIGTERM: health turns NOT_SERVING at once and calls are still served this long, so that
+  /// balancers and Kubernetes endpoints stop sending here before the server stops accepting.
+  int64_t drain_grace_seconds = 5;
+  /// Then: GOAWAY to every client, open streams finish what they accepted, and calls still
+  /// running after this long are cut off (the exit code then says so).
+  int64_t drain_timeout_seconds = 30;
+  /// Memory freed after a burst goes back to the OS once the server has been idle this long
+  /// (0: never); during bursts freed pages stay mapped for reuse.
+  int64_t trim_idle_ms = 2000;
   int64_t debug_delay_ms = 0;          ///< test only: each computation sleeps this long first
   /// Test only: the backend reports itself unhealthy after this many computations (0: never),
   /// as a CUDA backend does after a sticky device error.

@@ -65,7 +65,9 @@ v1::ServerInfo BuildServerInfo(const ServerOptions& options, const std::string& 
     info.add_target_dtypes(ToProto(t));
   }
   info.set_max_message_bytes(options.max_message_bytes);
-  info.set_max_elements(options.max_elements);
+  info.set_max_elements(options.limits.max_elements);
+  info.set_max_classes(options.limits.max_classes);
+  info.set_max_rank(kMaxRank);
   info.set_backend(backend);
   for (const std::string& d : devices) info.add_devices(d);
   info.set_max_concurrent_requests(options.max_concurrent);

@@ -2,17 +2,29 @@
 
 #include <cstdio>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "server/exact_sum.h"
+#include "server/wire.h"
+
+// Lifetimes, the rules every reactor below follows:
+// - gRPC owns the CallbackServerContext and the request/response buffers it hands a handler; it
+//   frees them after the reactor's OnDone. Only reactor callbacks (which gRPC runs before
+//   OnDone) touch the context; work on the WorkQueue reads the reactor's CallState instead.
+// - Reactors are reference counted: gRPC's reference is dropped in OnDone, and every task
+//   queued for the reactor holds one until it has run, so the last of them deletes it.
+// - A reactor calls Finish exactly once (finished_), after which it starts no read or write.
+// - Nothing is called into another reactor or the response budget with a reactor's lock held.
 
 namespace focal::server {
 namespace {
 
 using Clock = FocalLossServiceImpl::Clock;
+using BatchOutcome = FocalLossServiceImpl::BatchOutcome;
 
 /// Requests up to this size (~64K float32 logits) compute on the gRPC thread that received them.
 constexpr int64_t kInlineRequestBytes = 256 << 10;
@@ -21,17 +33,6 @@ double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-/// Cancelled or past its deadline: nothing is computed for it.
-absl::Status CheckStillWanted(grpc::CallbackServerContext* context) {
-  if (!context->IsCancelled()) return absl::OkStatus();
-  if (context->deadline() <= std::chrono::system_clock::now()) {
-    return absl::DeadlineExceededError("the deadline passed before the computation started");
-  }
-  return absl::CancelledError("the client cancelled the call");
-}
-
-/// Reference counting shared by the streaming reactors: gRPC holds one reference until
-/// OnDone, each queued computation one until it has finished; the last one deletes.
 class RefCounted {
  public:
   virtual ~RefCounted() = default;
@@ -44,12 +45,44 @@ class RefCounted {
   std::atomic<int> refs_{1};
 };
 
+absl::Status ConcurrencyLimit() {
+  return absl::ResourceExhaustedError(
+      "the server is at its concurrency limit (--max-concurrent + --max-queue requests); retry with backoff");
+}
+
+/// "message 3 of the stream (request 'id'): <what went wrong>"; a unary call's errors (`what`
+/// empty) are the message alone: the call is the request.
+absl::Status InMessage(const absl::Status& status, absl::string_view what, absl::string_view request_id) {
+  if (status.ok() || what.empty()) return status;
+  return absl::Status(status.code(), absl::StrCat(what, request_id.empty() ? "" : " (request '", Loggable(request_id),
+                                                  request_id.empty() ? "" : "')", ": ", status.message()));
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  const absl::Status capped = CapMessage(status);
   // absl and gRPC share the canonical code numbering.
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(capped.code()), std::string(capped.message()));
+}
+
+void CallState::Cancel(Ender by) {
+  Ender expected = Ender::kNobody;
+  ender_.compare_exchange_strong(expected, by);
+}
+
+absl::Status CallState::StillWanted() const {
+  switch (ender_.load()) {
+    case Ender::kNobody: break;
+    case Ender::kClient: return absl::CancelledError("the client cancelled the call");
+    case Ender::kEarlierFailure: return absl::CancelledError("not computed: an earlier batch of the stream failed");
+    case Ender::kShutdown: return absl::CancelledError("cut off by the server's shutdown (--drain-timeout)");
+  }
+  if (deadline_ <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the deadline passed before the computation started");
+  }
+  return absl::OkStatus();
 }
 
 FocalLossServiceImpl::FocalLossServiceImpl(ServiceConfig config) : config_(std::move(config)) {}
@@ -59,9 +92,50 @@ void FocalLossServiceImpl::CallStarted() const {
   config_.metrics->CallStarted();
 }
 
-void FocalLossServiceImpl::CallEnded() const {
+void FocalLossServiceImpl::CallEnded(bool cut_off) const {
+  if (cut_off) ++cut_off_;
   --in_flight_;
   config_.metrics->CallEnded();
+}
+
+void FocalLossServiceImpl::StartDraining() {
+  draining_ = true;
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  for (Drainable* stream : streams_) stream->Drain();
+}
+
+void FocalLossServiceImpl::AddDrainable(Drainable* stream) const {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_.insert(stream);
+  if (draining_) stream->Drain();
+}
+
+void FocalLossServiceImpl::RemoveDrainable(Drainable* stream) const {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_.erase(stream);
+}
+
+void FocalLossServiceImpl::Release(int64_t bytes) const {
+  if (bytes == 0) return;
+  buffered_bytes_ -= bytes;
+  if (buffered_bytes_.load() >= config_.limits.max_buffered_bytes) return;
+  std::vector<std::function<void()>> ready;
+  {
+    std::lock_guard<std::mutex> lock(waiters_mu_);
+    ready.swap(waiters_);
+  }
+  for (auto& resume : ready) resume();
+}
+
+void FocalLossServiceImpl::WhenRoom(std::function<void()> resume) const {
+  {
+    std::lock_guard<std::mutex> lock(waiters_mu_);
+    if (buffered_bytes_.load() >= config_.limits.max_buffered_bytes) {
+      waiters_.push_back(std::move(resume));
+      return;
+    }
+  }
+  resume();
 }
 
 absl::Status FocalLossServiceImpl::Admit(grpc::CallbackServerContext* context) const {
@@ -72,40 +146,68 @@ absl::Status FocalLossServiceImpl::Admit(grpc::CallbackServerContext* context) c
   if (it == metadata.end()) {
     return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
   }
-  const absl::string_view value(it->second.data(), it->second.size());
-  if (value != absl::StrCat("Bearer ", config_.auth_token)) {
+  if (!BearerTokenMatches(absl::string_view(it->second.data(), it->second.size()), config_.auth_token)) {
     return absl::UnauthenticatedError("the bearer token is not valid");
   }
   return absl::OkStatus();
 }
 
-FocalLossServiceImpl::BatchOutcome FocalLossServiceImpl::RunBatch(
-    grpc::CallbackServerContext* context, const v1::ComputeRequest& request, Clock::time_point queued_at,
-    const std::function<void(LossJob&)>& edit) const {
+BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
+                                            v1::ComputeRequest& request, Clock::time_point queued_at,
+                                            const std::function<absl::Status(LossJob&)>& edit) const {
   BatchOutcome out;
   out.queue_seconds = SecondsSince(queued_at);
   // The test-only delay wakes up early when the call is cancelled, as a real wait would.
   const Clock::time_point delay_end = Clock::now() + std::chrono::milliseconds(config_.debug_delay_ms);
-  while (Clock::now() < delay_end && !context->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  out.status = CheckStillWanted(context);
-  if (!out.status.ok()) return out;
-  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
-  if (!job.ok()) {
-    out.status = job.status();
+  while (Clock::now() < delay_end && !call.cancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  out.status = call.StillWanted();
+  if (!out.status.ok()) {
+    bytes.Clear();
     return out;
   }
-  out.variant = VariantName(job->spec.params);
-  if (edit) edit(*job);
-  const Clock::time_point start = Clock::now();
-  absl::StatusOr<LossResult> result = config_.backend->Compute(*job);
-  out.compute_seconds = SecondsSince(start);
-  if (!result.ok()) {
-    out.status = result.status();
-    return out;
+  // Whatever the request or the backend does, the worker thread survives: an exception
+  // (bad_alloc on a huge but valid request, say) fails this call alone.
+  try {
+    out.status = ParseMessage(bytes, &request, what.empty() ? "the request" : what);
+    if (!out.status.ok()) return out;
+    out.request_id = request.request_id();
+    absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
+    if (!job.ok()) {
+      out.status = InMessage(job.status(), what, out.request_id);
+      return out;
+    }
+    out.variant = VariantName(job->spec.params);
+    if (edit) {
+      out.status = InMessage(edit(*job), what, out.request_id);
+      if (!out.status.ok()) return out;
+    }
+    const Clock::time_point start = Clock::now();
+    absl::StatusOr<LossResult> result = config_.backend->Compute(*job);
+    out.compute_seconds = SecondsSince(start);
+    if (!result.ok()) {
+      out.status = InMessage(result.status(), what, out.request_id);
+      return out;
+    }
+    out.elements = static_cast<int64_t>(job->logits.size_bytes / DTypeSize(job->logits.dtype));
+    out.result = std::move(*result);
+  } catch (const std::exception& e) {
+    out.status = InMessage(absl::InternalError(absl::StrCat("the server failed computing it (", e.what(), ")")), what,
+                           out.request_id);
+  } catch (...) {
+    out.status = InMessage(absl::InternalError("the server failed computing it"), what, out.request_id);
   }
-  out.elements = static_cast<int64_t>(job->logits.size_bytes / DTypeSize(job->logits.dtype));
-  out.result = std::move(*result);
   return out;
+}
+
+absl::Status FocalLossServiceImpl::EncodeAnswer(BatchOutcome& outcome, grpc::ByteBuffer* bytes) const {
+  try {
+    v1::ComputeResponse response;
+    EncodeComputeResponse(std::move(outcome.result), outcome.request_id,
+                          static_cast<int64_t>(outcome.queue_seconds * 1e6), &response);
+    return SerializeMessage(response, config_.max_message_bytes, bytes);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("the server failed encoding the answer (", e.what(), ")"));
+  }
 }
 
 void FocalLossServiceImpl::Report(absl::string_view method, absl::string_view request_id,
@@ -126,164 +228,309 @@ void FocalLossServiceImpl::Report(absl::string_view method, absl::string_view re
   }
   config_.metrics->Record(record);
   if (!status.ok()) {
-    std::fprintf(stderr, "focalserve: request '%.*s' %.*s failed: %s: %.*s\n", static_cast<int>(request_id.size()),
-                 request_id.data(), static_cast<int>(method.size()), method.data(), code.c_str(),
-                 static_cast<int>(status.message().size()), status.message().data());
+    const absl::Status capped = CapMessage(status);
+    std::fprintf(stderr, "focalserve: request '%s' %.*s failed: %s: %.*s\n", Loggable(request_id).c_str(),
+                 static_cast<int>(method.size()), method.data(), code.c_str(),
+                 static_cast<int>(capped.message().size()), capped.message().data());
   }
 }
 
 // ------------------------------------------------------------------------------------------
 // Compute
 
+namespace {
+
+class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted {
+ public:
+  ComputeReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
+                 const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
+      : service_(service),
+        state_(context->deadline()),
+        request_bytes_(*request),  // shares the slices: no copy
+        response_(response),
+        started_(Clock::now()),
+        bytes_in_(static_cast<int64_t>(request->Length())) {
+    service_->CallStarted();
+  }
+
+  void Start(grpc::CallbackServerContext* context) {
+    if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
+      request_bytes_.Clear();
+      Complete(admitted, nullptr);
+      return;
+    }
+    // A small batch computes in microseconds, less than a hand-over to a worker thread costs:
+    // it runs here when a slot is free. Large ones go to the workers, keeping gRPC's threads free.
+    const auto run = [this] { Run(); };
+    if (bytes_in_ <= kInlineRequestBytes && service_->config().debug_delay_ms == 0 &&
+        service_->config().queue->TryRunInline(run)) {
+      return;
+    }
+    Ref();
+    if (!service_->config().queue->TrySubmit([this] {
+          Run();
+          Unref();
+        })) {
+      Unref();
+      request_bytes_.Clear();
+      Complete(ConcurrencyLimit(), nullptr);
+    }
+  }
+
+  void OnCancel() override {
+    const CallState::Ender by = service_->Canceller();
+    if (by == CallState::Ender::kShutdown && !finished_) cut_off_ = true;
+    state_.Cancel(by);
+  }
+
+  void OnDone() override {
+    service_->CallEnded(cut_off_);
+    Unref();
+  }
+
+ private:
+  void Run() {
+    BatchOutcome outcome = service_->RunBatch(state_, request_bytes_, "", request_, started_);
+    if (outcome.status.ok()) outcome.status = service_->EncodeAnswer(outcome, response_);
+    Complete(outcome.status, &outcome);
+  }
+
+  void Complete(const absl::Status& status, const BatchOutcome* outcome) {
+    finished_ = true;
+    service_->Report("Compute", outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
+                     status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
+    if (!status.ok()) response_->Clear();
+    Finish(ToGrpcStatus(status));
+  }
+
+  const FocalLossServiceImpl* const service_;
+  CallState state_;
+  grpc::ByteBuffer request_bytes_;
+  v1::ComputeRequest request_;
+  grpc::ByteBuffer* const response_;
+  const Clock::time_point started_;
+  const int64_t bytes_in_;
+  std::atomic<bool> finished_{false}, cut_off_{false};
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerContext* context,
-                                                        const v1::ComputeRequest* request,
-                                                        v1::ComputeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Clock::time_point started = Clock::now();
-  const int64_t bytes_in = static_cast<int64_t>(request->ByteSizeLong());
-  CallStarted();
-  auto finish = [this, reactor, request, started, bytes_in](const absl::Status& status, const BatchOutcome* outcome,
-                                                             int64_t bytes_out) {
-    Report("Compute", request->request_id(), status, outcome, started, bytes_in, bytes_out);
-    CallEnded();
-    reactor->Finish(ToGrpcStatus(status));
-  };
-  if (absl::Status admitted = Admit(context); !admitted.ok()) {
-    finish(admitted, nullptr, 0);
-    return reactor;
-  }
-  auto work = [this, context, request, response, started, finish] {
-    BatchOutcome outcome = RunBatch(context, *request, started);
-    if (!outcome.status.ok()) return finish(outcome.status, &outcome, 0);
-    EncodeComputeResponse(std::move(outcome.result), request->request_id(),
-                          static_cast<int64_t>(outcome.queue_seconds * 1e6), response);
-    finish(absl::OkStatus(), &outcome, static_cast<int64_t>(response->ByteSizeLong()));
-  };
-  // A small batch computes in microseconds, less than a hand-over to a worker thread costs:
-  // it runs here when a slot is free. Large ones go to the workers, keeping gRPC's threads free.
-  if (bytes_in <= kInlineRequestBytes && config_.debug_delay_ms == 0 && config_.queue->TryRunInline(work)) {
-    return reactor;
-  }
-  if (!config_.queue->TrySubmit(std::move(work))) {
-    finish(absl::ResourceExhaustedError("the server is at its concurrency limit (--max-concurrent + --max-queue "
-                                        "requests); retry with backoff"),
-           nullptr, 0);
-  }
+                                                        const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  auto* reactor = new ComputeReactor(this, context, request, response);
+  reactor->Start(context);
   return reactor;
 }
 
 // ------------------------------------------------------------------------------------------
 // ComputeStream: batches computed as they arrive (up to kMaxInFlight at once per stream) and
-// answered in order. Reading pauses while kMaxInFlight batches are unanswered, so a slow reader
-// holds at most that many responses in the server.
+// answered in order. Reading pauses while kMaxInFlight batches are unanswered, and while the
+// answers of all streams together that clients have not read exceed --max-buffered-bytes, so
+// slow readers hold bounded memory however many there are.
 
 namespace {
 
 constexpr size_t kMaxInFlight = 2;
 
-class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeRequest, v1::ComputeResponse>,
-                                   public RefCounted {
+class ComputeStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                                   public RefCounted,
+                                   public Drainable {
  public:
-  ComputeStreamReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context) {
+  ComputeStreamReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context), state_(context->deadline()), started_(Clock::now()) {
     service_->CallStarted();
     if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
-      service_->Report("ComputeStream", "", admitted, nullptr, Clock::now(), 0, 0);
+      service_->Report("ComputeStream", "", admitted, nullptr, started_, 0, 0);
       std::lock_guard<std::mutex> lock(mu_);
       FinishLocked(admitted);
       return;
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    StartNewReadLocked();
+    service_->AddDrainable(this);
+    registered_ = true;
+    bool read;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      read = ClaimReadLocked();
+    }
+    if (read) ReadWhenRoom();
   }
 
   void OnReadDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!ok) {  // the client has sent its last batch
-      reads_done_ = true;
+    bool read;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reading_now_ = false;
+      std::unique_ptr<Slot> slot = std::move(reading_);
+      if (!ok) {
+        // The client half-closed, or the call failed (cancelled, or a message over the size
+        // limit): only the first is the end of the batches.
+        if (context_->IsCancelled()) {
+          state_.Cancel(service_->Canceller());
+          FinishLocked(absl::CancelledError("the call was cancelled before all its batches were read"));
+        }
+        reads_done_ = true;
+        MaybeWriteLocked();
+        return;
+      }
+      if (finished_) return;
+      ++received_;
+      slot->what = absl::StrCat("message ", received_, " of the stream");
+      slot->started = Clock::now();
+      slot->bytes_in = static_cast<int64_t>(slot->bytes.Length());
+      // What a batch holds counts against the budget from the moment it is read: its request
+      // until computed, then its answer until written.
+      slot->held = slot->bytes_in;
+      held_ += slot->held;
+      service_->Hold(slot->held);
+      Slot* s = slot.get();
+      slots_.push_back(std::move(slot));
+      Ref();
+      if (!service_->config().queue->TrySubmit([this, s] { Compute(s); })) {
+        Unref();
+        s->bytes.Clear();
+        s->status = InMessage(ConcurrencyLimit(), s->what, "");
+        s->ready = true;
+      }
+      read = ClaimReadLocked();
       MaybeWriteLocked();
-      return;
     }
-    Slot* slot = reading_.get();
-    slots_.push_back(std::move(reading_));
-    if (finished_) return;
-    slot->started = Clock::now();
-    slot->bytes_in = static_cast<int64_t>(slot->request.ByteSizeLong());
-    Ref();
-    const bool queued = service_->config().queue->TrySubmit([this, slot] { Compute(slot); });
-    if (!queued) {
-      Unref();
-      slot->status = absl::ResourceExhaustedError("the server is at its concurrency limit; retry with backoff");
-      slot->ready = true;
-    }
-    if (slots_.size() < kMaxInFlight) {
-      StartNewReadLocked();
-    } else {
-      read_paused_ = true;
-    }
-    MaybeWriteLocked();
+    if (read) ReadWhenRoom();
   }
 
   void OnWriteDone(bool ok) override {
+    bool read = false;
+    int64_t released = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!ok) {  // the client went away
+        state_.Cancel(CallState::Ender::kClient);
+        FinishLocked(absl::CancelledError("the client stopped reading"));
+        return;
+      }
+      released = slots_.front()->held;
+      held_ -= released;
+      ++answered_;
+      slots_.pop_front();
+      read = ClaimReadLocked();
+      MaybeWriteLocked();
+    }
+    service_->Release(released);
+    if (read) ReadWhenRoom();
+  }
+
+  void OnCancel() override {
+    const CallState::Ender by = service_->Canceller();
     std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {  // the client went away
-      FinishLocked(absl::CancelledError("the client stopped reading"));
-      return;
-    }
-    slots_.pop_front();
-    if (read_paused_ && !reads_done_ && !finished_) {
-      read_paused_ = false;
-      StartNewReadLocked();
-    }
+    if (by == CallState::Ender::kShutdown && (!finished_ || !slots_.empty())) cut_off_ = true;
+    state_.Cancel(by);
+  }
+
+  void Drain() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
     MaybeWriteLocked();
   }
 
   void OnDone() override {
-    service_->CallEnded();
+    if (registered_) service_->RemoveDrainable(this);
+    int64_t held;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held = held_;
+      held_ = 0;
+    }
+    service_->Release(held);
+    service_->CallEnded(cut_off_);
     Unref();
   }
 
  private:
   struct Slot {
+    grpc::ByteBuffer bytes;   ///< as received; cleared once parsed
     v1::ComputeRequest request;
-    v1::ComputeResponse response;
+    grpc::ByteBuffer answer;  ///< the serialized ComputeResponse
     absl::Status status;
+    std::string what;
     bool ready = false;
+    int64_t held = 0;  ///< bytes of `answer` counted against the response budget
     Clock::time_point started;
     int64_t bytes_in = 0;
   };
 
   void Compute(Slot* slot) {
-    auto outcome = service_->RunBatch(context_, slot->request, slot->started);
-    int64_t bytes_out = 0;
-    if (outcome.status.ok()) {
-      EncodeComputeResponse(std::move(outcome.result), slot->request.request_id(),
-                            static_cast<int64_t>(outcome.queue_seconds * 1e6), &slot->response);
-      bytes_out = static_cast<int64_t>(slot->response.ByteSizeLong());
+    BatchOutcome outcome = service_->RunBatch(state_, slot->bytes, slot->what, slot->request, slot->started);
+    // A batch skipped because an earlier one failed is not a failure of its own: the stream
+    // reports that one.
+    const bool skipped = outcome.compute_seconds < 0 && state_.ender() == CallState::Ender::kEarlierFailure;
+    if (outcome.status.ok()) outcome.status = service_->EncodeAnswer(outcome, &slot->answer);
+    slot->request.Clear();  // the answer is made: the parsed request is no longer needed
+    const int64_t bytes_out = outcome.status.ok() ? static_cast<int64_t>(slot->answer.Length()) : 0;
+    if (!skipped) {
+      service_->Report("ComputeStream", outcome.request_id, outcome.status, &outcome, slot->started, slot->bytes_in,
+                       bytes_out);
     }
-    service_->Report("ComputeStream", slot->request.request_id(), outcome.status, &outcome, slot->started,
-                     slot->bytes_in, bytes_out);
+    int64_t released = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       slot->status = outcome.status;
       slot->ready = true;
+      if (!outcome.status.ok()) {
+        state_.Cancel(CallState::Ender::kEarlierFailure);  // batches behind a failed one are not computed
+      } else if (finished_) {
+        slot->answer.Clear();  // nobody will read it
+      }
+      // The request's share becomes the answer's (none when there is nothing to write).
+      const int64_t answer = outcome.status.ok() && !finished_ ? bytes_out : 0;
+      if (!finished_) {
+        service_->Hold(answer);
+        released = slot->held;
+        held_ += answer - slot->held;
+        slot->held = answer;
+      }
       MaybeWriteLocked();
     }
+    service_->Release(released);
     Unref();
   }
 
-  void StartNewReadLocked() {
-    reading_ = std::make_unique<Slot>();
-    StartRead(&reading_->request);
+  /// Whether to read the next batch now (then reading_now_ is set and the caller, without the
+  /// lock, waits for room in the response budget and reads).
+  bool ClaimReadLocked() {
+    if (finished_ || reads_done_ || draining_ || reading_now_ || slots_.size() >= kMaxInFlight) return false;
+    reading_now_ = true;
+    return true;
+  }
+
+  void ReadWhenRoom() {
+    Ref();
+    service_->WhenRoom([this] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!finished_ && !draining_) {
+          reading_ = std::make_unique<Slot>();
+          StartRead(&reading_->bytes);
+        } else {
+          reading_now_ = false;
+        }
+      }
+      Unref();
+    });
   }
 
   /// Writes the oldest answer when it is ready; a failed batch ends the stream with its status
-  /// (after the answers before it); the stream ends OK once every batch is answered.
+  /// (after the answers before it); the stream ends OK once every batch is answered. Draining,
+  /// it ends as soon as every batch read has been answered.
   void MaybeWriteLocked() {
     if (finished_ || writing_) return;
     if (slots_.empty()) {
-      if (reads_done_) FinishLocked(absl::OkStatus());
+      if (reads_done_) {
+        FinishLocked(absl::OkStatus());
+      } else if (draining_) {
+        FinishLocked(absl::UnavailableError(absl::StrCat(
+            "the server is shutting down: all ", answered_,
+            " batches it read from this stream were answered; send the rest to another replica")));
+      }
       return;
     }
     Slot* front = slots_.front().get();
@@ -293,7 +540,7 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeReq
       return;
     }
     writing_ = true;
-    StartWrite(&front->response);
+    StartWrite(&front->answer);
   }
 
   void FinishLocked(const absl::Status& status) {
@@ -302,17 +549,22 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<v1::ComputeReq
     Finish(ToGrpcStatus(status));
   }
 
-  FocalLossServiceImpl* const service_;
-  grpc::CallbackServerContext* const context_;
+  const FocalLossServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;  ///< only in reactor callbacks (see the top)
+  CallState state_;
+  const Clock::time_point started_;
+  bool registered_ = false;
+  std::atomic<bool> cut_off_{false};
   std::mutex mu_;
   std::unique_ptr<Slot> reading_;
   std::deque<std::unique_ptr<Slot>> slots_;  ///< read, not yet answered, in order
-  bool reads_done_ = false, read_paused_ = false, writing_ = false, finished_ = false;
+  int64_t received_ = 0, answered_ = 0, held_ = 0;
+  bool reads_done_ = false, reading_now_ = false, writing_ = false, finished_ = false, draining_ = false;
 };
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::ComputeRequest, v1::ComputeResponse>* FocalLossServiceImpl::ComputeStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FocalLossServiceImpl::ComputeStream(
     grpc::CallbackServerContext* context) {
   return new ComputeStreamReactor(this, context);
 }
@@ -334,7 +586,8 @@ struct EvaluationTotals {
 
   /// Adds one batch's per-item losses. Items are attributed to a class: the target class of
   /// the row for softmax_focal and focal_cosine; the class channel (dim 1) for sigmoid_focal
-  /// and dynamic_focal, whose items are single logits. Ignored items add nothing.
+  /// and dynamic_focal, whose items are single logits. Ignored items add nothing. The class
+  /// dimension was bounded by the codec (--max-classes) before anything is sized from it.
   void Add(const LossJob& job, const LossResult& result) {
     ++batches;
     count += result.count;
@@ -421,36 +674,53 @@ struct EvaluationTotals {
   }
 };
 
-class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>, public RefCounted {
+/// Evaluate sums per-item losses: the fields that only shape a gradient or a reduction's
+/// denominator have no meaning there, and a request that sets them is answered with why instead
+/// of having them ignored.
+absl::Status PrepareForEvaluation(LossJob& job) {
+  if (!std::holds_alternative<std::monostate>(job.grad_output)) {
+    return absl::InvalidArgumentError("grad_output is set; Evaluate computes no gradient");
+  }
+  if (job.output_dtype) return absl::InvalidArgumentError("gradient_dtype is set; Evaluate computes no gradient");
+  if (job.spec.normalizer) {
+    return absl::InvalidArgumentError(
+        "loss.normalizer is set; Evaluate returns the total and the mean over the counted items, so divide the total "
+        "by your normalizer");
+  }
+  // compute_gradient and the reduction are the two settings a batch made for Compute always has;
+  // Evaluate's meaning of them (no gradient, per-item losses summed exactly) replaces them.
+  job.compute_gradient = false;
+  job.spec.reduction = Reduction::kNone;
+  job.output_dtype = job.logits.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  return absl::OkStatus();
+}
+
+class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, public RefCounted {
  public:
-  EvaluateReactor(FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
-                  v1::EvaluateResponse* response)
-      : service_(service), context_(context), response_(response), started_(Clock::now()) {
+  EvaluateReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
+                  grpc::ByteBuffer* response)
+      : service_(service), context_(context), state_(context->deadline()), response_(response), started_(Clock::now()) {
     service_->CallStarted();
     if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
       Complete(admitted);
       return;
     }
-    StartRead(&request_);
+    StartRead(&bytes_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the last batch has been read
-      response_->set_total_loss(totals_.total.Value());
-      response_->set_count(totals_.count);
-      response_->set_mean(totals_.count > 0 ? response_->total_loss() / static_cast<double>(totals_.count) : 0.0);
-      for (size_t c = 0; c < totals_.class_sums.size(); ++c) {
-        response_->add_class_loss_sums(totals_.class_sums[c].Value());
-        response_->add_class_counts(totals_.class_counts[c]);
+    if (!ok) {
+      // The client half-closed after its last batch, or the call failed (cancelled, or a
+      // message over the size limit): only the first has totals to answer with.
+      if (context_->IsCancelled()) {
+        state_.Cancel(service_->Canceller());
+        Complete(absl::CancelledError(absl::StrCat("the call was cancelled after ", totals_.batches, " batches")));
+        return;
       }
-      response_->set_batches(totals_.batches);
-      response_->mutable_timing()->set_compute_micros(totals_.compute_micros);
-      response_->mutable_timing()->set_queue_micros(totals_.queue_micros);
-      response_->set_backend(service_->config().backend->Name());
-      Complete(absl::OkStatus());
+      Complete(Answer());
       return;
     }
-    bytes_in_ += static_cast<int64_t>(request_.ByteSizeLong());
+    bytes_in_ += static_cast<int64_t>(bytes_.Length());
     Ref();
     const Clock::time_point queued_at = Clock::now();
     const bool queued = service_->config().queue->TrySubmit([this, queued_at] {
@@ -459,70 +729,99 @@ class EvaluateReactor final : public grpc::ServerReadReactor<v1::ComputeRequest>
     });
     if (!queued) {
       Unref();
-      Complete(absl::ResourceExhaustedError("the server is at its concurrency limit; retry with backoff"));
+      Complete(ConcurrencyLimit());
     }
   }
 
+  void OnCancel() override {
+    const CallState::Ender by = service_->Canceller();
+    if (by == CallState::Ender::kShutdown && !finished_) cut_off_ = true;
+    state_.Cancel(by);
+  }
+
   void OnDone() override {
-    service_->CallEnded();
+    service_->CallEnded(cut_off_);
     Unref();
   }
 
  private:
+  absl::Status Answer() {
+    v1::EvaluateResponse response;
+    response.set_total_loss(totals_.total.Value());
+    response.set_count(totals_.count);
+    response.set_mean(totals_.count > 0 ? response.total_loss() / static_cast<double>(totals_.count) : 0.0);
+    for (size_t c = 0; c < totals_.class_sums.size(); ++c) {
+      response.add_class_loss_sums(totals_.class_sums[c].Value());
+      response.add_class_counts(totals_.class_counts[c]);
+    }
+    response.set_batches(totals_.batches);
+    response.mutable_timing()->set_compute_micros(totals_.compute_micros);
+    response.mutable_timing()->set_queue_micros(totals_.queue_micros);
+    response.set_backend(service_->config().backend->Name());
+    return SerializeMessage(response, service_->config().max_message_bytes, response_);
+  }
+
   void Accumulate(Clock::time_point queued_at) {
     LossJob job;
-    const auto outcome = service_->RunBatch(context_, request_, queued_at, [&job](LossJob& j) {
-      j.spec.reduction = Reduction::kNone;  // per-item losses, summed exactly here
-      j.spec.normalizer.reset();
-      j.compute_gradient = false;
-      j.grad_output = std::monostate{};
-      j.output_dtype = j.logits.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+    const std::string what = absl::StrCat("message ", totals_.batches + 1, " of the evaluation");
+    auto outcome = service_->RunBatch(state_, bytes_, what, request_, queued_at, [&job](LossJob& j) {
+      const absl::Status prepared = PrepareForEvaluation(j);
       job = j;
+      return prepared;
     });
     if (!outcome.status.ok()) {
-      Complete(absl::Status(outcome.status.code(), absl::StrCat("batch ", totals_.batches, " (request '",
-                                                               request_.request_id(), "'): ", outcome.status.message())));
+      Complete(outcome.status);
       return;
     }
     if (!variant_.empty() && outcome.variant != variant_) {
-      Complete(absl::InvalidArgumentError(absl::StrCat("batch ", totals_.batches, " (request '", request_.request_id(),
-                                                       "'): loss.variant is ", outcome.variant,
-                                                       ", but the evaluation started with ", variant_,
-                                                       "; one Evaluate call evaluates one loss")));
+      Complete(InMessage(absl::InvalidArgumentError(absl::StrCat("loss.variant is ", outcome.variant,
+                                                                 ", but the evaluation started with ", variant_,
+                                                                 "; one Evaluate call evaluates one loss")),
+                         what, outcome.request_id));
       return;
     }
     variant_ = outcome.variant;
     elements_ += outcome.elements;
     totals_.compute_micros += outcome.result.compute_micros;
     totals_.queue_micros += static_cast<int64_t>(outcome.queue_seconds * 1e6);
-    totals_.Add(job, outcome.result);
-    StartRead(&request_);  // the next batch, only now: one batch in memory at a time
+    try {
+      totals_.Add(job, outcome.result);
+    } catch (const std::exception& e) {
+      Complete(absl::InternalError(absl::StrCat(what, ": the server failed accumulating it (", e.what(), ")")));
+      return;
+    }
+    request_.Clear();
+    StartRead(&bytes_);  // the next batch, only now: one batch in memory at a time
   }
 
   void Complete(const absl::Status& status) {
+    finished_ = true;
     BatchOutcome outcome;
     outcome.variant = variant_;
     outcome.elements = elements_;
     service_->Report("Evaluate", request_.request_id(), status, &outcome, started_, bytes_in_,
-                     status.ok() ? static_cast<int64_t>(response_->ByteSizeLong()) : 0);
+                     status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
+    if (!status.ok()) response_->Clear();
     Finish(ToGrpcStatus(status));
   }
 
-  using BatchOutcome = FocalLossServiceImpl::BatchOutcome;
-  FocalLossServiceImpl* const service_;
-  grpc::CallbackServerContext* const context_;
-  v1::EvaluateResponse* const response_;
+  const FocalLossServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;  ///< only in reactor callbacks (see the top)
+  CallState state_;
+  grpc::ByteBuffer* const response_;
   const Clock::time_point started_;
+  grpc::ByteBuffer bytes_;
   v1::ComputeRequest request_;
   EvaluationTotals totals_;
   std::string variant_;
   int64_t elements_ = 0, bytes_in_ = 0;
+  std::atomic<bool> finished_{false}, cut_off_{false};
 };
 
 }  // namespace
 
-grpc::ServerReadReactor<v1::ComputeRequest>* FocalLossServiceImpl::Evaluate(grpc::CallbackServerContext* context,
-                                                                             v1::EvaluateResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* FocalLossServiceImpl::Evaluate(grpc::CallbackServerContext* context,
+                                                                          grpc::ByteBuffer* response) {
   return new EvaluateReactor(this, context, response);
 }
 
@@ -533,9 +832,11 @@ grpc::ServerUnaryReactor* FocalLossServiceImpl::GetServerInfo(grpc::CallbackServ
                                                               v1::ServerInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Clock::time_point started = Clock::now();
+  CallStarted();
   absl::Status status = Admit(context);
   if (status.ok()) *response = config_.info;
   Report("GetServerInfo", "", status, nullptr, started, 0, status.ok() ? static_cast<int64_t>(response->ByteSizeLong()) : 0);
+  CallEnded(false);
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }

@@ -1,11 +1,15 @@
-// The gRPC service, thin: admission (auth, draining, the work queue), decode → backend →
-// encode, metrics and one log line per failed call. Callback API throughout; computations run
-// on the WorkQueue, never on gRPC's threads.
+// The gRPC service, thin: admission (auth, draining, the work queue), bytes → decode → backend →
+// encode → bytes, metrics and one log line per failed call. Callback API throughout, with the
+// methods taking raw byte buffers so that a message that does not parse is a clear error and
+// the token is checked before anything is parsed; computations run on the WorkQueue.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -13,6 +17,7 @@
 #include "focal/backend.h"
 #include "focal/v1/focal_loss.grpc.pb.h"
 #include "server/codec.h"
+#include "server/limits.h"
 #include "server/metrics.h"
 #include "server/work_queue.h"
 
@@ -22,32 +27,70 @@ struct ServiceConfig {
   const Backend* backend = nullptr;
   Metrics* metrics = nullptr;
   WorkQueue* queue = nullptr;
-  CodecLimits limits;
+  RequestLimits limits;
+  int64_t max_message_bytes = int64_t{1} << 30;  ///< answers larger than this are RESOURCE_EXHAUSTED
   std::string auth_token;  ///< empty: no authentication
   int64_t debug_delay_ms = 0;
   v1::ServerInfo info;
 };
 
-/// One function maps internal status to gRPC status.
+/// One function maps internal status to gRPC status (and caps its message's length).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-class FocalLossServiceImpl final : public v1::FocalLossService::CallbackService {
+/// What a computation may ask of its call. Queued work never touches the CallbackServerContext:
+/// gRPC frees it after the reactor's OnDone, and a stream can end (a failed batch, a client that
+/// cancels) while batches of it still wait for a worker. The reactor owns this and outlives its
+/// queued work (reference counted), so the work reads it safely.
+class CallState {
+ public:
+  explicit CallState(std::chrono::system_clock::time_point deadline) : deadline_(deadline) {}
+  /// Who ended a call before all its work ran.
+  enum class Ender : int { kNobody, kClient, kEarlierFailure, kShutdown };
+  /// Nothing more is to be computed for the call (the first ender is kept).
+  void Cancel(Ender by);
+  /// OK while the call still wants answers; else CANCELLED (saying who) or DEADLINE_EXCEEDED.
+  absl::Status StillWanted() const;
+  bool cancelled() const { return ender_.load() != Ender::kNobody; }
+  Ender ender() const { return ender_.load(); }
+
+ private:
+  const std::chrono::system_clock::time_point deadline_;
+  std::atomic<Ender> ender_{Ender::kNobody};
+};
+
+/// A stream that can be told to finish: it reads nothing more, answers what it has accepted,
+/// then ends. Used when the server drains.
+class Drainable {
+ public:
+  virtual ~Drainable() = default;
+  virtual void Drain() = 0;
+};
+
+using RawService = v1::FocalLossService::WithRawCallbackMethod_Compute<
+    v1::FocalLossService::WithRawCallbackMethod_ComputeStream<v1::FocalLossService::WithRawCallbackMethod_Evaluate<
+        v1::FocalLossService::WithCallbackMethod_GetServerInfo<v1::FocalLossService::Service>>>>;
+
+class FocalLossServiceImpl final : public RawService {
  public:
   explicit FocalLossServiceImpl(ServiceConfig config);
 
-  /// From now on new calls get UNAVAILABLE; calls already admitted finish.
-  void StartDraining() { draining_ = true; }
+  /// From now on new calls get UNAVAILABLE, open ComputeStreams finish what they accepted, and
+  /// calls already admitted finish.
+  void StartDraining();
+  /// The server is cutting off what is left (Shutdown's deadline has passed): calls cancelled
+  /// from now on were cut off by the server, not by their clients.
+  void StartCuttingOff() { cutting_off_ = true; }
   /// Calls admitted and not yet finished.
   int InFlight() const { return in_flight_.load(); }
-  void CallStarted() const;
-  void CallEnded() const;
+  /// Calls that ended without the answer they were owed because the server stopped.
+  int CutOff() const { return cut_off_.load(); }
 
-  grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* context, const v1::ComputeRequest* request,
-                                    v1::ComputeResponse* response) override;
-  grpc::ServerBidiReactor<v1::ComputeRequest, v1::ComputeResponse>* ComputeStream(
+  grpc::ServerUnaryReactor* Compute(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ComputeStream(
       grpc::CallbackServerContext* context) override;
-  grpc::ServerReadReactor<v1::ComputeRequest>* Evaluate(grpc::CallbackServerContext* context,
-                                                        v1::EvaluateResponse* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Evaluate(grpc::CallbackServerContext* context,
+                                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
@@ -55,33 +98,63 @@ class FocalLossServiceImpl final : public v1::FocalLossService::CallbackService 
   // Shared by the reactors (public so that they need not be friends).
   using Clock = std::chrono::steady_clock;
 
-  /// Authentication and draining, before anything is queued.
+  /// Authentication and draining, before anything is parsed or queued.
   absl::Status Admit(grpc::CallbackServerContext* context) const;
+  /// Bookkeeping of one admitted call: its start, and its end (`cut_off` when the server's
+  /// shutdown ended it before its answer).
+  void CallStarted() const;
+  void CallEnded(bool cut_off) const;
+  /// Who cancelled a call that gRPC reports cancelled: the server while it cuts off, else the client.
+  CallState::Ender Canceller() const {
+    return cutting_off_ ? CallState::Ender::kShutdown : CallState::Ender::kClient;
+  }
 
   /// What computing one request reports, for the response and the metrics.
   struct BatchOutcome {
     absl::Status status;
+    std::string request_id;
     LossResult result;
     std::string variant;
     int64_t elements = 0;
     double queue_seconds = -1, compute_seconds = -1;
   };
-  /// On a worker: checks the deadline and cancellation, decodes and computes `request`.
-  /// `edit` may change the job first (Evaluate asks for per-item losses).
-  BatchOutcome RunBatch(grpc::CallbackServerContext* context, const v1::ComputeRequest& request,
-                        Clock::time_point queued_at, const std::function<void(LossJob&)>& edit = {}) const;
+  /// On a worker: checks that the call still wants it, parses `bytes` into `request` (`what`
+  /// names the message in errors), decodes and computes. `edit` may check and change the job
+  /// first (Evaluate asks for per-item losses). Never throws: an exception is INTERNAL.
+  BatchOutcome RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
+                        v1::ComputeRequest& request, Clock::time_point queued_at,
+                        const std::function<absl::Status(LossJob&)>& edit = {}) const;
+  /// Encodes a computed batch's answer into `bytes`, within the message size limit.
+  absl::Status EncodeAnswer(BatchOutcome& outcome, grpc::ByteBuffer* bytes) const;
 
   /// Metrics and the failure log line for one finished call or stream batch.
   void Report(absl::string_view method, absl::string_view request_id, const absl::Status& status,
               const BatchOutcome* outcome, Clock::time_point started, int64_t bytes_in,
               int64_t bytes_out) const;
 
+  /// Bytes of answers computed and not yet taken by their clients, over all streams
+  /// (bounded by limits.max_buffered_bytes): Hold when an answer is made, Release once written
+  /// or dropped. WhenRoom calls `resume` at once when under the budget, else once it is (from
+  /// whichever thread releases); `resume` must not be called with a reactor's lock held.
+  void Hold(int64_t bytes) const { buffered_bytes_ += bytes; }
+  void Release(int64_t bytes) const;
+  void WhenRoom(std::function<void()> resume) const;
+
+  /// Streams register while open so that draining can tell them to finish.
+  void AddDrainable(Drainable* stream) const;
+  void RemoveDrainable(Drainable* stream) const;
+
   const ServiceConfig& config() const { return config_; }
 
  private:
   ServiceConfig config_;
-  std::atomic<bool> draining_{false};
-  mutable std::atomic<int> in_flight_{0};
+  std::atomic<bool> draining_{false}, cutting_off_{false};
+  mutable std::atomic<int> in_flight_{0}, cut_off_{0};
+  mutable std::atomic<int64_t> buffered_bytes_{0};
+  mutable std::mutex waiters_mu_;
+  mutable std::vector<std::function<void()>> waiters_;
+  mutable std::mutex streams_mu_;
+  mutable std::set<Drainable*> streams_;
 };
 
 }  // namespace focal::server

@@ -33,7 +33,8 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
         if constexpr (std::is_same_v<P, SoftmaxFocalParams>) {
           a.gamma = p.gamma;
           a.smoothing = p.label_smoothing;
-          a.ignore_index = p.ignore_index.value_or(INT64_MIN);
+          a.has_ignore_index = p.ignore_index.has_value();
+          a.ignore_index = p.ignore_index.value_or(0);
           a.class_alpha = p.alpha.empty() ? nullptr : p.alpha.data();
           return KernelKind::kSoftmaxFocal;
         } else if constexpr (std::is_same_v<P, SigmoidFocalParams>) {
@@ -45,7 +46,8 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
           a.smoothing = p.label_smoothing;
           a.smoothing_floor = p.label_smoothing / static_cast<double>(p.smoothing_classes);
           a.probabilities = p.input == SigmoidInput::kProbabilities;
-          a.ignore_index = p.ignore_index.value_or(INT64_MIN);
+          a.has_ignore_index = p.ignore_index.has_value();
+          a.ignore_index = p.ignore_index.value_or(0);
           return plan.index_targets ? KernelKind::kSigmoidIndexTargets
                                     : KernelKind::kSigmoidFloatTargets;
         } else if constexpr (std::is_same_v<P, FocalCosineParams>) {

@@ -20,19 +20,26 @@ const char* DTypeName(DType t) {
 }
 
 absl::StatusOr<int64_t> NumElements(const Shape& shape, absl::string_view field) {
-  int64_t n = 1;
+  // The product of the non-zero dimensions must fit too: a [0, 2^62, 2^62] tensor is empty, but
+  // the row and stride arithmetic over its other dimensions would overflow.
+  int64_t nonzero = 1;
+  bool empty = false;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ".shape[", i, "] is ", shape[i], "; dimensions must be >= 0"));
     }
-    if (shape[i] != 0 && n > std::numeric_limits<int64_t>::max() / shape[i]) {
+    if (shape[i] == 0) {
+      empty = true;
+      continue;
+    }
+    if (nonzero > std::numeric_limits<int64_t>::max() / shape[i]) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ".shape overflows int64 at dimension ", i));
     }
-    n *= shape[i];
+    nonzero *= shape[i];
   }
-  return n;
+  return empty ? 0 : nonzero;
 }
 
 Shape ContiguousStrides(const Shape& shape) {

@@ -45,10 +45,25 @@ absl::StatusOr<int64_t> CheckTensor(const TensorView& t, absl::string_view field
 }
 
 absl::Status CheckGamma(double gamma) {
-  if (!std::isfinite(gamma) || gamma < 0) {
-    return Invalid(absl::StrCat("loss.gamma is ", gamma, "; must be finite and >= 0"));
+  if (!(gamma >= 0 && gamma <= ParameterLimits::kMaxGamma)) {
+    return Invalid(absl::StrCat("loss.gamma is ", gamma, "; must be in [0, ", ParameterLimits::kMaxGamma, "]"));
   }
   return absl::OkStatus();
+}
+
+/// A weight of a loss term: finite, and small enough for float32 (see ParameterLimits).
+absl::Status CheckWeight(double w, absl::string_view name, bool allow_negative) {
+  const double low = allow_negative ? -ParameterLimits::kMaxWeight : 0;
+  if (!(w >= low && w <= ParameterLimits::kMaxWeight)) {
+    return Invalid(absl::StrCat(name, " is ", w, "; must be in [", low, ", ", ParameterLimits::kMaxWeight, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckGradOutput(double w, std::string name) {
+  if (std::isnan(w) || std::fabs(w) <= ParameterLimits::kMaxGradOutput) return absl::OkStatus();
+  if (std::isinf(w)) return Invalid(absl::StrCat(name, " is ", w, "; must be finite"));
+  return Invalid(absl::StrCat(name, " is ", w, "; |grad_output| must be at most ", ParameterLimits::kMaxGradOutput));
 }
 
 absl::Status CheckSmoothing(double eps) {
@@ -92,15 +107,14 @@ absl::Status CheckClassLayout(const LossJob& job, JobPlan& plan) {
 absl::StatusOr<int64_t> ScanClassTargets(const TensorView& targets, int64_t n, int64_t max_class,
                                          std::optional<int64_t> ignore_index) {
   int64_t counted = 0;
-  const int64_t ignore = ignore_index.value_or(std::numeric_limits<int64_t>::min());
   auto scan = [&](const auto* y) -> absl::Status {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = static_cast<int64_t>(y[i]);
-      if (v == ignore) continue;
+      if (ignore_index && v == *ignore_index) continue;
       if (v < 0 || v > max_class) {
         return Invalid(absl::StrCat("targets", IndexString(targets.shape, i), " is ", v,
                                     "; must be in [0, ", max_class, "]",
-                                    ignore_index ? absl::StrCat(" or ignore_index ", ignore) : ""));
+                                    ignore_index ? absl::StrCat(" or ignore_index ", *ignore_index) : ""));
       }
       ++counted;
     }
@@ -140,9 +154,7 @@ absl::Status PlanSoftmaxFocal(const LossJob& job, const SoftmaxFocalParams& p, J
                                   plan.classes, " classes (one weight per class)"));
     }
     for (size_t c = 0; c < p.alpha.size(); ++c) {
-      if (!std::isfinite(p.alpha[c]) || p.alpha[c] < 0) {
-        return Invalid(absl::StrCat("loss.alpha[", c, "] is ", p.alpha[c], "; must be finite and >= 0"));
-      }
+      RETURN_IF_ERROR(CheckWeight(p.alpha[c], absl::StrCat("loss.alpha[", c, "]"), /*allow_negative=*/false));
     }
   }
   ASSIGN_OR_RETURN(plan.count, ScanClassTargets(job.targets, plan.batch * plan.inner,
@@ -177,10 +189,8 @@ absl::Status PlanSigmoidFocal(const LossJob& job, const SigmoidFocalParams& p, J
 
 absl::Status PlanFocalCosine(const LossJob& job, const FocalCosineParams& p, JobPlan& plan) {
   RETURN_IF_ERROR(CheckGamma(p.gamma));
-  if (!std::isfinite(p.alpha)) return Invalid(absl::StrCat("loss.alpha is ", p.alpha, "; must be finite"));
-  if (!std::isfinite(p.xent) || p.xent < 0) {
-    return Invalid(absl::StrCat("loss.xent is ", p.xent, "; must be finite and >= 0"));
-  }
+  RETURN_IF_ERROR(CheckWeight(p.alpha, "loss.alpha", /*allow_negative=*/true));
+  RETURN_IF_ERROR(CheckWeight(p.xent, "loss.xent", /*allow_negative=*/false));
   if (job.logits.shape.size() != 2) {
     return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape),
                                 "; focal_cosine needs logits [N, C]"));
@@ -213,6 +223,7 @@ absl::Status PlanDynamicFocal(const LossJob& job, const DynamicFocalParams& p, J
     }
     sum += v;
   }
+  if (!std::isfinite(sum)) return Invalid("num_objects sums to more than float64 can hold; α_n needs its mean");
   if (n > 0 && !(sum > 0)) return Invalid("num_objects has mean 0; α_n = num_objects / mean needs a positive mean");
   const double mean = n == 0 ? 1.0 : sum / static_cast<double>(n);
   plan.row_alpha.resize(n);
@@ -235,6 +246,7 @@ absl::Status PlanGradient(const LossJob& job, JobPlan& plan) {
     if (!job.allow_non_finite && !std::isfinite(w)) {
       return Invalid(absl::StrCat("grad_output is ", w, "; must be finite"));
     }
+    RETURN_IF_ERROR(CheckGradOutput(w, "grad_output"));
   } else if (const TensorView* t = std::get_if<TensorView>(&job.grad_output)) {
     ASSIGN_OR_RETURN(const int64_t n, CheckTensor(*t, "grad_output", /*floating=*/true));
     if (reduction == Reduction::kNone) {
@@ -247,17 +259,20 @@ absl::Status PlanGradient(const LossJob& job, JobPlan& plan) {
       return Invalid(absl::StrCat("grad_output.shape is ", ShapeString(t->shape),
                                   "; a reduced loss takes a scalar upstream gradient"));
     }
-    for (int64_t i = 0; i < n && !job.allow_non_finite; ++i) {
-      if (!std::isfinite(LoadAsDouble(*t, i))) {
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = LoadAsDouble(*t, i);
+      if (!job.allow_non_finite && !std::isfinite(v)) {
         return Invalid(absl::StrCat("grad_output", IndexString(t->shape, i), " is not finite"));
       }
+      RETURN_IF_ERROR(CheckGradOutput(v, absl::StrCat("grad_output", IndexString(t->shape, i))));
     }
     if (reduction != Reduction::kNone) w = LoadAsDouble(*t, 0);
   }
   if (job.spec.normalizer) {
     const double d = *job.spec.normalizer;
-    if (!std::isfinite(d) || d <= 0) {
-      return Invalid(absl::StrCat("loss.normalizer is ", d, "; must be finite and > 0"));
+    if (!(d >= ParameterLimits::kMinNormalizer && d <= ParameterLimits::kMaxNormalizer)) {
+      return Invalid(absl::StrCat("loss.normalizer is ", d, "; must be in [", ParameterLimits::kMinNormalizer, ", ",
+                                  ParameterLimits::kMaxNormalizer, "]"));
     }
   }
   plan.grad_scale = w;

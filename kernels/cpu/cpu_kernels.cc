@@ -169,7 +169,7 @@ HWY_INLINE int64_t ClassIndexAt(const KernelArgs& a, int64_t i) {
     case DType::kUInt8: y = static_cast<const uint8_t*>(a.targets)[i]; break;
     default: break;
   }
-  return y == a.ignore_index ? -1 : y;
+  return a.has_ignore_index && y == a.ignore_index ? -1 : y;
 }
 
 /// Class-index targets at positions [p, p + Lanes(di)), in signed lanes as wide as the compute
@@ -183,7 +183,7 @@ HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
   auto fill = [&](const auto* y) {  // one loop per dtype, so the compiler can vectorise it
     for (int64_t k = 0; k < n; ++k) {
       const int64_t v = static_cast<int64_t>(y[p + k]);
-      lanes[k] = v == a.ignore_index ? TI{-1} : static_cast<TI>(v);
+      lanes[k] = a.has_ignore_index && v == a.ignore_index ? TI{-1} : static_cast<TI>(v);
     }
   };
   switch (a.targets_dtype) {
@@ -511,26 +511,34 @@ HWY_INLINE double ItemWeight(const KernelArgs& a, int64_t position) {
   return a.grad_scale * (a.item_weights ? a.item_weights[position] : 1.0f);
 }
 
-/// Pass 1 over a contiguous row of C logits: the max, and whether all of them are finite.
+/// Pass 1 over a contiguous row of C logits: the max, whether all of them are finite, and
+/// whether the row has no softmax at all (`poisoned`: a NaN or +inf logit, or every logit
+/// -inf). A -inf logit alone is a masked class (VARIANTS.md §5.6): probability 0, gradient 0.
 template <class D>
-HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t C, bool& finite) {
+HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t C, bool& finite, bool& poisoned) {
   using T = hn::TFromD<D>;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  auto vmax = hn::Set(d, -std::numeric_limits<T>::infinity());
+  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
+  auto vmax = hn::Neg(inf);
   T max = -std::numeric_limits<T>::infinity();
   finite = true;
+  bool below_inf = true;  // no NaN, no +inf (Lt is false for both)
   int64_t c = 0;
   for (; c + lanes <= C; c += lanes) {
     const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
     finite &= hn::AllTrue(d, hn::IsFinite(x));
+    below_inf &= hn::AllTrue(d, hn::Lt(x, inf));
     vmax = hn::Max(vmax, x);
   }
   for (; c < C; ++c) {
     const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
     finite &= std::isfinite(x);
+    below_inf &= x < std::numeric_limits<T>::infinity();
     max = std::max(max, x);
   }
-  return C >= lanes ? std::max(max, MaxLanesOf(d, vmax)) : max;
+  max = C >= lanes ? std::max(max, MaxLanesOf(d, vmax)) : max;
+  poisoned = !below_inf || !(max > -std::numeric_limits<T>::infinity());
+  return max;
 }
 
 /// Pass 2 over a contiguous row: e_j = e^(x_j - max) into `e`, and the normaliser's
@@ -602,8 +610,8 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       T* const row_e = e + g * C;
       const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
       row_y[g] = y;
-      bool finite;
-      const T max = RowMax(d, a, base, C, finite);
+      bool finite, poisoned;
+      const T max = RowMax(d, a, base, C, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
       const T rest = RowExpAndRest(d, a, base, C, max, row_e);
       row_max[g] = max;
@@ -614,7 +622,7 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
         row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
         row_alpha[g] = a.class_alpha ? a.class_alpha[y] : T(1);
         row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
-        if (!finite && a.propagate_nan) {
+        if (poisoned && a.propagate_nan) {
           row_w[g] = std::numeric_limits<T>::quiet_NaN();
           row_nan[g] = 1;
         }
@@ -682,8 +690,8 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
   for (int64_t row = begin; row < end; ++row) {
     const int64_t base = row * C;
     const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
-    bool finite;  // checked in ignored rows too, as every other path does
-    const T max = RowMax(d, a, base, C, finite);
+    bool finite, poisoned;  // checked in ignored rows too, as every other path does
+    const T max = RowMax(d, a, base, C, finite, poisoned);
     if (!finite && a.check_inputs) r.bad_input = true;
     if (y < 0) {  // ignored: contributes nothing, gradient 0
       if (a.losses) StoreScalar(0, a.losses, a.output_dtype, row);
@@ -721,6 +729,8 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
     T loss = vloss.Total(tail_loss);
     const T W = vw.Total(tail_w);
     T w = static_cast<T>(ItemWeight<T>(a, row));
+    // With label smoothing every class carries a term, so a masked (-inf) class would make the
+    // row +inf with a NaN gradient: the row is NaN, as for any non-finite logit.
     if (!finite && a.propagate_nan) loss = w = std::numeric_limits<T>::quiet_NaN();
     if (a.gradient) {
       auto grad_at = [&](auto dv, auto div, const auto& gv, int64_t cc) {
@@ -763,8 +773,10 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
   auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
   // Pass 1: the max, and whether every logit of each position is finite. Each class is its
   // own memory stream; prefetching the lanes two groups ahead keeps C streams flowing.
-  auto max = hn::Set(d, -std::numeric_limits<T>::infinity());
+  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
+  auto max = hn::Neg(inf);
   auto finite = hn::Eq(max, max);
+  auto below_inf = finite;  // no NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6)
   const size_t elem = DTypeSize(a.logits_dtype);
   const char* const logits = static_cast<const char*>(a.logits);
   const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
@@ -773,8 +785,12 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
     const auto x = x_at(c);
     max = hn::Max(max, x);
     finite = hn::And(finite, hn::IsFinite(x));
+    below_inf = hn::And(below_inf, hn::Lt(x, inf));
   }
   if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
+  // Rows with a softmax: no NaN or +inf, and some logit above -inf. Label-smoothed rows give
+  // every class a term, so there any non-finite logit makes the row NaN.
+  const auto has_softmax = a.smoothing == 0 ? hn::And(below_inf, hn::Gt(max, hn::Neg(inf))) : finite;
   // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::LogProb);
   // the target's logit and α captured by select, without a gather.
   // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
@@ -835,9 +851,9 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p,
     }
   }
   loss = hn::IfThenElseZero(valid, loss);
-  const auto nan_rows = hn::AndNot(finite, valid);  // counted positions with a non-finite logit
+  const auto nan_rows = hn::AndNot(has_softmax, valid);  // counted positions without a softmax
   if (a.propagate_nan && !hn::AllFalse(d, nan_rows)) {
-    // allow_non_finite: a counted position with a NaN or ±Inf logit has a NaN loss and gradient
+    // allow_non_finite: a counted position with a NaN or +inf logit has a NaN loss and gradient
     // (an ignored one contributes 0, as VARIANTS.md says of every ignored item).
     const auto nan = hn::Set(d, std::numeric_limits<T>::quiet_NaN());
     loss = hn::IfThenElse(nan_rows, nan, loss);

@@ -187,8 +187,9 @@ __device__ __forceinline__ void StoreRun(void* base, DType dt, int64_t i, const 
   }
 }
 
-/// A class-index target widened to int64; -1 when it equals ignore_index.
-__device__ __forceinline__ int64_t LoadClassIndex(const void* targets, DType dt, int64_t i, int64_t ignore_index) {
+/// A class-index target widened to int64; -1 when the job has an ignore_index and it equals it.
+__device__ __forceinline__ int64_t LoadClassIndex(const void* targets, DType dt, int64_t i, bool has_ignore_index,
+                                                  int64_t ignore_index) {
   int64_t y = 0;
   switch (dt) {
     case DType::kInt32: y = __ldg(static_cast<const int*>(targets) + i); break;
@@ -196,7 +197,7 @@ __device__ __forceinline__ int64_t LoadClassIndex(const void* targets, DType dt,
     case DType::kUInt8: y = __ldg(static_cast<const unsigned char*>(targets) + i); break;
     default: break;
   }
-  return y == ignore_index ? -1 : y;
+  return has_ignore_index && y == ignore_index ? -1 : y;
 }
 
 }  // namespace focal::cuda

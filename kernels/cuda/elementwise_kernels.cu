@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
       ClassCursor at(i0, a.classes, a.inner);
 #pragma unroll
       for (int k = 0; k < kRun; ++k) {
-        const int64_t y = k < count ? LoadClassIndex(a.targets, a.targets_dtype, at.position, a.ignore_index) : -1;
+        const int64_t y = k < count ? LoadClassIndex(a.targets, a.targets_dtype, at.position, a.has_ignore_index, a.ignore_index) : -1;
         valid[k] = y >= 0;
         t[k] = y == at.c ? T(1) : T(0);
         ap[k] = static_cast<T>(a.alpha_pos);

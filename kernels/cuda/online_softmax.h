@@ -22,11 +22,18 @@ template <class T>
 struct OnlineSoftmax {
   T max, below, ties;
   int finite;
+  /// No NaN and no +inf among the logits: -inf alone is a masked class (VARIANTS.md §5.6),
+  /// e^(-inf - max) = 0, and a row has a softmax when this holds and max > -inf.
+  int below_inf;
 
-  FOCAL_HD static OnlineSoftmax Empty() { return {-INFINITY, T(0), T(0), 1}; }
+  FOCAL_HD static OnlineSoftmax Empty() { return {-INFINITY, T(0), T(0), 1, 1}; }
+
+  /// Whether the row has a softmax (allow_non_finite): see below_inf.
+  FOCAL_HD bool HasSoftmax() const { return below_inf && max > T(-INFINITY); }
 
   FOCAL_HD void Add(const ScalarOps<T>& o, T x) {
     finite &= IsFiniteValue(x) ? 1 : 0;
+    below_inf &= x < T(INFINITY) ? 1 : 0;
     if (x > max) {
       below = (below + ties) * o.Exp(max - x);
       ties = T(1);
@@ -48,11 +55,12 @@ struct OnlineSoftmax {
 struct CombineOnlineSoftmax {
   template <class T>
   FOCAL_HD OnlineSoftmax<T> operator()(const OnlineSoftmax<T>& a, const OnlineSoftmax<T>& b) const {
-    const int finite = a.finite & b.finite;
-    if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite};
+    const int finite = a.finite & b.finite, below_inf = a.below_inf & b.below_inf;
+    if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite, below_inf};
     const OnlineSoftmax<T>& hi = a.max > b.max ? a : b;
     const OnlineSoftmax<T>& lo = a.max > b.max ? b : a;
-    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite};
+    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite,
+            below_inf};
   }
 };
 

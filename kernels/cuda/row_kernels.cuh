@@ -85,11 +85,14 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
   if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
   const T max = stats.max, rest = stats.Rest();
   const T log_norm = math::LogNormalizer(o, rest);
-  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
+  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.has_ignore_index, a.ignore_index);
   const bool valid = y >= 0;
-  // allow_non_finite: a counted row with a NaN or ±Inf logit has a NaN loss and gradient, as in
-  // PyTorch; an ignored one contributes 0 like every ignored item.
-  const bool nan_row = !stats.finite && a.propagate_nan && valid;
+  // allow_non_finite: a counted row with a NaN or +inf logit (or only -inf ones) has a NaN loss
+  // and gradient, as in PyTorch; a -inf logit alone is a masked class (VARIANTS.md §5.6). With
+  // label smoothing every class carries a term, so any non-finite logit makes the row NaN. An
+  // ignored row contributes 0 like every ignored item.
+  const bool has_softmax = kSmooth ? static_cast<bool>(stats.finite) : stats.HasSoftmax();
+  const bool nan_row = !has_softmax && a.propagate_nan && valid;
   T w = valid ? ItemWeight<T>(a, row.item) : T(0);
   if (nan_row) w = T(NAN);
   T loss;
@@ -174,7 +177,7 @@ __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const 
   });
   sums = team.Reduce(sums, AddSums());
   const T rest = sums.v[0] + (sums.v[1] - T(1));
-  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.ignore_index);
+  const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.has_ignore_index, a.ignore_index);
   const T x_y = LoadAs<T>(a.logits, kDT, row.base + y * row.stride);
   const bool nan_row = !norm.finite && a.propagate_nan;  // NaN loss and gradient
   T w = ItemWeight<T>(a, row.item);

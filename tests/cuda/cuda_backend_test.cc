@@ -72,6 +72,7 @@ TEST_F(CudaBackendTest, FocalCosine) { CompareAll(FocalCosineCases(100000)); }
 TEST_F(CudaBackendTest, EmptyInputs) { CompareAll(EmptyCases()); }
 TEST_F(CudaBackendTest, NonFiniteInputs) { CheckNonFiniteInputs(Device(), "cuda:"); }
 TEST_F(CudaBackendTest, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(Device(), "cuda:"); }
+TEST_F(CudaBackendTest, MinusInfinityLogitsAreMaskedClasses) { CheckMaskedClasses(Device(), "cuda:"); }
 TEST_F(CudaBackendTest, BadTargetsAreRejectedLikeTheCpu) {
   CheckBadTargets(Device(), "cuda:");
   // The backend keeps serving after errors.

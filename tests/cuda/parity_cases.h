@@ -455,6 +455,32 @@ inline void CheckIgnoredRows(const DeviceCompute& device, const std::string& bac
   }
 }
 
+/// allow_non_finite with -inf logits in counted softmax rows (VARIANTS.md §5.6): masked classes,
+/// probability 0 and gradient 0, the rows finite, in every softmax path.
+inline void CheckMaskedClasses(const DeviceCompute& device, const std::string& backend_prefix) {
+  for (const Shape& shape : {Shape{40, 5}, Shape{4, 5, 30}, Shape{6, 3000}}) {
+    for (double gamma : {0.0, 0.5, 2.0}) {
+      SCOPED_TRACE(absl::StrCat("masked classes ", Describe(shape), " gamma ", gamma));
+      const int64_t N = shape[0], C = shape[1], S = shape.size() > 2 ? shape[2] : 1;
+      std::vector<double> x = RandomNormal(static_cast<size_t>(N * C * S), 2, 13);
+      std::vector<double> y = RandomClasses(static_cast<size_t>(N * S), C, 14);
+      for (int64_t n = 0; n < N; n += 2) {  // every other row: two masked classes, not the target
+        const int64_t target = static_cast<int64_t>(y[n * S]);
+        x[(n * C + (target + 1) % C) * S] = -INFINITY;
+        x[(n * C + (target + 3) % C) * S] = -INFINITY;
+      }
+      Shape ts{N};
+      if (S > 1) ts.push_back(S);
+      SoftmaxFocalParams p;
+      p.gamma = gamma;
+      const HostTensor logits = MakeTensor(DType::kFloat32, shape, x), targets = MakeTensor(DType::kInt64, ts, y);
+      LossJob job = GradientJob(p, Reduction::kNone, logits, targets);
+      job.allow_non_finite = true;
+      CompareJob(device, job, backend_prefix);
+    }
+  }
+}
+
 /// Float targets out of range (and non-binary ones for dynamic_focal) get the CPU's error.
 inline void CheckBadTargets(const DeviceCompute& device, const std::string& backend_prefix) {
   Case k = MakeCase("sigmoid bad target", SigmoidFocalParams{}, {10, 9}, DType::kFloat32, Targets::kSoft, DType::kFloat32);

@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
@@ -203,12 +206,14 @@ grpc::Status HealthCheck(grpc::Channel* channel, const std::string& service, int
   return status;
 }
 
-grpc::Status ReflectionListServices(grpc::Channel* channel, std::vector<std::string>* services) {
+grpc::Status ReflectionListServices(grpc::Channel* channel, std::vector<std::string>* services,
+                                    const std::string& token) {
   grpc::Status last;
   for (const char* name : {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"}) {
     grpc::ClientContext context;
     SetTimeout(context, std::chrono::seconds(3));
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
     const grpc::internal::RpcMethod method(name, grpc::internal::RpcMethod::BIDI_STREAMING);
     std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
         grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
@@ -406,6 +411,170 @@ double SumMetric(const std::vector<MetricSample>& samples, const std::string& na
 bool HasMetric(const std::vector<MetricSample>& samples, const std::string& name) {
   return std::any_of(samples.begin(), samples.end(),
                      [&](const MetricSample& s) { return s.name == name; });
+}
+
+namespace {
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+}  // namespace
+
+grpc::Status RawUnary(grpc::Channel* channel, const std::string& method, const std::string& request,
+                      std::string* response, const Metadata& metadata, std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  SetTimeout(context, timeout);
+  for (const auto& [key, value] : metadata) context.AddMetadata(key, value);
+  grpc::ByteBuffer reply;
+  const grpc::internal::RpcMethod rpc(method.c_str(), grpc::internal::RpcMethod::NORMAL_RPC);
+  const grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      channel, rpc, &context, ToByteBuffer(request), &reply);
+  if (status.ok()) *response = FromByteBuffer(reply);
+  return status;
+}
+
+grpc::Status RawStream(grpc::Channel* channel, const std::string& method, bool bidi,
+                       const std::vector<std::string>& messages, std::vector<std::string>* answers,
+                       const Metadata& metadata, std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  SetTimeout(context, timeout);
+  for (const auto& [key, value] : metadata) context.AddMetadata(key, value);
+  answers->clear();
+  if (!bidi) {
+    const grpc::internal::RpcMethod rpc(method.c_str(), grpc::internal::RpcMethod::CLIENT_STREAMING);
+    grpc::ByteBuffer reply;
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel, rpc, &context, &reply));
+    for (const std::string& m : messages) {
+      if (!writer->Write(ToByteBuffer(m))) break;
+    }
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    if (status.ok()) answers->push_back(FromByteBuffer(reply));
+    return status;
+  }
+  const grpc::internal::RpcMethod rpc(method.c_str(), grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel, rpc, &context));
+  // Written from another thread while answers are read, so neither side's window can stall.
+  std::thread writer([&] {
+    for (const std::string& m : messages) {
+      if (!stream->Write(ToByteBuffer(m))) break;
+    }
+    stream->WritesDone();
+  });
+  grpc::ByteBuffer reply;
+  while (stream->Read(&reply)) answers->push_back(FromByteBuffer(reply));
+  writer.join();
+  return stream->Finish();
+}
+
+grpc::Status Compute(Stub& stub, const v1::ComputeRequest& request, v1::ComputeResponse* response,
+                     std::chrono::milliseconds timeout, const std::string& token) {
+  grpc::ClientContext context;
+  SetTimeout(context, timeout);
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  return stub.Compute(&context, request, response);
+}
+
+grpc::Status Evaluate(Stub& stub, const std::vector<v1::ComputeRequest>& batches,
+                      v1::EvaluateResponse* response, const std::string& token) {
+  grpc::ClientContext context;
+  SetTimeout(context, 20s);
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  std::unique_ptr<grpc::ClientWriter<v1::ComputeRequest>> writer(stub.Evaluate(&context, response));
+  for (const v1::ComputeRequest& r : batches) {
+    if (!writer->Write(r)) break;  // the server has answered early (an error); Finish says which
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+std::string Describe(const grpc::Status& s) {
+  return "code " + std::to_string(s.error_code()) + ": " + s.error_message();
+}
+
+std::vector<Outcome> ComputeConcurrently(Stub& stub, const std::vector<v1::ComputeRequest>& requests,
+                                         std::chrono::milliseconds timeout,
+                                         const std::function<void()>& while_running) {
+  std::vector<Outcome> outcomes(requests.size());
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t done = 0;
+  const auto start = Clock::now();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    SetTimeout(*contexts.back(), timeout);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    stub.async()->Compute(contexts[i].get(), &requests[i], &outcomes[i].response,
+                          [&, i](grpc::Status status) {
+                            std::lock_guard<std::mutex> lock(mu);
+                            outcomes[i].status = std::move(status);
+                            outcomes[i].elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                Clock::now() - start);
+                            outcomes[i].done = true;
+                            ++done;
+                            cv.notify_all();
+                          });
+  }
+  if (while_running) while_running();
+  std::unique_lock<std::mutex> lock(mu);
+  if (!cv.wait_for(lock, timeout + 5s, [&] { return done == requests.size(); })) {
+    for (auto& c : contexts) c->TryCancel();
+    // Every callback runs once its context is cancelled; they reference locals, so wait for them.
+    cv.wait(lock, [&] { return done == requests.size(); });
+  }
+  return outcomes;
+}
+
+std::map<std::string, v1::ComputeRequest> GoodBases() {
+  std::map<std::string, v1::ComputeRequest> bases;
+  const std::vector<double> x16 = RandomNormal(16, 1, 5);
+  const std::vector<double> x12 = RandomNormal(12, 1, 6);
+  const std::vector<double> t12 = {0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1};
+  {
+    v1::ComputeRequest r;
+    r.mutable_loss()->mutable_softmax_focal();
+    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 4}, x16));
+    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 3}));
+    bases["softmax"] = r;
+  }
+  {
+    v1::ComputeRequest r;
+    r.mutable_loss()->mutable_sigmoid_focal();
+    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
+    *r.mutable_targets() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
+    bases["sigmoid"] = r;
+  }
+  {
+    v1::ComputeRequest r;
+    r.mutable_loss()->mutable_sigmoid_focal();
+    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
+    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 3, 1, 2}));
+    bases["sigmoid_index"] = r;
+  }
+  {
+    v1::ComputeRequest r;
+    r.mutable_loss()->mutable_focal_cosine();
+    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
+    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 0}));
+    bases["cosine"] = r;
+  }
+  {
+    v1::ComputeRequest r;
+    r.mutable_loss()->mutable_dynamic_focal();
+    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
+    *r.mutable_targets() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
+    *r.mutable_num_objects() = ToProto(MakeTensor(DType::kFloat32, {4}, {1, 2, 0, 3}));
+    bases["dynamic"] = r;
+  }
+  return bases;
+}
+
+v1::ComputeRequest SmallRequest(const std::string& id) {
+  v1::ComputeRequest r = GoodBases().at("softmax");
+  r.set_request_id(id);
+  return r;
 }
 
 }  // namespace focal::testing

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -44,8 +45,22 @@ LossJob JobFromRequest(const v1::ComputeRequest& request);
 grpc::Status HealthCheck(grpc::Channel* channel, const std::string& service, int* serving,
                          std::chrono::milliseconds timeout = std::chrono::seconds(3));
 
-/// The services that server reflection lists (v1alpha, then v1), or an error status.
-grpc::Status ReflectionListServices(grpc::Channel* channel, std::vector<std::string>* services);
+/// The services that server reflection lists (v1alpha, then v1), or an error status; `token`
+/// is sent as a bearer token when set.
+grpc::Status ReflectionListServices(grpc::Channel* channel, std::vector<std::string>* services,
+                                    const std::string& token = "");
+
+/// Raw calls: message bytes exactly as given, for what no generated stub sends (bytes that do
+/// not parse, in the middle of a stream). `metadata` is added to the call.
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+grpc::Status RawUnary(grpc::Channel* channel, const std::string& method, const std::string& request,
+                      std::string* response, const Metadata& metadata = {},
+                      std::chrono::milliseconds timeout = std::chrono::seconds(10));
+/// A bidi stream (`bidi`) or a client stream of raw messages: writes each, half-closes, and
+/// collects every answer (a client stream has one).
+grpc::Status RawStream(grpc::Channel* channel, const std::string& method, bool bidi,
+                       const std::vector<std::string>& messages, std::vector<std::string>* answers,
+                       const Metadata& metadata = {}, std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
 struct HttpResponse {
   int status = 0;
@@ -68,5 +83,34 @@ double SumMetric(const std::vector<MetricSample>& samples, const std::string& na
                  const std::map<std::string, std::string>& match = {});
 /// Whether any sample is named `name`.
 bool HasMetric(const std::vector<MetricSample>& samples, const std::string& name);
+
+using Stub = v1::FocalLossService::Stub;
+
+/// One Compute call with a deadline (and a bearer token when `token` is set).
+grpc::Status Compute(Stub& stub, const v1::ComputeRequest& request, v1::ComputeResponse* response,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(10), const std::string& token = "");
+/// One Evaluate call over `batches`.
+grpc::Status Evaluate(Stub& stub, const std::vector<v1::ComputeRequest>& batches, v1::EvaluateResponse* response,
+                      const std::string& token = "");
+/// "code N: message", for assertion output.
+std::string Describe(const grpc::Status& s);
+
+/// Outcome of one of several calls started at once.
+struct Outcome {
+  grpc::Status status;
+  v1::ComputeResponse response;
+  std::chrono::milliseconds elapsed{0};
+  bool done = false;
+};
+/// Starts every request at once through the callback API, runs `while_running`, and waits for
+/// all of them.
+std::vector<Outcome> ComputeConcurrently(Stub& stub, const std::vector<v1::ComputeRequest>& requests,
+                                         std::chrono::milliseconds timeout,
+                                         const std::function<void()>& while_running = nullptr);
+
+/// One small valid request per kind: "softmax", "sigmoid", "sigmoid_index", "cosine", "dynamic".
+std::map<std::string, v1::ComputeRequest> GoodBases();
+/// The "softmax" base with `id` as its request_id.
+v1::ComputeRequest SmallRequest(const std::string& id);
 
 }  // namespace focal::testing

@@ -38,6 +38,13 @@ using testing::HostTensor;
 using testing::MakeTensor;
 using testing::ServerProcess;
 using Stub = v1::FocalLossService::Stub;
+using testing::Compute;
+using testing::ComputeConcurrently;
+using testing::Describe;
+using testing::Evaluate;
+using testing::GoodBases;
+using testing::Outcome;
+using testing::SmallRequest;
 
 constexpr char kBinary[] = FOCALSERVE_BINARY;
 constexpr int kServing = 1, kNotServing = 2;
@@ -55,75 +62,6 @@ const CpuBackend& Reference() {
 
 std::unique_ptr<Stub> MakeStub(const std::string& address) {
   return v1::FocalLossService::NewStub(testing::MakeChannel(address));
-}
-
-grpc::Status Compute(Stub& stub, const v1::ComputeRequest& request, v1::ComputeResponse* response,
-                     std::chrono::milliseconds timeout = 10s, const std::string& token = "") {
-  grpc::ClientContext context;
-  testing::SetTimeout(context, timeout);
-  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
-  return stub.Compute(&context, request, response);
-}
-
-grpc::Status Evaluate(Stub& stub, const std::vector<v1::ComputeRequest>& batches,
-                      v1::EvaluateResponse* response, const std::string& token = "") {
-  grpc::ClientContext context;
-  testing::SetTimeout(context, 20s);
-  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
-  std::unique_ptr<grpc::ClientWriter<v1::ComputeRequest>> writer(stub.Evaluate(&context, response));
-  for (const v1::ComputeRequest& r : batches) {
-    if (!writer->Write(r)) break;  // the server has answered early (an error); Finish says which
-  }
-  writer->WritesDone();
-  return writer->Finish();
-}
-
-std::string Describe(const grpc::Status& s) {
-  return "code " + std::to_string(s.error_code()) + ": " + s.error_message();
-}
-
-/// Outcome of one of several calls started at once.
-struct Outcome {
-  grpc::Status status;
-  v1::ComputeResponse response;
-  std::chrono::milliseconds elapsed{0};
-  bool done = false;
-};
-
-/// Starts every request at once through the callback API and waits for all of them.
-std::vector<Outcome> ComputeConcurrently(Stub& stub, const std::vector<v1::ComputeRequest>& requests,
-                                         std::chrono::milliseconds timeout,
-                                         const std::function<void()>& while_running = nullptr) {
-  std::vector<Outcome> outcomes(requests.size());
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::mutex mu;
-  std::condition_variable cv;
-  size_t done = 0;
-  const auto start = Clock::now();
-  for (size_t i = 0; i < requests.size(); ++i) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    testing::SetTimeout(*contexts.back(), timeout);
-  }
-  for (size_t i = 0; i < requests.size(); ++i) {
-    stub.async()->Compute(contexts[i].get(), &requests[i], &outcomes[i].response,
-                          [&, i](grpc::Status status) {
-                            std::lock_guard<std::mutex> lock(mu);
-                            outcomes[i].status = std::move(status);
-                            outcomes[i].elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                Clock::now() - start);
-                            outcomes[i].done = true;
-                            ++done;
-                            cv.notify_all();
-                          });
-  }
-  if (while_running) while_running();
-  std::unique_lock<std::mutex> lock(mu);
-  if (!cv.wait_for(lock, timeout + 5s, [&] { return done == requests.size(); })) {
-    for (auto& c : contexts) c->TryCancel();
-    // Every callback runs once its context is cancelled; they reference locals, so wait for them.
-    cv.wait(lock, [&] { return done == requests.size(); });
-  }
-  return outcomes;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -704,50 +642,6 @@ struct BadCase {
   std::string expect;  // substring of the error message
 };
 
-std::map<std::string, v1::ComputeRequest> GoodBases() {
-  std::map<std::string, v1::ComputeRequest> bases;
-  const std::vector<double> x16 = testing::RandomNormal(16, 1, 5);
-  const std::vector<double> x12 = testing::RandomNormal(12, 1, 6);
-  const std::vector<double> t12 = {0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1};
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_softmax_focal();
-    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 4}, x16));
-    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 3}));
-    bases["softmax"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_sigmoid_focal();
-    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
-    bases["sigmoid"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_sigmoid_focal();
-    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {4}, {0, 3, 1, 2}));
-    bases["sigmoid_index"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_focal_cosine();
-    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 0}));
-    bases["cosine"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_dynamic_focal();
-    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
-    *r.mutable_num_objects() = testing::ToProto(MakeTensor(DType::kFloat32, {4}, {1, 2, 0, 3}));
-    bases["dynamic"] = r;
-  }
-  return bases;
-}
-
 void SetFloat(v1::Tensor* t, size_t i, float v) {
   std::string* data = t->mutable_data();
   std::memcpy(data->data() + i * sizeof(float), &v, sizeof v);
@@ -921,12 +815,6 @@ TEST_F(FocalServeTest, MalformedStreamRequestFailsTheStream) {
 
 // ---------------------------------------------------------------------------------------------
 // Servers of their own
-
-v1::ComputeRequest SmallRequest(const std::string& id) {
-  v1::ComputeRequest r = GoodBases().at("softmax");
-  r.set_request_id(id);
-  return r;
-}
 
 TEST(FocalServeCli, HelpAndUnknownFlag) {
   testing::TempDir dir;
@@ -1141,7 +1029,7 @@ TEST(FocalServeHealth, AnUnhealthyBackendTurnsHealthNotServing) {
 
 TEST(FocalServeShutdown, SigtermDrainsInFlightRequestsAndExitsZero) {
   std::string error;
-  auto server = Launch({"--debug-delay-ms=300", "--drain-timeout=10", "--max-concurrent=4"}, &error,
+  auto server = Launch({"--debug-delay-ms=300", "--drain-grace=1", "--drain-timeout=10", "--max-concurrent=4"}, &error,
                        /*metrics=*/false);
   ASSERT_NE(server, nullptr) << error;
   auto channel = testing::MakeChannel(server->address());
@@ -1155,20 +1043,26 @@ TEST(FocalServeShutdown, SigtermDrainsInFlightRequestsAndExitsZero) {
 
   std::vector<v1::ComputeRequest> requests;
   for (int i = 0; i < 6; ++i) requests.push_back(SmallRequest("drain-" + std::to_string(i)));
-  int health_during_drain = -1;
-  grpc::Status health_status, new_call_status;
+  int health_during_grace = -1;
+  grpc::Status health_status, grace_call_status, late_call_status;
   const std::vector<Outcome> outcomes = ComputeConcurrently(*stub, requests, 10s, [&] {
     std::this_thread::sleep_for(100ms);  // all six accepted: four computing, two queued
+    const auto signalled = Clock::now();
     ASSERT_TRUE(server->Signal(SIGTERM));
     std::this_thread::sleep_for(30ms);
-    health_status = testing::HealthCheck(channel.get(), "", &health_during_drain, 1s);
-    auto fresh = MakeStub(server->address());
+    // During the grace: health says NOT_SERVING at once, yet calls are still served, so that a
+    // balancer that has not yet seen the change loses nothing.
+    health_status = testing::HealthCheck(channel.get(), "", &health_during_grace, 1s);
     v1::ComputeResponse response;
-    new_call_status = Compute(*fresh, SmallRequest("too-late"), &response, 2s);
+    grace_call_status = Compute(*MakeStub(server->address()), SmallRequest("in-grace"), &response, 3s);
+    // After it: GOAWAY, and new calls are refused.
+    std::this_thread::sleep_until(signalled + 1300ms);
+    late_call_status = Compute(*MakeStub(server->address()), SmallRequest("too-late"), &response, 2s);
   });
-  EXPECT_TRUE(!health_status.ok() || health_during_drain == kNotServing)
-      << "health during drain: " << Describe(health_status) << " status " << health_during_drain;
-  EXPECT_EQ(new_call_status.error_code(), grpc::StatusCode::UNAVAILABLE) << Describe(new_call_status);
+  ASSERT_TRUE(health_status.ok()) << Describe(health_status);
+  EXPECT_EQ(health_during_grace, kNotServing);
+  EXPECT_TRUE(grace_call_status.ok()) << "a call during --drain-grace: " << Describe(grace_call_status);
+  EXPECT_EQ(late_call_status.error_code(), grpc::StatusCode::UNAVAILABLE) << Describe(late_call_status);
   for (size_t i = 0; i < outcomes.size(); ++i) {
     EXPECT_TRUE(outcomes[i].status.ok()) << requests[i].request_id() << ": " << Describe(outcomes[i].status);
     if (outcomes[i].status.ok()) ExpectMatchesReference(requests[i], outcomes[i].response);
@@ -1176,11 +1070,12 @@ TEST(FocalServeShutdown, SigtermDrainsInFlightRequestsAndExitsZero) {
   const std::optional<int> code = server->WaitForExit(10s);
   ASSERT_TRUE(code.has_value()) << "still running 10 s after the last request";
   EXPECT_EQ(*code, 0) << "stderr: " << server->Stderr();
+  EXPECT_NE(server->Stderr().find("every accepted call was answered"), std::string::npos) << server->Stderr();
 }
 
-TEST(FocalServeShutdown, DrainTimeoutBoundsTheExit) {
+TEST(FocalServeShutdown, DrainTimeoutBoundsTheExitAndSaysWhatWasCutOff) {
   std::string error;
-  auto server = Launch({"--debug-delay-ms=5000", "--drain-timeout=1"}, &error, /*metrics=*/false);
+  auto server = Launch({"--debug-delay-ms=5000", "--drain-grace=0", "--drain-timeout=1"}, &error, /*metrics=*/false);
   ASSERT_NE(server, nullptr) << error;
   auto stub = MakeStub(server->address());
   std::optional<int> code;
@@ -1193,7 +1088,8 @@ TEST(FocalServeShutdown, DrainTimeoutBoundsTheExit) {
     exit_after = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - signalled);
   });
   ASSERT_TRUE(code.has_value()) << "did not exit after the drain timeout";
-  EXPECT_EQ(*code, 0) << "stderr: " << server->Stderr();
+  EXPECT_EQ(*code, 1) << "a call was cut off: the exit code says so; stderr: " << server->Stderr();
+  EXPECT_NE(server->Stderr().find("1 call(s) cut off at the drain deadline"), std::string::npos) << server->Stderr();
   EXPECT_LT(exit_after.count(), 3500) << "ms from SIGTERM to exit: --drain-timeout=1 should bound the drain";
   EXPECT_FALSE(outcomes[0].status.ok()) << "a 5 s request cannot have finished";
 }
@@ -1202,7 +1098,8 @@ TEST(FocalServeShutdown, SigintExitsZero) {
   std::string error;
   // Also: every remaining documented flag is accepted, in both spellings.
   auto server = Launch({"--backend", "cpu", "--cpu-threads=1", "--max-queue", "8", "--keepalive-time=30",
-                        "--max-connection-age", "60", "--drain-timeout=5", "--max-elements", "1000000"},
+                        "--max-connection-age", "60", "--drain-grace", "0", "--drain-timeout=5", "--max-elements",
+                        "1000000", "--max-classes=4096", "--max-buffered-bytes", "100000000", "--trim-idle-ms=500"},
                        &error);
   ASSERT_NE(server, nullptr) << error;
   {

@@ -36,7 +36,7 @@ class ServerProcess:
         if not binary.exists():
             pytest.skip(f"focalserve binary not found at {binary}: build it (cmake -S . -B build -G Ninja && "
                         f"ninja -C build focalserve) or set FOCALSERVE_BINARY")
-        args = [str(binary), "--listen", "127.0.0.1:0", "--metrics-listen", "", "--drain-timeout", "5",
+        args = [str(binary), "--listen", "127.0.0.1:0", "--metrics-listen", "", "--drain-grace", "0", "--drain-timeout", "5",
                 *os.environ.get("FOCALSERVE_ARGS", "").split(), *extra_args]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, text=True)

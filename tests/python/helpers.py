@@ -1,6 +1,8 @@
 """Shared test helpers: wire rounding, float64 references with autograd, tolerances."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -19,6 +21,18 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": t
 #   that (worst seen: 3.5e-4 and 2.8e-3), the reference being the exact value, not a rounded one.
 COMPUTE_RTOL = 2e-5
 ARRAY_RTOL = {"float32": COMPUTE_RTOL, "float64": COMPUTE_RTOL, "float16": 1e-3, "bfloat16": 8e-3}
+
+
+# Unit roundoff of each wire dtype: one rounding to it moves a value by at most this fraction.
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+# float16's subnormals are evenly spaced: below 2^-14 a rounding moves a value by up to 2^-25.
+FLOAT16_ABS_ROUNDOFF = 2.0**-25
+
+
+def stable_seed(*parts) -> int:
+    """A seed from the test's own parameters that is the same in every process (Python's hash()
+    of a string changes with PYTHONHASHSEED, which made CI flaky)."""
+    return zlib.crc32(repr(parts).encode())
 
 
 def assert_close(actual, expected, rtol, what=""):

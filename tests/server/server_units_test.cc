@@ -101,7 +101,7 @@ TEST(Codec, DecodesInPlaceWithDefaultsForAbsentParameters) {
 
 TEST(Codec, WireErrorsNameTheField) {
   auto expect = [](v1::ComputeRequest r, absl::StatusCode code, const std::string& fragment,
-                   CodecLimits limits = {}) {
+                   RequestLimits limits = {}) {
     const auto job = DecodeComputeRequest(r, limits);
     EXPECT_EQ(job.status().code(), code) << job.status();
     EXPECT_NE(job.status().message().find(fragment), std::string::npos) << job.status();
@@ -128,7 +128,7 @@ TEST(Codec, WireErrorsNameTheField) {
   r.set_gradient_dtype(static_cast<v1::DataType>(99));
   expect(r, absl::StatusCode::kInvalidArgument, "gradient_dtype is 99");
   expect(SoftmaxRequest(), absl::StatusCode::kResourceExhausted, "at most 3 per request (--max-elements)",
-         CodecLimits{3});
+         RequestLimits{3});
 }
 
 TEST(Codec, EncodesEveryField) {

@@ -355,6 +355,95 @@ TEST(NonFinite, RejectedWithTheFirstBadIndexUnlessAllowed) {
   EXPECT_TRUE(Compute(MakeJob(Softmax(2), good, classes)).ok());
 }
 
+/// VARIANTS.md §5.6: with allow_non_finite a -inf logit in a softmax row is a masked class. The
+/// independent reference is the same row without those classes: equal loss, equal gradient on
+/// the classes left, 0 on the masked ones.
+TEST(NonFinite, MinusInfinityLogitsAreMaskedClassesInSoftmaxRows) {
+  for (const Shape& shape : {Shape{5, 7}, Shape{3, 7, 5}}) {  // [N, C] rows and the strided layout
+    for (double gamma : {0.0, 0.5, 2.0}) {
+      SCOPED_TRACE(::testing::Message() << "shape rank " << shape.size() << " gamma " << gamma);
+      const int64_t N = shape[0], C = shape[1], S = shape.size() > 2 ? shape[2] : 1;
+      const std::vector<double> x = testing::RandomNormal(static_cast<size_t>(N * C * S), 2, 31);
+      std::vector<double> masked = x;
+      const std::vector<int64_t> dropped = {1, 4};  // masked in every position; targets avoid them
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c : dropped) {
+          for (int64_t s = 0; s < S; ++s) masked[(n * C + c) * S + s] = -INFINITY;
+        }
+      }
+      std::vector<double> kept_x;  // the rows without the masked classes: [N, C - 2, S]
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          if (c == 1 || c == 4) continue;
+          for (int64_t s = 0; s < S; ++s) kept_x.push_back(x[(n * C + c) * S + s]);
+        }
+      }
+      const std::vector<int64_t> kept_class = {0, 2, 3, 5, 6};
+      std::vector<double> y, kept_y;
+      for (int64_t i = 0; i < N * S; ++i) {
+        const int64_t k = i % static_cast<int64_t>(kept_class.size());
+        y.push_back(static_cast<double>(kept_class[k]));
+        kept_y.push_back(static_cast<double>(k));
+      }
+      Shape ts{N}, kept_shape = shape;
+      if (S > 1) ts.push_back(S);
+      kept_shape[1] = C - 2;
+      const HostTensor logits = MakeTensor(DType::kFloat32, shape, masked);
+      const HostTensor kept_logits = MakeTensor(DType::kFloat32, kept_shape, kept_x);
+      const HostTensor targets = MakeTensor(DType::kInt64, ts, y), kept_targets = MakeTensor(DType::kInt64, ts, kept_y);
+      LossJob job = MakeJob(Softmax(gamma), logits, targets, Reduction::kNone);
+      job.allow_non_finite = true;
+      const auto got = Compute(job);
+      const auto want = Compute(MakeJob(Softmax(gamma), kept_logits, kept_targets, Reduction::kNone));
+      ASSERT_TRUE(got.ok() && want.ok()) << got.status() << " / " << want.status();
+      const std::vector<double> losses = testing::Values(got->losses->view()), want_losses = testing::Values(want->losses->view());
+      for (size_t i = 0; i < losses.size(); ++i) {
+        EXPECT_TRUE(std::isfinite(losses[i])) << "losses[" << i << "]";
+        // The same float32 terms in the same order except the masked ones, which add e^-inf = 0:
+        // the row sums can differ only by the reassociation of the SIMD lanes, a few ulps.
+        EXPECT_NEAR(losses[i], want_losses[i], 1e-6 * std::fabs(want_losses[i]) + 1e-7) << "losses[" << i << "]";
+      }
+      const std::vector<double> grad = testing::Values(got->gradient->view()), want_grad = testing::Values(want->gradient->view());
+      size_t k = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t s = 0; s < S; ++s) {
+            const double g = grad[(n * C + c) * S + s];
+            if (c == 1 || c == 4) {
+              EXPECT_EQ(g, 0.0) << "masked class " << c << " of row " << n;
+              continue;
+            }
+            const double w = want_grad[k++];
+            EXPECT_NEAR(g, w, 1e-6 * std::fabs(w) + 1e-7) << "gradient of class " << c << " row " << n;
+          }
+        }
+      }
+    }
+  }
+  // A row whose target's own logit is -inf has loss +inf (as PyTorch); a row of -inf only, or
+  // with a NaN or +inf, is NaN; and with label smoothing every class has a term, so -inf makes
+  // the row NaN too.
+  const HostTensor logits = MakeTensor(DType::kFloat32, {4, 3},
+                                       {-INFINITY, 1, 2, -INFINITY, -INFINITY, -INFINITY, 0, NAN, 1, 0, INFINITY, 1});
+  const HostTensor targets = MakeTensor(DType::kInt64, {4}, {0, 1, 2, 0});
+  LossJob job = MakeJob(Softmax(2), logits, targets, Reduction::kNone);
+  job.allow_non_finite = true;
+  const auto r = Compute(job);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::vector<double> losses = testing::Values(r->losses->view());
+  EXPECT_EQ(losses[0], INFINITY);
+  EXPECT_TRUE(std::isnan(losses[1]) && std::isnan(losses[2]) && std::isnan(losses[3]));
+  job.spec = Softmax(2, 0.1);
+  job.spec.reduction = Reduction::kNone;
+  const HostTensor one_masked = MakeTensor(DType::kFloat32, {1, 3}, {-INFINITY, 1, 2});
+  job.logits = one_masked.view();
+  const HostTensor one_target = MakeTensor(DType::kInt64, {1}, {1});
+  job.targets = one_target.view();
+  const auto smoothed = Compute(job);
+  ASSERT_TRUE(smoothed.ok()) << smoothed.status();
+  EXPECT_TRUE(std::isnan(testing::Values(smoothed->losses->view())[0]));
+}
+
 TEST(NonFinite, FloatTargetsAndProbabilitiesOutOfRange) {
   const HostTensor logits = MakeTensor(DType::kFloat32, {2, 3}, {0.1, 0.2, 0.3, 0.4, 0.5, 0.6});
   const HostTensor bad_t = MakeTensor(DType::kFloat32, {2, 3}, {0, 1, 0.5, 1.5, 0, 1});

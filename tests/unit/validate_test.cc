@@ -103,10 +103,10 @@ TEST(Validate, SoftmaxFocal) {
   p.alpha = {1, 1, 1};
   ExpectInvalid(f.Job(p), "loss.alpha has 3 values; logits have 5 classes");
   p.alpha = {1, -1, 1, 1, 1};
-  ExpectInvalid(f.Job(p), "loss.alpha[1] is -1; must be finite and >= 0");
+  ExpectInvalid(f.Job(p), "loss.alpha[1] is -1; must be in [0, 1e+06]");
   p = {};
   p.gamma = -0.5;
-  ExpectInvalid(f.Job(p), "loss.gamma is -0.5; must be finite and >= 0");
+  ExpectInvalid(f.Job(p), "loss.gamma is -0.5; must be in [0, 1000]");
   p.gamma = std::numeric_limits<double>::quiet_NaN();
   ExpectInvalid(f.Job(p), "loss.gamma is nan");
   p = {};
@@ -201,7 +201,7 @@ TEST(Validate, GradientOutputAndNormalizer) {
 
   job = f.Job();
   job.spec.normalizer = 0.0;
-  ExpectInvalid(job, "loss.normalizer is 0; must be finite and > 0");
+  ExpectInvalid(job, "loss.normalizer is 0; must be in [1e-06, 1e+15]");
 }
 
 }  // namespace

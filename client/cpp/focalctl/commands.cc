@@ -93,9 +93,10 @@ int RunInfo(const Flags& flags) {
   std::printf("focalserve %s at %s\n", info->version.c_str(), target.c_str());
   std::printf("backend        %s\n", info->backend.c_str());
   std::printf("devices        %s\n", info->devices.empty() ? "none" : absl::StrJoin(info->devices, ", ").c_str());
-  std::printf("limits         %lld bytes per message, %lld logits elements per request, %d requests at once\n",
+  std::printf("limits         %lld bytes per message, %lld logits elements and %lld classes per request, "
+              "%d requests at once\n",
               static_cast<long long>(info->max_message_bytes), static_cast<long long>(info->max_elements),
-              info->max_concurrent_requests);
+              static_cast<long long>(info->max_classes), info->max_concurrent_requests);
   std::printf("logits dtypes  %s\n", dtypes(info->logits_dtypes).c_str());
   std::printf("target dtypes  %s\n", dtypes(info->target_dtypes).c_str());
   std::printf("variants\n");

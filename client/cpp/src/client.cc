@@ -418,6 +418,7 @@ absl::StatusOr<ServerInfoOutput> Client::ServerInfo() const {
   }
   out.max_message_bytes = info.max_message_bytes();
   out.max_elements = info.max_elements();
+  out.max_classes = info.max_classes();
   out.backend = info.backend();
   out.devices.assign(info.devices().begin(), info.devices().end());
   out.max_concurrent_requests = info.max_concurrent_requests();

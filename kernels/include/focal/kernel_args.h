@@ -35,7 +35,10 @@ struct KernelArgs {
   double smoothing_floor = 0;  ///< ε/K (sigmoid) added to every target after scaling by 1-ε
   bool probabilities = false;
   bool binary_targets = false;  ///< dynamic_focal: float targets must be exactly 0 or 1
-  int64_t ignore_index = INT64_MIN;
+  /// Class-index targets equal to ignore_index are ignored rows, only when has_ignore_index:
+  /// "no ignore_index" is its own state, never a value a client could send as a target.
+  bool has_ignore_index = false;
+  int64_t ignore_index = 0;
   const float* class_alpha = nullptr;  ///< softmax per-class α, or null for all ones
   double cosine_alpha = 1, xent = 0.1;
   /// Gradient weight of every item: upstream w times the reduction's scale.

@@ -10,6 +10,21 @@ namespace focal {
 
 enum class Reduction : uint8_t { kMean, kSum, kNone };
 
+/// How large a parameter may be so that float32 kernels carry it: with every bound at its
+/// extreme at once (γ, a weight, grad_output over the smallest normalizer) and logits at
+/// ±1e4, the loss and the gradient stay below float32's 3.4e38 with orders of magnitude to
+/// spare. Beyond γ = 1000, (1-p_t)^γ is below 1e-40 for every p_t ≥ 0.1: nothing left to focus.
+struct ParameterLimits {
+  static constexpr double kMaxGamma = 1000;
+  /// α (per class or scalar) and xent: weights of a loss term.
+  static constexpr double kMaxWeight = 1e6;
+  /// |grad_output|, scalar or per item (mixed-precision loss scales reach 2^24).
+  static constexpr double kMaxGradOutput = 1e15;
+  /// The MEAN denominator a request may set (RetinaNet's number of positives, say).
+  static constexpr double kMinNormalizer = 1e-6;
+  static constexpr double kMaxNormalizer = 1e15;
+};
+
 /// What sigmoid_focal's input tensor holds.
 enum class SigmoidInput : uint8_t { kLogits, kProbabilities };
 

@@ -122,6 +122,7 @@ TEST(EmulatedKernels, FocalCosine) { CompareAll(FocalCosineCases(3000)); }
 TEST(EmulatedKernels, EmptyInputs) { CompareAll(EmptyCases()); }
 TEST(EmulatedKernels, NonFiniteInputs) { CheckNonFiniteInputs(EmulatedCompute, "emulated"); }
 TEST(EmulatedKernels, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(EmulatedCompute, "emulated"); }
+TEST(EmulatedKernels, MinusInfinityLogitsAreMaskedClasses) { CheckMaskedClasses(EmulatedCompute, "emulated"); }
 TEST(EmulatedKernels, BadTargetsAreRejectedLikeTheCpu) { CheckBadTargets(EmulatedCompute, "emulated"); }
 
 // Long rows against a long-double reference, for both backends: the GPU's per-thread runs and

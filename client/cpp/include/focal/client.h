@@ -113,6 +113,7 @@ struct ServerInfoOutput {
   std::vector<DType> target_dtypes;
   int64_t max_message_bytes = 0;
   int64_t max_elements = 0;
+  int64_t max_classes = 0;
   std::string backend;
   std::vector<std::string> devices;
   int max_concurrent_requests = 0;
