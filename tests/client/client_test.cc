@@ -9,7 +9,10 @@
 
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "focal/client.h"
+#include "focal/v1/focal_loss.grpc.pb.h"
 #include "tests/client/test_support.h"
 
 namespace focal::client_test {
@@ -570,6 +573,46 @@ TEST(ClientServerFlagsTest, TlsAndMutualTls) {
     options.tls_client_key_pem = ReadFile(dir.File("client.key"));
     ExpectMatchesCpuBackend(call, (*Client::Create(options))->Compute(call));
   }
+}
+
+}  // namespace
+}  // namespace focal::client_test
+
+namespace focal::client_test {
+namespace {
+
+/// A stand-in for a server that loses a batch: it answers Evaluate OK with one batch fewer than
+/// it read, the silent truncation the client must catch.
+class ShortCountingService final : public v1::FocalLossService::Service {
+ public:
+  grpc::Status Evaluate(grpc::ServerContext*, grpc::ServerReader<v1::ComputeRequest>* reader,
+                        v1::EvaluateResponse* response) override {
+    v1::ComputeRequest request;
+    int64_t read = 0;
+    while (reader->Read(&request)) ++read;
+    response->set_batches(read - 1);
+    return grpc::Status::OK;
+  }
+};
+
+TEST(ClientEvaluateTest, ChecksTheServerAccumulatedEveryBatch) {
+  ShortCountingService service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(port, 0);
+  ClientOptions options;
+  options.target = "127.0.0.1:" + std::to_string(port);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<ComputeCall> batches = {SoftmaxCall(4, 3, 310), SoftmaxCall(4, 3, 311), SoftmaxCall(4, 3, 312)};
+  const absl::StatusOr<EvaluateOutput> out = (*client)->Evaluate(batches.begin(), batches.end());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kDataLoss) << out.status();
+  EXPECT_NE(out.status().message().find("accumulated 2 batches but 3 were sent"), absl::string_view::npos)
+      << out.status();
+  server->Shutdown();
 }
 
 }  // namespace

@@ -167,13 +167,53 @@ def test_evaluate_dynamic_with_num_objects(client):
     assert result.count == 72 and result.total_loss == pytest.approx(expected, rel=1e-6)
 
 
+class _ShortCountingServer:
+    """A stand-in for a server that loses a batch: it answers Evaluate OK with one batch fewer
+    than it read, the silent truncation the client must catch."""
+
+    def __init__(self):
+        from concurrent import futures
+        from focalserve._proto import pb, rpc
+
+        class Servicer(rpc.FocalLossServiceServicer):
+            def Evaluate(self, request_iterator, context):
+                return pb.EvaluateResponse(batches=max(sum(1 for _ in request_iterator) - 1, 0))
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        rpc.add_FocalLossServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def __enter__(self):
+        return f"127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.stop(None)
+
+
+def test_evaluate_checks_the_server_accumulated_every_batch():
+    with _ShortCountingServer() as target:
+        with focalserve.Client(target, timeout=10) as c:
+            with pytest.raises(focalserve.FocalServeError) as e:
+                c.evaluate(_batches(3))
+            assert e.value.code == grpc.StatusCode.DATA_LOSS
+            assert "accumulated 2 batches but 3 were sent" in e.value.message
+
+        async def run():
+            async with focalserve.AsyncClient(target, timeout=10) as ac:
+                await ac.evaluate(_batches(2))
+
+        with pytest.raises(focalserve.FocalServeError, match="accumulated 1 batches but 2 were sent"):
+            asyncio.run(run())
+
+
 def test_evaluate_error_names_the_batch(client):
     batches = _batches(3)
     batches[1] = (batches[1][0], batches[1][1] + 10)
     with pytest.raises(focalserve.FocalServeError) as e:
         client.evaluate(batches)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "batch 1" in e.value.message and "targets" in e.value.message
+    assert "message 2 of the evaluation (request 'batch-1')" in e.value.message and "targets" in e.value.message
 
 
 def test_evaluate_batch_iterator_errors_surface(client):

@@ -1,6 +1,8 @@
 // Every validation error: INVALID_ARGUMENT with a message that names the field and the problem.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "focal/validate.h"
@@ -103,7 +105,7 @@ TEST(Validate, SoftmaxFocal) {
   p.alpha = {1, 1, 1};
   ExpectInvalid(f.Job(p), "loss.alpha has 3 values; logits have 5 classes");
   p.alpha = {1, -1, 1, 1, 1};
-  ExpectInvalid(f.Job(p), "loss.alpha[1] is -1; must be in [0, 1e+06]");
+  ExpectInvalid(f.Job(p), "loss.alpha[1] is -1; must be in [0, 10000]");
   p = {};
   p.gamma = -0.5;
   ExpectInvalid(f.Job(p), "loss.gamma is -0.5; must be in [0, 1000]");
@@ -202,6 +204,119 @@ TEST(Validate, GradientOutputAndNormalizer) {
   job = f.Job();
   job.spec.normalizer = 0.0;
   ExpectInvalid(job, "loss.normalizer is 0; must be in [1e-06, 1e+15]");
+}
+
+}  // namespace
+}  // namespace focal
+
+namespace focal {
+namespace {
+
+// "No ignore_index" is its own state: INT64_MIN is a target like any other, out of range,
+// unless the request names it as its ignore_index.
+TEST(Validate, Int64MinIsNotAnImplicitIgnoreIndex) {
+  constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
+  const HostTensor logits = MakeTensor(DType::kFloat32, {3, 5}, testing::RandomNormal(15, 1, 2));
+  const HostTensor targets = MakeTensor(DType::kInt64, {3}, {0, 1, 2});
+  HostTensor with_min = targets;
+  std::memcpy(with_min.bytes.data() + sizeof(int64_t), &kMin, sizeof kMin);
+  SigmoidFocalParams sigmoid;
+  for (const VariantParams& params : {VariantParams{SoftmaxFocalParams{}}, VariantParams{sigmoid},
+                                      VariantParams{FocalCosineParams{}}}) {
+    SCOPED_TRACE(VariantName(params));
+    LossJob job;
+    job.spec.params = params;
+    job.logits = logits.view();
+    job.targets = with_min.view();
+    job.compute_gradient = true;
+    ExpectInvalid(job, "targets[1] is -9223372036854775808; must be in [0, ");
+  }
+  SoftmaxFocalParams named;
+  named.ignore_index = kMin;
+  LossJob job;
+  job.spec.params = named;
+  job.logits = logits.view();
+  job.targets = with_min.view();
+  job.compute_gradient = true;
+  const auto result = CpuBackend().Compute(job);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->count, 2);
+  const std::vector<double> grad = testing::Values(result->gradient->view());
+  for (int c = 0; c < 5; ++c) EXPECT_EQ(grad[5 + c], 0.0) << "the ignored row has no gradient";
+}
+
+// Parameters float32 kernels cannot carry are refused by name (ParameterLimits); at the limits
+// every variant still answers finite losses and gradients for logits at ±1e4.
+TEST(Validate, ParametersBeyondWhatFloat32CarriesAreRefusedByName) {
+  Fixture f;
+  const double huge = 1e308, tiny = 5e-324;
+  SoftmaxFocalParams softmax;
+  softmax.gamma = huge;
+  ExpectInvalid(f.Job(softmax), "loss.gamma is 1e+308; must be in [0, 1000]");
+  softmax.gamma = 2;
+  softmax.alpha = {1, 1, 3e38f, 1, 1};
+  ExpectInvalid(f.Job(softmax), "loss.alpha[2] is 3e+38; must be in [0, 10000]");
+  FocalCosineParams cosine;
+  cosine.alpha = -huge;
+  ExpectInvalid(f.Job(cosine), "loss.alpha is -1e+308; must be in [-10000, 10000]");
+  cosine.alpha = 1;
+  cosine.xent = huge;
+  ExpectInvalid(f.Job(cosine), "loss.xent is 1e+308; must be in [0, 10000]");
+  DynamicFocalParams dynamic;
+  dynamic.gamma = 1001;
+  LossJob job = f.Job(dynamic);
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "loss.gamma is 1001; must be in [0, 1000]");
+  job = f.Job();
+  job.spec.normalizer = tiny;
+  ExpectInvalid(job, "loss.normalizer is 4.94066e-324; must be in [1e-06, 1e+15]");
+  job = f.Job();
+  job.grad_output = huge;
+  ExpectInvalid(job, "grad_output is 1e+308; |grad_output| must be at most 1e+08");
+  job = f.Job();
+  job.spec.reduction = Reduction::kNone;
+  const HostTensor upstream = MakeTensor(DType::kFloat64, {3}, {1, -2e8, 1});
+  job.grad_output = upstream.view();
+  ExpectInvalid(job, "grad_output[1] is -2e+08; |grad_output| must be at most 1e+08");
+  const HostTensor num_objects = MakeTensor(DType::kFloat64, {3}, {1e308, 1e308, 1});
+  job = f.Job(DynamicFocalParams{});
+  job.targets = f.float_targets.view();
+  job.num_objects = num_objects.view();
+  ExpectInvalid(job, "num_objects sums to more than float64 can hold");
+
+  // Every bound at once, at its limit, with the most extreme logits: finite.
+  const HostTensor logits = MakeTensor(DType::kFloat32, {4, 5}, {1e4, -1e4, 0, 88, -88, -1e4, 1e4, 100, -100, 0, 0, 0,
+                                                                0, 0, 0, 3, -3, 1e4, -1e4, 50});
+  const HostTensor classes = MakeTensor(DType::kInt64, {4}, {1, 0, 4, 2});
+  const HostTensor floats = MakeTensor(DType::kFloat32, {4, 5}, std::vector<double>{1, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                                                                    1, 1, 0, 0, 1, 0, 1, 0, 1, 1});
+  SoftmaxFocalParams s;
+  s.alpha.assign(5, static_cast<float>(ParameterLimits::kMaxWeight));
+  SigmoidFocalParams g;
+  FocalCosineParams c;
+  c.alpha = -ParameterLimits::kMaxWeight;
+  c.xent = ParameterLimits::kMaxWeight;
+  for (double gamma : {0.0, 0.5, ParameterLimits::kMaxGamma}) {
+    s.gamma = g.gamma = c.gamma = gamma;
+    DynamicFocalParams d;
+    d.gamma = gamma;
+    for (const VariantParams& params : {VariantParams{s}, VariantParams{g}, VariantParams{c}, VariantParams{d}}) {
+      SCOPED_TRACE(::testing::Message() << VariantName(params) << " gamma " << gamma);
+      LossJob extreme;
+      extreme.spec.params = params;
+      extreme.spec.normalizer = ParameterLimits::kMinNormalizer;
+      extreme.logits = logits.view();
+      const bool float_targets = std::holds_alternative<DynamicFocalParams>(params) ||
+                                 std::holds_alternative<SigmoidFocalParams>(params);
+      extreme.targets = float_targets ? floats.view() : classes.view();
+      extreme.compute_gradient = true;
+      extreme.grad_output = ParameterLimits::kMaxGradOutput;
+      const auto result = CpuBackend().Compute(extreme);
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_TRUE(std::isfinite(result->loss)) << result->loss;
+      for (double v : testing::Values(result->gradient->view())) ASSERT_TRUE(std::isfinite(v)) << v;
+    }
+  }
 }
 
 }  // namespace

@@ -364,6 +364,7 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next) const {
   v1::EvaluateResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::ComputeRequest>> writer = impl_->stub->Evaluate(&context, &response);
   absl::Status source_error;
+  int64_t sent = 0;
   for (;;) {
     ComputeCall batch;
     absl::StatusOr<bool> more = next(batch);
@@ -379,10 +380,16 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next) const {
     // The server reads the next batch only once the previous one is accumulated, so this
     // blocks as flow control fills: at most about one batch is in flight.
     if (!writer->Write(EncodeRequest(std::move(batch)))) break;  // the call has ended; Finish says why
+    ++sent;
   }
   const grpc::Status status = writer->Finish();
   RETURN_IF_ERROR(source_error);
   RETURN_IF_ERROR(FromGrpc(status));
+  // Totals over fewer batches than were sent would be a silently wrong answer.
+  if (response.batches() != sent) {
+    return absl::DataLossError(absl::StrCat("the server accumulated ", response.batches(), " batches but ", sent,
+                                            " were sent"));
+  }
   EvaluateOutput out;
   out.total_loss = response.total_loss();
   out.count = response.count();

@@ -294,13 +294,16 @@ class CapturingIterator:
     def __init__(self, inner):
         self.inner = inner
         self.error: Optional[BaseException] = None
+        self.count = 0  # requests handed to gRPC
 
     def __iter__(self):
         return self
 
     def __next__(self):
         try:
-            return next(self.inner)
+            item = next(self.inner)
+            self.count += 1
+            return item
         except StopIteration:
             raise
         except Exception as e:
@@ -313,11 +316,14 @@ class CapturingIterator:
     async def __anext__(self):
         try:
             if hasattr(self.inner, "__anext__"):
-                return await self.inner.__anext__()
-            try:
-                return next(self.inner)
-            except StopIteration:
-                raise StopAsyncIteration from None
+                item = await self.inner.__anext__()
+            else:
+                try:
+                    item = next(self.inner)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+            self.count += 1
+            return item
         except StopAsyncIteration:
             raise
         except Exception as e:
@@ -362,6 +368,17 @@ class ComputeResult:
         if self.gradient is not None:
             parts.append(f"gradient={self.gradient_dtype}{list(self.gradient.shape)}")
         return f"ComputeResult({', '.join(parts)})"
+
+
+def checked_evaluation(response: "pb.EvaluateResponse", sent: int) -> "EvaluateResult":
+    """The EvaluateResult, once the server says it accumulated every batch that was sent: a
+    total over fewer batches than the caller streamed would be a silently wrong answer."""
+    if response.batches != sent:
+        from ._errors import FocalServeError
+        import grpc
+        raise FocalServeError(grpc.StatusCode.DATA_LOSS,
+                              f"the server accumulated {response.batches} batches but {sent} were sent", "Evaluate")
+    return EvaluateResult(response)
 
 
 class EvaluateResult:

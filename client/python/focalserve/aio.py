@@ -78,7 +78,7 @@ class AsyncClient(_Base):
             if isinstance(e, asyncio.CancelledError):
                 raise
             raise FocalServeError.from_rpc_error(e, "Evaluate") from None
-        return _codec.EvaluateResult(response)
+        return _codec.checked_evaluation(response, request_iterator.count)
 
     async def info(self, *, timeout: Optional[float] = None) -> pb.ServerInfo:
         try:

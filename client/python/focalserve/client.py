@@ -136,7 +136,7 @@ class Client(_Base):
             if requests.error is not None:  # gRPC cancels the call; raise what the batches raised
                 raise requests.error from None
             raise FocalServeError.from_rpc_error(e, "Evaluate") from None
-        return _codec.EvaluateResult(response)
+        return _codec.checked_evaluation(response, requests.count)
 
     def info(self, *, timeout: Optional[float] = None) -> pb.ServerInfo:
         """The server's focal.v1.ServerInfo: version, variants and parameters, dtypes, limits, devices."""

@@ -10,16 +10,17 @@ namespace focal {
 
 enum class Reduction : uint8_t { kMean, kSum, kNone };
 
-/// How large a parameter may be so that float32 kernels carry it: with every bound at its
-/// extreme at once (γ, a weight, grad_output over the smallest normalizer) and logits at
-/// ±1e4, the loss and the gradient stay below float32's 3.4e38 with orders of magnitude to
-/// spare. Beyond γ = 1000, (1-p_t)^γ is below 1e-40 for every p_t ≥ 0.1: nothing left to focus.
+/// How large a parameter may be so that float32 kernels carry it. The worst product is
+/// focal_cosine's: α·xent (1e8) times grad_output over the smallest normalizer (1e14) times the
+/// normalisation's 1/max(‖x‖, 1e-12) of an all-zero row (1e12) is 1e34, below float32's
+/// 3.4e38; every other variant has less. Beyond γ = 1000, (1-p_t)^γ is below 1e-40 for every
+/// p_t ≥ 0.1: nothing is left to focus on.
 struct ParameterLimits {
   static constexpr double kMaxGamma = 1000;
   /// α (per class or scalar) and xent: weights of a loss term.
-  static constexpr double kMaxWeight = 1e6;
-  /// |grad_output|, scalar or per item (mixed-precision loss scales reach 2^24).
-  static constexpr double kMaxGradOutput = 1e15;
+  static constexpr double kMaxWeight = 1e4;
+  /// |grad_output|, scalar or per item (mixed-precision loss scales stay near 2^16-2^24).
+  static constexpr double kMaxGradOutput = 1e8;
   /// The MEAN denominator a request may set (RetinaNet's number of positives, say).
   static constexpr double kMinNormalizer = 1e-6;
   static constexpr double kMaxNormalizer = 1e15;
