@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "server/exact_sum.h"
+#include "server/evaluation.h"
 #include "server/wire.h"
 
 // Lifetimes, the rules every reactor below follows:
@@ -575,126 +575,6 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* FocalLossServiceImp
 
 namespace {
 
-/// Exact sums over a whole evaluation.
-struct EvaluationTotals {
-  ExactSum total;
-  int64_t count = 0;
-  std::vector<ExactSum> class_sums;
-  std::vector<int64_t> class_counts;
-  int64_t batches = 0;
-  int64_t compute_micros = 0, queue_micros = 0;
-
-  /// Adds one batch's per-item losses. Items are attributed to a class: the target class of
-  /// the row for softmax_focal and focal_cosine; the class channel (dim 1) for sigmoid_focal
-  /// and dynamic_focal, whose items are single logits. Ignored items add nothing. The class
-  /// dimension was bounded by the codec (--max-classes) before anything is sized from it.
-  void Add(const LossJob& job, const LossResult& result) {
-    ++batches;
-    count += result.count;
-    const Shape& shape = job.logits.shape;
-    const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
-    if (static_cast<int64_t>(class_sums.size()) < channels) {
-      class_sums.resize(channels);
-      class_counts.resize(channels, 0);
-    }
-    const TensorView losses = result.losses->view();
-    if (losses.dtype == DType::kFloat32) {
-      // Float32 losses (every logits dtype but float64) go through integer buckets, ~10x
-      // cheaper per item than ExactSum; per class too while that stays small in memory.
-      ExactFloat32Sum batch_total;
-      if (channels <= kBucketedClasses) {
-        std::vector<ExactFloat32Sum> batch_classes(channels);
-        ForEachItem(job, losses, [&](int64_t cls, double loss) {
-          batch_total.Add(static_cast<float>(loss));
-          batch_classes[cls].Add(static_cast<float>(loss));
-          ++class_counts[cls];
-        });
-        for (int64_t c = 0; c < channels; ++c) batch_classes[c].AddTo(class_sums[c]);
-      } else {
-        ForEachItem(job, losses, [&](int64_t cls, double loss) {
-          batch_total.Add(static_cast<float>(loss));
-          class_sums[cls].Add(loss);
-          ++class_counts[cls];
-        });
-      }
-      batch_total.AddTo(total);
-    } else {
-      ForEachItem(job, losses, [&](int64_t cls, double loss) {
-        total.Add(loss);
-        class_sums[cls].Add(loss);
-        ++class_counts[cls];
-      });
-    }
-  }
-
-  /// Up to this many classes, per-class sums use ExactFloat32Sum (2 KB each).
-  static constexpr int64_t kBucketedClasses = 1024;
-
-  /// f(class, loss) for every item that counts, in order; no division per item.
-  template <class F>
-  static void ForEachItem(const LossJob& job, const TensorView& losses, const F& f) {
-    const Shape& shape = job.logits.shape;
-    const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
-    const int64_t rows = shape.empty() ? 1 : shape[0];
-    int64_t inner = 1;
-    for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
-    std::optional<int64_t> ignore;
-    if (const auto* p = std::get_if<SoftmaxFocalParams>(&job.spec.params)) ignore = p->ignore_index;
-    if (const auto* p = std::get_if<SigmoidFocalParams>(&job.spec.params)) ignore = p->ignore_index;
-    auto loss_at = [&](int64_t i) {
-      return losses.dtype == DType::kFloat32 ? static_cast<double>(losses.As<float>()[i]) : losses.As<double>()[i];
-    };
-    const bool per_row = std::holds_alternative<SoftmaxFocalParams>(job.spec.params) ||
-                         std::holds_alternative<FocalCosineParams>(job.spec.params);
-    if (per_row) {  // items are positions [N, S]; class = target
-      const int64_t items = rows * inner;
-      for (int64_t i = 0; i < items; ++i) {
-        const int64_t cls = LoadAsInt64(job.targets, i);
-        if (ignore && cls == *ignore) continue;
-        f(cls, loss_at(i));
-      }
-      return;
-    }
-    // Items are logits [N, C, S]; class = channel c. With class-index targets a row (n, s) can
-    // be ignored as a whole.
-    const bool index_targets = IsInteger(job.targets.dtype);
-    if (shape.empty()) {
-      f(0, loss_at(0));
-      return;
-    }
-    for (int64_t n = 0; n < rows; ++n) {
-      for (int64_t c = 0; c < channels; ++c) {
-        const int64_t base = (n * channels + c) * inner;
-        for (int64_t s = 0; s < inner; ++s) {
-          if (index_targets && ignore && LoadAsInt64(job.targets, n * inner + s) == *ignore) continue;
-          f(c, loss_at(base + s));
-        }
-      }
-    }
-  }
-};
-
-/// Evaluate sums per-item losses: the fields that only shape a gradient or a reduction's
-/// denominator have no meaning there, and a request that sets them is answered with why instead
-/// of having them ignored.
-absl::Status PrepareForEvaluation(LossJob& job) {
-  if (!std::holds_alternative<std::monostate>(job.grad_output)) {
-    return absl::InvalidArgumentError("grad_output is set; Evaluate computes no gradient");
-  }
-  if (job.output_dtype) return absl::InvalidArgumentError("gradient_dtype is set; Evaluate computes no gradient");
-  if (job.spec.normalizer) {
-    return absl::InvalidArgumentError(
-        "loss.normalizer is set; Evaluate returns the total and the mean over the counted items, so divide the total "
-        "by your normalizer");
-  }
-  // compute_gradient and the reduction are the two settings a batch made for Compute always has;
-  // Evaluate's meaning of them (no gradient, per-item losses summed exactly) replaces them.
-  job.compute_gradient = false;
-  job.spec.reduction = Reduction::kNone;
-  job.output_dtype = job.logits.dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
-  return absl::OkStatus();
-}
-
 class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, public RefCounted {
  public:
   EvaluateReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
@@ -714,7 +594,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
       // message over the size limit): only the first has totals to answer with.
       if (context_->IsCancelled()) {
         state_.Cancel(service_->Canceller());
-        Complete(absl::CancelledError(absl::StrCat("the call was cancelled after ", totals_.batches, " batches")));
+        Complete(absl::CancelledError(absl::StrCat("the call was cancelled after ", totals_.batches(), " batches")));
         return;
       }
       Complete(Answer());
@@ -746,24 +626,14 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
 
  private:
   absl::Status Answer() {
-    v1::EvaluateResponse response;
-    response.set_total_loss(totals_.total.Value());
-    response.set_count(totals_.count);
-    response.set_mean(totals_.count > 0 ? response.total_loss() / static_cast<double>(totals_.count) : 0.0);
-    for (size_t c = 0; c < totals_.class_sums.size(); ++c) {
-      response.add_class_loss_sums(totals_.class_sums[c].Value());
-      response.add_class_counts(totals_.class_counts[c]);
-    }
-    response.set_batches(totals_.batches);
-    response.mutable_timing()->set_compute_micros(totals_.compute_micros);
-    response.mutable_timing()->set_queue_micros(totals_.queue_micros);
+    v1::EvaluateResponse response = totals_.ToResponse();
     response.set_backend(service_->config().backend->Name());
     return SerializeMessage(response, service_->config().max_message_bytes, response_);
   }
 
   void Accumulate(Clock::time_point queued_at) {
     LossJob job;
-    const std::string what = absl::StrCat("message ", totals_.batches + 1, " of the evaluation");
+    const std::string what = absl::StrCat("message ", totals_.batches() + 1, " of the evaluation");
     auto outcome = service_->RunBatch(state_, bytes_, what, request_, queued_at, [&job](LossJob& j) {
       const absl::Status prepared = PrepareForEvaluation(j);
       job = j;
@@ -773,21 +643,17 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
       Complete(outcome.status);
       return;
     }
-    if (!variant_.empty() && outcome.variant != variant_) {
-      Complete(InMessage(absl::InvalidArgumentError(absl::StrCat("loss.variant is ", outcome.variant,
-                                                                 ", but the evaluation started with ", variant_,
-                                                                 "; one Evaluate call evaluates one loss")),
-                         what, outcome.request_id));
-      return;
-    }
-    variant_ = outcome.variant;
     elements_ += outcome.elements;
-    totals_.compute_micros += outcome.result.compute_micros;
-    totals_.queue_micros += static_cast<int64_t>(outcome.queue_seconds * 1e6);
+    totals_.AddTiming(outcome.result.compute_micros, static_cast<int64_t>(outcome.queue_seconds * 1e6));
+    absl::Status added;
     try {
-      totals_.Add(job, outcome.result);
+      added = InMessage(totals_.Add(job, outcome.result), what, outcome.request_id);
     } catch (const std::exception& e) {
-      Complete(absl::InternalError(absl::StrCat(what, ": the server failed accumulating it (", e.what(), ")")));
+      added = InMessage(absl::InternalError(absl::StrCat("the server failed accumulating it (", e.what(), ")")), what,
+                        outcome.request_id);
+    }
+    if (!added.ok()) {
+      Complete(added);
       return;
     }
     request_.Clear();
@@ -797,7 +663,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   void Complete(const absl::Status& status) {
     finished_ = true;
     BatchOutcome outcome;
-    outcome.variant = variant_;
+    outcome.variant = totals_.variant();
     outcome.elements = elements_;
     service_->Report("Evaluate", request_.request_id(), status, &outcome, started_, bytes_in_,
                      status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
@@ -813,7 +679,6 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   grpc::ByteBuffer bytes_;
   v1::ComputeRequest request_;
   EvaluationTotals totals_;
-  std::string variant_;
   int64_t elements_ = 0, bytes_in_ = 0;
   std::atomic<bool> finished_{false}, cut_off_{false};
 };
