@@ -1,6 +1,11 @@
 # FocalServe developer entry points. Every target installs what is missing first.
 #   make run     build and start focalserve on 127.0.0.1:50051 (ARGS="--flag=value ..." adds flags)
-#   make test    install, configure, build, run every test (what CI runs)
+#   make test    install, configure, build, run every test: the normal build's, the sanitizer
+#                build's and the fuzzers for FUZZ_SECONDS each (what CI runs)
+#   make test-fast      the normal build's tests only
+#   make test-sanitize  ASan + UBSan build (clang, build-sanitize/): unit, server, integration,
+#                       client and Python tests against it
+#   make fuzz    the libFuzzer targets, FUZZ_SECONDS (60) each, from tests/fuzz/corpus
 #   make bench   CPU benchmark and PyTorch on the same shapes, side by side
 #   make golden  regenerate tests/golden/data from PyTorch
 BUILD_DIR ?= build
@@ -11,7 +16,14 @@ PYTHON := /usr/bin/python3
 
 ARGS ?=
 
-.PHONY: all deps configure build run test bench golden clean
+SAN_DIR ?= build-sanitize
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fsanitize=fuzzer-no-link
+# Leaks: gRPC and prometheus-cpp keep process-lifetime singletons; the server exits with _Exit.
+SAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+FUZZ_SECONDS ?= 60
+FUZZERS := compute_request_fuzzer evaluate_stream_fuzzer
+
+.PHONY: all deps configure build run test test-fast test-sanitize fuzz bench golden clean
 
 all: build
 
@@ -31,9 +43,36 @@ run: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target focalserve
 	$(BUILD_DIR)/server/focalserve $(ARGS)
 
-test: build
+test: test-fast test-sanitize fuzz
+
+test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	FOCALSERVE_BINARY=$(BUILD_DIR)/server/focalserve bash scripts/python-tests.sh
+
+$(SAN_DIR)/build.ninja:
+	@$(MAKE) --no-print-directory deps
+	cmake -S . -B $(SAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_CXX_FLAGS="$(SAN_FLAGS)" -DCMAKE_C_FLAGS="$(SAN_FLAGS)" \
+	  -DFOCAL_ENABLE_CUDA=OFF -DFOCAL_BUILD_BENCHMARKS=OFF -DFOCAL_BUILD_EMULATION=OFF -DFOCAL_BUILD_FUZZERS=ON
+
+# The emulated CUDA kernels switch stacks between fibers, which ASan cannot follow: they are
+# not built here and run in the normal build only.
+test-sanitize: deps $(SAN_DIR)/build.ninja
+	cmake --build $(SAN_DIR) -j $(JOBS)
+	cd $(SAN_DIR) && $(SAN_ENV) ctest --output-on-failure -j $(JOBS)
+	$(SAN_ENV) FOCALSERVE_BINARY=$(SAN_DIR)/server/focalserve bash scripts/python-tests.sh
+
+fuzz: deps $(SAN_DIR)/build.ninja
+	cmake --build $(SAN_DIR) -j $(JOBS) --target $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  mkdir -p $(SAN_DIR)/fuzz/$$f/corpus $(SAN_DIR)/fuzz/$$f/crashes; \
+	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
+	  $(SAN_ENV) $(SAN_DIR)/tests/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$(SAN_DIR)/fuzz/$$f/crashes/ \
+	    $(SAN_DIR)/fuzz/$$f/corpus tests/fuzz/corpus/$$f 2> $(SAN_DIR)/fuzz/$$f/log.txt \
+	    || { tail -60 $(SAN_DIR)/fuzz/$$f/log.txt; echo "fuzz: $$f found a crash (above; input in $(SAN_DIR)/fuzz/$$f/crashes)"; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" $(SAN_DIR)/fuzz/$$f/log.txt | tr '\n' ' '; echo; \
+	done
 
 bench: build
 	$(PYTHON) tests/bench/torch_compare.py --cpu-bench $(BUILD_DIR)/tests/bench/cpu_bench --markdown
@@ -42,4 +81,4 @@ golden: deps
 	$(PYTHON) tests/golden/generate.py
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR)

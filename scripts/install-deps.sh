@@ -13,6 +13,9 @@ packages=(
   libhwy-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # the sanitizer build and the fuzzers: clang with its sanitizer and libFuzzer runtimes, and
+  # its OpenMP runtime
+  clang libclang-rt-14-dev libomp-14-dev
   # TLS tests make their certificates with the openssl command
   openssl
   # python side: golden files, parity, the Python client and the torch baseline

@@ -208,6 +208,7 @@ int Run(int argc, char** argv) {
   int signal_number = 0;
   bool reported_unhealthy = false, trimmed = true;
   auto last_busy = std::chrono::steady_clock::now();
+  int64_t calls_seen = service.CallsStarted();
   const timespec tick{0, 100 * 1000 * 1000};
   while ((signal_number = sigtimedwait(&stop_signals, nullptr, &tick)) < 0) {
     if (!reported_unhealthy && !backend->backend->Healthy()) {
@@ -217,7 +218,8 @@ int Run(int argc, char** argv) {
       health->SetServingStatus(kServiceName, false);
     }
     const auto now = std::chrono::steady_clock::now();
-    if (service.InFlight() > 0) {
+    if (service.InFlight() > 0 || service.CallsStarted() != calls_seen) {
+      calls_seen = service.CallsStarted();
       last_busy = now;
       trimmed = false;
     } else if (!trimmed && options.trim_idle_ms > 0 && now - last_busy >= std::chrono::milliseconds(options.trim_idle_ms)) {

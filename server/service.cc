@@ -88,6 +88,7 @@ absl::Status CallState::StillWanted() const {
 FocalLossServiceImpl::FocalLossServiceImpl(ServiceConfig config) : config_(std::move(config)) {}
 
 void FocalLossServiceImpl::CallStarted() const {
+  ++calls_started_;
   ++in_flight_;
   config_.metrics->CallStarted();
 }

@@ -82,6 +82,8 @@ class FocalLossServiceImpl final : public RawService {
   void StartCuttingOff() { cutting_off_ = true; }
   /// Calls admitted and not yet finished.
   int InFlight() const { return in_flight_.load(); }
+  /// Calls ever started (a call too short to be seen in flight still counts as activity).
+  int64_t CallsStarted() const { return calls_started_.load(); }
   /// Calls that ended without the answer they were owed because the server stopped.
   int CutOff() const { return cut_off_.load(); }
 
@@ -150,6 +152,7 @@ class FocalLossServiceImpl final : public RawService {
   ServiceConfig config_;
   std::atomic<bool> draining_{false}, cutting_off_{false};
   mutable std::atomic<int> in_flight_{0}, cut_off_{0};
+  mutable std::atomic<int64_t> calls_started_{0};
   mutable std::atomic<int64_t> buffered_bytes_{0};
   mutable std::mutex waiters_mu_;
   mutable std::vector<std::function<void()>> waiters_;

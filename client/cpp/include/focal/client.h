@@ -76,7 +76,7 @@ struct ComputeCall {
 /// What the server answered for one batch.
 struct ComputeOutput {
   std::string request_id;
-  double loss = 0.0;  ///< the reduced loss; for NONE the sum of `losses`
+  double loss = 0.0;  ///< the reduced loss; for NONE the sum of the per-item losses before their rounding to `losses`' dtype
   int64_t count = 0;  ///< items counted by the reduction
   std::optional<HostTensor> losses;    ///< NONE only
   std::optional<HostTensor> gradient;  ///< when compute_gradient

@@ -1,0 +1,86 @@
+#!/usr/bin/python3
+"""Writes the fuzzers' seed corpora (tests/fuzz/corpus/<target>/): small valid requests of every
+variant, dtype, layout and option, plus the edges (empty tensors, extreme parameters, non-finite
+logits), so that mutation starts from inputs that reach deep into decode, validation and the
+kernels. Deterministic: the same files on every run. Run it again after a wire change:
+
+    /usr/bin/python3 tests/fuzz/make_corpus.py
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "client" / "python"))
+import build_stubs  # noqa: E402
+
+build_stubs.ensure()
+from focalserve import _codec  # noqa: E402
+
+OUT = REPO / "tests" / "fuzz" / "corpus"
+
+
+def requests():
+    rng = np.random.default_rng(20261201)
+    for dtype in ("float32", "float16", "float64"):
+        x = rng.standard_normal((3, 4)).astype(dtype)
+        y = np.array([0, 3, 1])
+        soft = (rng.random((3, 4)) < 0.4).astype(np.float32)
+        for reduction in ("mean", "sum", "none"):
+            yield _codec.compute_request(x, y, variant="softmax_focal", reduction=reduction, compute_gradient=True,
+                                         gamma=2.0, alpha=[1, 2, 1, 0.5], label_smoothing=0.1, ignore_index=3)
+            yield _codec.compute_request(x, soft, variant="sigmoid_focal", reduction=reduction,
+                                         compute_gradient=True, alpha=0.25, gamma=0.5)
+            yield _codec.compute_request(x, y, variant="sigmoid_focal", reduction=reduction, compute_gradient=True,
+                                         ignore_index=-1, label_smoothing=0.2, smoothing_classes=3)
+            yield _codec.compute_request(x, y, variant="focal_cosine", reduction=reduction, compute_gradient=True,
+                                         alpha=1.0, gamma=2.0, xent=0.1)
+            yield _codec.compute_request(x, soft, variant="dynamic_focal", reduction=reduction,
+                                         compute_gradient=True, num_objects=np.array([1, 2, 0], np.float32))
+    # [N, C, S] layouts, uint8/int32 targets, probabilities, upstream tensors, 16-bit gradients.
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    yield _codec.compute_request(x, rng.integers(0, 3, (2, 5)).astype(np.uint8), variant="softmax_focal",
+                                 compute_gradient=True, gradient_dtype="float16")
+    yield _codec.compute_request(x, rng.integers(0, 4, (2, 5)).astype(np.int32), variant="sigmoid_focal",
+                                 reduction="none", compute_gradient=True,
+                                 grad_output=rng.standard_normal((2, 3, 5)).astype(np.float32))
+    yield _codec.compute_request(rng.random((4, 2)).astype(np.float32), (rng.random((4, 2)) < 0.5).astype(np.float32),
+                                 variant="sigmoid_focal", input="probabilities", compute_gradient=True)
+    # Edges: empty batches, extreme and non-finite values, the parameter bounds.
+    yield _codec.compute_request(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), variant="softmax_focal")
+    yield _codec.compute_request(np.array([[1e4, -1e4, np.inf, -np.inf]], np.float32), np.array([0]),
+                                 variant="softmax_focal", allow_non_finite=True, compute_gradient=True)
+    yield _codec.compute_request(np.array([[88.0, -100.0, 0.0]], np.float32), np.array([2]), variant="focal_cosine",
+                                 compute_gradient=True, gamma=1000.0, alpha=-1e4, xent=1e4, normalizer=1e-6,
+                                 grad_output=1e8)
+
+
+def write(target: str, blobs):
+    folder = OUT / target
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    for blob in blobs:
+        (folder / hashlib.sha1(blob).hexdigest()).write_bytes(blob)
+    print(f"{folder.relative_to(REPO)}: {len(blobs)} files")
+
+
+def main():
+    singles = [r.SerializeToString() for r in requests()]
+    write("compute_request_fuzzer", singles)
+
+    def stream(*messages):  # evaluate_stream_fuzzer's framing: a 2-byte little-endian length each
+        return b"".join(len(m).to_bytes(2, "little") + m for m in messages)
+
+    streams = [stream(s) for s in singles if len(s) < 65536]
+    streams += [stream(singles[i], singles[i]) for i in range(0, len(singles), 5)]  # the same variant twice
+    streams += [stream(singles[0], singles[1])]  # two variants: refused
+    write("evaluate_stream_fuzzer", streams)
+
+
+if __name__ == "__main__":
+    main()
