@@ -162,8 +162,13 @@ int Run(int argc, char** argv) {
     interceptors.push_back(std::make_unique<ReflectionAuthFactory>(token));
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
+  // Receiving, gRPC 1.51 takes a message whole before its own size check refuses it (a 200 MB
+  // message to a 1 MB limit is read in full: measured) and then fails the call where the service
+  // never sees it, so nothing logs or counts it. Its limit protects no memory, then: the service
+  // checks --max-message-bytes itself (wire.h), answering with the size and counting the call,
+  // and gRPC's receive limit is lifted (the wire format caps a message at 4 GiB either way).
   const int message_limit = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT_MAX));
-  builder.SetMaxReceiveMessageSize(message_limit);
+  builder.SetMaxReceiveMessageSize(-1);
   builder.SetMaxSendMessageSize(message_limit);
   // What a client may make the transport buffer for it before the service reads: a fixed
   // per-stream HTTP/2 window. gRPC's BDP probing would grow it without bound on a fast link

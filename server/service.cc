@@ -169,7 +169,7 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
   // Whatever the request or the backend does, the worker thread survives: an exception
   // (bad_alloc on a huge but valid request, say) fails this call alone.
   try {
-    out.status = ParseMessage(bytes, &request, what.empty() ? "the request" : what);
+    out.status = ParseMessage(bytes, &request, what.empty() ? "the request" : what, config_.max_message_bytes);
     if (!out.status.ok()) return out;
     out.request_id = request.request_id();
     absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);

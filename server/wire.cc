@@ -11,8 +11,14 @@
 
 namespace focal::server {
 
-absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite* message, absl::string_view what) {
+absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite* message, absl::string_view what,
+                          int64_t max_bytes) {
   const size_t length = bytes.Length();
+  if (static_cast<int64_t>(length) > max_bytes) {
+    bytes.Clear();
+    return absl::ResourceExhaustedError(absl::StrCat(what, " is ", length, " bytes; this server takes at most ",
+                                                     max_bytes, " (--max-message-bytes)"));
+  }
   bool parsed = false;
   {
     grpc::ProtoBufferReader reader(&bytes);

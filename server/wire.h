@@ -17,8 +17,11 @@
 namespace focal::server {
 
 /// Parses `bytes` into `message` and releases the bytes. `what` names the message for the error
-/// ("message 3 of the stream").
-absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite* message, absl::string_view what);
+/// ("message 3 of the stream"); more than `max_bytes` is RESOURCE_EXHAUSTED. (The size limit is
+/// checked here rather than by gRPC, which receives an oversized message whole before it
+/// refuses it anyway, and whose refusal the service would neither see, log nor count.)
+absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite* message, absl::string_view what,
+                          int64_t max_bytes);
 
 /// Serializes `message` into `bytes`, or RESOURCE_EXHAUSTED when it is larger than `max_bytes`
 /// (gRPC would fail the call with a status the server never sees, and metrics would say OK).

@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     at += length;
     v1::ComputeRequest request;
     const std::string what = absl::StrCat("message ", message, " of the evaluation");
-    absl::Status status = server::ParseMessage(bytes, &request, what);
+    absl::Status status = server::ParseMessage(bytes, &request, what, 1 << 16);
     if (!status.ok()) {
       fuzz::CheckClientError(status);
       if (status.message().find(what) == std::string::npos) std::abort();  // names the message

@@ -494,9 +494,10 @@ TEST(Hardening, ParametersThatOverflowFloat32AreRejectedByName) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 11. A response over the size limit: the client saw RESOURCE_EXHAUSTED, metrics counted OK.
+// 11. A response over the size limit: the client saw RESOURCE_EXHAUSTED, metrics counted OK; an
+//     oversized request was not counted at all.
 
-TEST(Hardening, AnAnswerOverTheMessageLimitIsResourceExhaustedAndCountedSo) {
+TEST(Hardening, MessagesOverTheSizeLimitEitherWayAreResourceExhaustedAndCountedSo) {
   auto server = Launch({"--max-message-bytes=1048576"}, /*metrics=*/true);
   ASSERT_NE(server, nullptr);
   auto stub = v1::FocalLossService::NewStub(testing::MakeChannel(server->address()));
@@ -519,10 +520,23 @@ TEST(Hardening, AnAnswerOverTheMessageLimitIsResourceExhaustedAndCountedSo) {
   auto channel = testing::MakeChannel(server->address());
   status = testing::RawStream(channel.get(), kStreamMethod, true, {Serialized(r)}, &answers);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+  // Requests over the limit: gRPC would take them whole and fail the call unseen; the service
+  // answers with the size, and counts them.
+  const std::string oversized = Serialized(SmallRequest(std::string(2 << 20, 'o')));
+  std::string reply;
+  status = testing::RawUnary(channel.get(), kComputeMethod, oversized, &reply);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+  EXPECT_NE(status.error_message().find("the request is " + std::to_string(oversized.size()) + " bytes"),
+            std::string::npos)
+      << Describe(status);
+  status = testing::RawStream(channel.get(), kStreamMethod, true, {Serialized(SmallRequest("a")), oversized}, &answers);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(status);
+  EXPECT_NE(status.error_message().find("message 2 of the stream is"), std::string::npos) << Describe(status);
+  EXPECT_EQ(answers.size(), 1u);
   const auto http = testing::HttpGet(server->metrics_address(), "/metrics");
   ASSERT_TRUE(http.has_value());
   const auto samples = testing::ParseMetrics(http->body);
-  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total", {{"code", "RESOURCE_EXHAUSTED"}}), 2);
+  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total", {{"code", "RESOURCE_EXHAUSTED"}}), 4);
   ExpectAliveAndHealthy(*server);
 }
 
