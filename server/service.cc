@@ -45,6 +45,20 @@ class RefCounted {
   std::atomic<int> refs_{1};
 };
 
+/// What the reactors with one answer (Compute, Evaluate) keep about their call: its CallState,
+/// whether they have answered, and whether the server's shutdown cut them off before that.
+struct SingleAnswer {
+  explicit SingleAnswer(std::chrono::system_clock::time_point deadline) : state(deadline) {}
+  /// For OnCancel: whoever cancelled, nothing more is computed.
+  void Cancelled(const FocalLossServiceImpl& service) {
+    const CallState::Ender by = service.Canceller();
+    if (by == CallState::Ender::kShutdown && !answered) cut_off = true;
+    state.Cancel(by);
+  }
+  CallState state;
+  std::atomic<bool> answered{false}, cut_off{false};
+};
+
 absl::Status ConcurrencyLimit() {
   return absl::ResourceExhaustedError(
       "the server is at its concurrency limit (--max-concurrent + --max-queue requests); retry with backoff");
@@ -246,7 +260,7 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
   ComputeReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
                  const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
       : service_(service),
-        state_(context->deadline()),
+        call_(context->deadline()),
         request_bytes_(*request),  // shares the slices: no copy
         response_(response),
         started_(Clock::now()),
@@ -278,26 +292,22 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
     }
   }
 
-  void OnCancel() override {
-    const CallState::Ender by = service_->Canceller();
-    if (by == CallState::Ender::kShutdown && !finished_) cut_off_ = true;
-    state_.Cancel(by);
-  }
+  void OnCancel() override { call_.Cancelled(*service_); }
 
   void OnDone() override {
-    service_->CallEnded(cut_off_);
+    service_->CallEnded(call_.cut_off);
     Unref();
   }
 
  private:
   void Run() {
-    BatchOutcome outcome = service_->RunBatch(state_, request_bytes_, "", request_, started_);
+    BatchOutcome outcome = service_->RunBatch(call_.state, request_bytes_, "", request_, started_);
     if (outcome.status.ok()) outcome.status = service_->EncodeAnswer(outcome, response_);
     Complete(outcome.status, &outcome);
   }
 
   void Complete(const absl::Status& status, const BatchOutcome* outcome) {
-    finished_ = true;
+    call_.answered = true;
     service_->Report("Compute", outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
                      status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
     if (!status.ok()) response_->Clear();
@@ -305,13 +315,12 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
   }
 
   const FocalLossServiceImpl* const service_;
-  CallState state_;
+  SingleAnswer call_;
   grpc::ByteBuffer request_bytes_;
   v1::ComputeRequest request_;
   grpc::ByteBuffer* const response_;
   const Clock::time_point started_;
   const int64_t bytes_in_;
-  std::atomic<bool> finished_{false}, cut_off_{false};
 };
 
 }  // namespace
@@ -580,7 +589,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
  public:
   EvaluateReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
                   grpc::ByteBuffer* response)
-      : service_(service), context_(context), state_(context->deadline()), response_(response), started_(Clock::now()) {
+      : service_(service), context_(context), call_(context->deadline()), response_(response), started_(Clock::now()) {
     service_->CallStarted();
     if (absl::Status admitted = service_->Admit(context); !admitted.ok()) {
       Complete(admitted);
@@ -594,7 +603,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
       // The client half-closed after its last batch, or the call failed (cancelled, or a
       // message over the size limit): only the first has totals to answer with.
       if (context_->IsCancelled()) {
-        state_.Cancel(service_->Canceller());
+        call_.state.Cancel(service_->Canceller());
         Complete(absl::CancelledError(absl::StrCat("the call was cancelled after ", totals_.batches(), " batches")));
         return;
       }
@@ -614,14 +623,10 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
     }
   }
 
-  void OnCancel() override {
-    const CallState::Ender by = service_->Canceller();
-    if (by == CallState::Ender::kShutdown && !finished_) cut_off_ = true;
-    state_.Cancel(by);
-  }
+  void OnCancel() override { call_.Cancelled(*service_); }
 
   void OnDone() override {
-    service_->CallEnded(cut_off_);
+    service_->CallEnded(call_.cut_off);
     Unref();
   }
 
@@ -635,7 +640,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   void Accumulate(Clock::time_point queued_at) {
     LossJob job;
     const std::string what = absl::StrCat("message ", totals_.batches() + 1, " of the evaluation");
-    auto outcome = service_->RunBatch(state_, bytes_, what, request_, queued_at, [&job](LossJob& j) {
+    auto outcome = service_->RunBatch(call_.state, bytes_, what, request_, queued_at, [&job](LossJob& j) {
       const absl::Status prepared = PrepareForEvaluation(j);
       job = j;
       return prepared;
@@ -662,7 +667,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   }
 
   void Complete(const absl::Status& status) {
-    finished_ = true;
+    call_.answered = true;
     BatchOutcome outcome;
     outcome.variant = totals_.variant();
     outcome.elements = elements_;
@@ -674,14 +679,13 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
 
   const FocalLossServiceImpl* const service_;
   grpc::CallbackServerContext* const context_;  ///< only in reactor callbacks (see the top)
-  CallState state_;
+  SingleAnswer call_;
   grpc::ByteBuffer* const response_;
   const Clock::time_point started_;
   grpc::ByteBuffer bytes_;
   v1::ComputeRequest request_;
   EvaluationTotals totals_;
   int64_t elements_ = 0, bytes_in_ = 0;
-  std::atomic<bool> finished_{false}, cut_off_{false};
 };
 
 }  // namespace

@@ -76,6 +76,23 @@ v1::ComputeRequest WithTarget(v1::ComputeRequest r, int64_t target) {
 
 std::string Serialized(const v1::ComputeRequest& r) { return r.SerializeAsString(); }
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FOCAL_UNDER_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define FOCAL_UNDER_ASAN 1
+#endif
+/// Whether the server's resident memory says anything: under AddressSanitizer (the sanitizer
+/// build runs this suite against its own server) freed memory is held in quarantine on purpose
+/// and every allocation has shadow memory, so the memory figures are printed but not compared.
+#ifdef FOCAL_UNDER_ASAN
+constexpr bool kRssIsMeaningful = false;
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+
 int64_t RssBytes(pid_t pid) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string key;
@@ -339,7 +356,11 @@ TEST(Hardening, UnauthenticatedLargeRequestsLeaveNoMemoryBehind) {
   const int64_t after = RssBytes(server->pid());
   std::printf("unauthenticated: 4 x %.0f MiB requests; RSS baseline %.1f MiB, after %.1f MiB (+%.1f)\n",
               big.size() / 1048576.0, baseline / 1048576.0, after / 1048576.0, (after - baseline) / 1048576.0);
-  EXPECT_LT(after - baseline, 48 << 20) << "an unauthenticated request's memory stayed in the server";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(after - baseline, 48 << 20) << "an unauthenticated request's memory stayed in the server";
+  } else {
+    std::printf("memory figures not compared: AddressSanitizer holds freed memory on purpose\n");
+  }
   ExpectAliveAndHealthy(*server, "s3cret-token");
 }
 
@@ -432,8 +453,12 @@ TEST(Hardening, SlowReadersHoldBoundedMemoryThatGoesBackAfterwards) {
   // blocks in one arena here (host_memory.h), may hold as much again in free blocks.
   constexpr int64_t kWindow = 4 << 20;
   const int64_t held = std::max(kBudget, kStreams * answer_bytes) + kStreams * kWindow + 2 * 3 * answer_bytes;
-  EXPECT_LT(peak - baseline, 2 * held) << "unread answers are not bounded";
-  EXPECT_LT(after - baseline, 48 << 20) << "memory freed after the spike stayed in the process";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(peak - baseline, 2 * held) << "unread answers are not bounded";
+    EXPECT_LT(after - baseline, 48 << 20) << "memory freed after the spike stayed in the process";
+  } else {
+    std::printf("memory figures not compared: AddressSanitizer holds freed memory on purpose\n");
+  }
   ExpectAliveAndHealthy(*server);
 }
 

@@ -200,9 +200,10 @@ TEST(ExactFloat32Sum, EqualsExactSumForAnyFloat32Values) {
 }
 
 TEST(WorkQueue, RunsTasksAndRefusesBeyondItsBound) {
-  WorkQueue queue(1, 1);
+  // Declared before the queue, whose destructor runs the last task: they must outlive it.
   std::atomic<bool> release{false};
   std::atomic<int> started{0}, done{0};
+  WorkQueue queue(1, 1);
   auto blocker = [&] {
     ++started;
     while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -99,11 +99,11 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   result.loss = ReducedLoss(job, plan, reported.loss_sum);
   if (none) {
     result.losses = OwnedTensor::Allocate(plan.output_dtype, plan.item_shape, plan.num_items);
-    std::memcpy(result.losses->data(), losses.get(), losses_bytes);
+    if (losses_bytes > 0) std::memcpy(result.losses->data(), losses.get(), losses_bytes);  // memcpy(_, null, 0) is UB
   }
   if (job.compute_gradient) {
     result.gradient = OwnedTensor::Allocate(plan.output_dtype, job.logits.shape, plan.num_elements);
-    std::memcpy(result.gradient->data(), gradient.get(), gradient_bytes);
+    if (gradient_bytes > 0) std::memcpy(result.gradient->data(), gradient.get(), gradient_bytes);
   }
   return result;
 }
