@@ -86,6 +86,10 @@ const std::map<std::string, Flag>& Flags() {
                          [](const std::string& v, ServerOptions& o) { o.tls.client_ca_file = v; return !v.empty(); }}},
       {"auth-token-file", {"file holding a bearer token every call must send as 'authorization: Bearer <token>' (health stays open)",
                            [](const std::string& v, ServerOptions& o) { o.auth_token_file = v; return !v.empty(); }}},
+      {"http2-window-bytes", {"fixed HTTP/2 window per stream, bounding what a client that never reads makes the "
+                              "transport buffer; 0 = gRPC's BDP-sized windows (faster small calls, no bound) "
+                              "(default 4194304)",
+                              IntFlag(&ServerOptions::http2_window_bytes, 0)}},
       {"keepalive-time", {"seconds before pinging an idle connection (default 60)", KeepaliveFlag(&KeepaliveOptions::time_seconds)}},
       {"keepalive-timeout", {"seconds to wait for the ping's answer (default 20)", KeepaliveFlag(&KeepaliveOptions::timeout_seconds)}},
       {"max-connection-age", {"seconds after which connections are closed so clients rebalance; 0 = never (default 0)",

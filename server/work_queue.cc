@@ -1,5 +1,8 @@
 #include "server/work_queue.h"
 
+#include <cstdio>
+#include <exception>
+
 namespace focal::server {
 
 WorkQueue::WorkQueue(int workers, int max_waiting) : max_waiting_(max_waiting) {
@@ -36,7 +39,7 @@ bool WorkQueue::TryRunInline(const std::function<void()>& task) {
     if (running_ + static_cast<int>(waiting_.size()) >= static_cast<int>(threads_.size())) return false;
     ++running_;
   }
-  task();
+  RunGuarded(task);
   std::lock_guard<std::mutex> lock(mu_);
   --running_;
   return true;
@@ -58,9 +61,21 @@ void WorkQueue::Work() {
       waiting_.pop_front();
       ++running_;
     }
-    task();
+    RunGuarded(task);
     std::lock_guard<std::mutex> lock(mu_);
     --running_;
+  }
+}
+
+void WorkQueue::RunGuarded(const std::function<void()>& task) {
+  // Tasks turn their own failures into their call's status (FocalLossServiceImpl::RunBatch);
+  // this is the last line: an exception that still gets here costs a log line, not the process.
+  try {
+    task();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "focalserve: a queued task threw and was dropped: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "focalserve: a queued task threw and was dropped\n");
   }
 }
 

@@ -30,6 +30,7 @@ class WorkQueue {
 
  private:
   void Work();
+  static void RunGuarded(const std::function<void()>& task);
 
   const int max_waiting_;
   mutable std::mutex mu_;

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <random>
+#include <new>
+#include <stdexcept>
 #include <thread>
 
 #include "server/codec.h"
@@ -217,6 +219,16 @@ TEST(WorkQueue, RunsTasksAndRefusesBeyondItsBound) {
   for (int i = 0; i < 2000 && done != 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_EQ(done, 2);
   EXPECT_TRUE(queue.TrySubmit([&] { ++done; }));
+}
+
+TEST(WorkQueue, ATaskThatThrowsDoesNotTakeTheWorkerOrTheProcessDown) {
+  std::atomic<int> done{0};
+  WorkQueue queue(1, 4);
+  EXPECT_TRUE(queue.TrySubmit([] { throw std::bad_alloc(); }));
+  (void)queue.TryRunInline([] { throw std::runtime_error("inline"); });  // runs here when the worker is free
+  EXPECT_TRUE(queue.TrySubmit([&] { ++done; }));
+  for (int i = 0; i < 2000 && done != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(done, 1);
 }
 
 }  // namespace
