@@ -107,10 +107,11 @@ void FocalLossServiceImpl::CallStarted() const {
   config_.metrics->CallStarted();
 }
 
+void FocalLossServiceImpl::CallAnswered() const { config_.metrics->CallEnded(); }
+
 void FocalLossServiceImpl::CallEnded(bool cut_off) const {
   if (cut_off) ++cut_off_;
   --in_flight_;
-  config_.metrics->CallEnded();
 }
 
 void FocalLossServiceImpl::StartDraining() {
@@ -311,6 +312,7 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
     service_->Report("Compute", outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
                      status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
     if (!status.ok()) response_->Clear();
+    service_->CallAnswered();
     Finish(ToGrpcStatus(status));
   }
 
@@ -556,6 +558,7 @@ class ComputeStreamReactor final : public grpc::ServerBidiReactor<grpc::ByteBuff
   void FinishLocked(const absl::Status& status) {
     if (finished_) return;
     finished_ = true;
+    service_->CallAnswered();
     Finish(ToGrpcStatus(status));
   }
 
@@ -674,6 +677,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
     service_->Report("Evaluate", request_.request_id(), status, &outcome, started_, bytes_in_,
                      status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
     if (!status.ok()) response_->Clear();
+    service_->CallAnswered();
     Finish(ToGrpcStatus(status));
   }
 
@@ -706,6 +710,7 @@ grpc::ServerUnaryReactor* FocalLossServiceImpl::GetServerInfo(grpc::CallbackServ
   absl::Status status = Admit(context);
   if (status.ok()) *response = config_.info;
   Report("GetServerInfo", "", status, nullptr, started, 0, status.ok() ? static_cast<int64_t>(response->ByteSizeLong()) : 0);
+  CallAnswered();
   CallEnded(false);
   reactor->Finish(ToGrpcStatus(status));
   return reactor;

@@ -102,9 +102,12 @@ class FocalLossServiceImpl final : public RawService {
 
   /// Authentication and draining, before anything is parsed or queued.
   absl::Status Admit(grpc::CallbackServerContext* context) const;
-  /// Bookkeeping of one admitted call: its start, and its end (`cut_off` when the server's
-  /// shutdown ended it before its answer).
+  /// Bookkeeping of one call: its start; its answer (just before Finish: from then on the
+  /// client may see it, so metrics no longer count it in flight); and its end, at OnDone, after
+  /// which gRPC frees it (drain waits for that; `cut_off` when the server's shutdown ended it
+  /// before its answer).
   void CallStarted() const;
+  void CallAnswered() const;
   void CallEnded(bool cut_off) const;
   /// Who cancelled a call that gRPC reports cancelled: the server while it cuts off, else the client.
   CallState::Ender Canceller() const {

@@ -76,6 +76,18 @@ v1::ComputeRequest WithTarget(v1::ComputeRequest r, int64_t target) {
 
 std::string Serialized(const v1::ComputeRequest& r) { return r.SerializeAsString(); }
 
+/// The server's stderr once it holds `text` (the server writes a failed call's line before it
+/// answers, but the test harness reads the pipe on a thread of its own), or after 5 s as it is.
+std::string WaitForLog(ServerProcess& server, const std::string& text) {
+  const auto give_up = Clock::now() + 5s;
+  std::string log = server.Stderr();
+  while (log.find(text) == std::string::npos && Clock::now() < give_up) {
+    std::this_thread::sleep_for(10ms);
+    log = server.Stderr();
+  }
+  return log;
+}
+
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
 #define FOCAL_UNDER_ASAN 1
@@ -265,7 +277,7 @@ TEST(Hardening, MessagesThatDoNotParseAreInvalidArgumentNamingTheMessage) {
       << Describe(status);
 
   // Logged and counted like every failed call.
-  const std::string log = server->Stderr();
+  const std::string log = WaitForLog(*server, "Evaluate failed: INVALID_ARGUMENT: message 2");
   EXPECT_NE(log.find("Compute failed: INVALID_ARGUMENT: the request (4 bytes)"), std::string::npos) << log;
   EXPECT_NE(log.find("ComputeStream failed: INVALID_ARGUMENT: message 3"), std::string::npos) << log;
   EXPECT_NE(log.find("Evaluate failed: INVALID_ARGUMENT: message 2"), std::string::npos) << log;
@@ -327,8 +339,7 @@ TEST(Hardening, TheTokenIsCheckedBeforeParsingAndGuardsReflection) {
   status = testing::RawUnary(channel.get(), kComputeMethod, Serialized(huge), &reply,
                              {{"authorization", "Bearer s3cret-token"}});
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  std::this_thread::sleep_for(200ms);  // the log is read by a thread of the test harness
-  const std::string added = server->Stderr().substr(before.size());
+  const std::string added = WaitForLog(*server, "...(8388608 bytes)").substr(before.size());
   EXPECT_EQ(added.find("\nfocalserve: FORGED"), std::string::npos) << added;
   EXPECT_NE(added.find("x\\x0afocalserve: FORGED"), std::string::npos) << added;
   EXPECT_LT(added.size(), 2000u) << "two failed calls, one line each";

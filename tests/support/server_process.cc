@@ -189,6 +189,7 @@ void ServerProcess::DrainLoop() {
       if (n <= 0) {
         open[i] = false;
         if (i == 0) stdout_eof_ = true;
+        if (!open[0] && !open[1]) output_done_ = true;
       } else {
         (i == 0 ? stdout_ : stderr_).append(buffer, static_cast<size_t>(n));
       }
@@ -197,6 +198,7 @@ void ServerProcess::DrainLoop() {
   }
   std::lock_guard<std::mutex> lock(mu_);
   stdout_eof_ = true;
+  output_done_ = true;
   cv_.notify_all();
 }
 
@@ -235,6 +237,9 @@ std::optional<int> ServerProcess::WaitForExit(std::chrono::milliseconds timeout)
     if (Clock::now() >= deadline) return std::nullopt;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  // Everything it wrote is read before its exit is reported, so Stderr() holds its last lines.
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::seconds(2), [this] { return output_done_; });
   return exit_code_;
 }
 

@@ -40,8 +40,8 @@ class ServerProcess {
 
   /// Sends `sig` to the server; false when it has already been reaped.
   bool Signal(int sig);
-  /// Waits up to `timeout` for the process to exit. Returns its exit code, or 128 + signal
-  /// number when a signal ended it, or nullopt when it is still running.
+  /// Waits up to `timeout` for the process to exit (and for what it wrote to be read). Returns its
+  /// exit code, or 128 + signal number when a signal ended it, or nullopt when it is still running.
   std::optional<int> WaitForExit(std::chrono::milliseconds timeout);
   /// Whether the process is still running (reaps it when it has exited).
   bool Running();
@@ -64,6 +64,7 @@ class ServerProcess {
   std::condition_variable cv_;
   std::string stdout_, stderr_;
   bool stdout_eof_ = false;
+  bool output_done_ = false;  ///< both pipes reached EOF
   std::thread drain_;
 };
 
