@@ -528,47 +528,29 @@ std::vector<Outcome> ComputeConcurrently(Stub& stub, const std::vector<v1::Compu
 }
 
 std::map<std::string, v1::ComputeRequest> GoodBases() {
-  std::map<std::string, v1::ComputeRequest> bases;
   const std::vector<double> x16 = RandomNormal(16, 1, 5);
   const std::vector<double> x12 = RandomNormal(12, 1, 6);
   const std::vector<double> t12 = {0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1};
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_softmax_focal();
-    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 4}, x16));
-    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 3}));
-    bases["softmax"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_sigmoid_focal();
-    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
-    bases["sigmoid"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_sigmoid_focal();
-    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 3, 1, 2}));
-    bases["sigmoid_index"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_focal_cosine();
-    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = ToProto(MakeTensor(DType::kInt64, {4}, {0, 2, 1, 0}));
-    bases["cosine"] = r;
-  }
-  {
-    v1::ComputeRequest r;
-    r.mutable_loss()->mutable_dynamic_focal();
-    *r.mutable_logits() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, x12));
-    *r.mutable_targets() = ToProto(MakeTensor(DType::kFloat32, {4, 3}, t12));
-    *r.mutable_num_objects() = ToProto(MakeTensor(DType::kFloat32, {4}, {1, 2, 0, 3}));
-    bases["dynamic"] = r;
-  }
-  return bases;
+  const HostTensor logits12 = MakeTensor(DType::kFloat32, {4, 3}, x12);
+  const HostTensor floats12 = MakeTensor(DType::kFloat32, {4, 3}, t12);
+  auto request = [](v1::ComputeRequest r, const HostTensor& logits, const HostTensor& targets) {
+    *r.mutable_logits() = ToProto(logits);
+    *r.mutable_targets() = ToProto(targets);
+    return r;
+  };
+  v1::ComputeRequest softmax, sigmoid, cosine, dynamic;
+  softmax.mutable_loss()->mutable_softmax_focal();
+  sigmoid.mutable_loss()->mutable_sigmoid_focal();
+  cosine.mutable_loss()->mutable_focal_cosine();
+  dynamic.mutable_loss()->mutable_dynamic_focal();
+  *dynamic.mutable_num_objects() = ToProto(MakeTensor(DType::kFloat32, {4}, {1, 2, 0, 3}));
+  return {
+      {"softmax", request(softmax, MakeTensor(DType::kFloat32, {4, 4}, x16), MakeTensor(DType::kInt64, {4}, {0, 2, 1, 3}))},
+      {"sigmoid", request(sigmoid, logits12, floats12)},
+      {"sigmoid_index", request(sigmoid, logits12, MakeTensor(DType::kInt64, {4}, {0, 3, 1, 2}))},
+      {"cosine", request(cosine, logits12, MakeTensor(DType::kInt64, {4}, {0, 2, 1, 0}))},
+      {"dynamic", request(dynamic, logits12, floats12)},
+  };
 }
 
 v1::ComputeRequest SmallRequest(const std::string& id) {
