@@ -16,6 +16,12 @@ PYTHON := /usr/bin/python3
 
 ARGS ?=
 
+# ccache hits across clones of the repository (CI builds a fresh clone each time): paths under
+# the checkout are hashed relative to it, and the directory itself is left out of the hash of
+# debug builds (the sanitizer build has -g).
+export CCACHE_BASEDIR ?= $(CURDIR)
+export CCACHE_NOHASHDIR ?= 1
+
 SAN_DIR ?= build-sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fsanitize=fuzzer-no-link
 # Leaks: gRPC and prometheus-cpp keep process-lifetime singletons; the server exits with _Exit.
