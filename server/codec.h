@@ -1,5 +1,7 @@
-// Protobuf ↔ LossJob/LossResult as pure functions: no gRPC in here, and no protobuf type below
-// this layer. Tensor bytes are read in place from the request and moved into the response.
+// A request's protobuf <-> LossJob/LossResult as pure functions: no gRPC in here, and no protobuf
+// type below this layer. The LossSpec, tensor and enum conversions are focal/wire.h's (shared
+// with the clients); what is here is the request as a whole and this server's limits. Tensor
+// bytes are read in place from the request and moved into the response.
 #pragma once
 
 #include <cstdint>
@@ -8,10 +10,10 @@
 #include "absl/strings/string_view.h"
 #include "focal/job.h"
 #include "focal/v1/focal_loss.pb.h"
+#include "focal/wire.h"
 #include "server/limits.h"
 
 namespace focal::server {
-
 
 /// Decodes a request into a LossJob whose tensors are views into `request`'s bytes, which must
 /// outlive the job. Wire-level problems (missing tensors, unknown dtype, variant or reduction)
@@ -26,8 +28,7 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
 void EncodeComputeResponse(LossResult&& result, absl::string_view request_id,
                            int64_t queue_micros, v1::ComputeResponse* response);
 
-/// Wire dtype of a core dtype and back (UNSPECIFIED and unknown values are errors).
-v1::DataType ToProto(DType dtype);
-absl::StatusOr<DType> FromProto(int dtype, absl::string_view field);
+/// Wire dtype of a core dtype: the wire library's, named here for the server's other encoders.
+using wire::ToProto;
 
 }  // namespace focal::server

@@ -16,15 +16,11 @@ void ForEachItem(const LossJob& job, const TensorView& losses, const F& f) {
   const int64_t rows = shape.empty() ? 1 : shape[0];
   int64_t inner = 1;
   for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
-  std::optional<int64_t> ignore;
-  if (const auto* p = std::get_if<SoftmaxFocalParams>(&job.spec.params)) ignore = p->ignore_index;
-  if (const auto* p = std::get_if<SigmoidFocalParams>(&job.spec.params)) ignore = p->ignore_index;
+  const std::optional<int64_t> ignore = IgnoreIndex(job.spec.params);
   auto loss_at = [&](int64_t i) {
     return losses.dtype == DType::kFloat32 ? static_cast<double>(losses.As<float>()[i]) : losses.As<double>()[i];
   };
-  const bool per_row = std::holds_alternative<SoftmaxFocalParams>(job.spec.params) ||
-                       std::holds_alternative<FocalCosineParams>(job.spec.params);
-  if (per_row) {  // items are positions [N, S]; class = target
+  if (FactsOf(job.spec.params).items == Items::kRows) {  // items are positions [N, S]; class = target
     const int64_t items = rows * inner;
     for (int64_t i = 0; i < items; ++i) {
       const int64_t cls = LoadAsInt64(job.targets, i);

@@ -25,8 +25,8 @@ absl::Status PrepareForEvaluation(LossJob& job);
 class EvaluationTotals {
  public:
   /// Adds one batch's per-item losses (`job` as PrepareForEvaluation left it). Items are
-  /// attributed to a class: the target class of the row for softmax_focal and focal_cosine; the
-  /// class channel (dim 1) for sigmoid_focal and dynamic_focal, whose items are single logits.
+  /// attributed to a class as the variant's table entry says (focal/params.h, Items): a row to
+  /// its target class, a single logit to its class channel (dim 1).
   /// Ignored items add nothing. The class dimension must have been bounded (--max-classes).
   /// A batch of another variant than the first is INVALID_ARGUMENT.
   absl::Status Add(const LossJob& job, const LossResult& result);

@@ -6,6 +6,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include <exception>
 
@@ -36,7 +37,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   bytes_in_ = &BuildCounter().Name("focal_bytes_received_total").Help("Request message bytes").Register(*registry_).Add({});
   bytes_out_ = &BuildCounter().Name("focal_bytes_sent_total").Help("Response message bytes").Register(*registry_).Add({});
   in_flight_ = &BuildGauge().Name("focal_requests_in_flight").Help("Calls being served").Register(*registry_).Add({});
-  device_memory_ = &BuildGauge().Name("focal_device_memory_bytes").Help("GPU memory in use by the backend").Register(*registry_).Add({});
+  device_memory_ = &BuildGauge().Name("focal_device_memory_bytes").Help("GPU memory the backend holds (its memory pools, cached bytes included)").Register(*registry_).Add({});
 }
 
 Metrics::~Metrics() = default;
@@ -65,16 +66,11 @@ int MethodIndex(absl::string_view method) {
   return 3;  // GetServerInfo
 }
 
-int VariantIndex(absl::string_view variant) {
-  if (variant == "softmax_focal") return 1;
-  if (variant == "sigmoid_focal") return 2;
-  if (variant == "focal_cosine") return 3;
-  if (variant == "dynamic_focal") return 4;
-  return 0;  // unknown: the request did not decode
-}
+/// Slot 0 is "" (the request did not decode); the table's variants follow in its order.
+int VariantSlot(absl::string_view variant) { return VariantIndex(std::string_view(variant.data(), variant.size())) + 1; }
+const char* VariantLabel(int slot) { return slot == 0 ? "" : VariantNameAt(slot - 1); }
 
 constexpr const char* kMethodNames[] = {"Compute", "ComputeStream", "Evaluate", "GetServerInfo"};
-constexpr const char* kVariantNames[] = {"", "softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal"};
 
 int CodeIndex(absl::string_view code) {
   for (int c = 0; c <= 16; ++c) {
@@ -86,12 +82,12 @@ int CodeIndex(absl::string_view code) {
 }  // namespace
 
 void Metrics::Record(const CallRecord& call) {
-  const int m = MethodIndex(call.method), v = VariantIndex(call.variant), c = CodeIndex(call.code);
+  const int m = MethodIndex(call.method), v = VariantSlot(call.variant), c = CodeIndex(call.code);
   std::atomic<bool>& filled = filled_[(m * kVariants + v) * kCodes + c];
   MethodSeries& series = series_[m];
   if (!filled.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(series_mu_);
-    const std::string method = kMethodNames[m], variant = kVariantNames[v];
+    const std::string method = kMethodNames[m], variant = VariantLabel(v);
     if (!series.latency) {
       series.latency = &latency_->Add({{"method", method}}, SecondsBuckets());
       series.queue = &queue_->Add({{"method", method}}, SecondsBuckets());
@@ -114,5 +110,7 @@ void Metrics::Record(const CallRecord& call) {
 void Metrics::CallStarted() { in_flight_->Increment(); }
 void Metrics::CallEnded() { in_flight_->Decrement(); }
 void Metrics::SetDeviceMemoryBytes(double bytes) { device_memory_->Set(bytes); }
+
+std::string Metrics::Exposition() const { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
 
 }  // namespace focal::server

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "focal/params.h"
 
 namespace prometheus {
 class Exposer;
@@ -48,7 +49,10 @@ class Metrics {
   void Record(const CallRecord& call);
   void CallStarted();
   void CallEnded();
+  /// focal_device_memory_bytes: what Backend::DeviceMemoryBytes reported last (after each batch).
   void SetDeviceMemoryBytes(double bytes);
+  /// The text a scrape of /metrics gets now (served or not): for tests.
+  std::string Exposition() const;
 
  private:
   Metrics();
@@ -68,7 +72,7 @@ class Metrics {
   // Series looked up once per label combination and kept: prometheus-cpp's Family::Add builds a
   // label map and takes a lock on every call, which showed on small requests. The label values
   // come from small closed sets: methods, variants (and "" for unknown), gRPC codes.
-  static constexpr int kMethods = 4, kVariants = 5, kCodes = 17;
+  static constexpr int kMethods = 4, kVariants = static_cast<int>(kNumVariants) + 1, kCodes = 17;
   struct MethodSeries {
     prometheus::Histogram* latency = nullptr;
     prometheus::Histogram* queue = nullptr;

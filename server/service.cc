@@ -200,6 +200,9 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
     const Clock::time_point start = Clock::now();
     absl::StatusOr<LossResult> result = config_.backend->Compute(*job);
     out.compute_seconds = SecondsSince(start);
+    // A batch is what changes the device memory held (a CUDA pool grows to the largest batch
+    // and keeps it), so the gauge is read here, failed batches included.
+    config_.metrics->SetDeviceMemoryBytes(static_cast<double>(config_.backend->DeviceMemoryBytes()));
     if (!result.ok()) {
       out.status = InMessage(result.status(), what, out.request_id);
       return out;

@@ -1,6 +1,8 @@
 #include "focal/kernel_args.h"
 
 #include "focal/job.h"
+#include "focal/math.h"
+#include "focal/math_ops.h"
 #include "focal/validate.h"
 
 #include <algorithm>
@@ -20,10 +22,7 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
   a.num_elements = plan.num_elements;
   a.grad_scale = plan.grad_scale;
   a.output_dtype = plan.output_dtype;
-  const bool probabilities = [&] {
-    const auto* s = std::get_if<SigmoidFocalParams>(&job.spec.params);
-    return s && s->input == SigmoidInput::kProbabilities;
-  }();
+  const bool probabilities = TakesProbabilities(job.spec.params);
   // Probabilities outside [0, 1] are rejected even with allow_non_finite: they have no loss.
   a.check_inputs = !job.allow_non_finite || probabilities;
   a.propagate_nan = job.allow_non_finite;
@@ -39,12 +38,11 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
           return KernelKind::kSoftmaxFocal;
         } else if constexpr (std::is_same_v<P, SigmoidFocalParams>) {
           a.gamma = p.gamma;
-          if (p.alpha >= 0) {  // a negative α disables the weighting, as torchvision
-            a.alpha_pos = p.alpha;
-            a.alpha_neg = 1 - p.alpha;
-          }
+          const math::ClassWeights<double> weights = math::SigmoidFocalWeights(ScalarOps<double>{}, p.alpha);
+          a.alpha_pos = weights.pos;
+          a.alpha_neg = weights.neg;
           a.smoothing = p.label_smoothing;
-          a.smoothing_floor = p.label_smoothing / static_cast<double>(p.smoothing_classes);
+          a.smoothing_floor = math::SmoothingFloor(p.label_smoothing, static_cast<double>(p.smoothing_classes));
           a.probabilities = p.input == SigmoidInput::kProbabilities;
           a.has_ignore_index = p.ignore_index.has_value();
           a.ignore_index = p.ignore_index.value_or(0);
@@ -79,8 +77,7 @@ const float* ItemWeightsAsFloat32(const LossJob& job, std::vector<float>& storag
 
 double ReducedLoss(const LossJob& job, const JobPlan& plan, double sum) {
   if (job.spec.reduction != Reduction::kMean) return sum;
-  const double denominator = job.spec.normalizer.value_or(static_cast<double>(plan.count));
-  return denominator > 0 ? sum / denominator : 0.0;  // nothing counted: 0, not NaN
+  return DivideByMeanDenominator(sum, job.spec, plan.count);
 }
 
 }  // namespace focal

@@ -3,9 +3,12 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "focal/math.h"
 #include "focal/status_macros.h"
 
 namespace focal {
@@ -44,33 +47,58 @@ absl::StatusOr<int64_t> CheckTensor(const TensorView& t, absl::string_view field
   return n;
 }
 
-absl::Status CheckGamma(double gamma) {
-  if (!(gamma >= 0 && gamma <= ParameterLimits::kMaxGamma)) {
-    return Invalid(absl::StrCat("loss.gamma is ", gamma, "; must be in [0, ", ParameterLimits::kMaxGamma, "]"));
-  }
-  return absl::OkStatus();
+/// "in [0, 1)", or the parameter's own rule.
+std::string RuleText(const char* rule, const Range& r) {
+  if (rule) return rule;
+  return absl::StrCat("in [", r.low, ", ", r.high, r.high_open ? ")" : "]");
 }
 
-/// A weight of a loss term: finite, and small enough for float32 (see ParameterLimits).
-absl::Status CheckWeight(double w, absl::string_view name, bool allow_negative) {
-  const double low = allow_negative ? -ParameterLimits::kMaxWeight : 0;
-  if (!(w >= low && w <= ParameterLimits::kMaxWeight)) {
-    return Invalid(absl::StrCat(name, " is ", w, "; must be in [", low, ", ", ParameterLimits::kMaxWeight, "]"));
-  }
-  return absl::OkStatus();
+/// Every parameter of `p` within the range its table entry gives (per-class lists element by
+/// element; their length is checked against the logits' classes once the layout is known).
+template <class P>
+absl::Status CheckParameters(const P& p) {
+  absl::Status status;
+  ForEachParam<P>([&](const auto& param) {
+    using T = typename std::decay_t<decltype(param)>::Type;
+    if (!status.ok()) return;
+    const T& value = p.*param.member;
+    auto check = [&](double v, const std::string& name) {
+      if (!param.range.Contains(v)) {
+        status = Invalid(absl::StrCat(name, " is ", v, "; must be ", RuleText(param.rule, param.range)));
+      }
+    };
+    if constexpr (std::is_same_v<T, double> || std::is_same_v<T, int64_t>) {
+      check(static_cast<double>(value), absl::StrCat("loss.", param.name));
+    } else if constexpr (std::is_same_v<T, std::vector<double>>) {
+      for (size_t i = 0; i < value.size() && status.ok(); ++i) {
+        check(value[i], absl::StrCat("loss.", param.name, "[", i, "]"));
+      }
+    }
+  });
+  return status;
+}
+
+/// Per-class lists hold one value per class, or none (all ones).
+template <class P>
+absl::Status CheckClassLists(const P& p, int64_t classes) {
+  absl::Status status;
+  ForEachParam<P>([&](const auto& param) {
+    using T = typename std::decay_t<decltype(param)>::Type;
+    if constexpr (std::is_same_v<T, std::vector<double>>) {
+      const T& value = p.*param.member;
+      if (status.ok() && !value.empty() && static_cast<int64_t>(value.size()) != classes) {
+        status = Invalid(absl::StrCat("loss.", param.name, " has ", value.size(), " values; logits have ", classes,
+                                      " classes (one weight per class)"));
+      }
+    }
+  });
+  return status;
 }
 
 absl::Status CheckGradOutput(double w, std::string name) {
   if (std::isnan(w) || std::fabs(w) <= ParameterLimits::kMaxGradOutput) return absl::OkStatus();
   if (std::isinf(w)) return Invalid(absl::StrCat(name, " is ", w, "; must be finite"));
   return Invalid(absl::StrCat(name, " is ", w, "; |grad_output| must be at most ", ParameterLimits::kMaxGradOutput));
-}
-
-absl::Status CheckSmoothing(double eps) {
-  if (!(eps >= 0 && eps < 1)) {
-    return Invalid(absl::StrCat("loss.label_smoothing is ", eps, "; must be in [0, 1)"));
-  }
-  return absl::OkStatus();
 }
 
 /// Logits [N, C, d1..dk] with class-index targets [N, d1..dk]: fills the class layout.
@@ -144,68 +172,8 @@ absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
   return absl::OkStatus();
 }
 
-absl::Status PlanSoftmaxFocal(const LossJob& job, const SoftmaxFocalParams& p, JobPlan& plan) {
-  RETURN_IF_ERROR(CheckGamma(p.gamma));
-  RETURN_IF_ERROR(CheckSmoothing(p.label_smoothing));
-  RETURN_IF_ERROR(CheckClassLayout(job, plan));
-  if (!p.alpha.empty()) {
-    if (static_cast<int64_t>(p.alpha.size()) != plan.classes) {
-      return Invalid(absl::StrCat("loss.alpha has ", p.alpha.size(), " values; logits have ",
-                                  plan.classes, " classes (one weight per class)"));
-    }
-    for (size_t c = 0; c < p.alpha.size(); ++c) {
-      RETURN_IF_ERROR(CheckWeight(p.alpha[c], absl::StrCat("loss.alpha[", c, "]"), /*allow_negative=*/false));
-    }
-  }
-  ASSIGN_OR_RETURN(plan.count, ScanClassTargets(job.targets, plan.batch * plan.inner,
-                                                plan.classes - 1, p.ignore_index));
-  return absl::OkStatus();
-}
-
-absl::Status PlanSigmoidFocal(const LossJob& job, const SigmoidFocalParams& p, JobPlan& plan) {
-  RETURN_IF_ERROR(CheckGamma(p.gamma));
-  RETURN_IF_ERROR(CheckSmoothing(p.label_smoothing));
-  if (!std::isfinite(p.alpha) || p.alpha > 1) {
-    return Invalid(absl::StrCat("loss.alpha is ", p.alpha,
-                                "; must be in [0, 1], or negative to disable the weighting"));
-  }
-  if (p.smoothing_classes < 2) {
-    return Invalid(absl::StrCat("loss.smoothing_classes is ", p.smoothing_classes, "; must be >= 2"));
-  }
-  if (!IsInteger(job.targets.dtype)) {
-    if (p.ignore_index) {
-      return Invalid("loss.ignore_index needs class-index targets; float targets cannot be ignored");
-    }
-    return CheckFloatTargets(job, plan);
-  }
-  RETURN_IF_ERROR(CheckClassLayout(job, plan));
-  // Index targets: the value C means background (all C classes negative).
-  ASSIGN_OR_RETURN(const int64_t rows, ScanClassTargets(job.targets, plan.batch * plan.inner,
-                                                        plan.classes, p.ignore_index));
-  plan.count = rows * plan.classes;
-  plan.item_shape = job.logits.shape;  // NONE is per element, as torchvision
-  return absl::OkStatus();
-}
-
-absl::Status PlanFocalCosine(const LossJob& job, const FocalCosineParams& p, JobPlan& plan) {
-  RETURN_IF_ERROR(CheckGamma(p.gamma));
-  RETURN_IF_ERROR(CheckWeight(p.alpha, "loss.alpha", /*allow_negative=*/true));
-  RETURN_IF_ERROR(CheckWeight(p.xent, "loss.xent", /*allow_negative=*/false));
-  if (job.logits.shape.size() != 2) {
-    return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape),
-                                "; focal_cosine needs logits [N, C]"));
-  }
-  RETURN_IF_ERROR(CheckClassLayout(job, plan));
-  ASSIGN_OR_RETURN(plan.count, ScanClassTargets(job.targets, plan.batch, plan.classes - 1, std::nullopt));
-  return absl::OkStatus();
-}
-
-absl::Status PlanDynamicFocal(const LossJob& job, const DynamicFocalParams& p, JobPlan& plan) {
-  RETURN_IF_ERROR(CheckGamma(p.gamma));
-  if (job.logits.shape.empty()) {
-    return Invalid("logits.shape is []; dynamic_focal needs logits [N, *]");
-  }
-  RETURN_IF_ERROR(CheckFloatTargets(job, plan));
+/// num_objects → the per-row weights α_n = num_objects_n / mean (docs/variants.md §4).
+absl::Status PlanRowWeights(const LossJob& job, JobPlan& plan) {
   plan.batch = job.logits.shape[0];
   plan.inner = plan.batch == 0 ? 0 : plan.num_elements / plan.batch;
   if (!job.num_objects) return absl::OkStatus();
@@ -227,7 +195,42 @@ absl::Status PlanDynamicFocal(const LossJob& job, const DynamicFocalParams& p, J
   if (n > 0 && !(sum > 0)) return Invalid("num_objects has mean 0; α_n = num_objects / mean needs a positive mean");
   const double mean = n == 0 ? 1.0 : sum / static_cast<double>(n);
   plan.row_alpha.resize(n);
-  for (int64_t i = 0; i < n; ++i) plan.row_alpha[i] = static_cast<float>(LoadAsDouble(no, i) / mean);
+  for (int64_t i = 0; i < n; ++i) plan.row_alpha[i] = static_cast<float>(math::ObjectsWeight(LoadAsDouble(no, i), mean));
+  return absl::OkStatus();
+}
+
+/// The layout, items and count of any variant, from its table entry.
+template <class P>
+absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
+  const VariantFacts& facts = Variant<P>::kFacts;
+  RETURN_IF_ERROR(CheckParameters(p));
+  const int rank = static_cast<int>(job.logits.shape.size());
+  if (rank < facts.min_rank || rank > facts.max_rank) {
+    return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape), "; ", facts.name,
+                                " needs logits ", facts.logits_shape));
+  }
+  const bool index_targets = facts.targets == Targets::kClassIndex ||
+                             (facts.targets == Targets::kClassIndexOrFloat && IsInteger(job.targets.dtype));
+  const std::optional<int64_t> ignore_index = IgnoreIndexOf(p);
+  if (!index_targets) {
+    if (ignore_index) {
+      return Invalid("loss.ignore_index needs class-index targets; float targets cannot be ignored");
+    }
+    RETURN_IF_ERROR(CheckFloatTargets(job, plan));
+    if (facts.num_objects) RETURN_IF_ERROR(PlanRowWeights(job, plan));
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(CheckClassLayout(job, plan));
+  RETURN_IF_ERROR(CheckClassLists(p, plan.classes));
+  const int64_t max_class = plan.classes - (facts.background_target ? 0 : 1);
+  ASSIGN_OR_RETURN(const int64_t rows,
+                   ScanClassTargets(job.targets, plan.batch * plan.inner, max_class, ignore_index));
+  if (facts.items == Items::kRows) {
+    plan.count = rows;
+  } else {
+    plan.count = rows * plan.classes;
+    plan.item_shape = job.logits.shape;  // NONE is per element, as torchvision
+  }
   return absl::OkStatus();
 }
 
@@ -275,11 +278,7 @@ absl::Status PlanGradient(const LossJob& job, JobPlan& plan) {
                                   ParameterLimits::kMaxNormalizer, "]"));
     }
   }
-  plan.grad_scale = w;
-  if (reduction == Reduction::kMean) {
-    const double d = job.spec.normalizer.value_or(static_cast<double>(plan.count));
-    plan.grad_scale = d > 0 ? w / d : 0.0;  // nothing counted: MEAN is 0 and so is its gradient
-  }
+  plan.grad_scale = reduction == Reduction::kMean ? DivideByMeanDenominator(w, job.spec, plan.count) : w;
   return absl::OkStatus();
 }
 
@@ -291,26 +290,23 @@ absl::StatusOr<JobPlan> ValidateJob(const LossJob& job) {
   ASSIGN_OR_RETURN(const int64_t num_targets,
                    CheckTensor(job.targets, "targets", /*floating=*/false));
   (void)num_targets;
-  if (job.num_objects && !std::holds_alternative<DynamicFocalParams>(job.spec.params)) {
-    return Invalid("num_objects is only used by dynamic_focal");
+  if (job.num_objects && !FactsOf(job.spec.params).num_objects) {
+    std::vector<std::string> takers;
+    ForEachVariant([&](auto tag) {
+      if (Variant<typename decltype(tag)::Params>::kFacts.num_objects) {
+        takers.push_back(Variant<typename decltype(tag)::Params>::kFacts.name);
+      }
+    });
+    return Invalid(absl::StrCat("num_objects is only used by ", absl::StrJoin(takers, ", ")));
   }
-  RETURN_IF_ERROR(std::visit(
-      [&](const auto& p) -> absl::Status {
-        using P = std::decay_t<decltype(p)>;
-        if constexpr (std::is_same_v<P, SoftmaxFocalParams>) return PlanSoftmaxFocal(job, p, plan);
-        if constexpr (std::is_same_v<P, SigmoidFocalParams>) return PlanSigmoidFocal(job, p, plan);
-        if constexpr (std::is_same_v<P, FocalCosineParams>) return PlanFocalCosine(job, p, plan);
-        if constexpr (std::is_same_v<P, DynamicFocalParams>) return PlanDynamicFocal(job, p, plan);
-      },
-      job.spec.params));
+  RETURN_IF_ERROR(std::visit([&](const auto& p) { return PlanVariant(job, p, plan); }, job.spec.params));
   ASSIGN_OR_RETURN(plan.num_items, NumElements(plan.item_shape, "losses"));
   RETURN_IF_ERROR(PlanGradient(job, plan));
   return plan;
 }
 
 absl::Status FindInvalidValue(const LossJob& job) {
-  const auto* sigmoid = std::get_if<SigmoidFocalParams>(&job.spec.params);
-  const bool probabilities = sigmoid && sigmoid->input == SigmoidInput::kProbabilities;
+  const bool probabilities = TakesProbabilities(job.spec.params);
   const int64_t n = static_cast<int64_t>(job.logits.size_bytes / DTypeSize(job.logits.dtype));
   for (int64_t i = 0; i < n; ++i) {
     const double x = LoadAsDouble(job.logits, i);
@@ -325,7 +321,7 @@ absl::Status FindInvalidValue(const LossJob& job) {
     }
   }
   if (IsFloating(job.targets.dtype)) {
-    const bool binary = std::holds_alternative<DynamicFocalParams>(job.spec.params);
+    const bool binary = FactsOf(job.spec.params).binary_targets;
     const int64_t m = static_cast<int64_t>(job.targets.size_bytes / DTypeSize(job.targets.dtype));
     for (int64_t i = 0; i < m; ++i) {
       const double t = LoadAsDouble(job.targets, i);

@@ -1,5 +1,6 @@
 // The CPU backend's kernels: one fused pass per chunk of a validated job. Implemented with
-// Highway (cpu_kernels.cc) for every x86 SIMD target, chosen at run time.
+// Highway for every x86 SIMD target, chosen at run time: cpu_kernels.cc dispatches to one
+// translation unit per kernel family (cpu_kernel_families.h).
 #pragma once
 
 #include <cstdint>

@@ -57,6 +57,7 @@ struct Device {
   int ordinal = 0;
   DeviceLimits limits;
   std::string description;
+  cudaMemPool_t pool = nullptr;  ///< the device's default pool, which every job allocates from
   std::atomic<bool> healthy{true};
   std::string failure;  ///< the sticky error that made it unhealthy (written once, under the pool lock)
 };
@@ -210,7 +211,9 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   };
   Region logits{job.logits.data, job.logits.size_bytes}, targets{job.targets.data, job.targets.size_bytes},
       row_alpha{plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float)},
-      class_alpha{softmax ? softmax->alpha.data() : nullptr, class_alpha_count * sizeof(float)},
+      // α as the job holds it (float64): the float64 kernels compute in double and read it
+      // exactly; the others round it to float on read, as a float upload would.
+      class_alpha{softmax ? softmax->alpha.data() : nullptr, class_alpha_count * sizeof(*a.class_alpha)},
       weights{item_weights, item_weights ? static_cast<size_t>(plan.num_items) * sizeof(float) : 0},
       gradient{nullptr, job.compute_gradient ? static_cast<size_t>(plan.num_elements) * out_size : 0},
       losses{nullptr, none ? static_cast<size_t>(plan.num_items) * out_size : 0},
@@ -242,7 +245,7 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   a.logits = at(logits);
   a.targets = at(targets);
   a.row_alpha = static_cast<const float*>(at(row_alpha));
-  a.class_alpha = static_cast<const float*>(at(class_alpha));
+  a.class_alpha = static_cast<const double*>(at(class_alpha));
   a.item_weights = static_cast<const float*>(at(weights));
   a.gradient = at(gradient);
   a.losses = at(losses);
@@ -324,6 +327,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(CudaBackendOpti
     uint64_t keep_all = UINT64_MAX;
     RETURN_IF_ERROR(impl->Check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all), d,
                                 "memory pool"));
+    d.pool = pool;
     for (int s = 0; s < options.streams_per_device; ++s) {
       auto lane = std::make_unique<Lane>();
       lane->device = &d;
@@ -373,6 +377,21 @@ bool CudaBackend::Healthy() const {
     if (d->healthy.load()) return true;
   }
   return false;
+}
+
+int64_t CudaBackend::DeviceMemoryBytes() const {
+  int64_t total = 0;
+  for (const auto& d : impl_->devices) {
+    // Reserved, not used: the pool keeps freed memory (release threshold: all), and that is
+    // what the process holds on the device.
+    uint64_t reserved = 0;
+    if (cudaMemPoolGetAttribute(d->pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess) {
+      total += static_cast<int64_t>(reserved);
+    } else {
+      cudaGetLastError();  // a lost device reports nothing; leave no error for the next Check to see
+    }
+  }
+  return total;
 }
 
 std::vector<std::string> CudaBackend::DeviceDescriptions() const {

@@ -37,6 +37,8 @@ class CudaBackend final : public Backend {
   absl::StatusOr<LossResult> Compute(const LossJob& job) const override;
   std::string Name() const override;
   bool Healthy() const override;
+  /// What the devices' memory pools hold (in use plus cached for the next request), summed.
+  int64_t DeviceMemoryBytes() const override;
 
   /// "cuda:0 NVIDIA H200 (143771 MiB, sm_90)", one per device in use.
   std::vector<std::string> DeviceDescriptions() const;

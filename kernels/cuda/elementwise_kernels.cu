@@ -1,7 +1,8 @@
 // sigmoid_focal and dynamic_focal on the GPU: one pass over the logits, each thread a run of 8
 // consecutive elements per grid-stride step (16-byte loads and stores for every dtype: one
 // vector of 16-bit floats, two of float32, four of float64), the last partial run element by
-// element. The formulas are focal/math-inl.h's, the same the CPU backend runs.
+// element. The formulas are focal/math-inl.h's (math::SigmoidFocal, math::DynamicFocalWeights),
+// the same the CPU backend runs.
 #include "kernels/cuda/kernel_common.cuh"
 #include "kernels/cuda/kernel_launchers.h"
 
@@ -9,20 +10,6 @@ namespace focal::cuda {
 namespace {
 
 constexpr int kRun = 8;
-
-/// §2 for one element, choosing the form as the CPU does: the cheaper hard-target form when t is
-/// 0 or 1 with no smoothing, the soft or probabilities form otherwise.
-template <class T>
-__device__ __forceinline__ math::LossGrad<T> SigmoidElement(const ScalarOps<T>& o, const KernelArgs& a,
-                                                            const math::Gamma<T>& gamma, T x, T t, T ap, T an) {
-  if (!a.probabilities && a.smoothing == 0 && (t == T(0) || t == T(1))) {
-    const bool positive = t == T(1);
-    return math::SigmoidFocalHard(o, x, positive ? T(1) : T(-1), positive ? ap : an, gamma);
-  }
-  const T smoothed = t * static_cast<T>(1 - a.smoothing) + static_cast<T>(a.smoothing_floor);
-  if (a.probabilities) return math::SigmoidFocalProbabilities(o, x, smoothed, ap, an, gamma);
-  return math::SigmoidFocalSoft(o, x, smoothed, ap, an, gamma);
-}
 
 /// Where element i sits in [N, C, S]: its class c and its position n·S + s, advanced one element
 /// at a time so that a run costs two divisions, not two per element.
@@ -54,7 +41,8 @@ template <DType kDT, bool kIndexTargets, bool kGrad>
 __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, double* partials, int* flags) {
   using T = ComputeT<kDT>;
   const ScalarOps<T> o;
-  const math::Gamma<T> gamma = math::MakeGamma(o, a.gamma);
+  const math::SigmoidFocalConsts<T> consts =
+      math::MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities);
   const int64_t n = a.num_elements;
   const int64_t runs = (n + kRun - 1) / kRun;
   double sum = 0;
@@ -99,17 +87,16 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
         valid[k] = true;
         if (a.row_alpha) {
           if (i0 + k >= row_end) ++row, row_end += a.row_length;
-          const T alpha = k < count ? static_cast<T>(a.row_alpha[row]) : T(0);
-          ap[k] = alpha;
-          an[k] = static_cast<T>(1.0 - static_cast<double>(alpha));
+          const math::ClassWeights<T> alpha =
+              math::DynamicFocalWeights(o, k < count ? static_cast<T>(a.row_alpha[row]) : T(0));
+          ap[k] = alpha.pos;
+          an[k] = alpha.neg;
         } else {
           ap[k] = static_cast<T>(a.alpha_pos);
           an[k] = static_cast<T>(a.alpha_neg);
         }
-        if (k < count) {
-          const bool binary = t[k] == T(0) || t[k] == T(1);
-          if (!binary && (a.binary_targets || !(t[k] >= T(0) && t[k] <= T(1)))) bad |= kBadTarget;
-        }
+        const bool in_range = t[k] >= T(0) && t[k] <= T(1);
+        if (k < count && !math::IsBinaryTarget(o, t[k]) && (a.binary_targets || !in_range)) bad |= kBadTarget;
       }
     }
     T weight[kRun];
@@ -128,7 +115,9 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
         const bool ok = a.probabilities ? (x[k] >= T(0) && x[k] <= T(1)) : IsFiniteValue(x[k]);
         if (!ok) bad |= kBadInput;
       }
-      math::LossGrad<T> out = SigmoidElement(o, a, gamma, x[k], t[k], ap[k], an[k]);
+      // The form per element: the hard one wherever t is 0 or 1.
+      math::LossGrad<T> out =
+          math::SigmoidFocal(o, consts, x[k], t[k], math::IsBinaryTarget(o, t[k]), ap[k], an[k]);
       if (!valid[k]) out = {T(0), T(0)};
       T g = out.grad * static_cast<T>(a.grad_scale);
       if (kGrad && a.item_weights) g = g * weight[k];

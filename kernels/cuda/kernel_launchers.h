@@ -2,15 +2,10 @@
 // parallel; LaunchLoss (loss_kernels.cu) chooses among them.
 #pragma once
 
-#if defined(FOCAL_CUDA_EMULATION)
-#include "tests/cuda/emulation/device_emulation.h"  // the host tests' stand-in for the runtime
-#else
-#include <cuda_runtime.h>
-#endif
-
 #include <cstdint>
 
 #include "focal/kernel_args.h"
+#include "kernels/cuda/device_api.h"
 #include "kernels/cuda/loss_kernels.h"
 
 namespace focal::cuda {

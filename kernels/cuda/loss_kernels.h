@@ -3,15 +3,10 @@
 // (focal/kernel_args.h) with device pointers.
 #pragma once
 
-#if defined(FOCAL_CUDA_EMULATION)
-#include "tests/cuda/emulation/device_emulation.h"  // the host tests' stand-in for the runtime
-#else
-#include <cuda_runtime.h>
-#endif
-
 #include <cstdint>
 
 #include "focal/kernel_args.h"
+#include "kernels/cuda/device_api.h"
 
 namespace focal::cuda {
 

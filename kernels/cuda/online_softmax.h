@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "focal/hd.h"
+#include "focal/math.h"
 #include "focal/math_ops.h"
 
 namespace focal::cuda {
@@ -35,18 +36,18 @@ struct OnlineSoftmax {
     finite &= IsFiniteValue(x) ? 1 : 0;
     below_inf &= x < T(INFINITY) ? 1 : 0;
     if (x > max) {
-      below = (below + ties) * o.Exp(max - x);
+      below = (below + ties) * math::ExpAboutMax(o, max, x);  // rescaled to the new maximum
       ties = T(1);
       max = x;
     } else if (x == max) {
       ties += T(1);
     } else {
-      below += o.Exp(x - max);  // a NaN lands here and makes the row NaN
+      below += math::ExpAboutMax(o, x, max);  // a NaN lands here and makes the row NaN
     }
   }
 
-  /// rest of math::LogProb: the ties' count less the max's own 1 is exact.
-  FOCAL_HD T Rest() const { return below + (ties - T(1)); }
+  /// rest of math::LogProb (math::Rest).
+  FOCAL_HD T Rest() const { return math::Rest(ScalarOps<T>(), below, ties); }
 };
 
 /// Merges two partial states. Commutative to the bit (each branch is symmetric in its
@@ -59,8 +60,8 @@ struct CombineOnlineSoftmax {
     if (a.max == b.max) return {a.max, a.below + b.below, a.ties + b.ties, finite, below_inf};
     const OnlineSoftmax<T>& hi = a.max > b.max ? a : b;
     const OnlineSoftmax<T>& lo = a.max > b.max ? b : a;
-    return {hi.max, hi.below + (lo.below + lo.ties) * ScalarOps<T>().Exp(lo.max - hi.max), hi.ties, finite,
-            below_inf};
+    return {hi.max, hi.below + (lo.below + lo.ties) * math::ExpAboutMax(ScalarOps<T>(), lo.max, hi.max), hi.ties,
+            finite, below_inf};
   }
 };
 

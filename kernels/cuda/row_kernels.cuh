@@ -84,7 +84,6 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
   stats = team.Reduce(stats, CombineOnlineSoftmax());
   if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
   const T max = stats.max, rest = stats.Rest();
-  const T log_norm = math::LogNormalizer(o, rest);
   const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.has_ignore_index, a.ignore_index);
   const bool valid = y >= 0;
   // allow_non_finite: a counted row with a NaN or +inf logit (or only -inf ones) has a NaN loss
@@ -95,46 +94,42 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
   const bool nan_row = !has_softmax && a.propagate_nan && valid;
   T w = valid ? ItemWeight<T>(a, row.item) : T(0);
   if (nan_row) w = T(NAN);
+  // α in the compute type: float64 kernels read it exactly.
+  auto alpha_at = [&](int64_t c) { return a.class_alpha ? static_cast<T>(a.class_alpha[c]) : T(1); };
   T loss;
   if constexpr (!kSmooth) {
     // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
     const T x_y = valid ? LoadAs<T>(a.logits, kDT, row.base + y * row.stride) : max;
-    const T alpha_y = valid ? (a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1)) : T(0);
-    const T u_y = math::LogProb(o, x_y, max, log_norm);
-    const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, u_y, gamma);
-    loss = valid ? alpha_y * term.f : T(0);
+    const T alpha_y = valid ? alpha_at(y) : T(0);
+    const math::SoftmaxRowGrad<T> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma);
+    loss = valid ? rg.loss : T(0);
     if (kGrad && row.active) {
-      // α_y g(p_y)(p_j - [j = y]) with p_j = e^(x_j - max) / (1 + rest); p_y - 1 as expm1(log p_y).
-      const T k = w * (alpha_y * term.g);
-      const T kp = k / (rest + T(1));
-      const T fix = k * o.Expm1(u_y);
       WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
-        return !valid ? T(0) : c == y ? fix : kp * o.Exp(x - max);
+        if (!valid) return T(0);
+        return c == y ? rg.grad_y : math::SoftmaxFocalGradAt(o, rg.coef_e, math::ExpAboutMax(o, x, max));
       });
     }
   } else {
-    // ℓ = Σ_c q_c α_c f(p_c); ∂ℓ/∂x_j = p_j W - q_j α_j g(p_j), W = Σ_c q_c α_c g(p_c).
-    const T eps = static_cast<T>(a.smoothing);
-    const T uniform = eps / static_cast<T>(a.classes);
-    auto qa_at = [&](int64_t c) {
-      return (uniform + (c == y ? T(1) - eps : T(0))) * (a.class_alpha ? static_cast<T>(a.class_alpha[c]) : T(1));
-    };
+    // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c (math::SoftmaxFocalSmoothedClass).
+    const math::LabelSmoothing<T> smoothing = math::MakeLabelSmoothing(o, a.smoothing, a.classes);
+    const T log_norm = math::LogNormalizer(o, rest);
     // Σ over every class, in float64: W's error becomes the gradient's, and a thread of a
     // block-row team adds up to C/512 terms in turn.
     Sums<double, 2> sums{{0.0, 0.0}};
     ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
-      const math::FocalTerm<T> term = math::SoftmaxFocalTerm(o, math::LogProb(o, x, max, log_norm), gamma);
-      const T qa = qa_at(c);
-      sums.v[0] += static_cast<double>(qa * term.f);
-      sums.v[1] += static_cast<double>(qa * term.g);
+      const T u = math::LogProb(o, x, max, log_norm);
+      const math::SmoothedClass<T> cls = math::SoftmaxFocalSmoothedClass(o, u, c == y, alpha_at(c), smoothing, gamma);
+      sums.v[0] += static_cast<double>(cls.weight * cls.term.f);
+      sums.v[1] += static_cast<double>(cls.weight * cls.term.g);
     });
     sums = team.Reduce(sums, AddSums());
     loss = valid ? static_cast<T>(sums.v[0]) : T(0);
     if (kGrad && row.active) {
       const T W = static_cast<T>(sums.v[1]);
       WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
-        const T u = math::LogProb(o, x, max, log_norm);
-        return valid ? w * (o.Exp(u) * W - qa_at(c) * math::SoftmaxFocalTerm(o, u, gamma).g) : T(0);
+        if (!valid) return T(0);
+        const T weight = math::SmoothedWeight(o, smoothing, c == y, alpha_at(c));
+        return math::SoftmaxFocalSmoothedGrad(o, math::LogProb(o, x, max, log_norm), weight, W, w, gamma);
       });
     }
   }
@@ -144,8 +139,8 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
 }
 
 /// §3 for one [N, C] row: pass 1 ‖x‖², the max and finiteness; pass 2 the softmax sums of
-/// z = x/‖x‖ (exact about z_max = max·z_scale, as z_scale > 0); then math::FocalCosine's
-/// per-row coefficients and the gradient coef_x·x_j + coef_p·p_j.
+/// z = x/‖x‖ (exact about z_max = CosineZ(max), as z_scale > 0); then math::FocalCosine's
+/// per-row coefficients and the gradient (math::FocalCosineGradAt).
 template <DType kDT, bool kGrad, class Team>
 __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const KernelArgs& a,
                                                         const math::Gamma<ComputeT<kDT>>& gamma, const RowRef& row,
@@ -167,33 +162,30 @@ __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const 
   });
   if (!norm.finite && a.check_inputs && row.active) bad |= kBadInput;
   const T z_scale = math::CosineZScale(o, norm.sum_squares);
-  const T z_max = norm.max * z_scale;
+  const T z_max = math::CosineZ(o, norm.max, z_scale);
   Sums<T, 3> sums{{T(0), T(0), T(0)}};  // Σ RestTerm, Σ TieTerm, Σ z e^(z - z_max)
   ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) {
-    const T z = x * z_scale;
-    sums.v[0] += math::RestTerm(o, z, z_max);
+    const T z = math::CosineZ(o, x, z_scale);
+    const T e = math::ExpAboutMax(o, z, z_max);
+    sums.v[0] += math::RestTermOf(o, z, z_max, e);
     sums.v[1] += math::TieTerm(o, z, z_max);
-    sums.v[2] += z * o.Exp(z - z_max);
+    sums.v[2] += z * e;
   });
   sums = team.Reduce(sums, AddSums());
-  const T rest = sums.v[0] + (sums.v[1] - T(1));
+  const T rest = math::Rest(o, sums.v[0], sums.v[1]);
   const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.has_ignore_index, a.ignore_index);
   const T x_y = LoadAs<T>(a.logits, kDT, row.base + y * row.stride);
   const bool nan_row = !norm.finite && a.propagate_nan;  // NaN loss and gradient
   T w = ItemWeight<T>(a, row.item);
   if (nan_row) w = T(NAN);
-  T log_norm;
   const math::FocalCosineRow<T> rc = math::FocalCosine(o, norm.sum_squares, x_y, z_max, rest, sums.v[2],
                                                        static_cast<T>(a.cosine_alpha), gamma,
-                                                       static_cast<T>(a.xent), w, log_norm);
+                                                       static_cast<T>(a.xent), w);
   const T loss = nan_row ? T(NAN) : rc.loss;  // a NaN upstream weight leaves the loss alone
   if (kGrad && row.active) {
-    // p_j = e^(z_j - z_max) / (1 + rest); the target's p_y - 1 as expm1(log p_y).
-    const T cp = rc.coef_p / (rest + T(1));
-    const T u_y = math::LogProb(o, x_y * z_scale, z_max, log_norm);
-    const T fix = (rc.coef_x * x_y + rc.coef_p * o.Expm1(u_y)) + rc.coef_target;
     WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
-      return c == y ? fix : rc.coef_x * x + cp * o.Exp(x * z_scale - z_max);
+      if (c == y) return rc.grad_y;
+      return math::FocalCosineGradAt(o, rc.coef_x, rc.coef_e, x, math::ExpAboutMax(o, math::CosineZ(o, x, z_scale), z_max));
     });
   }
   if (a.losses && row.active && team.rank() == 0) StoreAs(a.losses, a.output_dtype, row.item, loss);

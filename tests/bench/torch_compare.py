@@ -10,9 +10,9 @@ What it measures (forward + backward, float32, random normal logits):
 
 * sigmoid_focal: torchvision.ops.sigmoid_focal_loss(x, t, alpha=0.25, gamma=2,
   reduction='mean') with a float one-hot target t of the same shape
-  (VARIANTS.md section 2).
+  (docs/variants.md §2).
 * softmax_focal: the seed's multi-class focal loss in plain torch, gamma=2, no alpha,
-  mean over rows (VARIANTS.md section 1):
+  mean over rows (docs/variants.md §1):
       logp = F.log_softmax(x, dim=1); logpt = logp.gather(1, y.unsqueeze(1)).squeeze(1)
       pt = logpt.exp(); loss = (-(1 - pt) ** gamma * logpt).mean()
 

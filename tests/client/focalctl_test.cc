@@ -319,7 +319,7 @@ TEST_F(FocalctlServerTest, ComputeEveryVariantMatchesCpuBackend) {
     c.call.loss.reduction = Reduction::kSum;
     c.call.logits = HostTensor::Float32({3, 4, 2, 2}, Normal(48, 2));
     c.call.targets = HostTensor::Int64({3, 2, 2}, Classes(12, 4, 3));
-    Write("a.npy", HostTensor::Float32({4}, p.alpha));
+    Write("a.npy", HostTensor::Float32({4}, std::vector<float>(p.alpha.begin(), p.alpha.end())));
     cases.push_back(std::move(c));
   }
   {

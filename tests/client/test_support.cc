@@ -142,8 +142,8 @@ absl::StatusOr<LossResult> ComputeLocally(const ComputeCall& call) {
 }
 
 bool SameTensor(const OwnedTensor& expected, const HostTensor& actual) {
-  return expected.dtype == actual.dtype && expected.shape == actual.shape && expected.size_bytes == actual.bytes.size() &&
-         std::memcmp(expected.data(), actual.bytes.data(), expected.size_bytes) == 0;
+  return expected.dtype == actual.dtype && expected.shape == actual.shape && expected.size_bytes() == actual.bytes.size() &&
+         std::memcmp(expected.data(), actual.bytes.data(), expected.size_bytes()) == 0;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -136,6 +136,15 @@ TEST_F(CudaBackendTest, DeviceOutOfMemoryIsResourceExhaustedAndTheBackendRecover
   Compare(after);
 }
 
+TEST_F(CudaBackendTest, DeviceMemoryBytesCountsWhatThePoolKeeps) {
+  Case k = MakeCase("memory", SigmoidFocalParams{}, {int64_t{1} << 22}, DType::kFloat32, Targets::kHard, DType::kFloat32);
+  auto in = Build(k, 3);
+  const auto r = backend_->Compute(in->job);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Freed memory stays in the pool for the next job: at least this one's logits and targets.
+  EXPECT_GE(backend_->DeviceMemoryBytes(), int64_t{2} * 4 << 22);
+}
+
 TEST(CudaBackendCreate, UnknownDevicesFailLoudly) {
   const DeviceQuery query = QueryDevices();
   CudaBackendOptions options;

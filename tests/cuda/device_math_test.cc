@@ -11,7 +11,7 @@
 #include "focal/math.h"
 #include "focal/math_ops.h"
 #include "kernels/cuda/cuda_devices.h"
-#include "kernels/cuda/device_math.h"
+#include "tests/cuda/device_math.h"
 
 namespace focal::cuda {
 namespace {

@@ -248,8 +248,8 @@ inline std::vector<Case> SoftmaxRowCases(int64_t budget) {
         p.gamma = option == 2 ? 0.5 : 2.0;
         if (option & 1) p.label_smoothing = 0.1;
         if (option >= 2) {
-          p.alpha = std::vector<float>(static_cast<size_t>(C));
-          for (int64_t c = 0; c < C; ++c) p.alpha[c] = 0.25f + 0.5f * static_cast<float>(c % 3);
+          p.alpha = std::vector<double>(static_cast<size_t>(C));
+          for (int64_t c = 0; c < C; ++c) p.alpha[c] = 0.25 + 0.5 * static_cast<double>(c % 3);
           p.ignore_index = -100;
         }
         Case k = MakeCase(absl::StrCat("softmax option ", option), p, {N, C}, dt);

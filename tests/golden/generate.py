@@ -2,7 +2,7 @@
 """Golden reference files for the FocalServe loss variants.
 
 Writes one text file per case into tests/golden/data/, following the numerical contract in
-VARIANTS.md (softmax_focal, sigmoid_focal, focal_cosine, dynamic_focal). The reference math
+docs/variants.md (softmax_focal, sigmoid_focal, focal_cosine, dynamic_focal). The reference math
 is plain PyTorch (and torchvision's sigmoid_focal_loss where it can express the case) in
 float64; gradients come from autograd. Inputs are seeded float32 values, so every run writes
 byte-identical files.
@@ -12,7 +12,7 @@ Run with Debian's interpreter, which has torch and torchvision:
     /usr/bin/python3 tests/golden/generate.py
 
 File format: one record per line, a key, a space, then space-separated values. Parameter
-lines appear only when the case sets the parameter (absent = the VARIANTS.md default).
+lines appear only when the case sets the parameter (absent = the docs/variants.md default).
 """
 
 import os
@@ -30,7 +30,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 REDUCTIONS = ("mean", "sum", "none")
 DTYPE = torch.float64
 
-# VARIANTS.md defaults, used for every parameter a case does not set.
+# docs/variants.md defaults, used for every parameter a case does not set.
 DEFAULTS = {
     "softmax_focal": {"gamma": 2.0, "alpha_vector": None, "ignore_index": None,
                       "label_smoothing": 0.0},
@@ -57,7 +57,7 @@ def valid_mask(y, ignore_index):
 
 
 def softmax_focal_ref(x, y, p):
-    """VARIANTS.md section 1. x [N, C, *] float64, y [N, *] int64."""
+    """docs/variants.md §1. x [N, C, *] float64, y [N, *] int64."""
     c = x.shape[1]
     gamma, eps = p["gamma"], p["label_smoothing"]
     valid = valid_mask(y, p["ignore_index"])
@@ -79,7 +79,7 @@ def softmax_focal_ref(x, y, p):
 
 
 def sigmoid_focal_elementwise(x, t, gamma, alpha, input_kind):
-    """VARIANTS.md section 2, element-wise, for targets t already dense (and smoothed)."""
+    """docs/variants.md §2, element-wise, for targets t already dense (and smoothed)."""
     if input_kind == "logits":
         prob = torch.sigmoid(x)
         ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -124,7 +124,7 @@ def sigmoid_torchvision_expressible(targets, p):
 
 
 def focal_cosine_ref(x, y, p):
-    """VARIANTS.md section 3. x [N, C], y [N]."""
+    """docs/variants.md §3. x [N, C], y [N]."""
     n, c = x.shape
     onehot = F.one_hot(y, c).to(DTYPE)
     one_minus_cos = F.cosine_embedding_loss(x, onehot, torch.ones(n, dtype=DTYPE),
@@ -137,7 +137,7 @@ def focal_cosine_ref(x, y, p):
 
 
 def dynamic_focal_ref(x, t, num_objects, p):
-    """VARIANTS.md section 4. x, t [N, *]; num_objects [N] or None."""
+    """docs/variants.md §4. x, t [N, *]; num_objects [N] or None."""
     s = 2 * t - 1
     log_pt = F.logsigmoid(x * s)
     one_minus_pt = torch.sigmoid(-x * s)
@@ -424,7 +424,7 @@ def compute(case, params, inputs, grad_out):
         num_t = None if num is None else torch.tensor(num.astype(np.float64), dtype=DTYPE)
         losses, count = dynamic_focal_ref(x, tgt, num_t, params)
         out = reduce(losses, count, reduction)
-        if num is None:  # VARIANTS.md: equals sigmoid_focal with alpha = -1
+        if num is None:  # docs/variants.md: equals sigmoid_focal with alpha = -1
             tv = torchvision.ops.sigmoid_focal_loss(x, tgt, alpha=-1.0,
                                                     gamma=params["gamma"],
                                                     reduction=reduction)

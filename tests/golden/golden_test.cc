@@ -64,7 +64,7 @@ LossSpec SpecOf(const Record& r) {
   if (variant == "softmax_focal") {
     SoftmaxFocalParams p;
     p.gamma = Param(r, "gamma").value_or(p.gamma);
-    for (double a : Doubles(r, "alpha_vector")) p.alpha.push_back(static_cast<float>(a));
+    for (double a : Doubles(r, "alpha_vector")) p.alpha.push_back(a);
     if (auto ii = Param(r, "ignore_index")) p.ignore_index = static_cast<int64_t>(*ii);
     p.label_smoothing = Param(r, "label_smoothing").value_or(0);
     spec.params = p;

@@ -16,19 +16,16 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+
+#include "focal/wire.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "server/codec.h"
 
 namespace focal::testing {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-void PutVarint(std::string& out, uint64_t v) {
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-}
 
 bool GetVarint(const std::string& in, size_t& at, uint64_t* v) {
   *v = 0;
@@ -97,112 +94,29 @@ void SetTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeout)
 
 v1::Tensor ToProto(const HostTensor& t) {
   v1::Tensor p;
-  p.set_dtype(static_cast<v1::DataType>(t.dtype));
-  for (int64_t d : t.shape) p.add_shape(d);
-  p.set_data(t.bytes.data(), t.bytes.size());
+  wire::TensorToProto(t, &p);
   return p;
 }
 
-TensorView View(const v1::Tensor& t) {
-  return TensorView{static_cast<DType>(t.dtype()), Shape(t.shape().begin(), t.shape().end()),
-                    t.data().data(), t.data().size()};
-}
+TensorView View(const v1::Tensor& t) { return wire::TensorViewFromProto(t, "tensor").value_or(TensorView{}); }
 
-LossSpec SpecFromProto(const v1::LossSpec& p) {
-  LossSpec spec;
-  switch (p.variant_case()) {
-    case v1::LossSpec::kSoftmaxFocal: {
-      const v1::SoftmaxFocal& m = p.softmax_focal();
-      SoftmaxFocalParams q;
-      if (m.has_gamma()) q.gamma = m.gamma();
-      q.alpha.assign(m.alpha().begin(), m.alpha().end());
-      if (m.has_ignore_index()) q.ignore_index = m.ignore_index();
-      if (m.has_label_smoothing()) q.label_smoothing = m.label_smoothing();
-      spec.params = q;
-      break;
-    }
-    case v1::LossSpec::kSigmoidFocal: {
-      const v1::SigmoidFocal& m = p.sigmoid_focal();
-      SigmoidFocalParams q;
-      if (m.has_gamma()) q.gamma = m.gamma();
-      if (m.has_alpha()) q.alpha = m.alpha();
-      if (m.has_ignore_index()) q.ignore_index = m.ignore_index();
-      if (m.has_label_smoothing()) q.label_smoothing = m.label_smoothing();
-      if (m.has_smoothing_classes()) q.smoothing_classes = m.smoothing_classes();
-      q.input = m.input() == v1::PROBABILITIES ? SigmoidInput::kProbabilities : SigmoidInput::kLogits;
-      spec.params = q;
-      break;
-    }
-    case v1::LossSpec::kFocalCosine: {
-      const v1::FocalCosine& m = p.focal_cosine();
-      FocalCosineParams q;
-      if (m.has_alpha()) q.alpha = m.alpha();
-      if (m.has_gamma()) q.gamma = m.gamma();
-      if (m.has_xent()) q.xent = m.xent();
-      spec.params = q;
-      break;
-    }
-    case v1::LossSpec::kDynamicFocal: {
-      DynamicFocalParams q;
-      if (p.dynamic_focal().has_gamma()) q.gamma = p.dynamic_focal().gamma();
-      spec.params = q;
-      break;
-    }
-    case v1::LossSpec::VARIANT_NOT_SET:
-      break;
-  }
-  spec.reduction = p.reduction() == v1::SUM    ? Reduction::kSum
-                   : p.reduction() == v1::NONE ? Reduction::kNone
-                                               : Reduction::kMean;
-  if (p.has_normalizer()) spec.normalizer = p.normalizer();
-  return spec;
-}
-
-LossJob JobFromRequest(const v1::ComputeRequest& r) {
-  LossJob job;
-  job.spec = SpecFromProto(r.loss());
-  job.logits = View(r.logits());
-  job.targets = View(r.targets());
-  if (r.has_num_objects()) job.num_objects = View(r.num_objects());
-  job.compute_gradient = r.compute_gradient();
-  if (r.grad_output_case() == v1::ComputeRequest::kGradOutputScalar) {
-    job.grad_output = r.grad_output_scalar();
-  } else if (r.grad_output_case() == v1::ComputeRequest::kGradOutputTensor) {
-    job.grad_output = View(r.grad_output_tensor());
-  }
-  if (r.gradient_dtype() != v1::DATA_TYPE_UNSPECIFIED) {
-    job.output_dtype = static_cast<DType>(r.gradient_dtype());
-  }
-  job.allow_non_finite = r.allow_non_finite();
-  return job;
+absl::StatusOr<LossJob> JobFromRequest(const v1::ComputeRequest& request) {
+  constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
+  return server::DecodeComputeRequest(request, server::RequestLimits{kNoLimit, kNoLimit});
 }
 
 grpc::Status HealthCheck(grpc::Channel* channel, const std::string& service, int* serving,
                          std::chrono::milliseconds timeout) {
-  // HealthCheckRequest { string service = 1; }
-  std::string request;
-  if (!service.empty()) {
-    request.push_back(0x0a);
-    PutVarint(request, service.size());
-    request += service;
-  }
+  // The stub shares the caller's channel without owning it.
+  const std::shared_ptr<grpc::Channel> unowned(channel, [](grpc::Channel*) {});
+  const std::unique_ptr<grpc::health::v1::Health::Stub> stub = grpc::health::v1::Health::NewStub(unowned);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
   grpc::ClientContext context;
   SetTimeout(context, timeout);
-  grpc::ByteBuffer response;
-  const grpc::internal::RpcMethod method("/grpc.health.v1.Health/Check",
-                                         grpc::internal::RpcMethod::NORMAL_RPC);
-  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-      channel, method, &context, ToByteBuffer(request), &response);
-  *serving = 0;
-  if (!status.ok()) return status;
-  // HealthCheckResponse { ServingStatus status = 1; }
-  const std::string bytes = FromByteBuffer(response);
-  size_t at = 0;
-  while (at < bytes.size()) {
-    uint64_t key = 0, value = 0;
-    if (!GetVarint(bytes, at, &key) || (key & 7) != 0 || !GetVarint(bytes, at, &value)) break;
-    if (key >> 3 == 1) *serving = static_cast<int>(value);
-  }
+  const grpc::Status status = stub->Check(&context, request, &response);
+  *serving = status.ok() ? static_cast<int>(response.status()) : 0;
   return status;
 }
 

@@ -1,7 +1,7 @@
-// Client-side helpers for the integration tests: channels, proto <-> core conversions (the
-// test's own small codec, so a response can be compared with CpuBackend run in-process),
-// hand-encoded health and reflection calls, and a minimal HTTP client with a Prometheus text
-// parser for /metrics.
+// Client-side helpers for the integration tests: channels, proto <-> core conversions (the wire
+// library's and the server's own decoder, so a response can be compared with CpuBackend run
+// in-process), health through gRPC's generated stub, hand-encoded reflection calls, and a
+// minimal HTTP client with a Prometheus text parser for /metrics.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "focal/job.h"
 #include "focal/v1/focal_loss.grpc.pb.h"
 #include "tests/unit/test_util.h"
@@ -30,18 +31,16 @@ std::shared_ptr<grpc::Channel> MakeChannel(
 /// Sets `context`'s deadline `timeout` from now.
 void SetTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeout);
 
+/// A copy of `t` as a proto tensor.
 v1::Tensor ToProto(const HostTensor& t);
-/// A view of a proto tensor's bytes (valid while the proto lives).
+/// A view of a proto tensor's bytes (valid while the proto lives; empty for an unknown dtype).
 TensorView View(const v1::Tensor& t);
-/// The proto's LossSpec with the defaults of VARIANTS.md for absent fields.
-LossSpec SpecFromProto(const v1::LossSpec& spec);
-/// The LossJob a conforming server builds from `request` (views into `request`). Written
-/// from the proto's contract independently of server/codec.cc, on purpose: the end-to-end
-/// comparison would not see a codec bug if both sides decoded with the codec.
-LossJob JobFromRequest(const v1::ComputeRequest& request);
+/// The LossJob the server builds from `request` (views into `request`): the server's own
+/// DecodeComputeRequest, without its size limits.
+absl::StatusOr<LossJob> JobFromRequest(const v1::ComputeRequest& request);
 
-/// Status of grpc.health.v1.Health/Check for `service`: `*serving` receives the response's
-/// ServingStatus (1 SERVING, 2 NOT_SERVING, ...). Request and response are encoded by hand.
+/// Status of grpc.health.v1.Health/Check for `service` through the generated stub: `*serving`
+/// receives the response's ServingStatus (1 SERVING, 2 NOT_SERVING, ...), 0 on an error.
 grpc::Status HealthCheck(grpc::Channel* channel, const std::string& service, int* serving,
                          std::chrono::milliseconds timeout = std::chrono::seconds(3));
 

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -27,6 +28,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/integration/client_util.h"
 #include "tests/support/server_process.h"
+#include "tests/unit/reference.h"
 #include "tests/unit/test_util.h"
 
 namespace focal {
@@ -67,7 +69,7 @@ std::unique_ptr<Stub> MakeStub(const std::string& address) {
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-/// Shape of a request's per-item losses (VARIANTS.md: class dim dropped for class-indexed
+/// Shape of a request's per-item losses (docs/variants.md: class dim dropped for class-indexed
 /// variants, the logits' shape for the element-wise ones).
 Shape ItemShape(const v1::ComputeRequest& r) {
   Shape logits(r.logits().shape().begin(), r.logits().shape().end());
@@ -127,7 +129,7 @@ std::vector<NamedRequest> VariantCases() {
     {  // softmax_focal [N, C] with per-class alpha, default gamma
       v1::ComputeRequest r;
       auto* p = r.mutable_loss()->mutable_softmax_focal();
-      for (int c = 0; c < 10; ++c) p->add_alpha(0.25f + 0.125f * static_cast<float>(c));
+      for (int c = 0; c < 10; ++c) p->add_alpha_f64(0.25 + 0.125 * c);
       *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {64, 10}, testing::RandomNormal(640, 3, seed + 1)));
       *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {64}, testing::RandomClasses(64, 10, seed + 2)));
       add("softmax_focal_2d", r, true, Upstream::kDefault);
@@ -247,10 +249,10 @@ std::vector<NamedRequest> VariantCases() {
 void ExpectTensorEqual(const v1::Tensor& got, const OwnedTensor& want, const std::string& what) {
   EXPECT_EQ(static_cast<int>(got.dtype()), static_cast<int>(want.dtype)) << what << ".dtype";
   EXPECT_EQ(Shape(got.shape().begin(), got.shape().end()), want.shape) << what << ".shape";
-  ASSERT_EQ(got.data().size(), want.size_bytes) << what << ".data size";
-  if (std::memcmp(got.data().data(), want.data(), want.size_bytes) == 0) return;
+  ASSERT_EQ(got.data().size(), want.size_bytes()) << what << ".data size";
+  if (std::memcmp(got.data().data(), want.data(), want.size_bytes()) == 0) return;
   const TensorView g = testing::View(got), w = want.view();
-  const int64_t n = static_cast<int64_t>(want.size_bytes / DTypeSize(want.dtype));
+  const int64_t n = static_cast<int64_t>(want.size_bytes() / DTypeSize(want.dtype));
   int64_t differing = 0, first = -1;
   for (int64_t i = 0; i < n; ++i) {
     const double a = LoadAsDouble(g, i), b = LoadAsDouble(w, i);
@@ -266,7 +268,9 @@ void ExpectTensorEqual(const v1::Tensor& got, const OwnedTensor& want, const std
 }
 
 void ExpectMatchesReference(const v1::ComputeRequest& request, const v1::ComputeResponse& response) {
-  const absl::StatusOr<LossResult> want = Reference().Compute(testing::JobFromRequest(request));
+  const absl::StatusOr<LossJob> job = testing::JobFromRequest(request);
+  ASSERT_TRUE(job.ok()) << job.status();
+  const absl::StatusOr<LossResult> want = Reference().Compute(*job);
   ASSERT_TRUE(want.ok()) << want.status();
   EXPECT_EQ(response.request_id(), request.request_id());
   EXPECT_EQ(response.backend(), "cpu");
@@ -351,6 +355,93 @@ TEST_F(FocalServeTest, ComputeEveryVariantMatchesCpuBackend) {
   }
 }
 
+/// A float64 softmax_focal request, SUM, with per-class weights not representable in float32
+/// (set by `set_alpha`), and its long-double reference loss for weights `reference_alpha`.
+struct Float64AlphaCase {
+  v1::ComputeRequest request;
+  long double Reference(const std::vector<double>& reference_alpha) const {
+    testing::RefSoftmaxParams p;
+    p.alpha = reference_alpha;
+    std::vector<testing::Real> x(logits.begin(), logits.end());
+    std::vector<int64_t> y(targets.begin(), targets.end());
+    const testing::RefLosses ref = testing::RefSoftmaxFocal(x, kRows, kClasses, 1, y, p);
+    long double sum = 0;
+    for (testing::Real v : ref.items) sum += v;
+    return sum;
+  }
+  static constexpr int64_t kRows = 64, kClasses = 5;
+  std::vector<double> logits = testing::RandomNormal(kRows * kClasses, 2, 71);
+  std::vector<double> targets = testing::RandomClasses(kRows, kClasses, 72);
+  static std::vector<double> Alpha() { return {0.2, 0.3, 0.7, 0.1, 0.9}; }
+
+  Float64AlphaCase() {
+    request.set_request_id("alpha-f64");
+    request.mutable_loss()->mutable_softmax_focal();
+    request.mutable_loss()->set_reduction(v1::SUM);
+    *request.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat64, {kRows, kClasses}, logits));
+    *request.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {kRows}, targets));
+  }
+};
+
+double RelativeError(double got, long double want) {
+  return static_cast<double>(std::fabs((static_cast<long double>(got) - want) / want));
+}
+
+std::string Scientific(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2e", v);
+  return text;
+}
+
+TEST_F(FocalServeTest, SoftmaxAlphaF64IsExactForFloat64Requests) {
+  Float64AlphaCase c;
+  for (double a : Float64AlphaCase::Alpha()) c.request.mutable_loss()->mutable_softmax_focal()->add_alpha_f64(a);
+  v1::ComputeResponse response;
+  const grpc::Status status = Compute(*stub_, c.request, &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  // float64 all the way: a few ulps of float64, where float32 weights would be off by ~1e-8.
+  const double error = RelativeError(response.loss(), c.Reference(Float64AlphaCase::Alpha()));
+  EXPECT_LT(error, 1e-14) << "loss " << response.loss();
+  RecordProperty("relative_error", Scientific(error));
+}
+
+// The float32 field of focal.v1 before alpha_f64: still read, as float32 values.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST_F(FocalServeTest, SoftmaxFloat32AlphaStillWorks) {
+  Float64AlphaCase c;
+  std::vector<double> rounded;
+  for (double a : Float64AlphaCase::Alpha()) {
+    c.request.mutable_loss()->mutable_softmax_focal()->add_alpha(static_cast<float>(a));
+    rounded.push_back(static_cast<float>(a));
+  }
+  v1::ComputeResponse response;
+  const grpc::Status status = Compute(*stub_, c.request, &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_LT(RelativeError(response.loss(), c.Reference(rounded)), 1e-14) << "loss " << response.loss();
+  ExpectMatchesReference(c.request, response);
+  // Only as close to the float64 weights' loss as float32 weights are.
+  const double error = RelativeError(response.loss(), c.Reference(Float64AlphaCase::Alpha()));
+  EXPECT_GT(error, 1e-10);
+  RecordProperty("relative_error_to_float64_alpha", Scientific(error));
+}
+
+TEST_F(FocalServeTest, SoftmaxAlphaInBothFormsIsInvalid) {
+  Float64AlphaCase c;
+  auto* p = c.request.mutable_loss()->mutable_softmax_focal();
+  for (double a : Float64AlphaCase::Alpha()) {
+    p->add_alpha(static_cast<float>(a));
+    p->add_alpha_f64(a);
+  }
+  v1::ComputeResponse response;
+  const grpc::Status status = Compute(*stub_, c.request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+  EXPECT_NE(status.error_message().find("loss.softmax_focal.alpha and loss.softmax_focal.alpha_f64 are both set"),
+            std::string::npos)
+      << status.error_message();
+}
+#pragma GCC diagnostic pop
+
 TEST_F(FocalServeTest, ComputeStreamAnswersInOrder) {
   const std::vector<NamedRequest> cases = VariantCases();
   std::vector<v1::ComputeRequest> requests;
@@ -361,7 +452,7 @@ TEST_F(FocalServeTest, ComputeStreamAnswersInOrder) {
   }
   // The first batch is ~10^3 times larger than the others: answering in completion order
   // instead of request order would put it last.
-  requests[0].mutable_loss()->mutable_softmax_focal()->clear_alpha();
+  requests[0].mutable_loss()->mutable_softmax_focal()->clear_alpha_f64();
   *requests[0].mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {5000, 100}, testing::RandomNormal(500000, 2, 31)));
   *requests[0].mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {5000}, testing::RandomClasses(5000, 100, 32)));
   requests[0].mutable_loss()->set_reduction(v1::NONE);
@@ -461,9 +552,12 @@ ExpectedEvaluation ReferenceEvaluation(const v1::ComputeRequest& base, const Hos
   *all.mutable_targets() = testing::ToProto(targets);
   all.mutable_loss()->set_reduction(v1::NONE);
   all.set_gradient_dtype(v1::FLOAT32);
-  const absl::StatusOr<LossResult> result = Reference().Compute(testing::JobFromRequest(all));
-  EXPECT_TRUE(result.ok()) << result.status();
+  const absl::StatusOr<LossJob> job = testing::JobFromRequest(all);
+  EXPECT_TRUE(job.ok()) << job.status();
   ExpectedEvaluation e;
+  if (!job.ok()) return e;
+  const absl::StatusOr<LossResult> result = Reference().Compute(*job);
+  EXPECT_TRUE(result.ok()) << result.status();
   if (!result.ok()) return e;
   const int64_t classes = logits.shape[1];
   int64_t inner = 1;
@@ -677,8 +771,8 @@ std::vector<BadCase> BadCases() {
       {"inf_logit", "sigmoid", [inf](R& r) { SetFloat(r.mutable_logits(), 0, inf); }, "logits[0, 0]"},
       {"gamma_negative", "softmax", [](R& r) { r.mutable_loss()->mutable_softmax_focal()->set_gamma(-1); }, "loss.gamma"},
       {"gamma_nan", "sigmoid", [nan](R& r) { r.mutable_loss()->mutable_sigmoid_focal()->set_gamma(nan); }, "loss.gamma"},
-      {"alpha_wrong_length", "softmax", [](R& r) { for (int i = 0; i < 3; ++i) r.mutable_loss()->mutable_softmax_focal()->add_alpha(1); }, "loss.alpha has 3 values"},
-      {"alpha_negative_entry", "softmax", [](R& r) { for (float a : {1.f, -1.f, 1.f, 1.f}) r.mutable_loss()->mutable_softmax_focal()->add_alpha(a); }, "loss.alpha[1]"},
+      {"alpha_wrong_length", "softmax", [](R& r) { for (int i = 0; i < 3; ++i) r.mutable_loss()->mutable_softmax_focal()->add_alpha_f64(1); }, "loss.alpha has 3 values"},
+      {"alpha_negative_entry", "softmax", [](R& r) { for (double a : {1., -1., 1., 1.}) r.mutable_loss()->mutable_softmax_focal()->add_alpha_f64(a); }, "loss.alpha[1]"},
       {"smoothing_one", "softmax", [](R& r) { r.mutable_loss()->mutable_softmax_focal()->set_label_smoothing(1.0); }, "loss.label_smoothing"},
       {"smoothing_negative", "sigmoid", [](R& r) { r.mutable_loss()->mutable_sigmoid_focal()->set_label_smoothing(-0.1); }, "loss.label_smoothing"},
       {"no_variant", "softmax", [](R& r) { r.mutable_loss()->clear_variant(); }, "loss"},

@@ -14,7 +14,7 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": t
 # Tolerances, relative (elementwise, plus the same fraction of the largest reference value as
 # an absolute floor, since MEAN gradients and small losses sit near zero):
 # * values the server returns in float32 or wider: the server does its arithmetic in float32
-#   (VARIANTS.md), so a few float32 ulps (6e-8 each) amplified by the focal term's
+#   (docs/variants.md), so a few float32 ulps (6e-8 each) amplified by the focal term's
 #   cancellations; 2e-5 leaves ~100x margin over the worst error seen (2e-7).
 # * arrays returned in float16 / bfloat16: one rounding to the wire dtype on top, at most half
 #   an ulp, 2^-11 = 4.9e-4 (float16) and 2^-8 = 3.9e-3 (bfloat16); the tolerance is twice

@@ -1,4 +1,4 @@
-"""Plain-torch references for every variant of VARIANTS.md, meant to run in float64.
+"""Plain-torch references for every variant of docs/variants.md, meant to run in float64.
 
 Each returns the per-item losses (reduction 'none' shape) and the count MEAN divides by;
 `reduce` applies the reduction. Gradients come from autograd on these expressions. The

@@ -86,6 +86,61 @@ def test_unreachable_server():
     assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+# -- per-class weights at full precision (softmax_focal.alpha_f64) --------------------------
+
+def _float64_softmax_case():
+    rng = np.random.default_rng(23)
+    return rng.standard_normal((64, 5)) * 2, rng.integers(0, 5, 64)  # float64 logits
+
+
+def _softmax_sum(x, y, alpha):
+    """The float64 torch reference of softmax_focal, SUM, with weights `alpha`."""
+    import refs
+    loss, _ = refs.softmax_focal(torch.from_numpy(x), torch.from_numpy(y), alpha=alpha)
+    return float(loss.sum())
+
+
+def test_float64_alpha_is_exact(client):
+    x, y = _float64_softmax_case()
+    alpha = [0.2] * 5  # not a float32 value
+    request = client.build_request(x, y, "softmax_focal", "sum", alpha=alpha)
+    assert list(request.loss.softmax_focal.alpha_f64) == alpha
+    assert len(request.loss.softmax_focal.alpha) == 0  # the float32 form is not sent
+    r = client.compute_request(request)
+    want = _softmax_sum(x, y, alpha)
+    assert abs(r.loss - want) / abs(want) < 1e-14, (r.loss, want)  # float32 weights: ~1.5e-8
+
+
+def test_float32_alpha_still_works(client):
+    x, y = _float64_softmax_case()
+    request = client.build_request(x, y, "softmax_focal", "sum", alpha=[0.2] * 5)
+    sub = request.loss.softmax_focal
+    sub.alpha.extend(sub.alpha_f64)  # what clients sent before alpha_f64
+    del sub.alpha_f64[:]
+    r = client.compute_request(request)
+    as_float32 = [float(np.float32(0.2))] * 5
+    want = _softmax_sum(x, y, as_float32)
+    assert abs(r.loss - want) / abs(want) < 1e-14, (r.loss, want)
+    exact = _softmax_sum(x, y, [0.2] * 5)
+    assert abs(r.loss - exact) / abs(exact) > 1e-10
+
+
+def test_alpha_in_both_forms_is_invalid(client):
+    x, y = _float64_softmax_case()
+    request = client.build_request(x, y, "softmax_focal", alpha=[0.2] * 5)
+    request.loss.softmax_focal.alpha.extend([0.2] * 5)
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.compute_request(request)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "loss.softmax_focal.alpha and loss.softmax_focal.alpha_f64 are both set" in e.value.message
+
+
+def test_unknown_parameter_lists_the_variants_parameters(client):
+    with pytest.raises(TypeError) as e:
+        client.compute(X, Y, "softmax_focal", beta=1)
+    assert str(e.value).endswith("it takes gamma, alpha, ignore_index, label_smoothing"), str(e.value)
+
+
 # -- info, health -------------------------------------------------------------------------
 
 def test_info(client):

@@ -40,7 +40,7 @@ def make_data(n, rng, means):
 
 
 def local_softmax_focal(logits, y, gamma=2.0):
-    """Softmax focal loss in plain float32 torch (VARIANTS.md §1, alpha = 1), mean over rows."""
+    """Softmax focal loss in plain float32 torch (docs/variants.md §1, alpha = 1), mean over rows."""
     log_pt = F.log_softmax(logits, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
     return (-(1 - log_pt.exp()) ** gamma * log_pt).mean()
 

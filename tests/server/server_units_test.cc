@@ -1,8 +1,9 @@
-// The server's pure pieces: flags, the codec, exact sums, the work queue.
+// The server's pure pieces: flags, the codec, exact sums, the work queue, the metrics a batch sets.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <random>
 #include <new>
 #include <stdexcept>
@@ -10,7 +11,10 @@
 
 #include "server/codec.h"
 #include "server/exact_sum.h"
+#include "server/metrics.h"
 #include "server/options.h"
+#include "server/service.h"
+#include "server/wire.h"
 #include "server/work_queue.h"
 
 namespace focal::server {
@@ -54,8 +58,8 @@ v1::ComputeRequest SoftmaxRequest() {
   v1::ComputeRequest r;
   r.set_request_id("r");
   r.mutable_loss()->mutable_softmax_focal()->set_gamma(0.5);
-  r.mutable_loss()->mutable_softmax_focal()->add_alpha(1);
-  r.mutable_loss()->mutable_softmax_focal()->add_alpha(2);
+  r.mutable_loss()->mutable_softmax_focal()->add_alpha_f64(1);
+  r.mutable_loss()->mutable_softmax_focal()->add_alpha_f64(2);
   r.mutable_loss()->set_reduction(v1::NONE);
   const float x[4] = {1, 2, 3, 4};
   const int64_t y[2] = {0, 1};
@@ -78,7 +82,7 @@ TEST(Codec, DecodesInPlaceWithDefaultsForAbsentParameters) {
   ASSERT_TRUE(job.ok()) << job.status();
   const auto& p = std::get<SoftmaxFocalParams>(job->spec.params);
   EXPECT_EQ(p.gamma, 0.5);
-  EXPECT_EQ(p.alpha, (std::vector<float>{1, 2}));
+  EXPECT_EQ(p.alpha, (std::vector<double>{1, 2}));
   EXPECT_FALSE(p.ignore_index.has_value());
   EXPECT_EQ(p.label_smoothing, 0.0);  // absent: the default, not a wire zero
   EXPECT_EQ(job->spec.reduction, Reduction::kNone);
@@ -229,6 +233,56 @@ TEST(WorkQueue, ATaskThatThrowsDoesNotTakeTheWorkerOrTheProcessDown) {
   EXPECT_TRUE(queue.TrySubmit([&] { ++done; }));
   for (int i = 0; i < 2000 && done != 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_EQ(done, 1);
+}
+
+/// Answers every job with an empty result, or `error` when set, and reports `device_bytes`.
+class FakeDeviceBackend final : public Backend {
+ public:
+  absl::StatusOr<LossResult> Compute(const LossJob&) const override {
+    if (!error.ok()) return error;
+    LossResult result;
+    result.backend = Name();
+    return result;
+  }
+  std::string Name() const override { return "fake:0"; }
+  int64_t DeviceMemoryBytes() const override { return device_bytes.load(); }
+  std::atomic<int64_t> device_bytes{0};
+  absl::Status error;
+};
+
+/// The value of the unlabelled series `name` in a text exposition; NaN when absent.
+double SeriesValue(const std::string& exposition, const std::string& name) {
+  const std::string prefix = "\n" + name + " ";
+  const size_t at = ("\n" + exposition).find(prefix);
+  if (at == std::string::npos) return std::nan("");
+  return std::stod(exposition.substr(at + prefix.size() - 1));
+}
+
+TEST(Metrics, DeviceMemoryGaugeIsWhatTheBackendReportsAfterEachBatch) {
+  auto metrics = Metrics::Start("");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  FakeDeviceBackend backend;
+  ServiceConfig config;
+  config.backend = &backend;
+  config.metrics = metrics->get();
+  const FocalLossServiceImpl service(config);
+  EXPECT_EQ(SeriesValue((*metrics)->Exposition(), "focal_device_memory_bytes"), 0);
+
+  auto run_batch = [&] {
+    grpc::ByteBuffer bytes;
+    EXPECT_TRUE(SerializeMessage(SoftmaxRequest(), int64_t{1} << 20, &bytes).ok());
+    const CallState call(std::chrono::system_clock::now() + std::chrono::minutes(1));
+    v1::ComputeRequest request;
+    return service.RunBatch(call, bytes, "", request, FocalLossServiceImpl::Clock::now());
+  };
+  backend.device_bytes = int64_t{3} << 30;
+  EXPECT_TRUE(run_batch().status.ok());
+  EXPECT_EQ(SeriesValue((*metrics)->Exposition(), "focal_device_memory_bytes"), 3.0 * (1 << 30));
+  // A failed batch may have grown the pool too (an allocation that fit before a later one failed).
+  backend.device_bytes = 12345;
+  backend.error = absl::ResourceExhaustedError("out of device memory");
+  EXPECT_EQ(run_batch().status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(SeriesValue((*metrics)->Exposition(), "focal_device_memory_bytes"), 12345);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// The edges of VARIANTS.md on the CPU backend: extreme logits, 16-bit and 64-bit inputs,
+// The edges of docs/variants.md on the CPU backend: extreme logits, 16-bit and 64-bit inputs,
 // determinism across thread counts, the invariants between variants, non-finite input, empty
 // input.
 #include <gtest/gtest.h>
@@ -197,13 +197,13 @@ TEST(HalfInputs, ComputeInFloat32AndRoundTheOutputToNearestEven) {
         ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << b.status() << c.status();
         // Widening is exact and the arithmetic is float32 either way: bit-identical.
         EXPECT_EQ(a->loss, b->loss);
-        ASSERT_EQ(a->gradient->size_bytes, b->gradient->size_bytes);
-        EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes), 0);
+        ASSERT_EQ(a->gradient->size_bytes(), b->gradient->size_bytes());
+        EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes()), 0);
         // Narrowed on store: each element is the float32 result rounded to nearest even.
         EXPECT_EQ(c->gradient->dtype, half);
         const auto* wide_grad = static_cast<const float*>(b->gradient->data());
         const auto* half_grad = static_cast<const uint16_t*>(c->gradient->data());
-        const size_t n = b->gradient->size_bytes / 4;
+        const size_t n = b->gradient->size_bytes() / 4;
         for (size_t i = 0; i < n; ++i) {
           const uint16_t want = half == DType::kFloat16 ? FloatToHalf(wide_grad[i]) : FloatToBFloat16(wide_grad[i]);
           ASSERT_EQ(half_grad[i], want) << "gradient[" << i << "] of " << wide_grad[i];
@@ -211,7 +211,7 @@ TEST(HalfInputs, ComputeInFloat32AndRoundTheOutputToNearestEven) {
         if (reduction == Reduction::kNone) {
           const auto* wide_items = static_cast<const float*>(b->losses->data());
           const auto* half_items = static_cast<const uint16_t*>(c->losses->data());
-          for (size_t i = 0; i < b->losses->size_bytes / 4; ++i) {
+          for (size_t i = 0; i < b->losses->size_bytes() / 4; ++i) {
             const uint16_t want = half == DType::kFloat16 ? FloatToHalf(wide_items[i]) : FloatToBFloat16(wide_items[i]);
             ASSERT_EQ(half_items[i], want) << "losses[" << i << "]";
           }
@@ -275,7 +275,7 @@ TEST(Determinism, BitIdenticalForAnyThreadCountAndEveryRun) {
     for (const auto* other : {&two, &again}) {
       EXPECT_EQ(std::memcmp(&one->loss, &(*other)->loss, sizeof(double)), 0)
           << one->loss << " vs " << (*other)->loss;
-      EXPECT_EQ(std::memcmp(one->gradient->data(), (*other)->gradient->data(), one->gradient->size_bytes), 0);
+      EXPECT_EQ(std::memcmp(one->gradient->data(), (*other)->gradient->data(), one->gradient->size_bytes()), 0);
     }
   }
 }
@@ -323,7 +323,7 @@ TEST(Invariants, DynamicWithoutNumObjectsIsSigmoidWithoutAlpha) {
       ASSERT_TRUE(a.ok() && b.ok());
       EXPECT_EQ(a->loss, b->loss);
       EXPECT_EQ(a->count, b->count);
-      EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes), 0);
+      EXPECT_EQ(std::memcmp(a->gradient->data(), b->gradient->data(), a->gradient->size_bytes()), 0);
     }
   }
 }
@@ -355,7 +355,7 @@ TEST(NonFinite, RejectedWithTheFirstBadIndexUnlessAllowed) {
   EXPECT_TRUE(Compute(MakeJob(Softmax(2), good, classes)).ok());
 }
 
-/// VARIANTS.md §5.6: with allow_non_finite a -inf logit in a softmax row is a masked class. The
+/// docs/variants.md (non-finite input): with allow_non_finite a -inf logit in a softmax row is a masked class. The
 /// independent reference is the same row without those classes: equal loss, equal gradient on
 /// the classes left, 0 on the masked ones.
 TEST(NonFinite, MinusInfinityLogitsAreMaskedClassesInSoftmaxRows) {
@@ -474,7 +474,7 @@ TEST(EmptyInput, EveryVariantReturnsZeroWithCountZero) {
       ASSERT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(r->loss, 0.0);
       EXPECT_EQ(r->count, 0);
-      EXPECT_EQ(r->gradient->size_bytes, 0u);
+      EXPECT_EQ(r->gradient->size_bytes(), 0u);
     }
   }
 }

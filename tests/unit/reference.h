@@ -1,4 +1,4 @@
-// Plain float64/long-double references for the tests, written from VARIANTS.md directly and
+// Plain float64/long-double references for the tests, written from docs/variants.md directly and
 // independent of the production math (no focal/math-inl.h, no shared helpers): if a formula
 // there is wrong, these disagree. Gradients come from central finite differences of these.
 #pragma once

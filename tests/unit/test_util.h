@@ -11,19 +11,14 @@
 
 namespace focal::testing {
 
-/// Owns the bytes behind a TensorView.
-struct HostTensor {
-  DType dtype = DType::kFloat32;
-  Shape shape;
-  std::vector<unsigned char> bytes;
-  TensorView view() const { return TensorView{dtype, shape, bytes.data(), bytes.size()}; }
-};
+/// The core's owned tensor (focal/tensor.h), under the name the tests have always used.
+using HostTensor = focal::HostTensor;
 
 /// Encodes `values` as `dtype` (16-bit floats rounded to nearest even).
 inline HostTensor MakeTensor(DType dtype, Shape shape, const std::vector<double>& values) {
-  HostTensor t{dtype, std::move(shape), std::vector<unsigned char>(values.size() * DTypeSize(dtype))};
+  HostTensor t = HostTensor::Allocate(dtype, std::move(shape), static_cast<int64_t>(values.size()));
   for (size_t i = 0; i < values.size(); ++i) {
-    unsigned char* at = t.bytes.data() + i * DTypeSize(dtype);
+    char* at = t.bytes.data() + i * DTypeSize(dtype);
     auto put = [&](auto v) { std::memcpy(at, &v, sizeof v); };
     switch (dtype) {
       case DType::kFloat32: put(static_cast<float>(values[i])); break;

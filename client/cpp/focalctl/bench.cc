@@ -37,21 +37,19 @@ absl::StatusOr<std::vector<int64_t>> ParseShape(const std::string& text) {
 /// Random inputs of `shape` that `spec`'s variant accepts (fixed seed: every run sends the same).
 absl::StatusOr<ComputeCall> MakeCall(const LossSpec& spec, const std::vector<int64_t>& shape, DType dtype,
                                      bool gradient) {
-  const bool class_indexed = std::holds_alternative<SoftmaxFocalParams>(spec.params) ||
-                             std::holds_alternative<FocalCosineParams>(spec.params);
-  if (class_indexed && shape.size() < 2) {
-    return absl::InvalidArgumentError("--shape needs at least two dimensions [N, C, ...] for this variant");
-  }
-  if (std::holds_alternative<FocalCosineParams>(spec.params) && shape.size() != 2) {
-    return absl::InvalidArgumentError("--shape must be N,C for focal_cosine");
+  const VariantFacts& facts = FactsOf(spec.params);
+  const bool class_indexed = facts.targets == Targets::kClassIndex;
+  const int rank = static_cast<int>(shape.size());
+  if (rank < facts.min_rank || rank > facts.max_rank || (class_indexed && rank < 2)) {
+    return absl::InvalidArgumentError(absl::StrCat("--shape: ", facts.name, " needs logits ",
+                                                   facts.logits_shape));
   }
   std::mt19937 rng(42);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::vector<float> logits(static_cast<size_t>(n));
-  const auto* sigmoid = std::get_if<SigmoidFocalParams>(&spec.params);
-  const bool probabilities = sigmoid != nullptr && sigmoid->input == SigmoidInput::kProbabilities;
+  const bool probabilities = TakesProbabilities(spec.params);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   for (float& x : logits) x = probabilities ? unit(rng) : normal(rng);
 
@@ -72,7 +70,7 @@ absl::StatusOr<ComputeCall> MakeCall(const LossSpec& spec, const std::vector<int
     for (float& t : targets) t = unit(rng) < 0.1f ? 1.0f : 0.0f;
     call.targets = HostTensor::FromFloats(dtype, shape, targets);
   }
-  if (std::holds_alternative<DynamicFocalParams>(spec.params)) {
+  if (facts.num_objects) {
     std::uniform_int_distribution<int> objects(1, 10);
     std::vector<float> num(static_cast<size_t>(shape[0]));
     for (float& v : num) v = static_cast<float>(objects(rng));

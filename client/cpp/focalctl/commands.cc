@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <set>
@@ -19,9 +20,30 @@
 #include "absl/strings/str_join.h"
 #include "focal/npy.h"
 #include "focal/status_macros.h"
+#include "focal/variant_text.h"
 
 namespace focal::ctl {
 namespace {
+
+/// The variants that take a num_objects tensor, as help and errors name them.
+const std::string& NumObjectsVariants() {
+  static const auto* names = [] {
+    std::vector<std::string> takers;
+    for (const VariantDescription& v : DescribeVariants()) {
+      if (v.num_objects) takers.push_back(v.name);
+    }
+    return new std::string(absl::StrJoin(takers, ", "));
+  }();
+  return *names;
+}
+
+/// `text` kept for the life of the program: FlagSpec holds plain pointers.
+const char* Keep(std::string text) {
+  static auto* kept = new std::deque<std::string>;
+  kept->push_back(std::move(text));
+  return kept->back().c_str();
+}
+
 
 constexpr const char* kExitCodes =
     "exit codes:\n"
@@ -30,7 +52,6 @@ constexpr const char* kExitCodes =
     "     read or written, or (health) the server is not SERVING\n"
     "  2  usage error: unknown or malformed flag, missing required flag\n";
 
-constexpr const char* kVariants = "softmax_focal, sigmoid_focal, focal_cosine, dynamic_focal";
 
 using Clock = std::chrono::steady_clock;
 
@@ -145,8 +166,8 @@ int RunCompute(const Flags& flags) {
       if (absl::StatusOr<DType> t = ParseDType(flag, flags.Get(flag)); !t.ok()) return UsageError(cmd, t.status());
     }
   }
-  if (flags.Has("num-objects") && !std::holds_alternative<DynamicFocalParams>(call.loss.params)) {
-    return UsageError(cmd, absl::InvalidArgumentError("--num-objects applies to dynamic_focal only"));
+  if (flags.Has("num-objects") && !FactsOf(call.loss.params).num_objects) {
+    return UsageError(cmd, absl::InvalidArgumentError(absl::StrCat("--num-objects applies to ", NumObjectsVariants(), " only")));
   }
   if (flags.Has("losses-out") && call.loss.reduction != Reduction::kNone) {
     return UsageError(cmd, absl::InvalidArgumentError(
@@ -272,8 +293,8 @@ int RunEval(const Flags& flags) {
       if (absl::StatusOr<DType> t = ParseDType(flag, flags.Get(flag)); !t.ok()) return UsageError(cmd, t.status());
     }
   }
-  if (flags.Has("num-objects") && !std::holds_alternative<DynamicFocalParams>(spec->params)) {
-    return UsageError(cmd, absl::InvalidArgumentError("--num-objects applies to dynamic_focal only"));
+  if (flags.Has("num-objects") && !FactsOf(spec->params).num_objects) {
+    return UsageError(cmd, absl::InvalidArgumentError(absl::StrCat("--num-objects applies to ", NumObjectsVariants(), " only")));
   }
   if (absl::Status s = LoadClassAlpha(flags, *spec); !s.ok()) return Failure(cmd, s);
 
@@ -357,18 +378,38 @@ std::vector<FlagSpec> Concat(std::initializer_list<std::vector<FlagSpec>> lists)
 // ------------------------------------------------------------------------------------------
 
 std::vector<FlagSpec> LossFlags() {
-  return {
-      {"variant", "NAME", "softmax_focal | sigmoid_focal | focal_cosine | dynamic_focal (required)"},
-      {"gamma", "G", "focusing parameter γ (default 2)"},
-      {"alpha", "A", "sigmoid_focal: weight of positives, negative disables (default 0.25); focal_cosine: weight "
-                     "of the focal term (default 1)"},
-      {"class-alpha", "FILE", "softmax_focal: per-class weights, a float .npy of length C (default all ones)"},
-      {"ignore-index", "I", "softmax_focal, sigmoid_focal with class-index targets: target value to ignore"},
-      {"label-smoothing", "E", "softmax_focal, sigmoid_focal: smoothing ε in [0, 1) (default 0)"},
-      {"smoothing-classes", "K", "sigmoid_focal: targets become (1-ε)t + ε/K (default 2)"},
-      {"input", "KIND", "sigmoid_focal: logits | probabilities (default logits)"},
-      {"xent", "V", "focal_cosine: scale of the focal cross-entropy term (default 0.1)"},
+  // One flag per parameter name of the variant table; its help says, per variant that takes
+  // it, what it means and its default. Built once: FlagSpec points into these strings.
+  struct Flag {
+    std::string name, value;
+    std::vector<std::string> uses;
   };
+  static const auto* specs = [] {
+    auto* flags = new std::vector<Flag>{{"variant", "NAME", {absl::StrCat(VariantNames(" | "), " (required)")}}};
+    for (const VariantDescription& variant : DescribeVariants()) {
+      for (const ParameterDescription& p : variant.parameters) {
+        auto it = std::find_if(flags->begin(), flags->end(), [&](const Flag& f) { return f.name == p.flag; });
+        if (it == flags->end()) {
+          const char* value = p.per_class_list ? "FILE" : !p.choices.empty() ? "KIND" : "X";
+          it = flags->insert(flags->end(), Flag{p.flag, value, {}});
+        }
+        std::string use = p.description;
+        if (p.per_class_list) absl::StrAppend(&use, ": a float .npy of length C");
+        if (!p.choices.empty()) absl::StrAppend(&use, ": ", absl::StrJoin(p.choices, " | "));
+        absl::StrAppend(&use, " (default ", absl::AsciiStrToLower(p.default_value), ")");
+        it->uses.push_back(absl::StrCat(variant.name, ": ", use));
+      }
+    }
+    auto* out = new std::vector<FlagSpec>;
+    auto* help = new std::vector<std::string>;  // kept alive with the specs
+    help->reserve(flags->size());
+    for (const Flag& f : *flags) {
+      help->push_back(absl::StrJoin(f.uses, "; "));
+      out->push_back({f.name.c_str(), f.value.c_str(), help->back().c_str()});
+    }
+    return out;
+  }();
+  return *specs;
 }
 
 std::vector<FlagSpec> ReductionFlags() {
@@ -393,67 +434,30 @@ absl::StatusOr<DType> ParseDType(const std::string& flag, const std::string& nam
 
 absl::StatusOr<LossSpec> ParseLossSpec(const Flags& flags, bool with_reduction) {
   ASSIGN_OR_RETURN(const std::string variant, flags.Require("variant"));
-  static const auto* applies = new std::map<std::string, std::set<std::string>>{
-      {"softmax_focal", {"gamma", "class-alpha", "ignore-index", "label-smoothing"}},
-      {"sigmoid_focal", {"gamma", "alpha", "ignore-index", "label-smoothing", "smoothing-classes", "input"}},
-      {"focal_cosine", {"gamma", "alpha", "xent"}},
-      {"dynamic_focal", {"gamma"}},
-  };
-  const auto it = applies->find(variant);
-  if (it == applies->end()) {
-    return absl::InvalidArgumentError(absl::StrCat("--variant=", variant, " is not a variant (", kVariants, ")"));
+  std::optional<VariantParams> params = DefaultParams(variant);
+  if (!params) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--variant=", variant, " is not a variant (", VariantNames(", "), ")"));
   }
+  const VariantDescription& described = DescribeVariants()[static_cast<size_t>(VariantIndex(variant))];
   for (const FlagSpec& f : LossFlags()) {
     const std::string name = f.name;
-    if (name == "variant" || !flags.Has(name) || it->second.count(name)) continue;
-    std::vector<std::string> takes;
-    for (const std::string& t : it->second) takes.push_back("--" + t);
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " does not apply to ", variant, " (it takes ",
-                                                   absl::StrJoin(takes, ", "), ")"));
-  }
-  ASSIGN_OR_RETURN(const std::optional<double> gamma, flags.GetDouble("gamma"));
-  ASSIGN_OR_RETURN(const std::optional<double> alpha, flags.GetDouble("alpha"));
-  ASSIGN_OR_RETURN(const std::optional<double> smoothing, flags.GetDouble("label-smoothing"));
-  ASSIGN_OR_RETURN(const std::optional<double> xent, flags.GetDouble("xent"));
-  ASSIGN_OR_RETURN(const std::optional<int64_t> ignore, flags.GetInt("ignore-index", INT64_MIN));
-  ASSIGN_OR_RETURN(const std::optional<int64_t> classes, flags.GetInt("smoothing-classes", INT64_MIN));
-
-  LossSpec spec;
-  if (variant == "softmax_focal") {
-    SoftmaxFocalParams p;
-    if (gamma) p.gamma = *gamma;
-    p.ignore_index = ignore;
-    if (smoothing) p.label_smoothing = *smoothing;
-    spec.params = p;
-  } else if (variant == "sigmoid_focal") {
-    SigmoidFocalParams p;
-    if (gamma) p.gamma = *gamma;
-    if (alpha) p.alpha = *alpha;
-    p.ignore_index = ignore;
-    if (smoothing) p.label_smoothing = *smoothing;
-    if (classes) p.smoothing_classes = *classes;
-    if (flags.Has("input")) {
-      const std::string input = absl::AsciiStrToLower(flags.Get("input"));
-      if (input == "logits") {
-        p.input = SigmoidInput::kLogits;
-      } else if (input == "probabilities") {
-        p.input = SigmoidInput::kProbabilities;
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("--input=", flags.Get("input"), " is not logits or probabilities"));
-      }
+    if (name == "variant" || !flags.Has(name)) continue;
+    const auto p = std::find_if(described.parameters.begin(), described.parameters.end(),
+                                [&](const ParameterDescription& d) { return d.flag == name; });
+    if (p == described.parameters.end()) {
+      std::vector<std::string> takes;
+      for (const ParameterDescription& d : described.parameters) takes.push_back("--" + d.flag);
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " does not apply to ", variant, " (it takes ",
+                                                     absl::StrJoin(takes, ", "), ")"));
     }
-    spec.params = p;
-  } else if (variant == "focal_cosine") {
-    FocalCosineParams p;
-    if (gamma) p.gamma = *gamma;
-    if (alpha) p.alpha = *alpha;
-    if (xent) p.xent = *xent;
-    spec.params = p;
-  } else {
-    DynamicFocalParams p;
-    if (gamma) p.gamma = *gamma;
-    spec.params = p;
+    if (p->per_class_list) continue;  // a file: LoadClassAlpha reads it once the connection is set up
+    if (absl::Status s = SetParameterFromText(*params, p->name, flags.Get(name)); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, "=", flags.Get(name), ": ", s.message()));
+    }
   }
+  LossSpec spec;
+  spec.params = std::move(*params);
   if (with_reduction) {
     const std::string reduction = absl::AsciiStrToLower(flags.Get("reduction", "mean"));
     if (reduction == "mean") {
@@ -471,14 +475,17 @@ absl::StatusOr<LossSpec> ParseLossSpec(const Flags& flags, bool with_reduction) 
 }
 
 absl::Status LoadClassAlpha(const Flags& flags, LossSpec& spec) {
-  if (!flags.Has("class-alpha")) return absl::OkStatus();
-  ASSIGN_OR_RETURN(const HostTensor alpha, LoadTensor(flags.Get("class-alpha"), "class-alpha", flags, nullptr));
-  if (!IsFloating(alpha.dtype) || alpha.shape.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--class-alpha ", flags.Get("class-alpha"), ": holds ",
-                                                   DTypeName(alpha.dtype), " ", ShapeString(alpha.shape),
-                                                   "; expected a 1-D float array of length C"));
+  const VariantDescription& described = DescribeVariants()[static_cast<size_t>(VariantIndex(VariantName(spec.params)))];
+  for (const ParameterDescription& p : described.parameters) {
+    if (!p.per_class_list || !flags.Has(p.flag)) continue;
+    ASSIGN_OR_RETURN(const HostTensor list, LoadTensor(flags.Get(p.flag), p.flag.c_str(), flags, nullptr));
+    if (!IsFloating(list.dtype) || list.shape.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--", p.flag, " ", flags.Get(p.flag), ": holds ",
+                                                     DTypeName(list.dtype), " ", ShapeString(list.shape),
+                                                     "; expected a 1-D float array of length C"));
+    }
+    RETURN_IF_ERROR(SetParameterList(spec.params, p.name, list.ToDoubles()));
   }
-  std::get<SoftmaxFocalParams>(spec.params).alpha = alpha.ToFloats();
   return absl::OkStatus();
 }
 
@@ -557,7 +564,7 @@ const std::vector<Command>& Commands() {
        Concat({LossFlags(), ReductionFlags(),
                {{"logits", "FILE", "logits .npy: [N, C, d1..dk] for class-indexed variants (required)"},
                 {"targets", "FILE", "targets .npy: int class indices, or floats shaped like the logits (required)"},
-                {"num-objects", "FILE", "dynamic_focal: float .npy [N] of objects per row"},
+                {"num-objects", "FILE", Keep(absl::StrCat(NumObjectsVariants(), ": float .npy [N] of objects per row"))},
                 {"logits-dtype", "DTYPE", "send the logits as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"targets-dtype", "DTYPE", "send float targets as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"},
@@ -571,13 +578,13 @@ const std::vector<Command>& Commands() {
       {"eval", "a dataset of .npy batches through Evaluate: totals and per-class table",
        "eval --variant NAME --logits GLOB --targets GLOB [flags]",
        "Streams a dataset of .npy batches through one Evaluate call and prints the exact totals and a per-class\n"
-       "table (by target class; sigmoid_focal and dynamic_focal: by class channel). Files matching each glob\n"
-       "are paired in sorted order; one batch is in memory at a time. Progress goes to stderr: a bar on a\n"
+       "table (by target class; variants whose items are single logits: by class channel). Files matching each\n"
+       "glob are paired in sorted order; one batch is in memory at a time. Progress goes to stderr: a bar on a\n"
        "terminal, one line per batch otherwise. Quote the globs so the shell does not expand them.",
        Concat({LossFlags(),
                {{"logits", "GLOB", "logits .npy files, e.g. 'batches/*_logits.npy' (required)"},
                 {"targets", "GLOB", "targets .npy files, as many as logits (required)"},
-                {"num-objects", "GLOB", "dynamic_focal: num_objects .npy files, as many as logits"},
+                {"num-objects", "GLOB", Keep(absl::StrCat(NumObjectsVariants(), ": num_objects .npy files, as many as logits"))},
                 {"logits-dtype", "DTYPE", "send the logits as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"targets-dtype", "DTYPE", "send float targets as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"}}}),

@@ -1,25 +1,23 @@
 #include "focal/client.h"
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <climits>
-#include <future>
 #include <thread>
-#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "focal/status_macros.h"
 #include "focal/v1/focal_loss.grpc.pb.h"
+#include "focal/wire.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace focal {
 namespace {
 
-constexpr const char* kServiceName = "focal.v1.FocalLossService";
-constexpr const char* kHealthCheckMethod = "/grpc.health.v1.Health/Check";
+using WireServingStatus = grpc::health::v1::HealthCheckResponse;
 
 /// The server's code and message, unchanged (absl and gRPC share the canonical codes).
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -32,63 +30,20 @@ int ClampToInt(int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT_MAX
 // ------------------------------------------------------------------------------------------
 // ComputeCall → focal.v1.ComputeRequest
 
-void TensorToProto(HostTensor t, v1::Tensor* out) {
-  out->set_dtype(static_cast<v1::DataType>(static_cast<int>(t.dtype)));  // same numbering (dtype.h)
-  out->mutable_shape()->Assign(t.shape.begin(), t.shape.end());
-  out->set_data(std::move(t.bytes));
-}
-
-void SpecToProto(const LossSpec& spec, v1::LossSpec* out) {
-  std::visit(
-      [out](const auto& p) {
-        using P = std::decay_t<decltype(p)>;
-        if constexpr (std::is_same_v<P, SoftmaxFocalParams>) {
-          v1::SoftmaxFocal* m = out->mutable_softmax_focal();
-          m->set_gamma(p.gamma);
-          m->mutable_alpha()->Assign(p.alpha.begin(), p.alpha.end());
-          if (p.ignore_index) m->set_ignore_index(*p.ignore_index);
-          m->set_label_smoothing(p.label_smoothing);
-        } else if constexpr (std::is_same_v<P, SigmoidFocalParams>) {
-          v1::SigmoidFocal* m = out->mutable_sigmoid_focal();
-          m->set_gamma(p.gamma);
-          m->set_alpha(p.alpha);
-          if (p.ignore_index) m->set_ignore_index(*p.ignore_index);
-          m->set_label_smoothing(p.label_smoothing);
-          m->set_smoothing_classes(p.smoothing_classes);
-          m->set_input(p.input == SigmoidInput::kProbabilities ? v1::PROBABILITIES : v1::LOGITS);
-        } else if constexpr (std::is_same_v<P, FocalCosineParams>) {
-          v1::FocalCosine* m = out->mutable_focal_cosine();
-          m->set_alpha(p.alpha);
-          m->set_gamma(p.gamma);
-          m->set_xent(p.xent);
-        } else {
-          static_assert(std::is_same_v<P, DynamicFocalParams>);
-          out->mutable_dynamic_focal()->set_gamma(p.gamma);
-        }
-      },
-      spec.params);
-  switch (spec.reduction) {
-    case Reduction::kMean: out->set_reduction(v1::MEAN); break;
-    case Reduction::kSum: out->set_reduction(v1::SUM); break;
-    case Reduction::kNone: out->set_reduction(v1::NONE); break;
-  }
-  if (spec.normalizer) out->set_normalizer(*spec.normalizer);
-}
-
 /// Takes `call` by value so that callers who are done with a batch can move its bytes in.
 v1::ComputeRequest EncodeRequest(ComputeCall call) {
   v1::ComputeRequest request;
   request.set_request_id(std::move(call.request_id));
-  SpecToProto(call.loss, request.mutable_loss());
-  TensorToProto(std::move(call.logits), request.mutable_logits());
-  TensorToProto(std::move(call.targets), request.mutable_targets());
-  if (call.num_objects) TensorToProto(std::move(*call.num_objects), request.mutable_num_objects());
+  wire::LossSpecToProto(call.loss, request.mutable_loss());
+  wire::TensorToProto(std::move(call.logits), request.mutable_logits());
+  wire::TensorToProto(std::move(call.targets), request.mutable_targets());
+  if (call.num_objects) wire::TensorToProto(std::move(*call.num_objects), request.mutable_num_objects());
   request.set_compute_gradient(call.compute_gradient);
   if (const double* w = std::get_if<double>(&call.grad_output)) request.set_grad_output_scalar(*w);
   if (HostTensor* w = std::get_if<HostTensor>(&call.grad_output)) {
-    TensorToProto(std::move(*w), request.mutable_grad_output_tensor());
+    wire::TensorToProto(std::move(*w), request.mutable_grad_output_tensor());
   }
-  if (call.gradient_dtype) request.set_gradient_dtype(static_cast<v1::DataType>(static_cast<int>(*call.gradient_dtype)));
+  if (call.gradient_dtype) request.set_gradient_dtype(wire::ToProto(*call.gradient_dtype));
   request.set_allow_non_finite(call.allow_non_finite);
   return request;
 }
@@ -96,23 +51,20 @@ v1::ComputeRequest EncodeRequest(ComputeCall call) {
 // ------------------------------------------------------------------------------------------
 // Responses → typed outputs
 
-absl::StatusOr<DType> DTypeFromProto(int dtype, absl::string_view field) {
-  if (dtype < static_cast<int>(DType::kFloat32) || dtype > static_cast<int>(DType::kUInt8)) {
-    return absl::InternalError(absl::StrCat("the server sent ", field, " with dtype ", dtype,
-                                            ", which this client does not know"));
-  }
-  return static_cast<DType>(dtype);
+/// What the server sent that this client cannot read is the server's fault, not the caller's.
+absl::Status FromServer(const absl::Status& status) {
+  return absl::InternalError(absl::StrCat("the server sent an answer this client cannot read: ", status.message()));
 }
 
-absl::StatusOr<HostTensor> TensorFromProto(v1::Tensor* t, absl::string_view field) {
-  HostTensor out;
-  ASSIGN_OR_RETURN(out.dtype, DTypeFromProto(t->dtype(), field));
-  out.shape.assign(t->shape().begin(), t->shape().end());
-  out.bytes = std::move(*t->mutable_data());
-  if (!out.SizeMatchesShape()) {
-    return absl::InternalError(absl::StrCat("the server sent ", field, " with ", out.bytes.size(),
-                                            " bytes, which does not match its shape and dtype"));
-  }
+absl::StatusOr<HostTensor> TensorFromServer(v1::Tensor* t, absl::string_view field) {
+  absl::StatusOr<HostTensor> out = wire::TensorFromProto(std::move(*t), field);
+  if (!out.ok()) return FromServer(out.status());
+  return out;
+}
+
+absl::StatusOr<DType> DTypeFromServer(int dtype, absl::string_view field) {
+  absl::StatusOr<DType> out = wire::DTypeFromProto(dtype, field);
+  if (!out.ok()) return FromServer(out.status());
   return out;
 }
 
@@ -122,10 +74,10 @@ absl::StatusOr<ComputeOutput> DecodeResponse(v1::ComputeResponse* response) {
   out.loss = response->loss();
   out.count = response->count();
   if (response->has_losses()) {
-    ASSIGN_OR_RETURN(out.losses, TensorFromProto(response->mutable_losses(), "losses"));
+    ASSIGN_OR_RETURN(out.losses, TensorFromServer(response->mutable_losses(), "losses"));
   }
   if (response->has_gradient()) {
-    ASSIGN_OR_RETURN(out.gradient, TensorFromProto(response->mutable_gradient(), "gradient"));
+    ASSIGN_OR_RETURN(out.gradient, TensorFromServer(response->mutable_gradient(), "gradient"));
   }
   out.backend = std::move(*response->mutable_backend());
   out.queue_micros = response->timing().queue_micros();
@@ -133,67 +85,19 @@ absl::StatusOr<ComputeOutput> DecodeResponse(v1::ComputeResponse* response) {
   return out;
 }
 
-// ------------------------------------------------------------------------------------------
-// grpc.health.v1 by hand: one string field in, one enum field out. Encoding the two messages
-// here keeps a second copy of health.proto's descriptors out of programs that link gRPC's own.
-
-std::string EncodeHealthRequest(const std::string& service) {
-  std::string out;
-  if (service.empty()) return out;
-  out.push_back(0x0a);  // field 1, length-delimited
-  for (uint64_t n = service.size(); ; n >>= 7) {
-    if (n < 0x80) {
-      out.push_back(static_cast<char>(n));
-      break;
-    }
-    out.push_back(static_cast<char>((n & 0x7f) | 0x80));
-  }
-  return out + service;
-}
-
-bool ReadVarint(const std::string& in, size_t& at, uint64_t& value) {
-  value = 0;
-  for (int shift = 0; shift < 64 && at < in.size(); shift += 7) {
-    const auto byte = static_cast<unsigned char>(in[at++]);
-    value |= uint64_t{byte & 0x7fu} << shift;
-    if ((byte & 0x80) == 0) return true;
-  }
-  return false;
-}
-
-absl::StatusOr<ServingStatus> DecodeHealthResponse(const std::string& in) {
-  uint64_t status = 0;
-  for (size_t at = 0; at < in.size();) {
-    uint64_t key = 0, value = 0;
-    if (!ReadVarint(in, at, key)) break;
-    switch (key & 7) {
-      case 0:
-        if (!ReadVarint(in, at, value)) return absl::InternalError("malformed health response");
-        if (key >> 3 == 1) status = value;
-        break;
-      case 1: at += 8; break;
-      case 2:
-        if (!ReadVarint(in, at, value)) return absl::InternalError("malformed health response");
-        at += value;
-        break;
-      case 5: at += 4; break;
-      default: return absl::InternalError("malformed health response");
-    }
-  }
-  if (status > 3) return ServingStatus::kUnknown;
-  return static_cast<ServingStatus>(status);
-}
-
 }  // namespace
 
+static_assert(static_cast<int>(ServingStatus::kUnknown) == WireServingStatus::UNKNOWN &&
+              static_cast<int>(ServingStatus::kServing) == WireServingStatus::SERVING &&
+              static_cast<int>(ServingStatus::kNotServing) == WireServingStatus::NOT_SERVING &&
+              static_cast<int>(ServingStatus::kServiceUnknown) == WireServingStatus::SERVICE_UNKNOWN &&
+              WireServingStatus::ServingStatus_MAX == WireServingStatus::SERVICE_UNKNOWN);
+
 const char* ServingStatusName(ServingStatus status) {
-  switch (status) {
-    case ServingStatus::kUnknown: return "UNKNOWN";
-    case ServingStatus::kServing: return "SERVING";
-    case ServingStatus::kNotServing: return "NOT_SERVING";
-    case ServingStatus::kServiceUnknown: return "SERVICE_UNKNOWN";
-  }
-  return "UNKNOWN";
+  const int value = static_cast<int>(status);
+  if (!WireServingStatus::ServingStatus_IsValid(value)) return "UNKNOWN";
+  // The generated names live in static storage.
+  return WireServingStatus::ServingStatus_Name(static_cast<WireServingStatus::ServingStatus>(value)).c_str();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -201,7 +105,7 @@ const char* ServingStatusName(ServingStatus status) {
 struct Client::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::FocalLossService::Stub> stub;
-  std::unique_ptr<grpc::GenericStub> generic;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
   std::string authorization;  ///< "Bearer <token>", or empty
 
   void Prepare(grpc::ClientContext& context, absl::Duration deadline) const {
@@ -257,10 +161,11 @@ std::string Client::ServiceConfigJson(const ClientOptions& options) {
     absl::StrAppend(
         &config, ", ",
         absl::StrFormat(
-            R"("methodConfig": [{"name": [{"service": "%s"}, {"service": "grpc.health.v1.Health"}], )"
+            R"("methodConfig": [{"name": [{"service": "%s"}, {"service": "%s"}], )"
             R"("retryPolicy": {"maxAttempts": %d, "initialBackoff": "%.3fs", "maxBackoff": "%.3fs", )"
             R"("backoffMultiplier": %g, "retryableStatusCodes": ["UNAVAILABLE"]}}])",
-            kServiceName, options.max_retry_attempts, absl::ToDoubleSeconds(options.initial_backoff),
+            v1::FocalLossService::service_full_name(), grpc::health::v1::Health::service_full_name(),
+            options.max_retry_attempts, absl::ToDoubleSeconds(options.initial_backoff),
             absl::ToDoubleSeconds(options.max_backoff), options.backoff_multiplier));
   }
   return config + "}";
@@ -308,7 +213,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   impl->channel = grpc::CreateCustomChannel(options.target, credentials, args);
   if (!impl->channel) return absl::InvalidArgumentError(absl::StrCat("cannot make a channel to '", options.target, "'"));
   impl->stub = v1::FocalLossService::NewStub(impl->channel);
-  impl->generic = std::make_unique<grpc::GenericStub>(impl->channel);
+  impl->health = grpc::health::v1::Health::NewStub(impl->channel);
   if (!options.bearer_token.empty()) impl->authorization = absl::StrCat("Bearer ", options.bearer_token);
   return std::unique_ptr<Client>(new Client(std::move(options), std::move(impl)));
 }
@@ -418,10 +323,10 @@ absl::StatusOr<ServerInfoOutput> Client::ServerInfo() const {
     }
   }
   for (int t : info.logits_dtypes()) {
-    ASSIGN_OR_RETURN(out.logits_dtypes.emplace_back(), DTypeFromProto(t, "logits_dtypes"));
+    ASSIGN_OR_RETURN(out.logits_dtypes.emplace_back(), DTypeFromServer(t, "logits_dtypes"));
   }
   for (int t : info.target_dtypes()) {
-    ASSIGN_OR_RETURN(out.target_dtypes.emplace_back(), DTypeFromProto(t, "target_dtypes"));
+    ASSIGN_OR_RETURN(out.target_dtypes.emplace_back(), DTypeFromServer(t, "target_dtypes"));
   }
   out.max_message_bytes = info.max_message_bytes();
   out.max_elements = info.max_elements();
@@ -435,18 +340,13 @@ absl::StatusOr<ServerInfoOutput> Client::ServerInfo() const {
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service) const {
   grpc::ClientContext context;
   impl_->Prepare(context, options_.deadline);
-  grpc::Slice request_slice(EncodeHealthRequest(service));
-  const grpc::ByteBuffer request(&request_slice, 1);
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  impl_->generic->UnaryCall(&context, kHealthCheckMethod, grpc::StubOptions(), &request, &response,
-                            [&done](grpc::Status status) { done.set_value(std::move(status)); });
-  RETURN_IF_ERROR(FromGrpc(done.get_future().get()));
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return absl::InternalError("cannot read the health response");
-  std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return DecodeHealthResponse(bytes);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  RETURN_IF_ERROR(FromGrpc(impl_->health->Check(&context, request, &response)));
+  // An open enum: a status newer than this client reads as UNKNOWN.
+  if (!WireServingStatus::ServingStatus_IsValid(response.status())) return ServingStatus::kUnknown;
+  return static_cast<ServingStatus>(response.status());
 }
 
 }  // namespace focal

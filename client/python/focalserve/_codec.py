@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ._proto import VARIANTS, pb
+from ._proto import DEFAULT_VARIANT, VARIANTS, pb
 
 # wire enum <-> NumPy dtype (explicitly little-endian; bfloat16 as its uint16 bit patterns)
 _NP_OF_WIRE = {
@@ -183,18 +183,31 @@ def _reduction(reduction: Any) -> int:
     return _REDUCTIONS[key]
 
 
+# A per-class list parameter `x` travels as `repeated double x_f64` (full precision); the
+# `repeated float x` beside it is its older float32 form, which the server still reads.
+_F64 = "_f64"
+
+
+def _parameter_names(message_type) -> "list[str]":
+    """A variant's parameters as docs/variants.md names them: its message's fields, less the `_f64`
+    twins of per-class lists (one parameter, `alpha`, whichever field carries it)."""
+    fields = message_type.DESCRIPTOR.fields_by_name
+    return [n for n in fields if not (n.endswith(_F64) and n[:-len(_F64)] in fields)]
+
+
 def _set_params(message, variant: str, params: Mapping[str, Any]) -> None:
     fields = message.DESCRIPTOR.fields_by_name
     for name, value in params.items():
-        if value is None:  # absent: the server's default (VARIANTS.md)
+        if value is None:  # absent: the server's default (docs/variants.md)
             continue
-        fd = fields.get(name)
+        fd = fields.get(name + _F64) or fields.get(name)  # a list goes at full precision when it can
         if fd is None:
-            raise TypeError(f"{variant} has no parameter {name!r}; it takes {', '.join(fields) or 'none'}")
+            raise TypeError(f"{variant} has no parameter {name!r}; it takes "
+                            f"{', '.join(_parameter_names(message)) or 'none'}")
         if fd.label == fd.LABEL_REPEATED:
             if type(value).__module__.startswith("torch"):
                 value = value.detach().cpu().double().numpy()
-            getattr(message, name).extend(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+            getattr(message, fd.name).extend(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
         elif fd.enum_type is not None:
             if isinstance(value, str):
                 values = fd.enum_type.values_by_name
@@ -251,7 +264,7 @@ def _is_scalar(x: Any) -> bool:
     return shape is not None and len(shape) == 0
 
 
-def compute_request(logits: Any, targets: Any, *, variant: str = "softmax_focal", reduction: Any = "mean",
+def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                     compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                     num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                     request_id: str = "", spec: Optional[pb.LossSpec] = None, **params: Any) -> pb.ComputeRequest:
@@ -385,7 +398,7 @@ class EvaluateResult:
     """One Evaluate answer: exact totals over every batch streamed in.
 
     total_loss, count, mean; class_loss_sums (float64 array) and class_counts (int64 array)
-    by target class (softmax_focal, focal_cosine) or class channel (sigmoid, dynamic);
+    by target class (row variants) or by class channel (variants whose items are logits);
     batches, backend, timing; response (the EvaluateResponse message).
     """
 

@@ -1,10 +1,12 @@
 """grpc.health.v1.Health/Check without generated stubs.
 
 Why by hand: the health stubs ship in PyPI's `grpcio-health-checking` (module `grpc_health`),
-which Debian does not package and this project cannot install (no PyPI). Vendoring a copy of
-health.proto and generating it would put a second definition of `grpc.health.v1` in the
-process's descriptor pool, which clashes as soon as the real package is also imported.
-The two messages are tiny, so they are encoded here directly:
+which Debian does not package and this project cannot install (no PyPI). Generating the copy of
+health.proto in this repository (proto/grpc/health/v1/health.proto, which the C++ client and
+tests use: gRPC C++ serves health over upb, so there it is the only definition) would put a
+second definition of `grpc.health.v1` in a Python process's descriptor pool as soon as the real
+package is also imported, and the second import fails. The two messages are tiny, so they are
+encoded here directly:
 
     HealthCheckRequest  { string service = 1; }        -> tag 0x0A, varint length, UTF-8 bytes
     HealthCheckResponse { ServingStatus status = 1; }  -> tag 0x08, varint enum value

@@ -9,7 +9,7 @@ import grpc.aio
 
 from . import _codec, _health
 from ._errors import FocalServeError
-from ._proto import pb, rpc
+from ._proto import DEFAULT_VARIANT, pb, rpc
 from .client import _Base
 
 
@@ -35,7 +35,7 @@ class AsyncClient(_Base):
         self._health_check = self.channel.unary_unary(
             _health.METHOD, request_serializer=_health.encode_request, response_deserializer=_health.decode_response)
 
-    async def compute(self, logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+    async def compute(self, logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                       *, timeout: Optional[float] = None, request_id: str = "",
@@ -53,7 +53,7 @@ class AsyncClient(_Base):
             raise FocalServeError.from_rpc_error(e, "Compute") from None
         return _codec.ComputeResult(response)
 
-    async def evaluate(self, batches: Any, variant: str = "softmax_focal", *, allow_non_finite: bool = False,
+    async def evaluate(self, batches: Any, variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
                        timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
         """See Client.evaluate; `batches` may also be an async iterable."""
         spec = _codec.loss_spec(variant, "none", **params)

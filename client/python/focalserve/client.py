@@ -8,7 +8,7 @@ import grpc
 
 from . import _codec, _health
 from ._errors import FocalServeError
-from ._proto import pb, rpc
+from ._proto import DEFAULT_VARIANT, pb, rpc
 
 _INT32_MAX = 2**31 - 1
 
@@ -44,7 +44,7 @@ class _Base:
         return self.timeout if timeout is None else timeout
 
     @staticmethod
-    def build_request(logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+    def build_request(logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                       request_id: str = "", **params: Any) -> pb.ComputeRequest:
@@ -90,24 +90,25 @@ class Client(_Base):
 
     # -- calls ------------------------------------------------------------------------------
 
-    def compute(self, logits: Any, targets: Any, variant: str = "softmax_focal", reduction: Any = "mean",
+    def compute(self, logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                 compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                 num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                 *, timeout: Optional[float] = None, request_id: str = "", **params: Any) -> _codec.ComputeResult:
         """One batch. Returns a ComputeResult (loss, count, losses, gradient, backend, timing).
 
         logits, targets   arrays (NumPy or torch; see focalserve._codec for dtypes and bfloat16)
-        variant           'softmax_focal' | 'sigmoid_focal' | 'focal_cosine' | 'dynamic_focal'
+        variant           one of focalserve.VARIANTS (the LossSpec variants of the wire API)
         reduction         'mean' | 'sum' | 'none'
         compute_gradient  also return d(sum w*loss)/d(logits)
         grad_output       the upstream gradient w: a scalar, or for 'none' an array shaped like
                           the per-item losses; None = 1
         gradient_dtype    None (the logits' dtype) or 'float32' (also the dtype of 'none' losses)
-        num_objects       dynamic_focal's per-row object counts, float [N]
+        num_objects       per-row object counts, float [N], for the variants that take them
         allow_non_finite  let NaN/Inf propagate instead of INVALID_ARGUMENT
         normalizer        replaces MEAN's count as the denominator
-        **params          the variant's parameters as in VARIANTS.md (gamma, alpha, ignore_index,
-                          label_smoothing, smoothing_classes, input, xent); None = default
+        **params          the variant's parameters as in docs/variants.md, named as the fields of its
+                          focal.v1 message; a per-class list (alpha=) goes at full precision, in
+                          its `_f64` field; None = default
         """
         request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
                                      gradient_dtype, num_objects, allow_non_finite, normalizer, request_id, **params)
@@ -121,7 +122,7 @@ class Client(_Base):
             raise FocalServeError.from_rpc_error(e, "Compute") from None
         return _codec.ComputeResult(response)
 
-    def evaluate(self, batches: Iterable[Any], variant: str = "softmax_focal", *, allow_non_finite: bool = False,
+    def evaluate(self, batches: Iterable[Any], variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
                  timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
         """A whole dataset streamed batch by batch; exact totals and per-class sums come back.
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._codec import loss_spec, to_tensor
-from ._proto import pb
+from ._proto import DEFAULT_VARIANT, pb
 
 __all__ = ["RemoteFocalLoss"]
 
@@ -91,7 +91,7 @@ class RemoteFocalLoss(torch.nn.Module):
     """A focal-loss variant computed remotely, with its gradient, as an nn.Module.
 
     client      a focalserve.Client (blocking)
-    variant     'softmax_focal' | 'sigmoid_focal' | 'focal_cosine' | 'dynamic_focal'
+    variant     one of focalserve.VARIANTS
     reduction   'mean' | 'sum' | 'none'
     normalizer  replaces MEAN's count as the denominator (e.g. RetinaNet's positive anchors)
     **params    the variant's parameters (gamma, alpha, ignore_index, label_smoothing, ...)
@@ -100,7 +100,7 @@ class RemoteFocalLoss(torch.nn.Module):
     NumPy arrays (integer class targets or float targets, as the variant takes them).
     """
 
-    def __init__(self, client, variant: str = "softmax_focal", reduction: str = "mean", *,
+    def __init__(self, client, variant: str = DEFAULT_VARIANT, reduction: str = "mean", *,
                  normalizer: Optional[float] = None, allow_non_finite: bool = False,
                  timeout: Optional[float] = None, **params: Any):
         super().__init__()

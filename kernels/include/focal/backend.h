@@ -1,6 +1,7 @@
 // The one interface between the service and the compute: thread-safe, many jobs at once.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -19,6 +20,9 @@ class Backend {
   /// False once the backend cannot compute any more (a CUDA device lost its context); the
   /// server reports NOT_SERVING so that load balancers move traffic elsewhere.
   virtual bool Healthy() const { return true; }
+  /// Bytes of device (GPU) memory the backend holds now, cached pools included; 0 for a backend
+  /// that holds none (the CPU one). Cheap enough to read after every batch.
+  virtual int64_t DeviceMemoryBytes() const { return 0; }
 };
 
 }  // namespace focal

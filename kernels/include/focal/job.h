@@ -32,7 +32,7 @@ struct LossResult {
   /// The reduced loss; for NONE, the plain sum of the per-item losses as computed, before any
   /// rounding to a 16-bit output dtype (so it does not depend on output_dtype).
   double loss = 0.0;
-  /// Items counted by the reduction (VARIANTS.md, per variant); ignored items are not.
+  /// Items counted by the reduction (docs/variants.md, per variant); ignored items are not.
   int64_t count = 0;
   std::optional<OwnedTensor> losses;    ///< NONE only
   std::optional<OwnedTensor> gradient;  ///< when compute_gradient

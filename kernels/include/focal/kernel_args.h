@@ -39,7 +39,7 @@ struct KernelArgs {
   /// "no ignore_index" is its own state, never a value a client could send as a target.
   bool has_ignore_index = false;
   int64_t ignore_index = 0;
-  const float* class_alpha = nullptr;  ///< softmax per-class α, or null for all ones
+  const double* class_alpha = nullptr;  ///< softmax per-class α, or null for all ones
   double cosine_alpha = 1, xent = 0.1;
   /// Gradient weight of every item: upstream w times the reduction's scale.
   double grad_scale = 1;

@@ -4,11 +4,19 @@
 // references, Highway vectors in the CPU backend. Arithmetic uses the value type's operators;
 // constants go through o.Set so the same expression serves scalars and vectors.
 //
+// Kernels load, store, reduce and dispatch; every expression of the contract is here, at one of
+// two levels: per element (one class of a row, one sigmoid element: ExpAboutMax, SmoothedClass,
+// SigmoidFocal, the ...GradAt functions) and per row, from the row's reductions (SoftmaxFocalRow,
+// FocalCosine). A value type of several lanes holds several rows (or elements) at once.
+//
 // No include guard and no namespace, on purpose: focal/math.h includes it once inside
 // focal::math, and the CPU kernels include it again inside each Highway target's namespace, so
 // that every SIMD target compiles the formulas with its own instruction set (the way Highway's
-// own -inl.h headers work). Include focal/hd.h before it.
+// own -inl.h headers work). Include focal/hd.h before it. Functions are defined before their
+// first use: with a scalar value type, argument-dependent lookup cannot find a later one.
 
+// ------------------------------------------------------------------------------------------
+// Shared primitives.
 
 template <class V>
 struct LossGrad {
@@ -85,6 +93,160 @@ FOCAL_HD V LogAddExp(const Ops& o, V a, V b) {
   return hi + o.Log1p(o.Exp(o.Min(a, b) - hi));
 }
 
+// ------------------------------------------------------------------------------------------
+// Log-softmax through the row maximum (§1 and §3). A row's kernel reduces its classes to the
+// maximum m, rest = Σ_j e^(x_j - m) - 1 (RestTerm + TieTerm, then Rest) and whatever else its
+// variant needs; the functions below turn those into probabilities and logs.
+
+/// e_j = e^(x_j - m), class j's softmax numerator about the row maximum m: ≤ 1, never overflows.
+/// Also the online softmax's rescaling factor e^(m_old - m_new).
+template <class Ops, class V>
+FOCAL_HD V ExpAboutMax(const Ops& o, V x, V max) {
+  return o.Exp(x - max);
+}
+
+/// One class's term of `rest`, from its e = ExpAboutMax(x, m): e for classes below the maximum,
+/// 0 for those equal to it. Those are counted apart (TieTerm), so rest = Σ RestTerm + Σ TieTerm
+/// - 1 carries no rounding from adding small terms to 1.
+template <class Ops, class V>
+FOCAL_HD V RestTermOf(const Ops& o, V x, V max, V e) {
+  return o.IfThenZeroElse(o.Eq(x, max), e);
+}
+/// RestTermOf with its own exp.
+template <class Ops, class V>
+FOCAL_HD V RestTerm(const Ops& o, V x, V max) {
+  return RestTermOf(o, x, max, ExpAboutMax(o, x, max));
+}
+template <class Ops, class V>
+FOCAL_HD V TieTerm(const Ops& o, V x, V max) {
+  return o.IfThenElseZero(o.Eq(x, max), o.Set(1));
+}
+
+/// rest = Σ_j e^(x_j - m) - 1 from the row's two sums, Σ RestTerm and Σ TieTerm: the ties'
+/// count less the maximum's own 1 is exact (a whole number), so nothing rounds against 1.
+template <class Ops, class V>
+FOCAL_HD V Rest(const Ops& o, V below, V ties) {
+  return below + (ties - o.Set(1));
+}
+
+/// log(1 + rest): the log-normaliser of LogProb.
+template <class Ops, class V>
+FOCAL_HD V LogNormalizer(const Ops& o, V rest) {
+  return o.Log1p(rest);
+}
+
+/// log-softmax of one class: log p = (x - m) - log(1 + rest), with m the row maximum.
+/// Subtracting m first and taking log1p of rest keeps log p of a confident row (p → 1) accurate
+/// to the last digits; x - (m + log Σ) would round the small normaliser away.
+template <class Ops, class V>
+FOCAL_HD V LogProb(const Ops& o, V x, V max, V log_normalizer) {
+  return (x - max) - log_normalizer;
+}
+
+/// 1/(1 + rest) · coef: a row coefficient that multiplies p_j = e_j/(1 + rest), turned into one
+/// that multiplies e_j, so that the per-element pass needs no division.
+template <class Ops, class V>
+FOCAL_HD V PerExp(const Ops& o, V coef, V rest) {
+  return coef / (rest + o.Set(1));
+}
+
+// ------------------------------------------------------------------------------------------
+// §1 softmax_focal.
+
+/// One class of §1 from its log-probability u = log p ≤ 0.
+template <class V>
+struct FocalTerm {
+  V f;  ///< -(1-p)^γ log p, the class's focal cross-entropy
+  V g;  ///< g(p) = (1-p)^γ (1 - γ p r(u)), r(u) = u / (1 - e^u)
+};
+
+template <class Ops, class V>
+FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, const Gamma<V>& gamma) {
+  const V one = o.Set(1);
+  const V one_m_p = o.Neg(o.Expm1(u));  // 1 - p, accurate as p → 1
+  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
+  // g equals (1-p)^γ - γp(1-p)^(γ-1) log p without the (γ-1) power, so γ < 1 stays finite;
+  // r → -1 as p → 1, and the select also covers the exact 0/0 at u = 0.
+  const V r = o.Select(o.Eq(one_m_p, o.Zero()), o.Neg(one), u / one_m_p);
+  return {o.Neg(mod * u), mod * (one - gamma.value * o.Exp(u) * r)};
+}
+
+/// A softmax row's loss and gradient as the per-element pass takes them:
+///   ∂ℓ/∂x_j = coef_e·e_j for j ≠ y (SoftmaxFocalGradAt), grad_y for j = y,
+/// with e_j = ExpAboutMax(x_j, m). Already weighted by the row's upstream weight w.
+template <class V>
+struct SoftmaxRowGrad {
+  V loss;
+  V coef_e;
+  V grad_y;
+};
+
+/// §1 with ε = 0 for one row, from its target logit x_y, maximum m, rest (see Rest), the target
+/// class's α_y and the row's upstream weight w:
+///   ℓ = α_y f(p_y),  ∂ℓ/∂x_j = w α_y g(p_y) (p_j - [j = y]).
+template <class Ops, class V>
+FOCAL_HD SoftmaxRowGrad<V> SoftmaxFocalRow(const Ops& o, V x_y, V max, V rest, V alpha_y, V w,
+                                           const Gamma<V>& gamma) {
+  const V u_y = LogProb(o, x_y, max, LogNormalizer(o, rest));
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, u_y, gamma);
+  const V k = w * (alpha_y * term.g);
+  // The target's p_y - 1 as expm1(log p_y): it keeps its digits as p_y → 1.
+  return {alpha_y * term.f, PerExp(o, k, rest), k * o.Expm1(u_y)};
+}
+
+/// ∂ℓ/∂x_j of a non-target class j from its e_j (SoftmaxRowGrad).
+template <class Ops, class V>
+FOCAL_HD V SoftmaxFocalGradAt(const Ops& o, V coef_e, V e) {
+  return coef_e * e;
+}
+
+/// §1's label smoothing, per job: q_c = keep·[c = y] + uniform, keep = 1-ε, uniform = ε/C, each
+/// computed from ε rounded to the compute type, in scalars, then broadcast.
+template <class V>
+struct LabelSmoothing {
+  V keep;
+  V uniform;
+};
+
+template <class Ops>
+FOCAL_HD LabelSmoothing<typename Ops::V> MakeLabelSmoothing(const Ops& o, double smoothing, int64_t classes) {
+  using S = typename Ops::Scalar;
+  const S eps = static_cast<S>(smoothing);
+  return {o.Set(S(1) - eps), o.Set(eps / static_cast<S>(classes))};
+}
+
+/// q_c α_c, the weight of class c's focal term under label smoothing.
+template <class Ops, class V, class M>
+FOCAL_HD V SmoothedWeight(const Ops& o, const LabelSmoothing<V>& s, M is_target, V alpha_c) {
+  return (s.uniform + o.IfThenElseZero(is_target, s.keep)) * alpha_c;
+}
+
+/// One class of §1 with ε > 0: ℓ = Σ_c weight_c·term_c.f and W = Σ_c weight_c·term_c.g, the
+/// row's two dot products, which the kernels reduce in their own order and precision.
+template <class V>
+struct SmoothedClass {
+  V weight;  ///< q_c α_c
+  FocalTerm<V> term;
+};
+
+/// Class c of a smoothed row from u = log p_c (LogProb), whether c is the target, and α_c.
+template <class Ops, class V, class M>
+FOCAL_HD SmoothedClass<V> SoftmaxFocalSmoothedClass(const Ops& o, V u, M is_target, V alpha_c,
+                                                     const LabelSmoothing<V>& s, const Gamma<V>& gamma) {
+  return {SmoothedWeight(o, s, is_target, alpha_c), SoftmaxFocalTerm(o, u, gamma)};
+}
+
+/// ∂ℓ/∂x_j = w (p_j W - q_j α_j g(p_j)) of a smoothed row, from u = log p_j, q_j α_j
+/// (SmoothedWeight), the row's W and its upstream weight w.
+template <class Ops, class V>
+FOCAL_HD V SoftmaxFocalSmoothedGrad(const Ops& o, V u, V weight, V W, V w, const Gamma<V>& gamma) {
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, u, gamma);
+  return w * (o.Exp(u) * W - weight * term.g);
+}
+
+// ------------------------------------------------------------------------------------------
+// §2 sigmoid_focal (and §4, which is its hard form with other weights).
+
 /// §2 with a hard target. `sign` is 2t-1 (±1), `alpha_t` the weight of this target's class.
 template <class Ops, class V>
 FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, const Gamma<V>& gamma) {
@@ -143,60 +305,49 @@ FOCAL_HD LossGrad<V> SigmoidFocalProbabilities(const Ops& o, V p, V t, V alpha_p
   return {alpha_t * mod * ce, alpha_t * (mod * dce + dmod_ce)};
 }
 
-/// log-softmax of one class: log p = (x - m) - log(1 + rest), with m the row maximum and
-/// rest = Σ_j e^(x_j - m) - 1 accumulated without the maximum's own 1 (RestTerm, TieTerm).
-/// Subtracting m first and taking log1p of rest keeps log p of a confident row (p → 1) accurate
-/// to the last digits; x - (m + log Σ) would round the small normaliser away.
-template <class Ops, class V>
-FOCAL_HD V LogProb(const Ops& o, V x, V max, V log_normalizer) {
-  return (x - max) - log_normalizer;
-}
-
-/// log(1 + rest): the log-normaliser of LogProb.
-template <class Ops, class V>
-FOCAL_HD V LogNormalizer(const Ops& o, V rest) {
-  return o.Log1p(rest);
-}
-
-/// One class's term of `rest` for LogSumExp: e^(x - m) for classes below the maximum, 0 for
-/// those equal to it. Those are counted apart (TieTerm), so rest = Σ RestTerm + Σ TieTerm - 1
-/// carries no rounding from adding small terms to 1.
-template <class Ops, class V>
-FOCAL_HD V RestTerm(const Ops& o, V x, V max) {
-  return o.Select(o.Eq(x, max), o.Zero(), o.Exp(x - max));
-}
-template <class Ops, class V>
-FOCAL_HD V TieTerm(const Ops& o, V x, V max) {
-  return o.Select(o.Eq(x, max), o.Set(1), o.Zero());
-}
-
-/// One class of §1 from its log-probability u = log p ≤ 0.
+/// §2's per-job constants in the value type: γ, the target smoothing t' = t·keep + floor with
+/// keep = 1-ε and floor = ε/K, and what the input holds.
 template <class V>
-struct FocalTerm {
-  V f;  ///< -(1-p)^γ log p, the class's focal cross-entropy
-  V g;  ///< g(p) = (1-p)^γ (1 - γ p r(u)), r(u) = u / (1 - e^u)
+struct SigmoidFocalConsts {
+  Gamma<V> gamma;
+  V keep;
+  V floor;
+  bool smoothed;       ///< ε > 0
+  bool probabilities;  ///< input = PROBABILITIES
 };
 
-template <class Ops, class V>
-FOCAL_HD FocalTerm<V> SoftmaxFocalTerm(const Ops& o, V u, const Gamma<V>& gamma) {
-  const V one = o.Set(1);
-  const V one_m_p = o.Neg(o.Expm1(u));  // 1 - p, accurate as p → 1
-  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
-  // g equals (1-p)^γ - γp(1-p)^(γ-1) log p without the (γ-1) power, so γ < 1 stays finite;
-  // r → -1 as p → 1, and the select also covers the exact 0/0 at u = 0.
-  const V r = o.Select(o.Eq(one_m_p, o.Zero()), o.Neg(one), u / one_m_p);
-  return {o.Neg(mod * u), mod * (one - gamma.value * o.Exp(u) * r)};
+/// `smoothing_floor` is ε/K (KernelArgs::smoothing_floor).
+template <class Ops>
+FOCAL_HD SigmoidFocalConsts<typename Ops::V> MakeSigmoidFocalConsts(const Ops& o, double gamma, double smoothing,
+                                                                    double smoothing_floor, bool probabilities) {
+  return {MakeGamma(o, gamma), o.Set(1 - smoothing), o.Set(smoothing_floor), smoothing != 0, probabilities};
 }
 
-/// Per-row coefficients of §3's gradient:
-///   ∂ℓ/∂x_j = coef_x·x_j + coef_p·(p_j - [j=y]) + [j=y]·coef_target,
-/// with p_j the softmax of the normalised logits z. For j = y, p_y - 1 is best taken as
-/// expm1(log p_y): it keeps its digits when p_y → 1.
-template <class V>
-struct FocalCosineRow {
-  V loss;
-  V coef_x, coef_p, coef_target;
-};
+/// t ∈ {0, 1}: a hard target (for the form choice, and dynamic_focal's input check).
+template <class Ops, class V>
+FOCAL_HD typename Ops::M IsBinaryTarget(const Ops& o, V t) {
+  return o.Or(o.Eq(t, o.Zero()), o.Eq(t, o.Set(1)));
+}
+
+/// §2 for one element, or one vector of them, with target t before smoothing and the class
+/// weights α_t of positives and negatives. The form: the cheaper hard one where `binary` (the
+/// caller's IsBinaryTarget over everything it passes, or true for one-hot targets) holds with
+/// no smoothing on logits, which is exact there; the soft (or probabilities) one of t' otherwise.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidFocal(const Ops& o, const SigmoidFocalConsts<V>& c, V x, V t, bool binary, V alpha_pos,
+                                  V alpha_neg) {
+  if (binary && !c.smoothed && !c.probabilities) {
+    const auto positive = o.Eq(t, o.Set(1));
+    return SigmoidFocalHard(o, x, o.Select(positive, o.Set(1), o.Set(-1)), o.Select(positive, alpha_pos, alpha_neg),
+                            c.gamma);
+  }
+  const V smoothed = o.MulAdd(t, c.keep, c.floor);  // t(1-ε) + ε/K
+  if (c.probabilities) return SigmoidFocalProbabilities(o, x, smoothed, alpha_pos, alpha_neg, c.gamma);
+  return SigmoidFocalSoft(o, x, smoothed, alpha_pos, alpha_neg, c.gamma);
+}
+
+// ------------------------------------------------------------------------------------------
+// §3 focal_cosine.
 
 /// The normalisation of §3: z = x·z_scale with z_scale = 1 / max(‖x‖, 1e-12) (F.normalize).
 template <class Ops, class V>
@@ -204,24 +355,36 @@ FOCAL_HD V CosineZScale(const Ops& o, V sum_squares) {
   return o.Set(1) / o.Max(o.Sqrt(sum_squares), o.Set(1e-12));
 }
 
-/// §3 for one row, from ‖x‖², the target logit x_y, and the softmax sums of z = x·z_scale
-/// about its maximum z_max: `rest` as for LogSumExp and tz = Σ z_j e^(z_j - z_max).
-/// `w` is the upstream weight of this row. Returns the log-normaliser of z in `log_norm_out`
-/// for the per-element pass (p_j = exp(LogProb(z_j, z_max, log_norm))).
+/// z = x·z_scale, a normalised logit; the row's maximum z is CosineZ(max x), as z_scale > 0.
 template <class Ops, class V>
-FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V rest, V tz,
-                                       V alpha, const Gamma<V>& gamma, V xent, V w,
-                                       V& log_norm_out) {
+FOCAL_HD V CosineZ(const Ops& o, V x, V z_scale) {
+  return x * z_scale;
+}
+
+/// A focal-cosine row's loss and gradient as the per-element pass takes them:
+///   ∂ℓ/∂x_j = coef_x·x_j + coef_e·e_j for j ≠ y (FocalCosineGradAt), grad_y for j = y,
+/// with e_j = ExpAboutMax(z_j, z_max). Already weighted by the row's upstream weight w.
+template <class V>
+struct FocalCosineRow {
+  V loss;
+  V coef_x, coef_e, grad_y;
+};
+
+/// §3 for one row, from ‖x‖², the target logit x_y, and the softmax sums of z = CosineZ(x) about
+/// its maximum z_max: `rest` (see Rest) and tz = Σ z_j e^(z_j - z_max). `w` is the row's
+/// upstream weight.
+template <class Ops, class V>
+FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_max, V rest, V tz, V alpha,
+                                       const Gamma<V>& gamma, V xent, V w) {
   const V one = o.Set(1);
   const V norm = o.Sqrt(sum_squares);
   const V z_scale = CosineZScale(o, sum_squares);
   const V norm_eps = o.Sqrt(sum_squares + o.Set(1e-12));  // cosine_embedding_loss's denominator
   const V cosine = x_y / norm_eps;
-  const V z_y = x_y * z_scale;
-  const V log_norm = LogNormalizer(o, rest);
+  const V z_y = CosineZ(o, x_y, z_scale);
   const V s = one + rest;  // Σ e^(z_j - z_max)
-  log_norm_out = log_norm;
-  const FocalTerm<V> term = SoftmaxFocalTerm(o, LogProb(o, z_y, z_max, log_norm), gamma);
+  const V u_y = LogProb(o, z_y, z_max, LogNormalizer(o, rest));
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, u_y, gamma);
   // Focal part: G_j = g (p_j - [j=y]) w.r.t. z; through z = x/‖x‖ it becomes (G - z (z·G))/‖x‖,
   // and z·G = g (Σ z_j p_j - z_y). Below ‖x‖ = 1e-12, F.normalize divides by the constant 1e-12
   // and the projection drops out.
@@ -232,7 +395,54 @@ FOCAL_HD FocalCosineRow<V> FocalCosine(const Ops& o, V sum_squares, V x_y, V z_m
   row.loss = (one - cosine) + xent * alpha * term.f;
   // Cosine part: ∂cos/∂x_j = [j=y]/n - x_y x_j / n³ with n = norm_eps.
   row.coef_x = w * x_y / (norm_eps * norm_eps * norm_eps) - projection;
-  row.coef_p = k * z_scale;
-  row.coef_target = o.Neg(w) / norm_eps;
+  const V coef_p = k * z_scale;  // of p_j - [j=y]
+  row.coef_e = coef_p / s;
+  // The target: coef_x·x_y + coef_p (p_y - 1) - w/n, with p_y - 1 as expm1(log p_y), exact as
+  // p_y → 1.
+  row.grad_y = o.MulAdd(row.coef_x, x_y, coef_p * o.Expm1(u_y)) + o.Neg(w) / norm_eps;
   return row;
+}
+
+/// ∂ℓ/∂x_j of a non-target class j from x_j and e_j (FocalCosineRow).
+template <class Ops, class V>
+FOCAL_HD V FocalCosineGradAt(const Ops& o, V coef_x, V coef_e, V x, V e) {
+  return o.MulAdd(coef_x, x, coef_e * e);
+}
+
+// ------------------------------------------------------------------------------------------
+// §4 dynamic_focal.
+
+/// The weights α_t of a positive and a negative target.
+template <class V>
+struct ClassWeights {
+  V pos;
+  V neg;
+};
+
+/// §4's a_t = t α_n + (1-t)(1-α_n) of a row with α_n = num_objects_n / mean, as §2's hard form
+/// takes it. A row with more than the mean number of objects gives its negatives a negative
+/// weight: the seed's definition, kept.
+template <class Ops, class V>
+FOCAL_HD ClassWeights<V> DynamicFocalWeights(const Ops& o, V alpha_n) {
+  return {alpha_n, o.Set(1) - alpha_n};
+}
+
+/// §4's α_n: the row's number of objects over the batch's mean number (the mean is > 0, checked).
+template <class V>
+FOCAL_HD V ObjectsWeight(V num_objects, V mean_objects) {
+  return num_objects / mean_objects;
+}
+
+/// §2's α_t weights of positives and negatives from the request's α: α and 1-α, or 1 and 1 when
+/// a negative α disables the weighting (torchvision's convention).
+template <class Ops>
+FOCAL_HD ClassWeights<typename Ops::V> SigmoidFocalWeights(const Ops& o, double alpha) {
+  if (alpha < 0) return {o.Set(1), o.Set(1)};
+  return {o.Set(alpha), o.Set(1 - alpha)};
+}
+
+/// §2's smoothing floor ε/K: a target t becomes t(1-ε) + ε/K (SigmoidFocal applies it).
+template <class V>
+FOCAL_HD V SmoothingFloor(V smoothing, V classes) {
+  return smoothing / classes;
 }

@@ -12,8 +12,9 @@ namespace focal {
 
 template <typename T>
 struct ScalarOps {
-  using V = T;     ///< value type the formulas compute in
-  using M = bool;  ///< result of a comparison
+  using V = T;       ///< value type the formulas compute in
+  using Scalar = T;  ///< type of one lane of V
+  using M = bool;    ///< result of a comparison
 
   FOCAL_HD V Set(double c) const { return static_cast<T>(c); }
   FOCAL_HD V Zero() const { return T(0); }
@@ -32,6 +33,11 @@ struct ScalarOps {
   FOCAL_HD M Eq(V a, V b) const { return a == b; }
   FOCAL_HD M Or(M a, M b) const { return a || b; }
   FOCAL_HD V Select(M m, V a, V b) const { return m ? a : b; }
+  FOCAL_HD V IfThenElseZero(M m, V a) const { return m ? a : T(0); }
+  FOCAL_HD V IfThenZeroElse(M m, V a) const { return m ? T(0) : a; }
+  /// a·b + c as written: nvcc contracts it to an fma as it would the expression at the call
+  /// site; the Highway policy's is fused wherever the target has FMA.
+  FOCAL_HD V MulAdd(V a, V b, V c) const { return a * b + c; }
 };
 
 }  // namespace focal

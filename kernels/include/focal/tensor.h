@@ -1,5 +1,5 @@
 // Tensors as the core sees them: a typed, C-contiguous view over bytes it does not own, and an
-// owned buffer for results.
+// owned tensor (results, the clients' tensors, the tests').
 #pragma once
 
 #include <cstddef>
@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "focal/dtype.h"
 
 namespace focal {
@@ -37,19 +38,51 @@ struct TensorView {
   }
 };
 
-/// An owned result tensor. Its bytes live in a std::string so that the wire layer can move them
-/// into a protobuf `bytes` field instead of copying a gradient that may be gigabytes.
-struct OwnedTensor {
+/// An owned tensor in the wire layout: a dtype, a shape and the little-endian, C-contiguous
+/// bytes of focal.v1.Tensor. One type for the backends' results, the clients' tensors and the
+/// tests'. Its bytes live in a std::string so that the wire layer can move them into (and out
+/// of) a protobuf `bytes` field instead of copying a gradient that may be gigabytes.
+struct HostTensor {
   DType dtype = DType::kFloat32;
   Shape shape;
-  std::string bytes;
-  size_t size_bytes = 0;
+  std::string bytes;  ///< size = NumElements() * DTypeSize(dtype) in a well-formed tensor
 
-  static OwnedTensor Allocate(DType dtype, Shape shape, int64_t num_elements);
+  /// `num_elements` zeroed elements of `dtype`.
+  static HostTensor Allocate(DType dtype, Shape shape, int64_t num_elements);
+  /// float32 values as float32.
+  static HostTensor Float32(Shape shape, absl::Span<const float> values);
+  /// float64 values as float64.
+  static HostTensor Float64(Shape shape, absl::Span<const double> values);
+  /// float32 values rounded to nearest even into float16 (as `.to(torch.float16)`).
+  static HostTensor Float16(Shape shape, absl::Span<const float> values);
+  /// float32 values rounded to nearest even into bfloat16 (as `.to(torch.bfloat16)`).
+  static HostTensor BFloat16(Shape shape, absl::Span<const float> values);
+  /// float32 values into any dtype: rounded to nearest even for the 16-bit floats, truncated
+  /// toward zero for the integers.
+  static HostTensor FromFloats(DType dtype, Shape shape, absl::Span<const float> values);
+  static HostTensor Int64(Shape shape, absl::Span<const int64_t> values);
+  static HostTensor Int32(Shape shape, absl::Span<const int32_t> values);
+  static HostTensor UInt8(Shape shape, absl::Span<const uint8_t> values);
+
   void* data() { return bytes.data(); }
   const void* data() const { return bytes.data(); }
-  TensorView view() const { return TensorView{dtype, shape, bytes.data(), size_bytes}; }
+  size_t size_bytes() const { return bytes.size(); }
+  /// Product of the shape (1 for a scalar).
+  int64_t NumElements() const;
+  /// Whether `bytes` holds exactly NumElements() elements of `dtype`.
+  bool SizeMatchesShape() const;
+  /// Every element as double: 16-bit floats widened exactly, integers converted.
+  std::vector<double> ToDoubles() const;
+  /// Every element as float32 (float64 rounded, integers converted).
+  std::vector<float> ToFloats() const;
+  /// A view of the bytes, valid while this tensor lives and is not modified.
+  TensorView view() const { return TensorView{dtype, shape, bytes.data(), bytes.size()}; }
+  /// The same as view() (the client's spelling).
+  TensorView View() const { return view(); }
 };
+
+/// The name the backends give their results: the same type.
+using OwnedTensor = HostTensor;
 
 /// Reads element `i` of a floating-point view as double (used by validation and references,
 /// never on a hot path).

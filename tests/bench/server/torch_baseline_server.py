@@ -19,9 +19,9 @@ What it implements (focal.v1.FocalLossService):
 
 * Compute, sigmoid_focal with float targets shaped like the logits:
   torchvision.ops.sigmoid_focal_loss(x, t, alpha, gamma, reduction), alpha default 0.25,
-  gamma default 2 (VARIANTS.md section 2). Class-index targets and label smoothing are not
+  gamma default 2 (docs/variants.md §2). Class-index targets and label smoothing are not
   handled (a minimal server would not); they answer UNIMPLEMENTED.
-* Compute, softmax_focal with int64 class targets [N, *] (VARIANTS.md section 1), plain torch:
+* Compute, softmax_focal with int64 class targets [N, *] (docs/variants.md §1), plain torch:
       logp = log_softmax(x, 1); logpt = logp.gather(1, y.unsqueeze(1)).squeeze(1)
       loss = -alpha[y] * (1 - logpt.exp()) ** gamma * logpt
   with ignore_index masked out; no label smoothing.

@@ -1,6 +1,7 @@
 // A host emulation of the slice of the CUDA device API that kernels/cuda uses, so that the real
 // kernel source runs on CPU threads in the tests (tests/cuda/emulation_test.cc) where no GPU is.
-// Included through kernels/cuda/device_api.h when FOCAL_CUDA_EMULATION is defined.
+// Included through kernels/cuda/device_api.h, which the target focal_cuda_emulated points here
+// with FOCAL_DEVICE_API_HEADER (tests/CMakeLists.txt).
 //
 // Faithful where our kernels depend on it: every CUDA thread of a block is a fiber on the
 // launching thread (device_emulation.cc); __syncthreads is a block-wide barrier and each

@@ -71,7 +71,7 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   const auto logits = CopyOf(job.logits.data, job.logits.size_bytes);
   const auto targets = CopyOf(job.targets.data, job.targets.size_bytes);
   const auto row_alpha = CopyOf(plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float));
-  const auto class_alpha = CopyOf(softmax ? softmax->alpha.data() : nullptr, softmax ? softmax->alpha.size() * 4 : 0);
+  const auto class_alpha = CopyOf(softmax ? softmax->alpha.data() : nullptr, softmax ? softmax->alpha.size() * sizeof(double) : 0);
   const auto weights = CopyOf(item_weights, item_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
   const size_t gradient_bytes = job.compute_gradient ? static_cast<size_t>(plan.num_elements) * out_size : 0;
   const size_t losses_bytes = none ? static_cast<size_t>(plan.num_items) * out_size : 0;
@@ -79,7 +79,7 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   a.logits = logits->get();
   a.targets = targets->get();
   a.row_alpha = row_alpha->as<float>();
-  a.class_alpha = class_alpha->as<float>();
+  a.class_alpha = class_alpha->as<double>();
   a.item_weights = weights->as<float>();
   a.gradient = gradient.get();
   a.losses = losses.get();

@@ -60,10 +60,10 @@ struct ClientOptions {
 /// One batch to compute: the variant with its parameters, the tensors and the options of
 /// focal.v1.ComputeRequest.
 struct ComputeCall {
-  LossSpec loss;  ///< variant, parameters (defaults of VARIANTS.md), reduction, normalizer
+  LossSpec loss;  ///< variant, parameters (defaults of docs/variants.md), reduction, normalizer
   HostTensor logits;
   HostTensor targets;
-  std::optional<HostTensor> num_objects;  ///< dynamic_focal only
+  std::optional<HostTensor> num_objects;  ///< the variants whose table entry takes num_objects
   bool compute_gradient = false;
   /// Upstream gradient: absent (1), a scalar, or for NONE a tensor shaped like the losses.
   std::variant<std::monostate, double, HostTensor> grad_output;

@@ -2,7 +2,7 @@
 
 #include "focal/math.h"
 #include "focal/math_ops.h"
-#include "kernels/cuda/device_math.h"
+#include "tests/cuda/device_math.h"
 
 namespace focal::cuda {
 namespace {

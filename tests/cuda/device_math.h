@@ -1,6 +1,7 @@
-// The shared variant math (focal/math-inl.h) evaluated by a CUDA kernel, element by element:
-// the first step of the CUDA backend, and a check that the FOCAL_HD formulas compile for the
-// device and agree there with the host's. Plain C++ types only.
+// Test scaffold (target focal_cuda_device_math, used by cuda_device_test only): the shared
+// variant math (focal/math-inl.h) evaluated by a CUDA kernel, element by element, a check that
+// the FOCAL_HD formulas compile for the device and agree there with the host's. Plain C++ types
+// only.
 #pragma once
 
 #include <string>

@@ -1,0 +1,202 @@
+// sigmoid_focal (float and class-index targets) and dynamic_focal on the CPU: one pass over the
+// logits, a vector of elements at a time, the formulas of focal/math-inl.h (math::SigmoidFocal,
+// math::DynamicFocalWeights) compiled once per SIMD target and dispatched at run time.
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/cpu_elementwise_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// foreach_target.h re-includes this file once per target; everything below runs each time.
+#include "hwy/highway.h"
+#include "kernels/cpu/cpu_kernel_families.h"
+#include "kernels/cpu/simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace focal::cpu {
+namespace HWY_NAMESPACE {
+
+/// Per-job constants broadcast once per chunk, for one descriptor.
+template <class D>
+struct SigmoidConsts {
+  using V = hn::Vec<D>;
+  HWY_INLINE SigmoidConsts(D d, const KernelArgs& a)
+      : o{d},
+        focal(math::MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities)),
+        scale(o.Set(a.grad_scale)) {}
+  HwyOps<D> o;
+  math::SigmoidFocalConsts<V> focal;
+  V scale;  ///< gradient scale of the reduction and the upstream scalar
+};
+
+/// The α_t weights of positives and negatives: dynamic_focal's from its row's α_n (`row_alpha`
+/// non-null), else sigmoid_focal's for the whole job.
+template <class Ops>
+HWY_INLINE math::ClassWeights<typename Ops::V> ElementWeights(const Ops& o, const KernelArgs& a,
+                                                              const float* row_alpha) {
+  if (row_alpha) return math::DynamicFocalWeights(o, o.Set(*row_alpha));
+  return {o.Set(a.alpha_pos), o.Set(a.alpha_neg)};
+}
+
+/// Writes one vector of results: per-item losses for NONE, and the gradient scaled by the
+/// reduction and the upstream weight.
+template <class D>
+HWY_INLINE void EmitElementwise(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
+                                hn::Vec<D> x, hn::Vec<D> loss, hn::Vec<D> grad) {
+  if (a.losses) StoreFloat(d, PropagateNaN<D>(a, x, loss), a.losses, a.output_dtype, i);
+  if (a.gradient) {
+    auto g = hn::Mul(grad, k.scale);
+    if (a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, i));
+    StoreFloat(d, PropagateNaN<D>(a, x, g), a.gradient, a.output_dtype, i);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Float targets shaped like the logits: sigmoid_focal and dynamic_focal.
+
+template <class D>
+HWY_INLINE void SigmoidFloatStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
+                                 const math::ClassWeights<hn::Vec<D>>& alpha, LossSum<D>& sum, ChunkResult& r) {
+  const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
+  const auto t = LoadFloat(d, a.targets, a.targets_dtype, i);
+  r.bad_input |= AnyBadInput(d, a, x);
+  // One form per vector: the hard one only where every lane's target is 0 or 1.
+  const bool all_binary = hn::AllTrue(d, math::IsBinaryTarget(k.o, t));
+  if (!all_binary &&
+      (a.binary_targets || !hn::AllTrue(d, hn::And(hn::Ge(t, hn::Zero(d)), hn::Le(t, hn::Set(d, 1)))))) {
+    r.bad_target = true;
+  }
+  const auto out = math::SigmoidFocal(k.o, k.focal, x, t, all_binary, alpha.pos, alpha.neg);
+  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
+}
+
+template <typename T>
+ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  hn::CappedTag<T, 1> d1;
+  const SigmoidConsts<decltype(d)> k(d, a);
+  const SigmoidConsts<decltype(d1)> k1(d1, a);
+  LossSum<decltype(d)> sum;
+  LossSum<decltype(d1)> tail_sum;
+  ChunkResult r;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t i = begin; i < end;) {
+    // dynamic_focal's α_n changes at row boundaries: run each row's part of the chunk.
+    int64_t segment_end = end;
+    const float* row_alpha = nullptr;
+    if (a.row_alpha) {
+      const int64_t row = i / a.row_length;
+      segment_end = std::min(end, (row + 1) * a.row_length);
+      row_alpha = a.row_alpha + row;
+    }
+    const auto alpha = ElementWeights(k.o, a, row_alpha);
+    for (; i + lanes <= segment_end; i += lanes) SigmoidFloatStep(d, k, a, i, alpha, sum, r);
+    const auto alpha1 = ElementWeights(k1.o, a, row_alpha);
+    for (; i < segment_end; ++i) SigmoidFloatStep(d1, k1, a, i, alpha1, tail_sum, r);
+  }
+  r.loss_sum = sum.Total() + tail_sum.Total();
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------
+// sigmoid_focal with class-index targets: t = [c == y], background y = C, ignored rows 0.
+
+template <class D>
+HWY_INLINE void SigmoidIndexStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
+                                 hn::Mask<D> is_target, hn::Mask<D> valid, LossSum<D>& sum,
+                                 ChunkResult& r) {
+  const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
+  r.bad_input |= AnyBadInput(d, a, x);
+  const auto t = hn::IfThenElseZero(is_target, hn::Set(d, 1));
+  const auto alpha = ElementWeights(k.o, a, nullptr);
+  auto out = math::SigmoidFocal(k.o, k.focal, x, t, /*binary=*/true, alpha.pos, alpha.neg);  // a one-hot
+  out.loss = hn::IfThenElseZero(valid, out.loss);
+  out.grad = hn::IfThenElseZero(valid, out.grad);
+  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
+}
+
+template <typename T>
+ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  hn::CappedTag<T, 1> d1;
+  hn::RebindToSigned<decltype(d)> di;
+  hn::RebindToSigned<decltype(d1)> di1;
+  using TI = hn::TFromD<decltype(di)>;
+  const SigmoidConsts<decltype(d)> k(d, a);
+  const SigmoidConsts<decltype(d1)> k1(d1, a);
+  LossSum<decltype(d)> sum;
+  LossSum<decltype(d1)> tail_sum;
+  ChunkResult r;
+  const int64_t C = a.classes, S = a.inner;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  if (S == 1) {
+    // [N, C]: a row is contiguous; vectorise along the classes. Lane j of the vector at class c
+    // is the target when j == y - c (Highway's Iota goes through memory: build it once).
+    const auto iota = hn::Iota(di, 0);
+    for (int64_t row = begin; row < end; ++row) {
+      const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
+      const int64_t base = row * C;
+      const auto valid = hn::RebindMask(d, hn::Gt(hn::Set(di, y), hn::Set(di, -1)));
+      const auto valid1 = hn::RebindMask(d1, hn::Gt(hn::Set(di1, y), hn::Set(di1, -1)));
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        const auto is_target = hn::RebindMask(d, hn::Eq(iota, hn::Set(di, static_cast<TI>(y - c))));
+        SigmoidIndexStep(d, k, a, base + c, is_target, valid, sum, r);
+      }
+      for (; c < C; ++c) {
+        const auto is_target = hn::RebindMask(d1, hn::Eq(hn::Set(di1, static_cast<TI>(c)), hn::Set(di1, y)));
+        SigmoidIndexStep(d1, k1, a, base + c, is_target, valid1, tail_sum, r);
+      }
+    }
+  } else {
+    // [N, C, S]: vectorise along S, a block of positions and a class at a time.
+    constexpr int64_t kBlock = 4096;
+    TI* const ybuf = Scratch<TI>(kBlock);
+    ForEachPositionBlock(a, begin, end, kBlock, [&](int64_t n, int64_t s, int64_t p, int64_t count) {
+      for (int64_t j = 0; j < count; ++j) ybuf[j] = static_cast<TI>(ClassIndexAt(a, p + j));
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t base = (n * C + c) * S + s;
+        ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
+          const hn::RebindToSigned<decltype(dv)> div;
+          const auto y = hn::LoadU(div, ybuf + j);
+          const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
+          const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<TI>(c))));
+          SigmoidIndexStep(dv, ForLanes(dv, k, k1), a, base + j, is_target, valid,
+                           ForLanes(dv, sum, tail_sum), r);
+        });
+      }
+    });
+  }
+  r.loss_sum = sum.Total() + tail_sum.Total();
+  return r;
+}
+
+/// float64 logits compute in double; every other dtype in float.
+ChunkResult ElementwiseChunkImpl(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
+  const bool index = kind == KernelKind::kSigmoidIndexTargets;
+  if (a.logits_dtype == DType::kFloat64) {
+    return index ? SigmoidIndexChunk<double>(a, begin, end) : SigmoidFloatChunk<double>(a, begin, end);
+  }
+  return index ? SigmoidIndexChunk<float>(a, begin, end) : SigmoidFloatChunk<float>(a, begin, end);
+}
+
+const char* TargetNameImpl() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace focal::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace focal::cpu {
+
+HWY_EXPORT(ElementwiseChunkImpl);
+HWY_EXPORT(TargetNameImpl);
+
+ChunkResult RunElementwiseChunk(KernelKind kind, const KernelArgs& args, int64_t begin, int64_t end) {
+  return HWY_DYNAMIC_DISPATCH(ElementwiseChunkImpl)(kind, args, begin, end);
+}
+
+const char* DispatchedTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
+
+}  // namespace focal::cpu
+#endif

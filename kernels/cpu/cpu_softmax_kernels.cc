@@ -1,0 +1,347 @@
+// softmax_focal on the CPU: [N, C] rows (with and without label smoothing) and the strided
+// [N, C, S] layout read in place, the formulas of focal/math-inl.h (math::SoftmaxFocalRow,
+// math::SoftmaxFocalSmoothedClass and their gradients) compiled once per SIMD target and
+// dispatched at run time. e^(x - max) is kept between the softmax and the gradient passes: one
+// exp per logit.
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/cpu_softmax_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// foreach_target.h re-includes this file once per target; everything below runs each time.
+#include "hwy/highway.h"
+#include "kernels/cpu/cpu_kernel_families.h"
+#include "kernels/cpu/simd-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace focal::cpu {
+namespace HWY_NAMESPACE {
+
+/// [N, C] softmax focal without label smoothing: pass 1 the row max, pass 2 e_j = e^(x_j - max)
+/// (kept) and the normaliser, then the per-row focal term for a group of rows at once, then
+/// pass 3 the gradient (math::SoftmaxFocalRow) from the kept e_j: one exp per logit.
+template <typename T>
+ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  const HwyOps<decltype(d)> o{d};
+  const ScalarOps<T> so;
+  const int64_t C = a.classes;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t group = C <= kGroupedRowMaxClasses ? lanes : 1;
+  constexpr size_t kMaxLanes = hn::MaxLanes(d);
+  T* const e = Scratch<T>(static_cast<size_t>(group * C));
+  const math::Gamma<hn::Vec<decltype(d)>> gamma = math::MakeGamma(o, a.gamma);
+  LossSum<decltype(d)> sum;
+  ChunkResult r;
+
+  // Per-row values of the group, laid out as vectors for the per-row math.
+  HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xy[kMaxLanes], row_alpha[kMaxLanes],
+      row_w[kMaxLanes], row_nan[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes];
+  int64_t row_y[kMaxLanes];
+
+  for (int64_t first = begin; first < end; first += group) {
+    const int64_t rows = std::min(group, end - first);
+    for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
+      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0, row_nan[g] = 0;
+    }
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      T* const row_e = e + g * C;
+      const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
+      row_y[g] = y;
+      bool finite, poisoned;
+      const T max = RowMax(d, a, base, C, finite, poisoned);
+      if (!finite && a.check_inputs) r.bad_input = true;
+      const T rest = RowExpAndRest(d, a, base, C, max, row_e);
+      row_max[g] = max;
+      row_rest[g] = rest;
+      // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
+      row_xy[g] = max;
+      if (y >= 0) {
+        row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
+        row_alpha[g] = a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1);
+        row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
+        if (poisoned && a.propagate_nan) {
+          row_w[g] = std::numeric_limits<T>::quiet_NaN();
+          row_nan[g] = 1;
+        }
+      }
+    }
+    // The per-row math, one group of rows as one vector.
+    const math::SoftmaxRowGrad<hn::Vec<decltype(d)>> rg =
+        math::SoftmaxFocalRow(o, hn::Load(d, row_xy), hn::Load(d, row_max), hn::Load(d, row_rest),
+                              hn::Load(d, row_alpha), hn::Load(d, row_w), gamma);
+    // The loss is NaN for a counted non-finite row under allow_non_finite, 0 when ignored (α_y
+    // is 0 there). Not tested on w: a NaN upstream weight is the gradient's business, not the loss's.
+    const auto nan_row = hn::Ne(hn::Load(d, row_nan), hn::Zero(d));
+    const auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rg.loss);
+    hn::Store(loss, d, row_loss);
+    hn::Store(rg.coef_e, d, row_k);
+    hn::Store(rg.grad_y, d, row_fix);
+    sum.Add(d, loss);
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * C;
+      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (!a.gradient) continue;
+      if (row_y[g] < 0) {  // ignored: gradient 0, whatever its logits hold
+        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, a.output_dtype, base + c);
+        continue;
+      }
+      const T* const row_e = e + g * C;
+      const auto kp = hn::Set(d, row_k[g]);
+      int64_t c = 0;
+      for (; c + lanes <= C; c += lanes) {
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, a.output_dtype, base + c);
+      }
+      for (; c < C; ++c) {
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, a.output_dtype, base + c);
+      }
+      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, a.output_dtype, base + row_y[g]);
+    }
+  }
+  r.loss_sum = sum.Total();
+  return r;
+}
+
+/// [N, C] softmax focal with label smoothing: every class carries a focal term
+/// (math::SoftmaxFocalSmoothedClass, whose weights the row sums into ℓ and W), so the
+/// per-element work dominates and rows are taken one at a time.
+template <typename T>
+ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  hn::CappedTag<T, 1> d1;
+  hn::RebindToSigned<decltype(d)> di;
+  hn::RebindToSigned<decltype(d1)> di1;
+  using TI = hn::TFromD<decltype(di)>;
+  const HwyOps<decltype(d)> o{d};
+  const HwyOps<decltype(d1)> o1{d1};
+  const ScalarOps<T> so;
+  const auto gamma = math::MakeGamma(o, a.gamma);
+  const auto gamma1 = math::MakeGamma(o1, a.gamma);
+  const int64_t C = a.classes;
+  const auto smoothing = math::MakeLabelSmoothing(o, a.smoothing, C);
+  const auto smoothing1 = math::MakeLabelSmoothing(o1, a.smoothing, C);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  ChunkResult r;
+  double chunk_sum = 0;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t base = row * C;
+    const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
+    bool finite, poisoned;  // checked in ignored rows too, as every other path does
+    const T max = RowMax(d, a, base, C, finite, poisoned);
+    if (!finite && a.check_inputs) r.bad_input = true;
+    if (y < 0) {  // ignored: contributes nothing, gradient 0
+      if (a.losses) StoreScalar(0, a.losses, a.output_dtype, row);
+      if (a.gradient) {
+        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, a.output_dtype, base + c);
+      }
+      continue;
+    }
+    const T rest = RowExpAndRest(d, a, base, C, max, Scratch<T>(static_cast<size_t>(C)));
+    int64_t c = 0;
+    const T log_norm = math::LogNormalizer(so, rest);
+    auto log_prob = [&](auto dv, int64_t cc) {  // log p of classes [cc, cc + lanes)
+      return math::LogProb(HwyOps<decltype(dv)>{dv}, LoadFloat(dv, a.logits, a.logits_dtype, base + cc),
+                           hn::Set(dv, max), hn::Set(dv, log_norm));
+    };
+    auto is_y_of = [&](auto dv, auto div, int64_t cc) {  // lanes of classes [cc, cc + lanes)
+      return hn::RebindMask(dv, hn::Eq(hn::Iota(div, 0), hn::Set(div, static_cast<TI>(y - cc))));
+    };
+    auto alpha_of = [&](auto dv, int64_t cc) {  // α in the compute type, as stored (float64)
+      return a.class_alpha ? LoadFloat(dv, a.class_alpha, DType::kFloat64, cc) : hn::Set(dv, 1);
+    };
+    // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c, in blocked float64 sums.
+    RowSum<decltype(d)> vloss(d), vw(d);
+    T tail_loss = 0, tail_w = 0;
+    for (c = 0; c + lanes <= C; c += lanes) {
+      const auto cls = math::SoftmaxFocalSmoothedClass(o, log_prob(d, c), is_y_of(d, di, c), alpha_of(d, c),
+                                                       smoothing, gamma);
+      vloss.MulAdd(cls.weight, cls.term.f);
+      vw.MulAdd(cls.weight, cls.term.g);
+    }
+    for (; c < C; ++c) {
+      const auto cls = math::SoftmaxFocalSmoothedClass(o1, log_prob(d1, c), is_y_of(d1, di1, c), alpha_of(d1, c),
+                                                       smoothing1, gamma1);
+      tail_loss += hn::GetLane(hn::Mul(cls.weight, cls.term.f));
+      tail_w += hn::GetLane(hn::Mul(cls.weight, cls.term.g));
+    }
+    T loss = vloss.Total(tail_loss);
+    const T W = vw.Total(tail_w);
+    T w = static_cast<T>(ItemWeight<T>(a, row));
+    // With label smoothing every class carries a term, so a masked (-inf) class would make the
+    // row +inf with a NaN gradient: the row is NaN, as for any non-finite logit.
+    if (!finite && a.propagate_nan) loss = w = std::numeric_limits<T>::quiet_NaN();
+    if (a.gradient) {
+      auto grad_at = [&](auto dv, auto div, const auto& gv, const auto& sv, int64_t cc) {
+        const HwyOps<decltype(dv)> ov{dv};
+        const auto weight = math::SmoothedWeight(ov, sv, is_y_of(dv, div, cc), alpha_of(dv, cc));
+        const auto g = math::SoftmaxFocalSmoothedGrad(ov, log_prob(dv, cc), weight, hn::Set(dv, W), hn::Set(dv, w), gv);
+        StoreFloat(dv, g, a.gradient, a.output_dtype, base + cc);
+      };
+      for (c = 0; c + lanes <= C; c += lanes) grad_at(d, di, gamma, smoothing, c);
+      for (; c < C; ++c) grad_at(d1, di1, gamma1, smoothing1, c);
+    }
+    if (a.losses) StoreScalar(loss, a.losses, a.output_dtype, row);
+    chunk_sum += static_cast<double>(loss);
+  }
+  r.loss_sum = chunk_sum;
+  return r;
+}
+
+/// [N, C, S] softmax focal: each lane is its own row (a position s of one n), and the class
+/// loop reads x[n, c, s..s+L) at stride S, in place. The per-position state stays in
+/// registers; e^(x - max) is kept per class and lane between the softmax and gradient passes
+/// (one exp per logit), and the target's logit and α are gathered once per position.
+template <class D>
+HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const math::Gamma<hn::Vec<D>>& gamma,
+                                    const math::LabelSmoothing<hn::Vec<D>>& smoothing, hn::TFromD<D>* e,
+                                    LossSum<D>& sum, ChunkResult& r) {
+  using T = hn::TFromD<D>;
+  const hn::RebindToSigned<D> di;
+  using TI = hn::TFromD<decltype(di)>;
+  const HwyOps<D> o{d};
+  const int64_t C = a.classes, S = a.inner;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t n = p / S, s = p % S;
+  const int64_t base = n * C * S + s;
+  const auto y = LoadClassIndex(di, a, p);
+  const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
+  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, a.logits_dtype, base + c * S); };
+  auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
+  // Pass 1: the max, and whether every logit of each position is finite. Each class is its
+  // own memory stream; prefetching the lanes two groups ahead keeps C streams flowing.
+  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
+  auto max = hn::Neg(inf);
+  auto finite = hn::Eq(max, max);
+  auto below_inf = finite;  // no NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6)
+  const size_t elem = DTypeSize(a.logits_dtype);
+  const char* const logits = static_cast<const char*>(a.logits);
+  const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
+  for (int64_t c = 0; c < C; ++c) {
+    if (prefetch) hwy::Prefetch(logits + (base + c * S + 8 * L) * elem);
+    const auto x = x_at(c);
+    max = hn::Max(max, x);
+    finite = hn::And(finite, hn::IsFinite(x));
+    below_inf = hn::And(below_inf, hn::Lt(x, inf));
+  }
+  if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
+  // Rows with a softmax: no NaN or +inf, and some logit above -inf. Label-smoothed rows give
+  // every class a term, so there any non-finite logit makes the row NaN.
+  const auto has_softmax = a.smoothing == 0 ? hn::And(below_inf, hn::Gt(max, hn::Neg(inf))) : finite;
+  // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::Rest);
+  // the target's logit and α captured by select, without a gather.
+  // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
+  auto below = hn::Zero(d), ties = hn::Zero(d), x_y = max, alpha_y = hn::Set(d, 1);
+  for (int64_t c = 0; c < C; ++c) {
+    const auto x = x_at(c);
+    const auto ex = math::ExpAboutMax(o, x, max);
+    hn::StoreU(ex, d, e + c * L);
+    below = hn::Add(below, math::RestTermOf(o, x, max, ex));
+    ties = hn::Add(ties, math::TieTerm(o, x, max));
+    x_y = hn::IfThenElse(is_y(c), x, x_y);
+    if (a.class_alpha) alpha_y = hn::IfThenElse(is_y(c), hn::Set(d, static_cast<T>(a.class_alpha[c])), alpha_y);
+  }
+  const auto rest = math::Rest(o, below, ties);
+  const auto log_norm = math::LogNormalizer(o, rest);
+  auto w = hn::Set(d, static_cast<T>(a.grad_scale));
+  if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
+  w = hn::IfThenElseZero(valid, w);
+  hn::Vec<D> loss;
+  if (a.smoothing == 0) {
+    const math::SoftmaxRowGrad<hn::Vec<D>> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma);
+    loss = rg.loss;
+    if (a.gradient) {
+      for (int64_t c = 0; c < C; ++c) {
+        const auto other = math::SoftmaxFocalGradAt(o, rg.coef_e, hn::LoadU(d, e + c * L));
+        const auto g = hn::IfThenElse(is_y(c), rg.grad_y, other);
+        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, a.output_dtype, base + c * S);
+      }
+    }
+  } else {
+    // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c (math::SoftmaxFocalSmoothedClass).
+    auto alpha_at = [&](int64_t c) { return o.Set(a.class_alpha ? a.class_alpha[c] : 1.0); };
+    auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
+    loss = hn::Zero(d);
+    auto W = hn::Zero(d);
+    for (int64_t c = 0; c < C; ++c) {
+      const auto cls = math::SoftmaxFocalSmoothedClass(o, log_prob(c), is_y(c), alpha_at(c), smoothing, gamma);
+      loss = hn::MulAdd(cls.weight, cls.term.f, loss);
+      W = hn::MulAdd(cls.weight, cls.term.g, W);
+    }
+    if (a.gradient) {
+      for (int64_t c = 0; c < C; ++c) {
+        const auto weight = math::SmoothedWeight(o, smoothing, is_y(c), alpha_at(c));
+        const auto g = math::SoftmaxFocalSmoothedGrad(o, log_prob(c), weight, W, w, gamma);
+        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, a.output_dtype, base + c * S);
+      }
+    }
+  }
+  loss = hn::IfThenElseZero(valid, loss);
+  const auto nan_rows = hn::AndNot(has_softmax, valid);  // counted positions without a softmax
+  if (a.propagate_nan && !hn::AllFalse(d, nan_rows)) {
+    // allow_non_finite: a counted position with a NaN or +inf logit has a NaN loss and gradient
+    // (an ignored one contributes 0, as VARIANTS.md says of every ignored item).
+    const auto nan = hn::Set(d, std::numeric_limits<T>::quiet_NaN());
+    loss = hn::IfThenElse(nan_rows, nan, loss);
+    for (int64_t c = 0; c < C && a.gradient; ++c) {
+      HWY_ALIGN T lanes[hn::MaxLanes(d)];
+      hn::Store(hn::IfThenElseZero(nan_rows, nan), d, lanes);
+      for (int64_t k = 0; k < L; ++k) {
+        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, a.output_dtype, base + c * S + k);
+      }
+    }
+  }
+  sum.Add(d, loss);
+  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, p);
+}
+
+template <typename T>
+ChunkResult SoftmaxStridedChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+  hn::ScalableTag<T> d;
+  hn::CappedTag<T, 1> d1;
+  const HwyOps<decltype(d)> o{d};
+  const HwyOps<decltype(d1)> o1{d1};
+  const auto gamma = math::MakeGamma(o, a.gamma);
+  const auto gamma1 = math::MakeGamma(o1, a.gamma);
+  const auto smoothing = math::MakeLabelSmoothing(o, a.smoothing, a.classes);
+  const auto smoothing1 = math::MakeLabelSmoothing(o1, a.smoothing, a.classes);
+  T* const e = Scratch<T>(static_cast<size_t>(a.classes) * hn::Lanes(d));
+  LossSum<decltype(d)> sum;
+  LossSum<decltype(d1)> tail_sum;
+  ChunkResult r;
+  const int64_t S = a.inner;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  for (int64_t p = begin; p < end;) {
+    const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
+    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup(d, a, p, gamma, smoothing, e, sum, r);
+    for (; p < row_end; ++p) SoftmaxStridedGroup(d1, a, p, gamma1, smoothing1, e, tail_sum, r);
+  }
+  r.loss_sum = sum.Total() + tail_sum.Total();
+  return r;
+}
+
+/// float64 logits compute in double; every other dtype in float.
+template <typename T>
+ChunkResult SoftmaxTyped(const KernelArgs& a, int64_t begin, int64_t end) {
+  if (a.inner != 1) return SoftmaxStridedChunk<T>(a, begin, end);
+  return a.smoothing == 0 ? SoftmaxRowsChunk<T>(a, begin, end) : SoftmaxSmoothedRowsChunk<T>(a, begin, end);
+}
+
+ChunkResult SoftmaxChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {
+  return a.logits_dtype == DType::kFloat64 ? SoftmaxTyped<double>(a, begin, end) : SoftmaxTyped<float>(a, begin, end);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace focal::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace focal::cpu {
+
+HWY_EXPORT(SoftmaxChunkImpl);
+
+ChunkResult RunSoftmaxChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  return HWY_DYNAMIC_DISPATCH(SoftmaxChunkImpl)(args, begin, end);
+}
+
+}  // namespace focal::cpu
+#endif

@@ -1,0 +1,441 @@
+// The CPU kernels' SIMD plumbing, per Highway target: the math-ops policy over Highway vectors,
+// loads and stores of every dtype (widened to the compute type on load, rounded on store), class
+// index loads, chunking over positions and vectors, the loss sums and row reductions, and the
+// per-thread scratch. No formula of VARIANTS.md is here: those are focal/math-inl.h's, which this
+// header compiles again for each target (as math::). Each kernel family's .cc (cpu_*_kernels.cc)
+// includes it after hwy/foreach_target.h, so it is compiled once per target, in that target's
+// namespace.
+//
+// Per-target include guard, Highway's pattern: foreach_target.h toggles HWY_TARGET_TOGGLE
+// before each re-inclusion of the .cc file.
+#if defined(FOCAL_KERNELS_CPU_SIMD_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef FOCAL_KERNELS_CPU_SIMD_INL_H_
+#undef FOCAL_KERNELS_CPU_SIMD_INL_H_
+#else
+#define FOCAL_KERNELS_CPU_SIMD_INL_H_
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "focal/hd.h"
+#include "focal/math_ops.h"
+#include "hwy/cache_control.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace focal::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// The shared formulas, compiled again for this target (see focal/math-inl.h).
+namespace math {
+#include "focal/math-inl.h"
+}  // namespace math
+
+/// The math-ops policy of focal/math.h over Highway vectors of descriptor D.
+template <class D>
+struct HwyOps {
+  using V = hn::Vec<D>;
+  using M = hn::Mask<D>;
+  using T = hn::TFromD<D>;
+  using Scalar = T;
+  D d;
+
+  HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
+  HWY_INLINE V Zero() const { return hn::Zero(d); }
+  HWY_INLINE V Exp(V a) const { return hn::Exp(d, a); }
+  // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
+  HWY_INLINE V Log(V a) const {
+    return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
+  }
+  // log a for a ∈ [1, 2]: Highway's log without the zero and subnormal handling.
+  HWY_INLINE V LogOneToTwo(V a) const { return hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, a); }
+  HWY_INLINE V Log1p(V a) const {
+    return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
+  }
+  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, a); }
+  HWY_INLINE V Sqrt(V a) const { return hn::Sqrt(a); }
+  HWY_INLINE V Abs(V a) const { return hn::Abs(a); }
+  HWY_INLINE V Neg(V a) const { return hn::Neg(a); }
+  HWY_INLINE V Max(V a, V b) const { return hn::Max(a, b); }
+  HWY_INLINE V Min(V a, V b) const { return hn::Min(a, b); }
+  HWY_INLINE M Lt(V a, V b) const { return hn::Lt(a, b); }
+  HWY_INLINE M Le(V a, V b) const { return hn::Le(a, b); }
+  HWY_INLINE M Eq(V a, V b) const { return hn::Eq(a, b); }
+  HWY_INLINE M Or(M a, M b) const { return hn::Or(a, b); }
+  HWY_INLINE V Select(M m, V a, V b) const { return hn::IfThenElse(m, a, b); }
+  HWY_INLINE V IfThenElseZero(M m, V a) const { return hn::IfThenElseZero(m, a); }
+  HWY_INLINE V IfThenZeroElse(M m, V a) const { return hn::IfThenZeroElse(m, a); }
+  HWY_INLINE V MulAdd(V a, V b, V c) const { return hn::MulAdd(a, b, c); }
+};
+
+// ------------------------------------------------------------------------------------------
+// Memory: any floating dtype in, computed in T (float, or double for float64 logits), any
+// output dtype out. The dtype switches are uniform over a job, so the branches predict.
+
+HWY_INLINE double ScalarAt(const void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kFloat32: return static_cast<const float*>(base)[i];
+    case DType::kFloat64: return static_cast<const double*>(base)[i];
+    case DType::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(base)[i]);
+    case DType::kBFloat16: return BFloat16ToFloat(static_cast<const uint16_t*>(base)[i]);
+    default: return 0;
+  }
+}
+
+HWY_INLINE void StoreScalar(double v, void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kFloat32: static_cast<float*>(base)[i] = static_cast<float>(v); return;
+    case DType::kFloat64: static_cast<double*>(base)[i] = v; return;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(base)[i] = FloatToHalf(static_cast<float>(v));
+      return;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(base)[i] = FloatToBFloat16(static_cast<float>(v));
+      return;
+    default: return;
+  }
+}
+
+/// Lanes [i, i + Lanes(d)) of a floating tensor, widened to T.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadFloat(D d, const void* base, DType dtype, int64_t i) {
+  using T = hn::TFromD<D>;
+  if constexpr (std::is_same_v<T, float>) {
+    switch (dtype) {
+      case DType::kFloat32: return hn::LoadU(d, static_cast<const float*>(base) + i);
+      case DType::kFloat16:
+        return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, D>(),
+                                          static_cast<const hwy::float16_t*>(base) + i));
+      case DType::kBFloat16:
+        return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::bfloat16_t, D>(),
+                                          static_cast<const hwy::bfloat16_t*>(base) + i));
+      case DType::kFloat64:
+        // softmax α (always float64) and float64 targets of float logits: two vectors of
+        // doubles, each rounded to nearest.
+        if constexpr (hn::MaxLanes(D()) > 1) {
+          const hn::Repartition<double, D> dd;
+          const hn::Half<D> dh;
+          const double* p = static_cast<const double*>(base) + i;
+          // Unqualified: found by ADL only on targets that have it (not HWY_SCALAR).
+          return Combine(d, hn::DemoteTo(dh, hn::LoadU(dd, p + hn::Lanes(dd))), hn::DemoteTo(dh, hn::LoadU(dd, p)));
+        }
+        break;
+      default: break;
+    }
+  } else {
+    switch (dtype) {
+      case DType::kFloat64: return hn::LoadU(d, static_cast<const double*>(base) + i);
+      case DType::kFloat32:
+        return hn::PromoteTo(d, hn::LoadU(hn::Rebind<float, D>(), static_cast<const float*>(base) + i));
+      default: break;
+    }
+  }
+  // Rare mixes (float64 targets with float32 logits, 16-bit targets with float64 logits).
+  HWY_ALIGN T lanes[hn::MaxLanes(d)];
+  for (size_t k = 0; k < hn::Lanes(d); ++k) lanes[k] = static_cast<T>(ScalarAt(base, dtype, i + k));
+  return hn::Load(d, lanes);
+}
+
+/// Stores v to lanes [i, i + Lanes(d)) of an output of `dtype`, rounding to nearest even.
+template <class D>
+HWY_INLINE void StoreFloat(D d, hn::Vec<D> v, void* base, DType dtype, int64_t i) {
+  using T = hn::TFromD<D>;
+  if constexpr (std::is_same_v<T, float>) {
+    if (dtype == DType::kFloat32) return hn::StoreU(v, d, static_cast<float*>(base) + i);
+    if (dtype == DType::kBFloat16) {
+      // bfloat16 is the upper half of the float: add 0x7fff plus the lowest kept bit, then shift
+      // (Highway 1.0's DemoteTo truncates). NaN is kept quiet rather than rounded to infinity.
+      const hn::RebindToUnsigned<D> du;
+      const auto bits = hn::BitCast(du, v);
+      const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1u));
+      auto rounded = hn::Add(bits, hn::Add(hn::Set(du, 0x7fffu), lsb));
+      rounded = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(bits, hn::Set(du, 0x400000u)),
+                               rounded);
+      const hn::Rebind<uint16_t, D> du16;
+      const hn::RebindToSigned<D> di;
+      return hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(rounded))), du16,
+                        static_cast<uint16_t*>(base) + i);
+    }
+#if HWY_TARGET <= HWY_AVX2
+    // F16C rounds to nearest even; the SSE4 emulation truncates, so it takes the scalar path.
+    if (dtype == DType::kFloat16) {
+      const hn::Rebind<hwy::float16_t, D> dh;
+      return hn::StoreU(hn::DemoteTo(dh, v), dh, static_cast<hwy::float16_t*>(base) + i);
+    }
+#endif
+  } else {
+    if (dtype == DType::kFloat64) return hn::StoreU(v, d, static_cast<double*>(base) + i);
+    if (dtype == DType::kFloat32) {
+      const hn::Rebind<float, D> df;
+      return hn::StoreU(hn::DemoteTo(df, v), df, static_cast<float*>(base) + i);
+    }
+  }
+  HWY_ALIGN T lanes[hn::MaxLanes(d)];
+  hn::Store(v, d, lanes);
+  for (size_t k = 0; k < hn::Lanes(d); ++k) StoreScalar(lanes[k], base, dtype, i + k);
+}
+
+/// The class-index target at position i, or -1 when it equals ignore_index.
+HWY_INLINE int64_t ClassIndexAt(const KernelArgs& a, int64_t i) {
+  int64_t y = 0;
+  switch (a.targets_dtype) {
+    case DType::kInt32: y = static_cast<const int32_t*>(a.targets)[i]; break;
+    case DType::kInt64: y = static_cast<const int64_t*>(a.targets)[i]; break;
+    case DType::kUInt8: y = static_cast<const uint8_t*>(a.targets)[i]; break;
+    default: break;
+  }
+  return a.has_ignore_index && y == a.ignore_index ? -1 : y;
+}
+
+/// Class-index targets at positions [p, p + Lanes(di)), in signed lanes as wide as the compute
+/// type's (so masks rebind), ignored rows as -1. Targets are C times smaller than the logits, so
+/// a scalar gather costs little.
+template <class DI>
+HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
+  using TI = hn::TFromD<DI>;
+  HWY_ALIGN TI lanes[hn::MaxLanes(di)];
+  const int64_t n = static_cast<int64_t>(hn::Lanes(di));
+  auto fill = [&](const auto* y) {  // one loop per dtype, so the compiler can vectorise it
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t v = static_cast<int64_t>(y[p + k]);
+      lanes[k] = a.has_ignore_index && v == a.ignore_index ? TI{-1} : static_cast<TI>(v);
+    }
+  };
+  switch (a.targets_dtype) {
+    case DType::kInt32: fill(static_cast<const int32_t*>(a.targets)); break;
+    case DType::kInt64: fill(static_cast<const int64_t*>(a.targets)); break;
+    case DType::kUInt8: fill(static_cast<const uint8_t*>(a.targets)); break;
+    default: std::fill(lanes, lanes + n, TI{-1}); break;
+  }
+  return hn::Load(di, lanes);
+}
+
+/// Chunks of positions in blocks that stay within one n, so that class c of a block is the
+/// contiguous run (n·C + c)·S + s .. + count: f(n, s, p, count) for each. Reading the strided
+/// layout a block and a class at a time streams through memory instead of touching C cache
+/// lines per vector.
+template <class F>
+HWY_INLINE void ForEachPositionBlock(const KernelArgs& a, int64_t begin, int64_t end,
+                                     int64_t block, const F& f) {
+  const int64_t S = a.inner;
+  for (int64_t p = begin; p < end;) {
+    const int64_t n = p / S, s = p % S;
+    const int64_t count = std::min({block, end - p, S - s});
+    f(n, s, p, count);
+    p += count;
+  }
+}
+
+/// f(d, j) over [0, count) in full vectors, then f(d1, j) one lane at a time for the rest.
+template <class D, class D1, class F>
+HWY_INLINE void ForEachVector(D d, D1 d1, int64_t count, const F& f) {
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  int64_t j = 0;
+  for (; j + lanes <= count; j += lanes) f(d, j);
+  for (; j < count; ++j) f(d1, j);
+}
+
+/// `full` for a multi-lane descriptor, `one` for the one-lane tail descriptor.
+template <class D, class Full, class One>
+HWY_INLINE auto& ForLanes(D, Full& full, One& one) {
+  if constexpr (hn::MaxLanes(D()) == 1) {
+    return one;
+  } else {
+    return full;
+  }
+}
+
+template <class D>
+HWY_INLINE bool AnyBadInput(D d, const KernelArgs& a, hn::Vec<D> x) {
+  if (!a.check_inputs) return false;
+  if (a.probabilities) {
+    return !hn::AllTrue(d, hn::And(hn::Ge(x, hn::Zero(d)), hn::Le(x, hn::Set(d, 1))));
+  }
+  return !hn::AllTrue(d, hn::IsFinite(x));
+}
+
+/// Chunk loss sum: every lane widened to double before it is added (VARIANTS: CPU reductions
+/// accumulate in float64), in an order fixed by the data layout alone.
+template <class D>
+class LossSum {
+ public:
+  // Written out (not a default member initializer) so it compiles under this target's flags.
+  HWY_INLINE LossSum() : wide_(hn::Zero(DW())) {}
+  HWY_INLINE void Add(D d, hn::Vec<D> v) {
+    using T = hn::TFromD<D>;
+    if constexpr (hn::MaxLanes(D()) == 1) {
+      scalar_ += static_cast<double>(hn::GetLane(v));
+    } else if constexpr (std::is_same_v<T, double>) {
+      wide_ = hn::Add(wide_, v);
+    } else {
+      const hn::Half<D> dh;
+      wide_ = hn::Add(wide_, hn::PromoteTo(DW(), hn::LowerHalf(dh, v)));
+      // Unqualified: found by ADL only on targets that have it (not HWY_SCALAR, where MaxLanes is 1).
+      wide_ = hn::Add(wide_, hn::PromoteTo(DW(), UpperHalf(dh, v)));
+    }
+  }
+  HWY_INLINE void AddScalar(double v) { scalar_ += v; }
+  HWY_INLINE double Total() const {
+    if constexpr (hn::MaxLanes(D()) == 1) {
+      return scalar_;
+    } else {
+      return scalar_ + hn::GetLane(hn::SumOfLanes(DW(), wide_));
+    }
+  }
+
+ private:
+  using DW = std::conditional_t<(hn::MaxLanes(D()) == 1), D, hn::Repartition<double, D>>;
+  hn::Vec<DW> wide_;
+  double scalar_ = 0;
+};
+
+/// Reduce helpers over one row's vector accumulator plus its scalar tail.
+template <class D>
+HWY_INLINE hn::TFromD<D> SumLanes(D d, hn::Vec<D> v) { return hn::GetLane(hn::SumOfLanes(d, v)); }
+template <class D>
+HWY_INLINE hn::TFromD<D> MaxLanesOf(D d, hn::Vec<D> v) { return hn::GetLane(hn::MaxOfLanes(d, v)); }
+
+/// A row sum of vectors that stays accurate for long rows: lanes add in T for blocks of
+/// kBlock vectors, and each block's total joins a float64 sum. A float lane that takes 16384
+/// terms in turn (C = 262144 with 16 lanes) drifts by ~1e-5; in blocks of 64 it stays near the
+/// tree sums of the CUDA kernels (VARIANTS.md: at least float32-pairwise with a float64 step).
+template <class D>
+class RowSum {
+ public:
+  static constexpr int kBlock = 64;
+  HWY_INLINE explicit RowSum(D d) : d_(d), lanes_(hn::Zero(d)) {}
+  HWY_INLINE void Add(hn::Vec<D> v) {
+    lanes_ = hn::Add(lanes_, v);
+    if (++count_ == kBlock) Flush();
+  }
+  HWY_INLINE void MulAdd(hn::Vec<D> a, hn::Vec<D> b) {
+    lanes_ = hn::MulAdd(a, b, lanes_);
+    if (++count_ == kBlock) Flush();
+  }
+  /// The row's total plus `tail` (the scalar remainder), in T.
+  HWY_INLINE hn::TFromD<D> Total(double tail = 0) {
+    Flush();
+    return static_cast<hn::TFromD<D>>(total_ + tail);
+  }
+
+ private:
+  HWY_INLINE void Flush() {
+    total_ += static_cast<double>(hn::GetLane(hn::SumOfLanes(d_, lanes_)));
+    lanes_ = hn::Zero(d_);
+    count_ = 0;
+  }
+  D d_;
+  hn::Vec<D> lanes_;
+  int count_ = 0;
+  double total_ = 0;
+};
+
+/// With allow_non_finite, a NaN input must give NaN outputs, as in PyTorch. Highway's
+/// transcendentals map NaN to numbers (Exp(NaN) is 0), so the kernels put it back explicitly;
+/// without the flag such inputs are rejected and this costs nothing.
+template <class D>
+HWY_INLINE hn::Vec<D> PropagateNaN(const KernelArgs& a, hn::Vec<D> x, hn::Vec<D> v) {
+  return a.propagate_nan ? hn::IfThenElse(hn::IsNaN(x), x, v) : v;
+}
+
+/// Per-thread scratch, reused across chunks and jobs: the strided kernels' blocks of targets,
+/// and the row kernels' e^(x - max), kept between the softmax and the gradient passes so that
+/// each logit costs one exp.
+template <typename T>
+T* Scratch(size_t count) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+// ------------------------------------------------------------------------------------------
+// Rows of the class-indexed kernels.
+
+template <typename T>
+HWY_INLINE double ItemWeight(const KernelArgs& a, int64_t position) {
+  return a.grad_scale * (a.item_weights ? a.item_weights[position] : 1.0f);
+}
+
+/// Pass 1 over a contiguous row of C logits: the max, whether all of them are finite, and
+/// whether the row has no softmax at all (`poisoned`: a NaN or +inf logit, or every logit
+/// -inf). A -inf logit alone is a masked class (VARIANTS.md §5.6): probability 0, gradient 0.
+template <class D>
+HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t C, bool& finite, bool& poisoned) {
+  using T = hn::TFromD<D>;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
+  auto vmax = hn::Neg(inf);
+  T max = -std::numeric_limits<T>::infinity();
+  finite = true;
+  bool below_inf = true;  // no NaN, no +inf (Lt is false for both)
+  int64_t c = 0;
+  for (; c + lanes <= C; c += lanes) {
+    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+    finite &= hn::AllTrue(d, hn::IsFinite(x));
+    below_inf &= hn::AllTrue(d, hn::Lt(x, inf));
+    vmax = hn::Max(vmax, x);
+  }
+  for (; c < C; ++c) {
+    const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+    finite &= std::isfinite(x);
+    below_inf &= x < std::numeric_limits<T>::infinity();
+    max = std::max(max, x);
+  }
+  max = C >= lanes ? std::max(max, MaxLanesOf(d, vmax)) : max;
+  poisoned = !below_inf || !(max > -std::numeric_limits<T>::infinity());
+  return max;
+}
+
+/// Pass 2 over a contiguous row: e_j = e^(x_j - max) into `e`, and the normaliser's
+/// rest = Σ e_j - 1 accumulated without the maximum's own 1 (see math::Rest).
+template <class D>
+HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, int64_t C,
+                                       hn::TFromD<D> max, hn::TFromD<D>* e) {
+  using T = hn::TFromD<D>;
+  const HwyOps<D> o{d};
+  const hn::CappedTag<T, 1> d1;
+  const HwyOps<decltype(d1)> o1{d1};
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  RowSum<D> vrest(d);
+  auto vties = hn::Zero(d);
+  const auto vm = hn::Set(d, max);
+  int64_t c = 0;
+  for (; c + lanes <= C; c += lanes) {
+    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+    const auto ex = math::ExpAboutMax(o, x, vm);
+    hn::StoreU(ex, d, e + c);
+    vrest.Add(math::RestTermOf(o, x, vm, ex));
+    vties = hn::Add(vties, math::TieTerm(o, x, vm));
+  }
+  // The tail's terms and the ties apart, joining the blocked sum in float64: -1 + a small term
+  // would round the term away.
+  T tail_rest = 0, ties = SumLanes(d, vties);
+  for (; c < C; ++c) {
+    const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
+    const auto m = hn::Set(d1, max);
+    const auto ex = math::ExpAboutMax(o1, x, m);
+    hn::StoreU(ex, d1, e + c);
+    tail_rest += hn::GetLane(math::RestTermOf(o1, x, m, ex));
+    ties += hn::GetLane(math::TieTerm(o1, x, m));
+  }
+  return vrest.Total(math::Rest(ScalarOps<double>(), static_cast<double>(tail_rest), static_cast<double>(ties)));
+}
+
+/// Rows up to this many classes are processed in groups of one vector's lanes, so that the
+/// per-row math (logs, exps of the target) runs once per group as vectors instead of once per
+/// row as scalars; longer rows amortise it on their own and keep their scratch in L1/L2.
+constexpr int64_t kGroupedRowMaxClasses = 512;
+
+}  // namespace HWY_NAMESPACE
+}  // namespace focal::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // per-target include guard
