@@ -20,6 +20,7 @@ absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view 
 
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits) {
   LossJob job;
+  RETURN_IF_ERROR(wire::RejectUnknownFields(request, ""));
   if (!request.has_loss()) return Invalid("loss is missing; it names the variant and its parameters");
   ASSIGN_OR_RETURN(job.spec, wire::LossSpecFromProto(request.loss(), "loss"));
 

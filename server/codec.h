@@ -16,8 +16,8 @@
 namespace focal::server {
 
 /// Decodes a request into a LossJob whose tensors are views into `request`'s bytes, which must
-/// outlive the job. Wire-level problems (missing tensors, unknown dtype, variant or reduction)
-/// are INVALID_ARGUMENT naming the field; a tensor of more than kMaxRank dimensions is
+/// outlive the job. Wire-level problems (missing tensors, unknown dtype, variant or reduction,
+/// a field this server's proto does not define) are INVALID_ARGUMENT naming the field; a tensor of more than kMaxRank dimensions is
 /// INVALID_ARGUMENT; more logits elements or classes than `limits` allow is RESOURCE_EXHAUSTED,
 /// for every variant, before anything is sized from the shape. Shapes,
 /// byte lengths, values and parameters are checked by ValidateJob, shared by every backend.

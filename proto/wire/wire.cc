@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "focal/status_macros.h"
 #include "google/protobuf/reflection.h"
+#include "google/protobuf/unknown_field_set.h"
 
 namespace focal::wire {
 namespace {
@@ -375,6 +376,31 @@ void LossSpecToProto(const LossSpec& spec, v1::LossSpec* out) {
       spec.params);
   out->set_reduction(ToProto(spec.reduction));
   if (spec.normalizer) out->set_normalizer(*spec.normalizer);
+}
+
+absl::Status RejectUnknownFields(const google::protobuf::Message& message, absl::string_view field) {
+  const Reflection* reflection = message.GetReflection();
+  const google::protobuf::UnknownFieldSet& unknown = reflection->GetUnknownFields(message);
+  if (!unknown.empty()) {
+    return Invalid(absl::StrCat(field.empty() ? "the request" : field, " has field number ", unknown.field(0).number(),
+                                ", which this server's ", message.GetDescriptor()->full_name(),
+                                " does not define (sent by a newer client?); it would be ignored, so the request is "
+                                "refused"));
+  }
+  std::vector<const FieldDescriptor*> set;
+  reflection->ListFields(message, &set);
+  for (const FieldDescriptor* f : set) {
+    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const std::string path = field.empty() ? f->name() : absl::StrCat(field, ".", f->name());
+    if (f->is_repeated()) {
+      for (int i = 0; i < reflection->FieldSize(message, f); ++i) {
+        RETURN_IF_ERROR(RejectUnknownFields(reflection->GetRepeatedMessage(message, f, i), absl::StrCat(path, "[", i, "]")));
+      }
+    } else {
+      RETURN_IF_ERROR(RejectUnknownFields(reflection->GetMessage(message, f), path));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckTable() { return Table().status; }

@@ -160,5 +160,38 @@ TEST(Wire, TensorsMoveTheirBytes) {
   EXPECT_NE(short_one.status().message().find("gradient.data has 40 bytes"), std::string::npos) << short_one.status();
 }
 
+// A field this build does not define, anywhere in a request, is refused with where it was: a
+// newer client's parameter (or input tensor) would otherwise be ignored without a word.
+TEST(Wire, FieldsThisServerDoesNotDefineAreRefusedWhereverTheyAre) {
+  v1::ComputeRequest request;
+  request.mutable_loss()->mutable_softmax_focal()->set_gamma(2);
+  request.mutable_logits()->set_dtype(v1::FLOAT32);
+  EXPECT_TRUE(RejectUnknownFields(request, "").ok());
+
+  auto refused = [](const v1::ComputeRequest& r) { return std::string(RejectUnknownFields(r, "").message()); };
+  v1::ComputeRequest top = request;
+  top.GetReflection()->MutableUnknownFields(&top)->AddVarint(999, 1);
+  EXPECT_NE(refused(top).find("the request has field number 999"), std::string::npos) << refused(top);
+  EXPECT_EQ(RejectUnknownFields(top, "").code(), absl::StatusCode::kInvalidArgument);
+
+  v1::ComputeRequest param = request;
+  v1::SoftmaxFocal* softmax = param.mutable_loss()->mutable_softmax_focal();
+  softmax->GetReflection()->MutableUnknownFields(softmax)->AddFixed64(77, 0);
+  EXPECT_NE(refused(param).find("loss.softmax_focal has field number 77, which this server's focal.v1.SoftmaxFocal"),
+            std::string::npos)
+      << refused(param);
+
+  v1::ComputeRequest tensor = request;
+  v1::Tensor* logits = tensor.mutable_logits();
+  logits->GetReflection()->MutableUnknownFields(logits)->AddLengthDelimited(12, "x");
+  EXPECT_NE(refused(tensor).find("logits has field number 12"), std::string::npos) << refused(tensor);
+
+  // Parsed from bytes, as the server gets them: field 999 (varint) appended to a valid request.
+  std::string bytes = request.SerializeAsString() + std::string("\xb8\x3e\x01", 3);
+  v1::ComputeRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  EXPECT_NE(refused(parsed).find("has field number 999"), std::string::npos) << refused(parsed);
+}
+
 }  // namespace
 }  // namespace focal::wire

@@ -52,6 +52,13 @@ absl::StatusOr<LossSpec> LossSpecFromProto(const v1::LossSpec& spec, absl::strin
 /// per-class lists as `x_f64`.
 void LossSpecToProto(const LossSpec& spec, v1::LossSpec* out);
 
+/// OK when `message` and every message set inside it hold only fields this build's proto
+/// defines; else INVALID_ARGUMENT naming the first unknown field's number and where it is
+/// (`field` names `message` itself; "" for a request). Protobuf keeps fields it does not know
+/// and the codec never reads them, so a parameter or input a newer client sends would
+/// otherwise be dropped without a word: a silently wrong answer.
+absl::Status RejectUnknownFields(const google::protobuf::Message& message, absl::string_view field);
+
 /// Whether every entry of the variant table has its wire fields, of the types its parameters
 /// need (a test checks it; decoding answers INTERNAL with this status while it does not).
 absl::Status CheckTable();
