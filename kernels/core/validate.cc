@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "focal/math.h"
 #include "focal/status_macros.h"
+#include "focal/variant_text.h"
 
 namespace focal {
 namespace {
@@ -291,13 +292,7 @@ absl::StatusOr<JobPlan> ValidateJob(const LossJob& job) {
                    CheckTensor(job.targets, "targets", /*floating=*/false));
   (void)num_targets;
   if (job.num_objects && !FactsOf(job.spec.params).num_objects) {
-    std::vector<std::string> takers;
-    ForEachVariant([&](auto tag) {
-      if (Variant<typename decltype(tag)::Params>::kFacts.num_objects) {
-        takers.push_back(Variant<typename decltype(tag)::Params>::kFacts.name);
-      }
-    });
-    return Invalid(absl::StrCat("num_objects is only used by ", absl::StrJoin(takers, ", ")));
+    return Invalid(absl::StrCat("num_objects is only used by ", NumObjectsVariants()));
   }
   RETURN_IF_ERROR(std::visit([&](const auto& p) { return PlanVariant(job, p, plan); }, job.spec.params));
   ASSIGN_OR_RETURN(plan.num_items, NumElements(plan.item_shape, "losses"));

@@ -110,6 +110,21 @@ const std::vector<VariantDescription>& DescribeVariants() {
   return *variants;
 }
 
+const VariantDescription& DescribeVariant(const VariantParams& params) {
+  return DescribeVariants()[params.index()];  // the table's order is VariantParams'
+}
+
+const std::string& NumObjectsVariants() {
+  static const auto* names = [] {
+    std::vector<std::string> takers;
+    for (const VariantDescription& v : DescribeVariants()) {
+      if (v.num_objects) takers.push_back(v.name);
+    }
+    return new std::string(absl::StrJoin(takers, ", "));
+  }();
+  return *names;
+}
+
 std::string VariantNames(absl::string_view separator) {
   std::vector<std::string> names;
   for (const VariantDescription& v : DescribeVariants()) names.push_back(v.name);

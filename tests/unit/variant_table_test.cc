@@ -93,6 +93,12 @@ TEST(VariantText, DescriptionsFollowTheTable) {
   EXPECT_EQ(variants[0].parameters[0].default_value, "2");
   EXPECT_EQ(variants[0].parameters[0].type, "double in [0, 1000]");
   EXPECT_EQ(VariantNames(", ").find(variants[0].name), 0u);
+  ForEachVariant([&](auto tag) {
+    using P = typename decltype(tag)::Params;
+    EXPECT_EQ(DescribeVariant(VariantParams{P{}}).name, Variant<P>::kFacts.name);
+    EXPECT_EQ(NumObjectsVariants().find(Variant<P>::kFacts.name) != std::string::npos,
+              Variant<P>::kFacts.num_objects);
+  });
 }
 
 TEST(VariantText, ParametersAreSetFromTextByTheirType) {

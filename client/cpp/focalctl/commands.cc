@@ -25,18 +25,6 @@
 namespace focal::ctl {
 namespace {
 
-/// The variants that take a num_objects tensor, as help and errors name them.
-const std::string& NumObjectsVariants() {
-  static const auto* names = [] {
-    std::vector<std::string> takers;
-    for (const VariantDescription& v : DescribeVariants()) {
-      if (v.num_objects) takers.push_back(v.name);
-    }
-    return new std::string(absl::StrJoin(takers, ", "));
-  }();
-  return *names;
-}
-
 /// `text` kept for the life of the program: FlagSpec holds plain pointers.
 const char* Keep(std::string text) {
   static auto* kept = new std::deque<std::string>;
@@ -439,7 +427,7 @@ absl::StatusOr<LossSpec> ParseLossSpec(const Flags& flags, bool with_reduction) 
     return absl::InvalidArgumentError(
         absl::StrCat("--variant=", variant, " is not a variant (", VariantNames(", "), ")"));
   }
-  const VariantDescription& described = DescribeVariants()[static_cast<size_t>(VariantIndex(variant))];
+  const VariantDescription& described = DescribeVariant(*params);
   for (const FlagSpec& f : LossFlags()) {
     const std::string name = f.name;
     if (name == "variant" || !flags.Has(name)) continue;
@@ -475,7 +463,7 @@ absl::StatusOr<LossSpec> ParseLossSpec(const Flags& flags, bool with_reduction) 
 }
 
 absl::Status LoadClassAlpha(const Flags& flags, LossSpec& spec) {
-  const VariantDescription& described = DescribeVariants()[static_cast<size_t>(VariantIndex(VariantName(spec.params)))];
+  const VariantDescription& described = DescribeVariant(spec.params);
   for (const ParameterDescription& p : described.parameters) {
     if (!p.per_class_list || !flags.Has(p.flag)) continue;
     ASSIGN_OR_RETURN(const HostTensor list, LoadTensor(flags.Get(p.flag), p.flag.c_str(), flags, nullptr));

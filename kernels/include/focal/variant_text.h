@@ -34,8 +34,14 @@ struct VariantDescription {
 /// Every variant in table order, built once.
 const std::vector<VariantDescription>& DescribeVariants();
 
+/// The description of the variant `params` holds.
+const VariantDescription& DescribeVariant(const VariantParams& params);
+
 /// The names of every variant, joined by `separator`.
 std::string VariantNames(absl::string_view separator);
+
+/// The names of the variants that take the request's num_objects, joined by ", ".
+const std::string& NumObjectsVariants();
 
 /// Sets parameter `name` of `params` from text: a number for numeric parameters (an integer
 /// for integer ones), one of the choices (any case) for an enum. INVALID_ARGUMENT naming the
