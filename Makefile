@@ -1,8 +1,10 @@
 # FocalServe developer entry points. Every target installs what is missing first.
 #   make run     build and start focalserve on 127.0.0.1:50051 (ARGS="--flag=value ..." adds flags)
-#   make test    install, configure, build, run every test: the normal build's, the sanitizer
-#                build's and the fuzzers for FUZZ_SECONDS each (what CI runs)
+#   make test    install, configure, build, run every test: the normal build's, the deploy
+#                tests, the sanitizer build's and the fuzzers for FUZZ_SECONDS each (what CI runs)
 #   make test-fast      the normal build's tests only
+#   make test-deploy    the container image built with Podman and run: health, bit-identical
+#                       answers, drain, three replicas behind one DNS name, the manifests
 #   make test-sanitize  ASan + UBSan build (clang, build-sanitize/): unit, server, integration,
 #                       client and Python tests against it
 #   make fuzz    the libFuzzer targets, FUZZ_SECONDS (60) each, from tests/fuzz/corpus
@@ -29,7 +31,7 @@ SAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 U
 FUZZ_SECONDS ?= 60
 FUZZERS := compute_request_fuzzer evaluate_stream_fuzzer
 
-.PHONY: all deps configure build run test test-fast test-sanitize fuzz bench golden clean
+.PHONY: all deps configure build run test test-fast test-deploy test-sanitize fuzz bench golden clean
 
 all: build
 
@@ -49,11 +51,15 @@ run: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target focalserve
 	$(BUILD_DIR)/server/focalserve $(ARGS)
 
-test: test-fast test-sanitize fuzz
+test: test-fast test-deploy test-sanitize fuzz
 
 test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	FOCALSERVE_BINARY=$(BUILD_DIR)/server/focalserve bash scripts/python-tests.sh
+
+# After test-fast: the image's build reuses the host build's ccache entries.
+test-deploy: build
+	FOCALSERVE_BINARY=$(BUILD_DIR)/server/focalserve FOCALCTL_BINARY=$(BUILD_DIR)/client/cpp/focalctl bash tests/deploy/run.sh
 
 $(SAN_DIR)/build.ninja:
 	@$(MAKE) --no-print-directory deps

@@ -15,7 +15,8 @@ and the call goes through a generic unary method on the same channel.
 """
 from __future__ import annotations
 
-METHOD = "/grpc.health.v1.Health/Check"
+SERVICE = "grpc.health.v1.Health"
+METHOD = f"/{SERVICE}/Check"
 STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 

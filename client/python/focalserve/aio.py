@@ -10,7 +10,7 @@ import grpc.aio
 from . import _codec, _health
 from ._errors import FocalServeError
 from ._proto import DEFAULT_VARIANT, pb, rpc
-from .client import _Base
+from .client import RETRY_ATTEMPTS, _Base
 
 
 class AsyncClient(_Base):
@@ -24,9 +24,10 @@ class AsyncClient(_Base):
     """
 
     def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
-                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30,
+                 retry_attempts: int = RETRY_ATTEMPTS, options=None):
         super().__init__(target, tls_root_certs=tls_root_certs, token=token, timeout=timeout,
-                         max_message_bytes=max_message_bytes, options=options)
+                         max_message_bytes=max_message_bytes, retry_attempts=retry_attempts, options=options)
         if self._credentials is not None:
             self.channel = grpc.aio.secure_channel(target, self._credentials, self._options)
         else:

@@ -1,6 +1,7 @@
 """focalserve.Client: the blocking client over grpcio."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Optional
 
@@ -13,9 +14,38 @@ from ._proto import DEFAULT_VARIANT, pb, rpc
 _INT32_MAX = 2**31 - 1
 
 
-def _channel_options(max_message_bytes: int, extra):
+# The C++ client's defaults (client/cpp/include/focal/client.h, ClientOptions), so that both
+# clients balance and retry alike.
+RETRY_ATTEMPTS = 4
+_INITIAL_BACKOFF_S, _MAX_BACKOFF_S, _BACKOFF_MULTIPLIER = 0.05, 2.0, 2.0
+_RETRY_BUFFER_BYTES = 64 << 20
+
+
+def service_config(retry_attempts: int = RETRY_ATTEMPTS) -> str:
+    """The channel's service config: round_robin over every address the target resolves to, and
+    UNAVAILABLE retried (what a draining server or a broken connection answers before the server
+    has answered anything; every other code is the server's considered answer)."""
+    config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retry_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{"service": pb.DESCRIPTOR.services_by_name["FocalLossService"].full_name},
+                     {"service": _health.SERVICE}],
+            "retryPolicy": {"maxAttempts": int(retry_attempts), "initialBackoff": f"{_INITIAL_BACKOFF_S}s",
+                            "maxBackoff": f"{_MAX_BACKOFF_S}s", "backoffMultiplier": _BACKOFF_MULTIPLIER,
+                            "retryableStatusCodes": ["UNAVAILABLE"]}}]
+    return json.dumps(config)
+
+
+def _channel_options(max_message_bytes: int, retry_attempts: int, extra):
+    if int(retry_attempts) < 1:
+        raise ValueError(f"retry_attempts={retry_attempts} must be >= 1 (1: no retries)")
     n = min(int(max_message_bytes), _INT32_MAX)  # gRPC's limits are C ints
-    options = [("grpc.max_send_message_length", n), ("grpc.max_receive_message_length", n)]
+    options = [("grpc.max_send_message_length", n), ("grpc.max_receive_message_length", n),
+               ("grpc.service_config", service_config(retry_attempts)),
+               # Ours is the service config: none from DNS TXT records overrides it.
+               ("grpc.service_config_disable_resolution", 1),
+               ("grpc.enable_retries", 1 if retry_attempts > 1 else 0),
+               ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES)]
     options.extend(extra or ())
     return options
 
@@ -32,10 +62,11 @@ class _Base:
     """What the blocking and the asyncio clients share: options, metadata, request building."""
 
     def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
-                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30,
+                 retry_attempts: int = RETRY_ATTEMPTS, options=None):
         self.target = target
         self.timeout = timeout
-        self._options = _channel_options(max_message_bytes, options)
+        self._options = _channel_options(max_message_bytes, retry_attempts, options)
         self._credentials = (grpc.ssl_channel_credentials(root_certificates=_root_certs(tls_root_certs))
                              if tls_root_certs is not None else None)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -63,12 +94,14 @@ class Client(_Base):
         r = client.compute(logits, targets, "softmax_focal", gamma=2.0, compute_gradient=True)
         r.loss, r.count, r.gradient
 
-    target            "host:port" (any gRPC target: "dns:///svc:50051" balances with
-                      options=[("grpc.lb_policy_name", "round_robin")])
+    target            "host:port", or any gRPC target: "ipv4:h:p,h:p", "dns:///svc:50051"; calls
+                      rotate over every address it resolves to (round_robin)
     tls_root_certs    None for plaintext; PEM bytes or a path to a PEM file for TLS
     token             sent as 'authorization: Bearer <token>' on every call
     timeout           default deadline per call, seconds (None: none)
     max_message_bytes largest message both ways (the server's default is 1 GiB too)
+    retry_attempts    attempts per call, the first included (gRPC caps it at 5); UNAVAILABLE is
+                      retried with backoff from 50 ms up to 2 s, as the C++ client does; 1: none
     options           extra gRPC channel options
 
     Failed calls raise FocalServeError (.code, .message); arguments the client cannot encode
@@ -77,9 +110,10 @@ class Client(_Base):
     """
 
     def __init__(self, target: str, *, tls_root_certs: Any = None, token: Optional[str] = None,
-                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30, options=None):
+                 timeout: Optional[float] = None, max_message_bytes: int = 1 << 30,
+                 retry_attempts: int = RETRY_ATTEMPTS, options=None):
         super().__init__(target, tls_root_certs=tls_root_certs, token=token, timeout=timeout,
-                         max_message_bytes=max_message_bytes, options=options)
+                         max_message_bytes=max_message_bytes, retry_attempts=retry_attempts, options=options)
         if self._credentials is not None:
             self.channel = grpc.secure_channel(target, self._credentials, self._options)
         else:
