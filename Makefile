@@ -74,17 +74,24 @@ test-sanitize: deps $(SAN_DIR)/build.ninja
 	cd $(SAN_DIR) && $(SAN_ENV) ctest --output-on-failure -j $(JOBS)
 	$(SAN_ENV) FOCALSERVE_BINARY=$(SAN_DIR)/server/focalserve bash scripts/python-tests.sh
 
+# The fuzzers run side by side, one a core: FUZZ_SECONDS in all, not per fuzzer.
 fuzz: deps $(SAN_DIR)/build.ninja
 	cmake --build $(SAN_DIR) -j $(JOBS) --target $(FUZZERS)
-	@for f in $(FUZZERS); do \
+	@pids=""; for f in $(FUZZERS); do \
 	  mkdir -p $(SAN_DIR)/fuzz/$$f/corpus $(SAN_DIR)/fuzz/$$f/crashes; \
 	  echo "fuzz: $$f for $(FUZZ_SECONDS) s"; \
 	  $(SAN_ENV) $(SAN_DIR)/tests/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=$(SAN_DIR)/fuzz/$$f/crashes/ \
-	    $(SAN_DIR)/fuzz/$$f/corpus tests/fuzz/corpus/$$f 2> $(SAN_DIR)/fuzz/$$f/log.txt \
-	    || { tail -60 $(SAN_DIR)/fuzz/$$f/log.txt; echo "fuzz: $$f found a crash (above; input in $(SAN_DIR)/fuzz/$$f/crashes)"; exit 1; }; \
-	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" $(SAN_DIR)/fuzz/$$f/log.txt | tr '\n' ' '; echo; \
-	done
+	    $(SAN_DIR)/fuzz/$$f/corpus tests/fuzz/corpus/$$f 2> $(SAN_DIR)/fuzz/$$f/log.txt & pids="$$pids $$!"; \
+	done; \
+	failed=0; set -- $(FUZZERS); for pid in $$pids; do \
+	  f=$$1; shift; \
+	  if wait $$pid; then \
+	    echo "fuzz: $$f: $$(grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' $(SAN_DIR)/fuzz/$$f/log.txt | tr '\n' ' ')"; \
+	  else \
+	    tail -60 $(SAN_DIR)/fuzz/$$f/log.txt; echo "fuzz: $$f found a crash (above; input in $(SAN_DIR)/fuzz/$$f/crashes)"; failed=1; \
+	  fi; \
+	done; exit $$failed
 
 bench: build
 	$(PYTHON) tests/bench/torch_compare.py --cpu-bench $(BUILD_DIR)/tests/bench/cpu_bench --markdown
