@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
+import threading
+import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -84,6 +89,71 @@ def test_unreachable_server():
         with pytest.raises(focalserve.FocalServeError) as e:
             c.compute(X, Y)
     assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_service_config_balances_and_retries_unavailable_only():
+    config = json.loads(focalserve.client.service_config())
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    policy = config["methodConfig"][0]["retryPolicy"]
+    assert policy["maxAttempts"] == focalserve.client.RETRY_ATTEMPTS == 4
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert {n["service"] for n in config["methodConfig"][0]["name"]} == {"focal.v1.FocalLossService",
+                                                                         "grpc.health.v1.Health"}
+    assert "methodConfig" not in json.loads(focalserve.client.service_config(1))
+    with pytest.raises(ValueError, match="retry_attempts=0"):
+        focalserve.Client("127.0.0.1:1", retry_attempts=0)
+
+
+@pytest.mark.parametrize("retry_attempts", [4, 1])
+def test_round_robin_over_servers_and_one_killed_mid_run(retry_attempts):
+    """Three servers behind one "ipv4:" target: calls rotate over all three; one killed with
+    SIGKILL while a call is computing on it (200 ms each) costs no call with the default
+    retries, and (so the check can fail) that call without them."""
+    servers = [ServerProcess("--debug-delay-ms", "200", "--metrics-listen", "127.0.0.1:0") for _ in range(3)]
+    metrics = re.search(r"metrics (http://\S+)", servers[1].banner).group(1)
+
+    def in_flight() -> float:
+        text = urllib.request.urlopen(metrics, timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("focal_requests_in_flight"))
+
+    try:
+        target = "ipv4:" + ",".join(s.target for s in servers)
+        with focalserve.Client(target, timeout=15, retry_attempts=retry_attempts) as c:
+            for _ in range(3):
+                c.compute(X, Y)
+            codes, lock, stop = [], threading.Lock(), threading.Event()
+
+            def worker():
+                while not stop.is_set():
+                    try:
+                        c.compute(X, Y)
+                        code = "OK"
+                    except focalserve.FocalServeError as e:
+                        code = e.code.name
+                    with lock:
+                        codes.append(code)
+
+            threads = [threading.Thread(target=worker) for _ in range(4)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 10
+            while in_flight() < 1:
+                assert time.monotonic() < deadline, "no call reached server 1: round_robin is not in effect"
+                time.sleep(0.005)
+            servers[1].proc.kill()
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join()
+        failed = [code for code in codes if code != "OK"]
+        print(f"\n[round_robin, retry_attempts={retry_attempts}] {len(codes)} calls, {len(failed)} failed")
+        if retry_attempts > 1:
+            assert failed == []
+        else:
+            assert failed, "no call was caught on the killed server: the test proves nothing"
+    finally:
+        for s in servers:
+            s.stop()
 
 
 # -- per-class weights at full precision (softmax_focal.alpha_f64) --------------------------
@@ -178,7 +248,6 @@ def test_health_not_serving_while_draining():
         with focalserve.Client(proc.target, timeout=10) as c:
             assert c.health() == "SERVING"
             future = c.stub.Compute.future(c.build_request(X, Y))  # in flight while draining
-            import time
             time.sleep(0.3)
             proc.proc.send_signal(__import__("signal").SIGTERM)
             time.sleep(0.3)
