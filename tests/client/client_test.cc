@@ -460,7 +460,7 @@ TEST(ClientOptionsTest, ServiceConfigAsksForRoundRobinAndRetries) {
   const std::string json = Client::ServiceConfigJson(options);
   EXPECT_NE(json.find(R"("round_robin")"), std::string::npos) << json;
   EXPECT_NE(json.find(R"("maxAttempts": 4)"), std::string::npos) << json;
-  EXPECT_NE(json.find(R"("retryableStatusCodes": ["UNAVAILABLE"])"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"])"), std::string::npos) << json;
   EXPECT_NE(json.find(R"("service": "focal.v1.FocalLossService")"), std::string::npos) << json;
   options.max_retry_attempts = 1;
   EXPECT_EQ(Client::ServiceConfigJson(options).find("retryPolicy"), std::string::npos);

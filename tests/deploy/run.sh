@@ -35,9 +35,10 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 start=$(date +%s)
 log=$(mktemp /tmp/focal-image-build.XXXXXX.log)
-if ! podman build "${build_flags[@]}" . >"$log" 2>&1; then
+# Bounded: a build that waits on a lock or the network must not hold CI to its limit.
+if ! timeout 1500 podman build "${build_flags[@]}" . >"$log" 2>&1; then
   tail -40 "$log"
-  echo "deploy: podman build failed (log: $log)"
+  echo "deploy: podman build failed or ran past 25 min (log: $log)"
   exit 1
 fi
 built=$(date +%s)

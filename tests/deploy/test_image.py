@@ -125,7 +125,9 @@ def test_metrics_scraped(container):
 
 def test_podman_stop_under_load_loses_no_accepted_call():
     """SIGTERM from `podman stop` while six clients call: every call started before the drain
-    grace ran out is answered, later ones are refused with UNAVAILABLE, the exit code is 0."""
+    grace ran out is answered, later ones are refused — UNAVAILABLE from the draining server,
+    or CANCELLED from gRPC for a call that reached it after its shutdown began (both clients
+    retry both codes) — and the server reports every accepted call answered, exit code 0."""
     grace = 1
     c = Container("focal-deploy-drain", PUBLISH,
                   ["--backend=cpu", f"--drain-grace={grace}", "--drain-timeout=10", "--debug-delay-ms=20"])
@@ -143,11 +145,14 @@ def test_podman_stop_under_load_loses_no_accepted_call():
     finally:
         c.remove()
     calls = result["calls"]
+
+    def refused(start, code):
+        return code in ("UNAVAILABLE", "CANCELLED") and start > signalled + grace - 0.1
+
     ok = sum(1 for _, _, code in calls if code == "OK")
-    refused = sum(1 for start, _, code in calls if code == "UNAVAILABLE" and start > signalled + grace - 0.1)
-    lost = [(start - signalled, code) for start, _, code in calls
-            if code != "OK" and not (code == "UNAVAILABLE" and start > signalled + grace - 0.1)]
-    print(f"\n[podman stop] {ok} answered, {refused} refused after the grace, {len(lost)} lost; "
+    refusals = sum(1 for start, _, code in calls if refused(start, code))
+    lost = [(start - signalled, code) for start, _, code in calls if code != "OK" and not refused(start, code)]
+    print(f"\n[podman stop] {ok} answered, {refusals} refused after the grace, {len(lost)} lost; "
           f"stop took {stopped - signalled:.2f} s, exit code {exit_code}")
     assert stop.returncode == 0
     assert ok > 50

@@ -96,7 +96,7 @@ def test_service_config_balances_and_retries_unavailable_only():
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     policy = config["methodConfig"][0]["retryPolicy"]
     assert policy["maxAttempts"] == focalserve.client.RETRY_ATTEMPTS == 4
-    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
     assert {n["service"] for n in config["methodConfig"][0]["name"]} == {"focal.v1.FocalLossService",
                                                                          "grpc.health.v1.Health"}
     assert "methodConfig" not in json.loads(focalserve.client.service_config(1))

@@ -156,14 +156,17 @@ void ComputeStream::Cancel() { impl_->context.TryCancel(); }
 std::string Client::ServiceConfigJson(const ClientOptions& options) {
   std::string config = R"({"loadBalancingConfig": [{"round_robin": {}}])";
   if (options.max_retry_attempts > 1) {
-    // UNAVAILABLE only: the server answers it when draining and gRPC when a connection breaks
-    // before the server answered; every other code is the server's considered answer.
+    // UNAVAILABLE: the server answers it when draining, and gRPC when a connection breaks
+    // before the server answered. CANCELLED: gRPC's answer to a call that reaches a server
+    // after its shutdown began, before any handler saw it (a race with the GOAWAY that every
+    // busy drain can hit). Both are safe to send again: Compute is a pure function. Every other
+    // code is the server's considered answer.
     absl::StrAppend(
         &config, ", ",
         absl::StrFormat(
             R"("methodConfig": [{"name": [{"service": "%s"}, {"service": "%s"}], )"
             R"("retryPolicy": {"maxAttempts": %d, "initialBackoff": "%.3fs", "maxBackoff": "%.3fs", )"
-            R"("backoffMultiplier": %g, "retryableStatusCodes": ["UNAVAILABLE"]}}])",
+            R"("backoffMultiplier": %g, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}])",
             v1::FocalLossService::service_full_name(), grpc::health::v1::Health::service_full_name(),
             options.max_retry_attempts, absl::ToDoubleSeconds(options.initial_backoff),
             absl::ToDoubleSeconds(options.max_backoff), options.backoff_multiplier));

@@ -23,8 +23,9 @@ _RETRY_BUFFER_BYTES = 64 << 20
 
 def service_config(retry_attempts: int = RETRY_ATTEMPTS) -> str:
     """The channel's service config: round_robin over every address the target resolves to, and
-    UNAVAILABLE retried (what a draining server or a broken connection answers before the server
-    has answered anything; every other code is the server's considered answer)."""
+    UNAVAILABLE (a draining server, a broken connection) and CANCELLED (gRPC's answer to a call
+    that reaches a server whose shutdown has begun, before any handler saw it) retried; every
+    other code is the server's considered answer. Compute is a pure function: safe to resend."""
     config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
     if retry_attempts > 1:
         config["methodConfig"] = [{
@@ -32,7 +33,7 @@ def service_config(retry_attempts: int = RETRY_ATTEMPTS) -> str:
                      {"service": _health.SERVICE}],
             "retryPolicy": {"maxAttempts": int(retry_attempts), "initialBackoff": f"{_INITIAL_BACKOFF_S}s",
                             "maxBackoff": f"{_MAX_BACKOFF_S}s", "backoffMultiplier": _BACKOFF_MULTIPLIER,
-                            "retryableStatusCodes": ["UNAVAILABLE"]}}]
+                            "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]
     return json.dumps(config)
 
 

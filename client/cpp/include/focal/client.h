@@ -1,6 +1,6 @@
 // focal::Client: the C++ client of focal.v1.FocalLossService. Typed host tensors in, typed
 // results out, errors as absl::Status with the server's own code and message. Load balancing
-// (gRPC's round_robin) and retries of UNAVAILABLE with exponential backoff are gRPC's own,
+// (gRPC's round_robin) and retries of UNAVAILABLE and CANCELLED with exponential backoff are gRPC's own,
 // configured through the channel's service config; nothing here loops or balances by hand.
 #pragma once
 
@@ -44,7 +44,8 @@ struct ClientOptions {
   /// Largest message either way (the server's default limit too).
   int64_t max_message_bytes = int64_t{1} << 30;
   /// Attempts per call, the first included (gRPC's retryPolicy.maxAttempts, which gRPC caps at
-  /// 5). Only UNAVAILABLE is retried, and only before the server has answered anything. 1 or
+  /// 5). Only UNAVAILABLE and CANCELLED (what a stopping server's transport gives a call it never
+  /// started) are retried, and only before the server has answered anything. 1 or
   /// less: no retries.
   int max_retry_attempts = 4;
   /// Backoff of the first retry; each further retry waits up to `backoff_multiplier` times
