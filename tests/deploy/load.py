@@ -37,13 +37,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--retry-attempts", type=int, default=focalserve.client.RETRY_ATTEMPTS)
+    parser.add_argument("--dns-min-resolution-ms", type=int, default=None,
+                        help="gRPC's least time between two resolutions of the name (default 30 s)")
     args = parser.parse_args()
 
     logits, targets = request_arrays()
     calls, first_errors, answers = [], {}, set()
     lock = threading.Lock()
     stop_at = time.time() + args.seconds
-    with focalserve.Client(args.target, timeout=20, retry_attempts=args.retry_attempts) as client:
+    options = ([("grpc.dns_min_time_between_resolutions_ms", args.dns_min_resolution_ms)]
+               if args.dns_min_resolution_ms is not None else None)
+    with focalserve.Client(args.target, timeout=20, retry_attempts=args.retry_attempts, options=options) as client:
         def worker():
             while time.time() < stop_at:
                 start = time.time()

@@ -13,6 +13,7 @@ Every address is inside these namespaces: nothing leaves the machine.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import tempfile
 import time
@@ -74,8 +75,8 @@ class Replicas:
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n")
         self.hosts = tempfile.NamedTemporaryFile("w", suffix=".hosts", delete=False)
-        self.hosts.write("".join(f"{replica_address(i)} {NAME}\n" for i in range(REPLICAS)))
         self.hosts.close()
+        self.publish(range(REPLICAS))
         Path(self.hosts.name).chmod(0o644)
         self.dns_log = tempfile.NamedTemporaryFile(suffix=".dnsmasq.log", delete=False).name
         self.dns = subprocess.Popen(
@@ -86,11 +87,19 @@ class Replicas:
         for i in range(REPLICAS):
             self.start(i)
 
-    def start(self, i: int):
+    def publish(self, replicas):
+        """Makes the name resolve to `replicas`' addresses (as endpoints change for a headless
+        Service); dnsmasq reads its hosts file again on SIGHUP."""
+        Path(self.hosts.name).write_text("".join(f"{replica_address(i)} {NAME}\n" for i in replicas))
+        if self.dns is not None:
+            self.dns.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+
+    def start(self, i: int, extra_args=()):
         if self.containers[i] is not None:
             self.containers[i].remove()
         self.containers[i] = Container(f"focal-replica{i}", ["--network", f"ns:/run/netns/{replica_ns(i)}"],
-                                       self.server_args)
+                                       [*self.server_args, *extra_args])
         deadline = time.monotonic() + 20
         while run([FOCALCTL, f"--target={replica_address(i)}:{GRPC_PORT}", "--timeout=2s", "health"],
                   netns=CLIENT_NS, check=False).returncode != 0:
@@ -217,3 +226,35 @@ def test_a_replica_stopped_mid_run_costs_no_call(replicas, client, signal):
         assert "every accepted call was answered" in logs
     else:
         assert exit_code == 137
+
+
+@pytest.mark.parametrize("max_connection_age", [2, 0])
+def test_a_replica_added_gets_traffic_once_connections_age(replicas, max_connection_age):
+    """The name starts with two replicas; a third is added to it (as a scale-up adds an endpoint)
+    while the Python client calls. With --max-connection-age the client's connections close
+    after it, the client resolves the name again and the third replica gets calls; without it
+    (0) the client never looks again and the third gets none, which is why the manifests set
+    it. The client re-resolves at most once a second here (gRPC's default: once in 30 s)."""
+    newcomer = REPLICAS - 1
+    age = [f"--max-connection-age={max_connection_age}", "--max-connection-age-grace=2"]
+    try:
+        for i in range(REPLICAS):
+            replicas.start(i, age)
+        replicas.publish(range(newcomer))
+        before = replicas.served([newcomer])[0]
+        proc = load(TARGET, seconds=9, workers=4, netns=CLIENT_NS, extra=["--dns-min-resolution-ms", "1000"])
+        time.sleep(2)
+        replicas.publish(range(REPLICAS))
+        outcome = python_result(proc)
+        got = replicas.served([newcomer])[0] - before
+        print(f"\n[--max-connection-age={max_connection_age}] the added replica answered {got:.0f} of "
+              f"{sum(outcome['codes'].values())} calls; codes {outcome['codes']}")
+        assert set(outcome["codes"]) == {"OK"}, outcome["output"]
+        if max_connection_age > 0:
+            assert got > 0.1 * outcome["codes"]["OK"], "the added replica got too few calls"
+        else:
+            assert got == 0
+    finally:
+        replicas.publish(range(REPLICAS))
+        for i in range(REPLICAS):
+            replicas.start(i)
