@@ -34,8 +34,9 @@ test_packages=(
 case "${1:-all}" in
   build) packages=("${build_packages[@]}") ;;
   all) packages=("${build_packages[@]}" "${test_packages[@]}")
-       # Any kubectl with kustomize v4+ renders the manifests (the machines' image ships one);
-       # Debian's kubernetes-client is only installed where there is none.
+       # Any kubectl with kustomize v4+ (kubectl 1.21+) renders the manifests; the machines'
+       # image ships one. Debian's kubernetes-client (1.20, kustomize v2) only where there is
+       # none, and tests/deploy then says that it is too old.
        command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
        # The machines' Node.js carries its own npm; Debian's npm only where there is none.
        command -v npm >/dev/null 2>&1 || packages+=(npm) ;;

@@ -120,7 +120,12 @@ def fetch(url: str, netns: Optional[str] = None) -> str:
 # -- the manifests ------------------------------------------------------------------------------
 
 def kustomize(directory: Path) -> list[dict]:
-    """The documents `kubectl kustomize` renders from `directory`."""
+    """The documents `kubectl kustomize` renders from `directory`. The manifests use `patches`
+    and `components`, which need kustomize v4 or newer (kubectl 1.21+); Debian's
+    kubernetes-client 1.20 carries v2, so an older one is named rather than misread."""
+    version = run(["kubectl", "version", "--client"], check=False).stdout
+    match = re.search(r"Kustomize Version: v(\d+)", version)
+    assert match and int(match.group(1)) >= 4, f"kubectl's kustomize is too old (need v4+): {version.strip()}"
     text = run(["kubectl", "kustomize", directory]).stdout
     return [d for d in yaml.safe_load_all(text) if d]
 
