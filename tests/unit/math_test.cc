@@ -578,5 +578,171 @@ TEST(FocalCosineMath, RowLossAndGradient) {
         }
 }
 
+// ---- §5 the catalogue: the elementwise variants ------------------------------------------------
+
+/// §5.1: t (1-p)^γ+ (-log p) + (1-t) p_m^γ- (-log(1-p_m)), p_m = max(p - m, 0).
+Real RAsymmetric(Real x, Real t, Real gamma_pos, Real gamma_neg, Real clip) {
+  const Real p = RSigmoid(x), q = RSigmoid(-x);
+  const Real shifted = std::max<Real>(p - clip, 0);
+  const Real neg_log = clip == 0 ? RSoftplus(x) : -std::log1p(-shifted);
+  return t * RPow(q, gamma_pos) * RSoftplus(-x) + (1 - t) * RPow(shifted, gamma_neg) * neg_log;
+}
+
+/// σ(x) - y, through 1-σ(x) for y ≥ 1/2 (as the long double reference needs it too near 1).
+Real RSigmoidMinus(Real x, Real y) { return y >= 0.5L ? (1 - y) - RSigmoid(-x) : RSigmoid(x) - y; }
+Real RSoftCrossEntropy(Real x, Real y) { return y * RSoftplus(-x) + (1 - y) * RSoftplus(x); }
+
+/// §5.2: |σ(x) - y|^β (softplus(x) - x y).
+Real RQualityFocal(Real x, Real y, Real beta) { return RPow(std::fabs(RSigmoidMinus(x, y)), beta) * RSoftCrossEntropy(x, y); }
+
+/// §5.3: q > 0: w (softplus(x) - x q); q = 0: α p^γ softplus(x).
+Real RVarifocal(Real x, Real q, Real alpha, Real gamma, bool iou_weighted) {
+  if (q > 0) return (iou_weighted ? q : 1) * RSoftCrossEntropy(x, q);
+  return alpha * RPow(RSigmoid(x), gamma) * RSoftplus(x);
+}
+
+/// §5.4: α_t softplus(-(γ (2t-1) x + β)) / γ.
+Real RFocalStar(Real x, Real t, Real gamma, Real beta, Real alpha_t) {
+  return alpha_t * RSoftplus(-(gamma * (2 * t - 1) * x + beta)) / gamma;
+}
+
+/// The grids add logits far beyond float's exp range: every result stays finite.
+const double kWideLogits[] = {-1e4, -100, -88, -30, -7.5, -2, -0.5, -1e-3, 0, 1e-3, 0.5, 2, 7.5, 30, 88, 100, 1e4};
+
+/// Checks one element against `ref` (a function of x) and its central difference. `steps` counts
+/// the roundings of the loss (see the top of the file); `grad_over_loss` bounds the size of the
+/// gradient's terms relative to the loss (each variant's formula says how, below), which with
+/// |∂ℓ/∂x| bounds the gradient's rounding error.
+void CheckElement(const math::LossGrad<double>& got, const std::function<Real(Real)>& ref, double x, double steps,
+                  double grad_over_loss, const std::string& at) {
+  const Real want = ref(x);
+  EXPECT_TRUE(std::isfinite(got.loss) && std::isfinite(got.grad)) << at << ": " << got.loss << " " << got.grad;
+  ExpectWithin(got.loss, want, Rel(steps, want), "loss " + at);
+  const Real fd = FiniteDifferences([&](const std::vector<Real>& v) { return ref(v[0]); }, {x}, {1})[0];
+  const double parts = AbsD(fd) + grad_over_loss * AbsD(want);
+  ExpectWithin(got.grad, fd, kSafety * kU * steps * parts + kFdSlack * AbsD(want), "gradient " + at);
+}
+
+/// |log b| for a base b of a power, 0 at b = 0 (the power is then 0 or 1 exactly).
+double LogMagnitude(Real b) { return b > 0 ? AbsD(std::log(b)) : 0; }
+
+TEST(CatalogueMath, AsymmetricAgainstTheReference) {
+  for (double clip : {0.0, 0.05, 0.3})
+    for (double gamma_pos : {0.0, 1.0})
+      for (double gamma_neg : {0.0, 0.5, 1.0, 2.0, 4.0})
+        for (double x : kWideLogits)
+          for (double t : {0.0, 0.3, 1.0}) {
+            const auto c = math::MakeAsymmetricConsts(o, gamma_pos, gamma_neg, clip);
+            const auto got = math::Asymmetric(o, c, x, t);
+            const Real p = RSigmoid(x), shifted = std::max<Real>(p - clip, 0);
+            // The probability shift p - m cancels near p = m: its rounding u·m over p_m enters
+            // p_m's power γ- and its log.
+            const double shift = clip > 0 && shifted > 0 ? (gamma_neg + 1) * clip / AbsD(shifted) : 0;
+            const double steps = 24 + std::fabs(x) + (gamma_pos + 1) * LogMagnitude(RSigmoid(-x)) +
+                                 (gamma_neg + 1) * LogMagnitude(shifted) + shift + (clip > 0 ? LogMagnitude(clip) : 0);
+            // ∂L+/∂x = (1-p)^γ+ (γ+ p log p - (1-p)): terms ≤ (γ+ + 1)·L+ / min(1, |log p|)·...;
+            // ∂L-/∂x = p(1-p) p_m^γ- [γ- r + 1/(1-p_m)] ≤ (γ- + 1/m)·p·p_m^γ- with r ≤ 1/(1-p_m).
+            const double ratio = (gamma_pos + gamma_neg + 2) * (1 + std::fabs(x)) * (clip > 0 ? 1 / clip : 1);
+            CheckElement(got, [&](Real v) { return RAsymmetric(v, t, gamma_pos, gamma_neg, clip); }, x,
+                         steps, ratio,
+                         "asymmetric x " + std::to_string(x) + " t " + std::to_string(t) + " γ+ " +
+                             std::to_string(gamma_pos) + " γ- " + std::to_string(gamma_neg) + " m " + std::to_string(clip));
+          }
+}
+
+TEST(CatalogueMath, AsymmetricEdges) {
+  // A clipped negative below the clip contributes nothing, and its gradient is exactly 0.
+  const auto clipped = math::MakeAsymmetricConsts(o, 0, 4, 0.05);
+  for (double x : {-1e4, -30.0, -3.0}) {
+    const auto got = math::Asymmetric(o, clipped, x, 0.0);
+    EXPECT_EQ(got.loss, 0) << x;
+    EXPECT_EQ(got.grad, 0) << x;
+  }
+  // γ- < 1 with p_m → 0: the gradient's limit p(1-p)·p_m^γ-·(γ- + 1) → 0, never a negative power.
+  const auto sharp = math::MakeAsymmetricConsts(o, 0, 0.5, 0.05);
+  const double just_above = std::log(0.05000001 / 0.94999999);  // p a hair above the clip
+  const auto got = math::Asymmetric(o, sharp, just_above, 0.0);
+  EXPECT_TRUE(std::isfinite(got.grad));
+  EXPECT_GT(got.grad, 0);
+  EXPECT_LT(got.grad, 1e-3);
+  // clip 0 and γ- = γ+ = γ: the negatives are §2's hard form with α = 1 (the same loss).
+  for (double gamma : {0.0, 2.0})
+    for (double x : kLogits) {
+      const auto asl = math::Asymmetric(o, math::MakeAsymmetricConsts(o, gamma, gamma, 0), x, 0.0);
+      const auto focal = math::SigmoidFocalHard(o, x, -1.0, 1.0, math::MakeGamma(o, gamma));
+      EXPECT_NEAR(asl.loss, focal.loss, 1e-14 * std::fabs(focal.loss) + 1e-300) << x;
+      EXPECT_NEAR(asl.grad, focal.grad, 1e-14 * (std::fabs(focal.grad) + std::fabs(focal.loss)) + 1e-300) << x;
+    }
+}
+
+TEST(CatalogueMath, QualityFocalAgainstTheReference) {
+  for (double beta : {1.0, 1.5, 2.0, 3.0})
+    for (double x : kWideLogits)
+      for (double y : {0.0, 0.3, 0.75, 1.0}) {
+        const auto got = math::QualityFocal(o, math::MakeQualityFocalConsts(o, beta), x, y);
+        const Real d = RSigmoidMinus(x, y);
+        // d = p - y rounds by u·max(p, y): relative to |d| that is max(p, y)/|d| (the grid keeps
+        // σ(x) away from y). The soft target's logs: |log y| + |log(1-y)|.
+        const double cancel = (beta + 1) * (1 + 1 / std::max(AbsD(d), 1e-300));
+        const double log_y = y > 0 && y < 1 ? std::fabs(std::log(y)) + std::fabs(std::log1p(-y)) : 0;
+        const double steps = 24 + std::fabs(x) + log_y + (beta + 1) * LogMagnitude(std::fabs(d)) + cancel;
+        // ∂ℓ/∂x / ℓ = d/ce + β p (1-p)/|d|: the terms ≤ (1/ce + β/|d|)·ℓ, ce ≥ the soft target's
+        // entropy or ≥ e^-|x| for y ∈ {0, 1}; bounded here by (β + 1)(1 + |x|)/|d| and the
+        // (1 + |x|) of ce's own derivative.
+        const double ratio = (beta + 2) * (1 + std::fabs(x)) / std::max(AbsD(d), 1e-300);
+        CheckElement(got, [&](Real v) { return RQualityFocal(v, y, beta); }, x, steps, ratio,
+                     "quality_focal x " + std::to_string(x) + " y " + std::to_string(y) + " β " + std::to_string(beta));
+      }
+}
+
+TEST(CatalogueMath, QualityFocalAtTheTarget) {
+  // σ(x) = y exactly (x = 0, y = 1/2): β = 1 gives |d| = 0 and a zero (sub)gradient; β > 1 a
+  // zero loss and gradient.
+  for (double beta : {1.0, 1.5, 2.0}) {
+    const auto got = math::QualityFocal(o, math::MakeQualityFocalConsts(o, beta), 0.0, 0.5);
+    EXPECT_EQ(got.loss, 0);
+    EXPECT_EQ(got.grad, 0);
+  }
+}
+
+TEST(CatalogueMath, VarifocalAgainstTheReference) {
+  for (bool iou_weighted : {true, false})
+    for (double gamma : {0.0, 0.5, 1.0, 2.0, 2.5})
+      for (double x : kWideLogits)
+        for (double q : {0.0, 0.2, 0.9, 1.0}) {
+          const double alpha = 0.75;
+          const auto got = math::Varifocal(o, math::MakeVarifocalConsts(o, alpha, gamma, iou_weighted), x, q);
+          const Real d = RSigmoidMinus(x, q);
+          const double log_q = q > 0 && q < 1 ? std::fabs(std::log(q)) + std::fabs(std::log1p(-q)) : 0;
+          const double steps = 24 + std::fabs(x) + log_q + (gamma + 1) * LogMagnitude(RSigmoid(x)) +
+                               (q > 0 ? 1 / std::max(AbsD(d), 1e-300) : 0);
+          // q > 0: ∂ℓ/∂x = w(p - q), one term of the size of ℓ/ce ≤ (1 + |x|)·ℓ / ce... bounded by
+          // (1 + |x|)/|d|; q = 0: α p^γ [γ(1-p) softplus + p] ≤ (γ + 1)(1 + |x|)·ℓ.
+          const double ratio = (gamma + 2) * (1 + std::fabs(x)) * (q > 0 ? 1 / std::max(AbsD(d), 1e-300) : 1);
+          CheckElement(got, [&](Real v) { return RVarifocal(v, q, alpha, gamma, iou_weighted); }, x, steps, ratio,
+                       "varifocal x " + std::to_string(x) + " q " + std::to_string(q) + " γ " + std::to_string(gamma) +
+                           (iou_weighted ? " iou" : ""));
+        }
+}
+
+TEST(CatalogueMath, FocalStarAgainstTheReference) {
+  for (double gamma : {0.5, 1.0, 2.0, 4.0})
+    for (double beta : {0.0, 1.0, -2.0})
+      for (double alpha : {-1.0, 0.25})
+        for (double x : kWideLogits)
+          for (double t : {0.0, 1.0}) {
+            const math::ClassWeights<double> w = math::SigmoidFocalWeights(o, alpha);
+            const double alpha_t = t == 1 ? w.pos : w.neg;
+            const auto got = math::FocalStar(o, math::MakeFocalStarConsts(o, gamma, beta), x, 2 * t - 1, alpha_t);
+            // z = γ x_t + β rounds by u·(γ|x| + |β|) absolutely; softplus carries that.
+            const double steps = 24 + gamma * std::fabs(x) + std::fabs(beta);
+            // ∂ℓ/∂x = -α_t (2t-1) σ(-z): one term, ≤ γ (1 + |z|)·ℓ... bounded by γ(1 + γ|x| + |β|).
+            const double ratio = (gamma + 1) * (1 + gamma * std::fabs(x) + std::fabs(beta));
+            CheckElement(got, [&](Real v) { return RFocalStar(v, t, gamma, beta, alpha_t); }, x, steps, ratio,
+                         "focal_star x " + std::to_string(x) + " t " + std::to_string(t) + " γ " +
+                             std::to_string(gamma) + " β " + std::to_string(beta) + " α " + std::to_string(alpha));
+          }
+}
+
 }  // namespace
 }  // namespace focal

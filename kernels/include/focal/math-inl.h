@@ -446,3 +446,153 @@ template <class V>
 FOCAL_HD V SmoothingFloor(V smoothing, V classes) {
   return smoothing / classes;
 }
+
+// ------------------------------------------------------------------------------------------
+// §5 the catalogue: the elementwise variants (§5.1–§5.4). Each is one element of logits x and
+// its target, like §2, with the sigmoid's parts from Sigmoid: no log of a difference, no
+// negative power.
+
+/// σ(x) - y without the cancellation of p - y where both are near 1: (1-y) - (1-σ(x)) there
+/// (1-y is exact for y ≥ 1/2), p - y below.
+template <class Ops, class V>
+FOCAL_HD V SigmoidMinus(const Ops& o, const SigmoidParts<V>& s, V y) {
+  const V one = o.Set(1);
+  return o.Select(o.Le(o.Set(0.5), y), (one - y) - s.q, s.p - y);
+}
+
+/// softplus(x) - x·y, the cross-entropy of σ(x) against a soft target y ∈ [0, 1], as
+/// y·softplus(-x) + (1-y)·softplus(x): two non-negative terms.
+template <class Ops, class V>
+FOCAL_HD V SoftCrossEntropy(const Ops& o, const SigmoidParts<V>& s, V y) {
+  return o.Neg(y * s.log_p + (o.Set(1) - y) * s.log_q);
+}
+
+/// §5.1's per-job constants: γ+, γ- and the clip m.
+template <class V>
+struct AsymmetricConsts {
+  Gamma<V> gamma_pos;
+  Gamma<V> gamma_neg;
+  V clip;
+  bool clipped;  ///< m > 0
+};
+
+template <class Ops>
+FOCAL_HD AsymmetricConsts<typename Ops::V> MakeAsymmetricConsts(const Ops& o, double gamma_pos, double gamma_neg,
+                                                                double clip) {
+  return {MakeGamma(o, gamma_pos), MakeGamma(o, gamma_neg), o.Set(clip), clip > 0};
+}
+
+/// §5.1 asymmetric for one element with target t ∈ [0, 1]:
+///   ℓ = t (1-p)^γ+ (-log p) + (1-t) p_m^γ- (-log(1-p_m)),  p_m = max(p - m, 0).
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x, V t) {
+  const V one = o.Set(1);
+  const V zero = o.Zero();
+  const SigmoidParts<V> s = Sigmoid(o, x);
+  // L+: §2's hard form with t = 1 and α_t = 1.
+  const V mod_pos = Modulating(o, s.q, [&] { return s.log_q; }, c.gamma_pos);
+  const V loss_pos = mod_pos * o.Neg(s.log_p);
+  const V grad_pos = mod_pos * (c.gamma_pos.value * s.p * s.log_p - s.q);
+  // L-: ∂/∂x = p(1-p) p_m^γ- [γ- r + 1/(1-p_m)], r = -log(1-p_m)/p_m → 1 as p_m → 0, so that
+  // γ- < 1 raises nothing to a negative power.
+  V loss_neg, grad_neg;
+  if (!c.clipped) {
+    // p_m = p: -log(1-p) = softplus(x) for every x, and p(1-p)/(1-p_m) = p.
+    const V neg_log = o.Neg(s.log_q);
+    const V mod_neg = Modulating(o, s.p, [&] { return s.log_p; }, c.gamma_neg);
+    const V r = o.Select(o.Eq(s.p, zero), one, neg_log / s.p);
+    loss_neg = mod_neg * neg_log;
+    grad_neg = mod_neg * s.p * (c.gamma_neg.value * r * s.q + one);
+  } else {
+    const V shifted = o.Max(s.p - c.clip, zero);
+    const auto active = o.Lt(zero, shifted);
+    // 1 - p_m = (1-p) + m ≥ m where p > m: from 1-p, without the cancellation of 1 - p_m.
+    const V one_m_shifted = o.Select(active, s.q + c.clip, one);
+    const V neg_log = o.Neg(o.Log1p(o.Neg(shifted)));  // accurate as p_m → 0, and 1-p_m ≥ m
+    const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
+    const V r = o.Select(active, neg_log / shifted, one);
+    loss_neg = mod_neg * neg_log;
+    grad_neg = o.IfThenElseZero(active, mod_neg * s.p * s.q * (c.gamma_neg.value * r + one / one_m_shifted));
+  }
+  const V u = one - t;
+  return {t * loss_pos + u * loss_neg, t * grad_pos + u * grad_neg};
+}
+
+/// §5.2's β as the formulas take it: |d|^(β-1) is a modulating factor (β ≥ 1, checked).
+template <class V>
+struct QualityFocalConsts {
+  Gamma<V> beta_minus_one;
+  V beta;
+};
+
+template <class Ops>
+FOCAL_HD QualityFocalConsts<typename Ops::V> MakeQualityFocalConsts(const Ops& o, double beta) {
+  return {MakeGamma(o, beta - 1), o.Set(beta)};
+}
+
+/// §5.2 quality_focal for one element with quality target y ∈ [0, 1]:
+///   ℓ = |d|^β (softplus(x) - x y),  ∂ℓ/∂x = sign(d)|d|^(β-1) [d² + β σ(1-σ)(softplus(x) - x y)],
+/// d = σ(x) - y, written |d|^(β-1) (d|d| + sign(d) β p q ce): one power, of exponent β-1 ≥ 0.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> QualityFocal(const Ops& o, const QualityFocalConsts<V>& c, V x, V y) {
+  const V zero = o.Zero();
+  const SigmoidParts<V> s = Sigmoid(o, x);
+  const V d = SigmoidMinus(o, s, y);
+  const V abs_d = o.Abs(d);
+  const V ce = SoftCrossEntropy(o, s, y);
+  const V mod = Modulating(o, abs_d, [&] { return o.Log(abs_d); }, c.beta_minus_one);
+  const V sign = o.Select(o.Lt(zero, d), o.Set(1), o.Select(o.Lt(d, zero), o.Set(-1), zero));
+  return {mod * abs_d * ce, mod * (d * abs_d + sign * c.beta * s.p * s.q * ce)};
+}
+
+/// §5.3's per-job constants.
+template <class V>
+struct VarifocalConsts {
+  Gamma<V> gamma;
+  V alpha;
+  bool iou_weighted;  ///< positives weighted by q (else by 1)
+};
+
+template <class Ops>
+FOCAL_HD VarifocalConsts<typename Ops::V> MakeVarifocalConsts(const Ops& o, double alpha, double gamma,
+                                                              bool iou_weighted) {
+  return {MakeGamma(o, gamma), o.Set(alpha), iou_weighted};
+}
+
+/// §5.3 varifocal for one element with IoU-aware target q ∈ [0, 1]:
+///   q > 0: ℓ = w⁺ (softplus(x) - x q), ∂ℓ/∂x = w⁺ (p - q), w⁺ = q or 1;
+///   q = 0: ℓ = α p^γ softplus(x),      ∂ℓ/∂x = α p^γ [γ (1-p) softplus(x) + p],
+/// with p^γ = exp(-γ softplus(-x)) for a fractional γ (Modulating of p and log p).
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> Varifocal(const Ops& o, const VarifocalConsts<V>& c, V x, V q) {
+  const SigmoidParts<V> s = Sigmoid(o, x);
+  const auto positive = o.Lt(o.Zero(), q);
+  const V w = c.iou_weighted ? q : o.Set(1);
+  const V softplus = o.Neg(s.log_q);
+  const V mod = Modulating(o, s.p, [&] { return s.log_p; }, c.gamma);
+  const V negative_weight = c.alpha * mod;
+  return {o.Select(positive, w * SoftCrossEntropy(o, s, q), negative_weight * softplus),
+          o.Select(positive, w * SigmoidMinus(o, s, q), negative_weight * (c.gamma.value * s.q * softplus + s.p))};
+}
+
+/// §5.4's per-job constants: γ > 0 (checked), β, and 1/γ.
+template <class V>
+struct FocalStarConsts {
+  V gamma;
+  V beta;
+  V inv_gamma;
+};
+
+template <class Ops>
+FOCAL_HD FocalStarConsts<typename Ops::V> MakeFocalStarConsts(const Ops& o, double gamma, double beta) {
+  return {o.Set(gamma), o.Set(beta), o.Set(1 / gamma)};
+}
+
+/// §5.4 focal_star for one element with a hard target: `sign` = 2t-1, `alpha_t` its class's
+/// weight (SigmoidFocalWeights). With z = γ(2t-1)x + β: ℓ = α_t softplus(-z)/γ = -α_t log σ(z)/γ,
+/// ∂ℓ/∂x = α_t (2t-1)(σ(z) - 1) = -α_t (2t-1) σ(-z), both from Sigmoid(z) without cancellation.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> FocalStar(const Ops& o, const FocalStarConsts<V>& c, V x, V sign, V alpha_t) {
+  const SigmoidParts<V> s = Sigmoid(o, o.MulAdd(c.gamma, sign * x, c.beta));
+  return {alpha_t * o.Neg(s.log_p) * c.inv_gamma, o.Neg(alpha_t * sign * s.q)};
+}
