@@ -744,5 +744,136 @@ TEST(CatalogueMath, FocalStarAgainstTheReference) {
           }
 }
 
+// ---- §5.5 distribution_focal and the §5.0 options -------------------------------------------
+
+/// §5.5: -(w_l log S_l + w_r log S_{l+1}), l = min(floor(y), B-2).
+Real RDistributionFocal(const std::vector<Real>& x, Real y) {
+  const int64_t B = static_cast<int64_t>(x.size());
+  const int64_t l = std::min<int64_t>(static_cast<int64_t>(std::floor(y)), B - 2);
+  const std::vector<Real> u = RLogSoftmax(x);
+  return -(((l + 1) - y) * u[l] + (y - l) * u[l + 1]);
+}
+
+TEST(CatalogueMath, DistributionFocalBins) {
+  // The edges: 0, an integer inside, a bin edge, B-1 (the last bin's right edge: left = B-2).
+  const int64_t B = 16;
+  struct Case { double y; int64_t left; double w_left, w_right; };
+  for (const Case& c : {Case{0, 0, 1, 0}, Case{3, 3, 1, 0}, Case{3.25, 3, 0.75, 0.25}, Case{14.5, 14, 0.5, 0.5},
+                        Case{15, 14, 0, 1}, Case{14.999999, 14, 1e-6, 0.999999}}) {
+    const auto bins = math::DistributionFocalBins(c.y, B);
+    EXPECT_EQ(bins.left, c.left) << c.y;
+    EXPECT_NEAR(bins.w_left, c.w_left, 1e-15) << c.y;
+    EXPECT_NEAR(bins.w_right, c.w_right, 1e-15) << c.y;
+    EXPECT_EQ(bins.w_left + bins.w_right, 1.0) << c.y;
+  }
+}
+
+TEST(CatalogueMath, DistributionFocalRow) {
+  for (int64_t B : {2, 3, 16, 17})
+    for (int kind = 0; kind < 4; ++kind)
+      for (double y : {0.0, 0.3, 1.0, 1.5, static_cast<double>(B - 1) - 0.25, static_cast<double>(B - 1)})
+        for (double w : {1.0, -0.5}) {
+          if (y > B - 1) continue;
+          const size_t target = static_cast<size_t>(std::min<double>(y, B - 1));
+          const std::vector<double> x = MakeRow(B, target, kind, 3);
+          const auto [m, rest] = RowStats(x);
+          const auto bins = math::DistributionFocalBins(y, B);
+          const size_t l = static_cast<size_t>(bins.left);
+          const auto rg = math::DistributionFocalRow(o, x[l], x[l + 1], m, rest, bins.w_left, bins.w_right, w);
+          auto loss = [&](const std::vector<Real>& v) { return RDistributionFocal(v, y); };
+          const std::vector<Real> xr = Widen(x);
+          const Real want = loss(xr);
+          const std::string at = "B " + std::to_string(B) + " kind " + std::to_string(kind) + " y " + std::to_string(y);
+          Real spread = 0;
+          for (Real v : xr) spread = std::max<Real>(spread, std::fabs(v - m));
+          // Two log-softmax values (B + 3 steps each, relative, without cancellation: both ≤ 0),
+          // weighted and added: no cancellation either.
+          ExpectWithin(rg.loss, want, Rel(2 * B + 12, want), "loss " + at);
+          std::vector<double> got;
+          for (size_t j = 0; j < x.size(); ++j) {
+            got.push_back(j == l ? rg.grad_left : j == l + 1 ? rg.grad_right
+                                                             : math::SoftmaxFocalGradAt(o, rg.coef_e, math::ExpAboutMax(o, x[j], m)));
+          }
+          std::vector<Real> fd = FiniteDifferences(loss, xr, UnitSteps(xr));
+          for (Real& g : fd) g *= w;
+          // S_j (B + 4 + |x_j - m| steps) less a weight ≤ 1: absolute error relative to |w|.
+          const double tol = kSafety * kU * (B + 8 + AbsD(spread)) * std::fabs(w) + kFdSlack * std::max<double>(1, AbsD(want));
+          ExpectRow(got, fd, tol, at);
+        }
+}
+
+/// Poly-1's softmax term: ε (1-p_y)^(γ+1) of the row's log-softmax.
+Real RSoftmaxPoly(const std::vector<Real>& x, size_t y, Real gamma, Real eps) {
+  return eps * RPow(-std::expm1(RLogSoftmax(x, y)), gamma + 1);
+}
+
+/// Poly-1's sigmoid term: ε (1-p_t)^(γ+1), 1-p_t = p(1-t) + (1-p)t.
+Real RSigmoidPoly(Real x, Real t, Real gamma, Real eps) {
+  return eps * RPow(RSigmoid(x) * (1 - t) + RSigmoid(-x) * t, gamma + 1);
+}
+
+TEST(CatalogueMath, SoftmaxPolyTerm) {
+  for (int64_t C : {2, 10})
+    for (int kind = 0; kind < 4; ++kind)
+      for (double gamma : kGammas)
+        for (double eps : {1.0, -1.0, 2.5}) {
+          const size_t y = 1;
+          const std::vector<double> x = MakeRow(C, y, kind, 4);
+          const auto [m, rest] = RowStats(x);
+          const double u = math::LogProb(o, x[y], m, math::LogNormalizer(o, rest));
+          const auto term = math::SoftmaxPolyTerm(o, u, math::MakeGamma(o, gamma), eps);
+          const std::vector<Real> xr = Widen(x);
+          auto ref = [&](const std::vector<Real>& v) { return RSoftmaxPoly(v, y, gamma, eps); };
+          const Real want = ref(xr);
+          const std::string at = "C " + std::to_string(C) + " kind " + std::to_string(kind) + " γ " +
+                                 std::to_string(gamma) + " ε " + std::to_string(eps);
+          const double one_m_p = -std::expm1(u);
+          const double steps = C + 12 + (gamma + 2) * std::fabs(std::log(std::max(1e-300, one_m_p)));
+          ExpectWithin(term.f, want, Rel(steps, want), "loss " + at);
+          // ∂f/∂x_j = g (p_j - [j = y]), against the differences of the reference.
+          std::vector<Real> fd = FiniteDifferences(ref, xr, UnitSteps(xr));
+          const std::vector<Real> log_p = RLogSoftmax(xr);
+          Real scale = 0;
+          for (Real v : fd) scale = std::max(scale, std::fabs(v));
+          for (size_t j = 0; j < x.size(); ++j) {
+            const double p_j = std::exp(static_cast<double>(log_p[j]));
+            const double got = term.g * (j == y ? -one_m_p : p_j);
+            ExpectWithin(got, fd[j], kSafety * kU * (steps + 8) * AbsD(scale) + kFdSlack * std::max<double>(1e-300, AbsD(want)),
+                         "∂/∂x_" + std::to_string(j) + " " + at);
+          }
+        }
+}
+
+TEST(CatalogueMath, SigmoidPolyTerm) {
+  for (double gamma : kGammas)
+    for (double x : kWideLogits)
+      for (double t : {0.0, 0.3, 1.0})
+        for (double eps : {1.0, -1.0}) {
+          const auto got = math::SigmoidPolyTerm(o, math::Sigmoid(o, x), t, math::MakeGamma(o, gamma), eps);
+          const Real one_m_pt = RSigmoid(x) * (1 - t) + RSigmoid(-x) * t;
+          const double log_t = t > 0 && t < 1 ? std::fabs(std::log(t)) + std::fabs(std::log1p(-t)) : 0;
+          const double steps = 24 + std::fabs(x) + log_t + (gamma + 2) * LogMagnitude(one_m_pt);
+          // ∂/∂x = ε (γ+1)(1-p_t)^γ (1-2t) p(1-p): one product, ≤ (γ+1)·f·p(1-p)/(1-p_t) ≤ (γ+1)·f.
+          CheckElement(got, [&](Real v) { return RSigmoidPoly(v, t, gamma, eps); }, x, steps, gamma + 2,
+                       "sigmoid poly x " + std::to_string(x) + " t " + std::to_string(t) + " γ " + std::to_string(gamma));
+        }
+}
+
+TEST(CatalogueMath, ClassBalancedWeight) {
+  // (1-β)/(1-β^n) in long double directly, for β from 0 to 0.99999 and n from 1 to 1e7: within a
+  // few roundings (log1p, a product, expm1, a division), relatively.
+  for (double beta : {0.0, 0.5, 0.9, 0.999, 0.9999, 0.99999})
+    for (double n : {1.0, 2.0, 10.0, 1e3, 1e5, 1e7}) {
+      const Real want = (1 - static_cast<Real>(beta)) / (1 - std::pow(static_cast<Real>(beta), static_cast<Real>(n)));
+      const double got = math::ClassBalancedWeight(o, n, 1 - beta);
+      // n·log β carries n·u·|log β| absolutely into the exp: (1 + n|log β|) relative steps.
+      const double steps = 8 + n * std::fabs(std::log1p(-(1 - beta)));
+      ExpectWithin(got, want, Rel(steps, want), "β " + std::to_string(beta) + " n " + std::to_string(n));
+    }
+  // One example: weight 1 whatever β; many: → 1-β.
+  EXPECT_DOUBLE_EQ(math::ClassBalancedWeight(o, 1.0, 1 - 0.9999), 1.0);
+  EXPECT_NEAR(math::ClassBalancedWeight(o, 1e9, 1 - 0.9999), 1e-4, 1e-16);
+}
+
 }  // namespace
 }  // namespace focal

@@ -596,3 +596,82 @@ FOCAL_HD LossGrad<V> FocalStar(const Ops& o, const FocalStarConsts<V>& c, V x, V
   const SigmoidParts<V> s = Sigmoid(o, o.MulAdd(c.gamma, sign * x, c.beta));
   return {alpha_t * o.Neg(s.log_p) * c.inv_gamma, o.Neg(alpha_t * sign * s.q)};
 }
+
+// ------------------------------------------------------------------------------------------
+// §5.5 distribution_focal: one row of B bins, through the log-softmax of §1's primitives.
+
+/// A target distance y ∈ [0, B-1] split over its two bins: left = min(floor(y), B-2),
+/// w_left = (left+1) - y, w_right = y - left (both exact: y and left are close).
+template <class T>
+struct DistributionBins {
+  int64_t left;
+  T w_left;
+  T w_right;
+};
+
+template <class T>
+FOCAL_HD DistributionBins<T> DistributionFocalBins(T y, int64_t bins) {
+  int64_t left = static_cast<int64_t>(y);  // y ≥ 0 (checked): truncation is floor
+  if (left > bins - 2) left = bins - 2;
+  const T l = static_cast<T>(left);
+  return {left, (l + T(1)) - y, y - l};
+}
+
+/// A distribution-focal row's loss and gradient as the per-element pass takes them:
+///   ∂ℓ/∂x_j = coef_e·e_j for j ∉ {left, left+1} (SoftmaxFocalGradAt), grad_left and
+///   grad_right for the two target bins; already weighted by the row's upstream weight w.
+template <class V>
+struct DistributionFocalRowGrad {
+  V loss;
+  V coef_e;
+  V grad_left;
+  V grad_right;
+};
+
+/// §5.5 for one row, from the two target bins' logits, the row maximum m and rest (see Rest):
+///   ℓ = -(w_l log S_l + w_r log S_{l+1}),  ∂ℓ/∂x_j = S_j - (w_l [j=l] + w_r [j=l+1])  (w_l + w_r = 1).
+template <class Ops, class V>
+FOCAL_HD DistributionFocalRowGrad<V> DistributionFocalRow(const Ops& o, V x_left, V x_right, V max, V rest,
+                                                          V w_left, V w_right, V w) {
+  const V log_normalizer = LogNormalizer(o, rest);
+  const V u_left = LogProb(o, x_left, max, log_normalizer);
+  const V u_right = LogProb(o, x_right, max, log_normalizer);
+  return {o.Neg(w_left * u_left + w_right * u_right), PerExp(o, w, rest), w * (o.Exp(u_left) - w_left),
+          w * (o.Exp(u_right) - w_right)};
+}
+
+// ------------------------------------------------------------------------------------------
+// §5.0 options shared by several variants.
+
+/// Poly-1's extra term ε_p (1-p_t)^(γ+1) for a softmax row's target class, from u = log p_y, as
+/// a FocalTerm: f = ε_p (1-p)^(γ+1) and g = ε_p (γ+1)(1-p)^γ p, so that the row's
+/// ∂ℓ/∂x_j gains g (p_j - [j = y]). Not α-weighted (the paper's listing). No negative power.
+template <class Ops, class V>
+FOCAL_HD FocalTerm<V> SoftmaxPolyTerm(const Ops& o, V u, const Gamma<V>& gamma, V poly_epsilon) {
+  const V one_m_p = o.Neg(o.Expm1(u));
+  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
+  return {poly_epsilon * mod * one_m_p, poly_epsilon * (gamma.value + o.Set(1)) * mod * o.Exp(u)};
+}
+
+/// Poly-1's extra term for a sigmoid element with (soft) target t:
+///   ℓ = ε_p (1-p_t)^(γ+1),  ∂ℓ/∂x = ε_p (γ+1)(1-p_t)^γ (1-2t) p(1-p),
+/// with 1-p_t = p(1-t) + (1-p)t and its log in log space, as §2's soft form has them.
+template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidPolyTerm(const Ops& o, const SigmoidParts<V>& s, V t, const Gamma<V>& gamma,
+                                     V poly_epsilon) {
+  const V one = o.Set(1);
+  const V u = one - t;
+  const V one_m_pt = s.p * u + s.q * t;
+  const V mod = Modulating(o, one_m_pt, [&] { return LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t)); },
+                           gamma);
+  return {poly_epsilon * mod * one_m_pt, poly_epsilon * (gamma.value + one) * mod * (u - t) * s.p * s.q};
+}
+
+/// The class-balanced weight of a class with n > 0 examples (Cui et al. 2019), before the
+/// normalisation to Σ α_c = C: (1-β)/(1-β^n), with 1-β^n = -expm1(n log1p(-(1-β))) so that
+/// β → 1 and large n keep their digits. `one_m_beta` is 1-β ∈ (0, 1]; β = 0 gives
+/// log1p(-1) = -∞ and so the weight 1/1 for every n > 0.
+template <class Ops, class V>
+FOCAL_HD V ClassBalancedWeight(const Ops& o, V n, V one_m_beta) {
+  return one_m_beta / o.Neg(o.Expm1(n * o.Log1p(o.Neg(one_m_beta))));
+}
