@@ -259,6 +259,20 @@ FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, cons
   return {loss, grad};
 }
 
+/// softplus(x) - x·y, the cross-entropy of σ(x) against a soft target y ∈ [0, 1], as
+/// y·softplus(-x) + (1-y)·softplus(x): two non-negative terms.
+template <class Ops, class V>
+FOCAL_HD V SoftCrossEntropy(const Ops& o, const SigmoidParts<V>& s, V y) {
+  return o.Neg(y * s.log_p + (o.Set(1) - y) * s.log_q);
+}
+
+/// log(1-p_t) = log(p(1-t) + (1-p)t) of a soft target t, in log space: finite even where a 0/1
+/// target saturates p.
+template <class Ops, class V>
+FOCAL_HD V LogOneMinusPt(const Ops& o, const SigmoidParts<V>& s, V t) {
+  return LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t));
+}
+
 /// §2 with a soft target t ∈ [0,1] (after label smoothing). α_t = alpha_pos·t + alpha_neg·(1-t).
 template <class Ops, class V>
 FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alpha_neg,
@@ -267,9 +281,8 @@ FOCAL_HD LossGrad<V> SigmoidFocalSoft(const Ops& o, V x, V t, V alpha_pos, V alp
   const SigmoidParts<V> s = Sigmoid(o, x);
   const V u = one - t;
   const V alpha_t = alpha_pos * t + alpha_neg * u;
-  const V ce = o.Neg(t * s.log_p + u * s.log_q);  // two non-negative terms: no cancellation
-  // log(1-p_t) = log(p(1-t) + (1-p)t) in log space: finite even where a 0/1 target saturates p.
-  const V log_1m_pt = LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t));
+  const V ce = SoftCrossEntropy(o, s, t);
+  const V log_1m_pt = LogOneMinusPt(o, s, t);
   const V mod = Modulating(o, s.p * u + s.q * t, [&] { return log_1m_pt; }, gamma);
   // γ(1-p_t)^(γ-1) p(1-p) as one exponential whose exponent is ≤ 0 for every γ ≥ 0: it never
   // overflows, and γ < 1 never raises 0 to a negative power.
@@ -460,13 +473,6 @@ FOCAL_HD V SigmoidMinus(const Ops& o, const SigmoidParts<V>& s, V y) {
   return o.Select(o.Le(o.Set(0.5), y), (one - y) - s.q, s.p - y);
 }
 
-/// softplus(x) - x·y, the cross-entropy of σ(x) against a soft target y ∈ [0, 1], as
-/// y·softplus(-x) + (1-y)·softplus(x): two non-negative terms.
-template <class Ops, class V>
-FOCAL_HD V SoftCrossEntropy(const Ops& o, const SigmoidParts<V>& s, V y) {
-  return o.Neg(y * s.log_p + (o.Set(1) - y) * s.log_q);
-}
-
 /// §5.1's per-job constants: γ+, γ- and the clip m.
 template <class V>
 struct AsymmetricConsts {
@@ -655,15 +661,14 @@ FOCAL_HD FocalTerm<V> SoftmaxPolyTerm(const Ops& o, V u, const Gamma<V>& gamma, 
 
 /// Poly-1's extra term for a sigmoid element with (soft) target t:
 ///   ℓ = ε_p (1-p_t)^(γ+1),  ∂ℓ/∂x = ε_p (γ+1)(1-p_t)^γ (1-2t) p(1-p),
-/// with 1-p_t = p(1-t) + (1-p)t and its log in log space, as §2's soft form has them.
+/// with 1-p_t = p(1-t) + (1-p)t and its log (LogOneMinusPt), as §2's soft form has them.
 template <class Ops, class V>
 FOCAL_HD LossGrad<V> SigmoidPolyTerm(const Ops& o, const SigmoidParts<V>& s, V t, const Gamma<V>& gamma,
                                      V poly_epsilon) {
   const V one = o.Set(1);
   const V u = one - t;
   const V one_m_pt = s.p * u + s.q * t;
-  const V mod = Modulating(o, one_m_pt, [&] { return LogAddExp(o, s.log_p + o.Log1p(o.Neg(t)), s.log_q + o.Log(t)); },
-                           gamma);
+  const V mod = Modulating(o, one_m_pt, [&] { return LogOneMinusPt(o, s, t); }, gamma);
   return {poly_epsilon * mod * one_m_pt, poly_epsilon * (gamma.value + one) * mod * (u - t) * s.p * s.q};
 }
 
