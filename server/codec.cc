@@ -43,6 +43,12 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
   if (request.has_num_objects()) {
     ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects"));
   }
+  if (request.has_weights()) {
+    ASSIGN_OR_RETURN(job.weights, RequestTensor(request.weights(), "weights"));
+  }
+  if (request.has_scores()) {
+    ASSIGN_OR_RETURN(job.scores, RequestTensor(request.scores(), "scores"));
+  }
   job.compute_gradient = request.compute_gradient();
   switch (request.grad_output_case()) {
     case v1::ComputeRequest::kGradOutputScalar: job.grad_output = request.grad_output_scalar(); break;

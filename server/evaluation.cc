@@ -1,9 +1,11 @@
 #include "server/evaluation.h"
 
+#include <algorithm>
 #include <optional>
 #include <variant>
 
 #include "absl/strings/str_cat.h"
+#include "focal/math.h"
 
 namespace focal::server {
 namespace {
@@ -22,8 +24,11 @@ void ForEachItem(const LossJob& job, const TensorView& losses, const F& f) {
   };
   if (FactsOf(job.spec.params).items == Items::kRows) {  // items are positions [N, S]; class = target
     const int64_t items = rows * inner;
+    // distribution_focal's float distances: the row's class is its left bin, min(floor(y), B-2).
+    const bool distances = IsFloating(job.targets.dtype);
     for (int64_t i = 0; i < items; ++i) {
-      const int64_t cls = LoadAsInt64(job.targets, i);
+      const int64_t cls = distances ? math::DistributionFocalBins(LoadAsDouble(job.targets, i), channels).left
+                                    : LoadAsInt64(job.targets, i);
       if (ignore && cls == *ignore) continue;
       f(cls, loss_at(i));
     }
@@ -74,6 +79,7 @@ absl::Status EvaluationTotals::Add(const LossJob& job, const LossResult& result)
                                                    variant_, "; one Evaluate call evaluates one loss"));
   }
   variant_ = variant;
+  mean_over_positives_ = FactsOf(job.spec.params).mean_over == MeanOver::kPositives;
   ++batches_;
   count_ += result.count;
   const Shape& shape = job.logits.shape;
@@ -117,7 +123,9 @@ v1::EvaluateResponse EvaluationTotals::ToResponse() const {
   v1::EvaluateResponse response;
   response.set_total_loss(total_.Value());
   response.set_count(count_);
-  response.set_mean(count_ > 0 ? response.total_loss() / static_cast<double>(count_) : 0.0);
+  // As MEAN divides: by the count, at least 1 for the variants whose count is their positives.
+  const int64_t denominator = mean_over_positives_ ? std::max<int64_t>(count_, 1) : count_;
+  response.set_mean(denominator > 0 ? response.total_loss() / static_cast<double>(denominator) : 0.0);
   for (size_t c = 0; c < class_sums_.size(); ++c) {
     response.add_class_loss_sums(class_sums_[c].Value());
     response.add_class_counts(class_counts_[c]);

@@ -102,14 +102,20 @@ absl::Status CheckGradOutput(double w, std::string name) {
   return Invalid(absl::StrCat(name, " is ", w, "; |grad_output| must be at most ", ParameterLimits::kMaxGradOutput));
 }
 
-/// Logits [N, C, d1..dk] with class-index targets [N, d1..dk]: fills the class layout.
-absl::Status CheckClassLayout(const LossJob& job, JobPlan& plan) {
+/// Logits [N, C, d1..dk] with one target per row [N, d1..dk] (class indices, or
+/// distribution_focal's float distances): fills the class layout.
+absl::Status CheckClassLayout(const LossJob& job, bool float_targets, JobPlan& plan) {
   const Shape& ls = job.logits.shape;
   if (ls.size() < 2) {
-    return Invalid(absl::StrCat("logits.shape is ", ShapeString(ls),
-                                "; class-index targets need logits [N, C, d1..dk]"));
+    return Invalid(absl::StrCat("logits.shape is ", ShapeString(ls), "; ",
+                                float_targets ? "targets per row need" : "class-index targets need",
+                                " logits [N, C, d1..dk]"));
   }
-  if (!IsInteger(job.targets.dtype)) {
+  if (float_targets && !IsFloating(job.targets.dtype)) {
+    return Invalid(absl::StrCat("targets.dtype is ", DTypeName(job.targets.dtype), "; ",
+                                VariantName(job.spec.params), " needs float targets, one per row"));
+  }
+  if (!float_targets && !IsInteger(job.targets.dtype)) {
     return Invalid(absl::StrCat("targets.dtype is ", DTypeName(job.targets.dtype),
                                 "; class-index targets must be int32, int64 or uint8"));
   }
@@ -131,11 +137,18 @@ absl::Status CheckClassLayout(const LossJob& job, JobPlan& plan) {
   return absl::OkStatus();
 }
 
-/// Scans class-index targets: each in [0, max_class] or equal to ignore_index. Returns the
-/// number of rows not ignored.
-absl::StatusOr<int64_t> ScanClassTargets(const TensorView& targets, int64_t n, int64_t max_class,
-                                         std::optional<int64_t> ignore_index) {
+/// The rows of class-index targets that count: not ignored, and of those the positive ones
+/// (a target class, not the background value C).
+struct TargetRows {
   int64_t counted = 0;
+  int64_t positive = 0;
+};
+
+/// Scans class-index targets: each in [0, max_class] or equal to ignore_index; `classes` is C
+/// (a value C, where allowed, is the background).
+absl::StatusOr<TargetRows> ScanClassTargets(const TensorView& targets, int64_t n, int64_t max_class,
+                                            int64_t classes, std::optional<int64_t> ignore_index) {
+  TargetRows rows;
   auto scan = [&](const auto* y) -> absl::Status {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = static_cast<int64_t>(y[i]);
@@ -145,7 +158,8 @@ absl::StatusOr<int64_t> ScanClassTargets(const TensorView& targets, int64_t n, i
                                     "; must be in [0, ", max_class, "]",
                                     ignore_index ? absl::StrCat(" or ignore_index ", *ignore_index) : ""));
       }
-      ++counted;
+      ++rows.counted;
+      rows.positive += v < classes;
     }
     return absl::OkStatus();
   };
@@ -155,7 +169,7 @@ absl::StatusOr<int64_t> ScanClassTargets(const TensorView& targets, int64_t n, i
     case DType::kUInt8: RETURN_IF_ERROR(scan(targets.As<uint8_t>())); break;
     default: return Invalid("targets.dtype must be an integer type");
   }
-  return counted;
+  return rows;
 }
 
 /// Float targets shaped like the logits (values are checked during the compute pass).
@@ -170,6 +184,60 @@ absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
   }
   plan.item_shape = job.logits.shape;
   plan.count = plan.num_elements;
+  if (FactsOf(job.spec.params).mean_over == MeanOver::kPositives) {
+    // The positives are the elements with a target above 0 (out-of-range ones fail in the pass).
+    int64_t positives = 0;
+    FindFirstValue(job.targets, plan.num_elements, [&](double y) {
+      positives += y > 0;
+      return false;
+    });
+    plan.count = positives;
+  }
+  return absl::OkStatus();
+}
+
+/// A float tensor shaped `shape` whose every value satisfies `ok` (else the first bad one is
+/// named with `rule`).
+template <class F>
+absl::Status CheckFloatInput(const TensorView& t, absl::string_view field, const Shape& shape,
+                             absl::string_view shape_rule, const F& ok, absl::string_view rule) {
+  ASSIGN_OR_RETURN(const int64_t n, CheckTensor(t, field, /*floating=*/true));
+  if (t.shape != shape) {
+    return Invalid(absl::StrCat(field, ".shape is ", ShapeString(t.shape), "; must be ", ShapeString(shape), " (",
+                                shape_rule, ")"));
+  }
+  const int64_t bad = FindFirstValue(t, n, [&](double v) { return !ok(v); });
+  if (bad >= 0) {
+    return Invalid(absl::StrCat(field, IndexString(t.shape, bad), " is ", LoadAsDouble(t, bad), "; must be ", rule));
+  }
+  return absl::OkStatus();
+}
+
+/// The request's per-item weights (every variant) and scores (quality_focal with class-index
+/// targets), once the layout is known.
+absl::Status CheckItemInputs(const LossJob& job, const JobPlan& plan) {
+  const VariantFacts& facts = FactsOf(job.spec.params);
+  if (job.weights) {
+    RETURN_IF_ERROR(CheckFloatInput(
+        *job.weights, "weights", plan.item_shape, "one weight per item: the shape of the NONE losses",
+        [](double w) { return std::isfinite(w) && w >= 0 && w <= ParameterLimits::kMaxWeight; },
+        absl::StrCat("finite, >= 0 and at most ", ParameterLimits::kMaxWeight)));
+  }
+  if (job.scores && !facts.scores) {
+    return Invalid(absl::StrCat("scores is only used by ", ScoresVariants(), " (with class-index targets)"));
+  }
+  if (facts.scores && plan.index_targets != job.scores.has_value()) {
+    return Invalid(plan.index_targets
+                       ? absl::StrCat("scores is missing; ", facts.name,
+                                      " with class-index targets needs the target class's quality, shaped like the targets")
+                       : absl::StrCat("scores is set, but the targets are float quality scores already; ",
+                                      "scores goes with class-index targets"));
+  }
+  if (job.scores) {
+    RETURN_IF_ERROR(CheckFloatInput(
+        *job.scores, "scores", job.targets.shape, "one quality score per row: the shape of the targets",
+        [](double q) { return q >= 0 && q <= 1; }, "in [0, 1]"));
+  }
   return absl::OkStatus();
 }
 
@@ -210,10 +278,11 @@ absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
     return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape), "; ", facts.name,
                                 " needs logits ", facts.logits_shape));
   }
+  const bool float_rows = facts.targets == Targets::kFloatPerRow;
   const bool index_targets = facts.targets == Targets::kClassIndex ||
                              (facts.targets == Targets::kClassIndexOrFloat && IsInteger(job.targets.dtype));
   const std::optional<int64_t> ignore_index = IgnoreIndexOf(p);
-  if (!index_targets) {
+  if (!index_targets && !float_rows) {
     if (ignore_index) {
       return Invalid("loss.ignore_index needs class-index targets; float targets cannot be ignored");
     }
@@ -221,17 +290,29 @@ absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
     if (facts.num_objects) RETURN_IF_ERROR(PlanRowWeights(job, plan));
     return absl::OkStatus();
   }
-  RETURN_IF_ERROR(CheckClassLayout(job, plan));
+  RETURN_IF_ERROR(CheckClassLayout(job, float_rows, plan));
+  if (float_rows) {
+    // distribution_focal: the bins are dim 1; every row counts (targets are checked in the pass).
+    plan.index_targets = false;
+    if (plan.classes < 2) {
+      return Invalid(absl::StrCat("logits.shape[1] is ", plan.classes, "; ", facts.name,
+                                  " needs B >= 2 bins (a distance between two of them)"));
+    }
+    plan.count = plan.batch * plan.inner;
+    return absl::OkStatus();
+  }
   RETURN_IF_ERROR(CheckClassLists(p, plan.classes));
   const int64_t max_class = plan.classes - (facts.background_target ? 0 : 1);
-  ASSIGN_OR_RETURN(const int64_t rows,
-                   ScanClassTargets(job.targets, plan.batch * plan.inner, max_class, ignore_index));
-  if (facts.items == Items::kRows) {
-    plan.count = rows;
+  ASSIGN_OR_RETURN(const TargetRows rows,
+                   ScanClassTargets(job.targets, plan.batch * plan.inner, max_class, plan.classes, ignore_index));
+  if (facts.mean_over == MeanOver::kPositives) {
+    plan.count = rows.positive;
+  } else if (facts.items == Items::kRows) {
+    plan.count = rows.counted;
   } else {
-    plan.count = rows * plan.classes;
-    plan.item_shape = job.logits.shape;  // NONE is per element, as torchvision
+    plan.count = rows.counted * plan.classes;
   }
+  if (facts.items == Items::kElements) plan.item_shape = job.logits.shape;  // NONE is per element, as torchvision
   return absl::OkStatus();
 }
 
@@ -296,6 +377,7 @@ absl::StatusOr<JobPlan> ValidateJob(const LossJob& job) {
   }
   RETURN_IF_ERROR(std::visit([&](const auto& p) { return PlanVariant(job, p, plan); }, job.spec.params));
   ASSIGN_OR_RETURN(plan.num_items, NumElements(plan.item_shape, "losses"));
+  RETURN_IF_ERROR(CheckItemInputs(job, plan));
   RETURN_IF_ERROR(PlanGradient(job, plan));
   return plan;
 }
@@ -316,14 +398,17 @@ absl::Status FindInvalidValue(const LossJob& job) {
     }
   }
   if (IsFloating(job.targets.dtype)) {
-    const bool binary = FactsOf(job.spec.params).binary_targets;
+    const VariantFacts& facts = FactsOf(job.spec.params);
+    const bool binary = facts.binary_targets;
+    // distribution_focal's targets are distances in bins: [0, B-1].
+    const double high = facts.targets == Targets::kFloatPerRow ? static_cast<double>(job.logits.shape[1] - 1) : 1.0;
     const int64_t m = static_cast<int64_t>(job.targets.size_bytes / DTypeSize(job.targets.dtype));
-    for (int64_t i = 0; i < m; ++i) {
-      const double t = LoadAsDouble(job.targets, i);
-      if (binary ? !(t == 0 || t == 1) : !(t >= 0 && t <= 1)) {
-        return Invalid(absl::StrCat("targets", IndexString(job.targets.shape, i), " is ", t,
-                                    binary ? "; must be 0 or 1" : "; must be in [0, 1]"));
-      }
+    const int64_t i = FindFirstValue(job.targets, m, [&](double t) {
+      return binary ? !(t == 0 || t == 1) : !(t >= 0 && t <= high);
+    });
+    if (i >= 0) {
+      return Invalid(absl::StrCat("targets", IndexString(job.targets.shape, i), " is ", LoadAsDouble(job.targets, i),
+                                  binary ? "; must be 0 or 1" : absl::StrCat("; must be in [0, ", high, "]")));
     }
   }
   return absl::OkStatus();

@@ -45,6 +45,9 @@ ParameterDescription Describe(const Param<P, T>& param) {
   } else if constexpr (std::is_same_v<T, int64_t>) {
     d.type = WithRange("int64", param.range, param.rule);
     d.default_value = absl::StrCat(value);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    d.type = "bool";
+    d.default_value = value ? "true" : "false";
   } else if constexpr (IsOptional<T>::value) {
     d.type = "int64";
     d.default_value = value ? absl::StrCat(*value) : "none";
@@ -114,14 +117,25 @@ const VariantDescription& DescribeVariant(const VariantParams& params) {
   return DescribeVariants()[params.index()];  // the table's order is VariantParams'
 }
 
+namespace {
+/// The names of the variants whose facts say `takes`, joined by ", ".
+std::string VariantsWhere(bool VariantFacts::*takes) {
+  std::vector<std::string> takers;
+  ForEachVariant([&](auto tag) {
+    const VariantFacts& facts = Variant<typename decltype(tag)::Params>::kFacts;
+    if (facts.*takes) takers.push_back(facts.name);
+  });
+  return absl::StrJoin(takers, ", ");
+}
+}  // namespace
+
 const std::string& NumObjectsVariants() {
-  static const auto* names = [] {
-    std::vector<std::string> takers;
-    for (const VariantDescription& v : DescribeVariants()) {
-      if (v.num_objects) takers.push_back(v.name);
-    }
-    return new std::string(absl::StrJoin(takers, ", "));
-  }();
+  static const auto* names = new std::string(VariantsWhere(&VariantFacts::num_objects));
+  return *names;
+}
+
+const std::string& ScoresVariants() {
+  static const auto* names = new std::string(VariantsWhere(&VariantFacts::scores));
   return *names;
 }
 
@@ -141,6 +155,9 @@ absl::Status SetParameterFromText(VariantParams& params, absl::string_view name,
     if constexpr (std::is_same_v<T, double>) {
       double v;
       if (absl::SimpleAtod(text, &v)) p.*param.member = v; else bad("a number");
+    } else if constexpr (std::is_same_v<T, bool>) {
+      bool v;
+      if (absl::SimpleAtob(text, &v)) p.*param.member = v; else bad("true or false");
     } else if constexpr (std::is_same_v<T, int64_t> || IsOptional<T>::value) {
       int64_t v;
       if (absl::SimpleAtoi(text, &v)) p.*param.member = v; else bad("an integer");

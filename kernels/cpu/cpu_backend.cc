@@ -43,11 +43,12 @@ absl::StatusOr<LossResult> CpuBackend::Compute(const LossJob& job) const {
     result.gradient = OwnedTensor::Allocate(plan.output_dtype, job.logits.shape, plan.num_elements);
     a.gradient = result.gradient->data();
   }
-  std::vector<float> widened_weights;
+  std::vector<float> widened_weights, widened_loss_weights;
   a.item_weights = ItemWeightsAsFloat32(job, widened_weights);
+  a.loss_weights = LossWeightsAsFloat32(job, widened_loss_weights);
 
   // Elementwise kinds chunk over elements; class-indexed ones over positions (rows).
-  const bool elementwise = kind == KernelKind::kSigmoidFloatTargets;
+  const bool elementwise = kind == KernelKind::kElementwiseFloatTargets;
   const int64_t units = elementwise ? plan.num_elements : plan.batch * plan.inner;
   const int64_t per_unit = elementwise ? 1 : std::max<int64_t>(plan.classes, 1);
   // A multiple of 64 units, so that chunk boundaries fall on whole vectors (and whole groups of

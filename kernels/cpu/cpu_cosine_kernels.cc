@@ -115,6 +115,9 @@ ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     const auto loss = hn::IfThenElse(hn::Ne(hn::Load(d, row_nan), hn::Zero(d)),
                                      hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rc.loss);
     hn::Store(loss, d, row_loss);
+    if (a.loss_weights) {
+      for (int64_t g = 0; g < rows; ++g) row_loss[g] *= static_cast<T>(a.loss_weights[first + g]);
+    }
     hn::Store(rc.coef_x, d, row_cx);
     hn::Store(rc.coef_e, d, row_ce);
     hn::Store(rc.grad_y, d, row_fix);

@@ -1,6 +1,7 @@
-// sigmoid_focal (float and class-index targets) and dynamic_focal on the CPU: one pass over the
-// logits, a vector of elements at a time, the formulas of focal/math-inl.h (math::SigmoidFocal,
-// math::DynamicFocalWeights) compiled once per SIMD target and dispatched at run time.
+// The elementwise variants on the CPU (sigmoid_focal, dynamic_focal, asymmetric, quality_focal,
+// varifocal, focal_star; float and class-index targets): one pass over the logits, a vector of
+// elements at a time, the per-element formula of focal/element_formulas-inl.h chosen once per
+// chunk, compiled once per SIMD target and dispatched at run time.
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/cpu_elementwise_kernels.cc"
@@ -14,21 +15,18 @@ HWY_BEFORE_NAMESPACE();
 namespace focal::cpu {
 namespace HWY_NAMESPACE {
 
-/// Per-job constants broadcast once per chunk, for one descriptor.
-template <class D>
-struct SigmoidConsts {
+/// Per-job constants broadcast once per chunk, for one descriptor and formula.
+template <ElementFormula F, class D>
+struct ElementConsts {
   using V = hn::Vec<D>;
-  HWY_INLINE SigmoidConsts(D d, const KernelArgs& a)
-      : o{d},
-        focal(math::MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities)),
-        scale(o.Set(a.grad_scale)) {}
+  HWY_INLINE ElementConsts(D d, const KernelArgs& a) : o{d}, formula(o, a), scale(o.Set(a.grad_scale)) {}
   HwyOps<D> o;
-  math::SigmoidFocalConsts<V> focal;
+  math::Element<F, HwyOps<D>> formula;
   V scale;  ///< gradient scale of the reduction and the upstream scalar
 };
 
 /// The α_t weights of positives and negatives: dynamic_focal's from its row's α_n (`row_alpha`
-/// non-null), else sigmoid_focal's for the whole job.
+/// non-null), else the job's (sigmoid_focal's and focal_star's; unused by the others).
 template <class Ops>
 HWY_INLINE math::ClassWeights<typename Ops::V> ElementWeights(const Ops& o, const KernelArgs& a,
                                                               const float* row_alpha) {
@@ -36,12 +34,16 @@ HWY_INLINE math::ClassWeights<typename Ops::V> ElementWeights(const Ops& o, cons
   return {o.Set(a.alpha_pos), o.Set(a.alpha_neg)};
 }
 
-/// Writes one vector of results: per-item losses for NONE, and the gradient scaled by the
-/// reduction and the upstream weight.
-template <class D>
-HWY_INLINE void EmitElementwise(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
-                                hn::Vec<D> x, hn::Vec<D> loss, hn::Vec<D> grad) {
-  if (a.losses) StoreFloat(d, PropagateNaN<D>(a, x, loss), a.losses, a.output_dtype, i);
+/// Weights one vector's loss by the request's per-item weights, adds it to the sum and writes
+/// the results: per-item losses for NONE, and the gradient scaled by the reduction and the
+/// per-item gradient weights (upstream times loss weights).
+template <class D, class K>
+HWY_INLINE void EmitElementwise(D d, const K& k, const KernelArgs& a, int64_t i, hn::Vec<D> x, hn::Vec<D> loss,
+                                hn::Vec<D> grad, LossSum<D>& sum) {
+  if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, i));
+  loss = PropagateNaN<D>(a, x, loss);
+  sum.Add(d, loss);
+  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, i);
   if (a.gradient) {
     auto g = hn::Mul(grad, k.scale);
     if (a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, i));
@@ -50,31 +52,30 @@ HWY_INLINE void EmitElementwise(D d, const SigmoidConsts<D>& k, const KernelArgs
 }
 
 // ------------------------------------------------------------------------------------------
-// Float targets shaped like the logits: sigmoid_focal and dynamic_focal.
+// Float targets shaped like the logits.
 
-template <class D>
-HWY_INLINE void SigmoidFloatStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
-                                 const math::ClassWeights<hn::Vec<D>>& alpha, LossSum<D>& sum, ChunkResult& r) {
+template <ElementFormula F, class D>
+HWY_INLINE void FloatTargetStep(D d, const ElementConsts<F, D>& k, const KernelArgs& a, int64_t i,
+                                const math::ClassWeights<hn::Vec<D>>& alpha, LossSum<D>& sum, ChunkResult& r) {
   const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
   const auto t = LoadFloat(d, a.targets, a.targets_dtype, i);
   r.bad_input |= AnyBadInput(d, a, x);
-  // One form per vector: the hard one only where every lane's target is 0 or 1.
+  // One form per vector: sigmoid_focal's hard one only where every lane's target is 0 or 1.
   const bool all_binary = hn::AllTrue(d, math::IsBinaryTarget(k.o, t));
   if (!all_binary &&
       (a.binary_targets || !hn::AllTrue(d, hn::And(hn::Ge(t, hn::Zero(d)), hn::Le(t, hn::Set(d, 1)))))) {
     r.bad_target = true;
   }
-  const auto out = math::SigmoidFocal(k.o, k.focal, x, t, all_binary, alpha.pos, alpha.neg);
-  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
-  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
+  const auto out = k.formula(k.o, x, t, all_binary, alpha);
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad, sum);
 }
 
-template <typename T>
-ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+template <ElementFormula F, typename T>
+ChunkResult FloatTargetChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
-  const SigmoidConsts<decltype(d)> k(d, a);
-  const SigmoidConsts<decltype(d1)> k1(d1, a);
+  const ElementConsts<F, decltype(d)> k(d, a);
+  const ElementConsts<F, decltype(d1)> k1(d1, a);
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
@@ -89,46 +90,51 @@ ChunkResult SigmoidFloatChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       row_alpha = a.row_alpha + row;
     }
     const auto alpha = ElementWeights(k.o, a, row_alpha);
-    for (; i + lanes <= segment_end; i += lanes) SigmoidFloatStep(d, k, a, i, alpha, sum, r);
+    for (; i + lanes <= segment_end; i += lanes) FloatTargetStep(d, k, a, i, alpha, sum, r);
     const auto alpha1 = ElementWeights(k1.o, a, row_alpha);
-    for (; i < segment_end; ++i) SigmoidFloatStep(d1, k1, a, i, alpha1, tail_sum, r);
+    for (; i < segment_end; ++i) FloatTargetStep(d1, k1, a, i, alpha1, tail_sum, r);
   }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
 }
 
 // ------------------------------------------------------------------------------------------
-// sigmoid_focal with class-index targets: t = [c == y], background y = C, ignored rows 0.
+// Class-index targets: t = [c == y] (quality_focal: its score there), background y = C,
+// ignored rows 0.
 
-template <class D>
-HWY_INLINE void SigmoidIndexStep(D d, const SigmoidConsts<D>& k, const KernelArgs& a, int64_t i,
-                                 hn::Mask<D> is_target, hn::Mask<D> valid, LossSum<D>& sum,
-                                 ChunkResult& r) {
+template <ElementFormula F, class D>
+HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelArgs& a, int64_t i,
+                                hn::Mask<D> is_target, hn::Vec<D> target_value, hn::Mask<D> valid, LossSum<D>& sum,
+                                ChunkResult& r) {
   const auto x = LoadFloat(d, a.logits, a.logits_dtype, i);
   r.bad_input |= AnyBadInput(d, a, x);
-  const auto t = hn::IfThenElseZero(is_target, hn::Set(d, 1));
+  const auto t = hn::IfThenElseZero(is_target, target_value);
   const auto alpha = ElementWeights(k.o, a, nullptr);
-  auto out = math::SigmoidFocal(k.o, k.focal, x, t, /*binary=*/true, alpha.pos, alpha.neg);  // a one-hot
+  // A one-hot is binary, except for quality_focal's scores (its formula has one form only).
+  auto out = k.formula(k.o, x, t, /*binary=*/true, alpha);
   out.loss = hn::IfThenElseZero(valid, out.loss);
   out.grad = hn::IfThenElseZero(valid, out.grad);
-  sum.Add(d, PropagateNaN<D>(a, x, out.loss));
-  EmitElementwise(d, k, a, i, x, out.loss, out.grad);
+  EmitElementwise(d, k, a, i, x, out.loss, out.grad, sum);
 }
 
-template <typename T>
-ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+template <ElementFormula F, typename T>
+ChunkResult IndexTargetChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;
   hn::RebindToSigned<decltype(d1)> di1;
   using TI = hn::TFromD<decltype(di)>;
-  const SigmoidConsts<decltype(d)> k(d, a);
-  const SigmoidConsts<decltype(d1)> k1(d1, a);
+  const ElementConsts<F, decltype(d)> k(d, a);
+  const ElementConsts<F, decltype(d1)> k1(d1, a);
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
   const int64_t C = a.classes, S = a.inner;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  // The value of the target class's t: 1, or quality_focal's score of the position.
+  auto target_value_at = [&](int64_t position) -> T {
+    return a.scores ? static_cast<T>(ScalarAt(a.scores, a.scores_dtype, position)) : T(1);
+  };
   if (S == 1) {
     // [N, C]: a row is contiguous; vectorise along the classes. Lane j of the vector at class c
     // is the target when j == y - c (Highway's Iota goes through memory: build it once).
@@ -136,24 +142,29 @@ ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
       const int64_t base = row * C;
+      const T value = y >= 0 && y < C ? target_value_at(row) : T(1);
       const auto valid = hn::RebindMask(d, hn::Gt(hn::Set(di, y), hn::Set(di, -1)));
       const auto valid1 = hn::RebindMask(d1, hn::Gt(hn::Set(di1, y), hn::Set(di1, -1)));
       int64_t c = 0;
       for (; c + lanes <= C; c += lanes) {
         const auto is_target = hn::RebindMask(d, hn::Eq(iota, hn::Set(di, static_cast<TI>(y - c))));
-        SigmoidIndexStep(d, k, a, base + c, is_target, valid, sum, r);
+        IndexTargetStep(d, k, a, base + c, is_target, hn::Set(d, value), valid, sum, r);
       }
       for (; c < C; ++c) {
         const auto is_target = hn::RebindMask(d1, hn::Eq(hn::Set(di1, static_cast<TI>(c)), hn::Set(di1, y)));
-        SigmoidIndexStep(d1, k1, a, base + c, is_target, valid1, tail_sum, r);
+        IndexTargetStep(d1, k1, a, base + c, is_target, hn::Set(d1, value), valid1, tail_sum, r);
       }
     }
   } else {
     // [N, C, S]: vectorise along S, a block of positions and a class at a time.
     constexpr int64_t kBlock = 4096;
     TI* const ybuf = Scratch<TI>(kBlock);
+    T* const vbuf = a.scores ? Scratch<T>(kBlock) : nullptr;
     ForEachPositionBlock(a, begin, end, kBlock, [&](int64_t n, int64_t s, int64_t p, int64_t count) {
       for (int64_t j = 0; j < count; ++j) ybuf[j] = static_cast<TI>(ClassIndexAt(a, p + j));
+      if (vbuf) {
+        for (int64_t j = 0; j < count; ++j) vbuf[j] = target_value_at(p + j);
+      }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t base = (n * C + c) * S + s;
         ForEachVector(d, d1, count, [&](auto dv, int64_t j) {
@@ -161,8 +172,9 @@ ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
           const auto y = hn::LoadU(div, ybuf + j);
           const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
           const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<TI>(c))));
-          SigmoidIndexStep(dv, ForLanes(dv, k, k1), a, base + j, is_target, valid,
-                           ForLanes(dv, sum, tail_sum), r);
+          const auto value = vbuf ? hn::LoadU(dv, vbuf + j) : hn::Set(dv, 1);
+          IndexTargetStep(dv, ForLanes(dv, k, k1), a, base + j, is_target, value, valid, ForLanes(dv, sum, tail_sum),
+                          r);
         });
       }
     });
@@ -171,13 +183,28 @@ ChunkResult SigmoidIndexChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   return r;
 }
 
+template <ElementFormula F, typename T>
+ChunkResult ElementwiseTyped(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
+  return kind == KernelKind::kElementwiseIndexTargets ? IndexTargetChunk<F, T>(a, begin, end)
+                                                      : FloatTargetChunk<F, T>(a, begin, end);
+}
+
+template <typename T>
+ChunkResult ElementwiseFormula(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
+  switch (a.formula) {
+    case ElementFormula::kSigmoidFocal: return ElementwiseTyped<ElementFormula::kSigmoidFocal, T>(kind, a, begin, end);
+    case ElementFormula::kAsymmetric: return ElementwiseTyped<ElementFormula::kAsymmetric, T>(kind, a, begin, end);
+    case ElementFormula::kQualityFocal: return ElementwiseTyped<ElementFormula::kQualityFocal, T>(kind, a, begin, end);
+    case ElementFormula::kVarifocal: return ElementwiseTyped<ElementFormula::kVarifocal, T>(kind, a, begin, end);
+    case ElementFormula::kFocalStar: return ElementwiseTyped<ElementFormula::kFocalStar, T>(kind, a, begin, end);
+  }
+  return {};
+}
+
 /// float64 logits compute in double; every other dtype in float.
 ChunkResult ElementwiseChunkImpl(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
-  const bool index = kind == KernelKind::kSigmoidIndexTargets;
-  if (a.logits_dtype == DType::kFloat64) {
-    return index ? SigmoidIndexChunk<double>(a, begin, end) : SigmoidFloatChunk<double>(a, begin, end);
-  }
-  return index ? SigmoidIndexChunk<float>(a, begin, end) : SigmoidFloatChunk<float>(a, begin, end);
+  return a.logits_dtype == DType::kFloat64 ? ElementwiseFormula<double>(kind, a, begin, end)
+                                           : ElementwiseFormula<float>(kind, a, begin, end);
 }
 
 const char* TargetNameImpl() { return hwy::TargetName(HWY_TARGET); }

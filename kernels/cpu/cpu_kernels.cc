@@ -12,10 +12,11 @@ namespace focal::cpu {
 
 ChunkResult RunChunk(KernelKind kind, const KernelArgs& args, int64_t begin, int64_t end) {
   switch (kind) {
-    case KernelKind::kSigmoidFloatTargets:
-    case KernelKind::kSigmoidIndexTargets: return RunElementwiseChunk(kind, args, begin, end);
+    case KernelKind::kElementwiseFloatTargets:
+    case KernelKind::kElementwiseIndexTargets: return RunElementwiseChunk(kind, args, begin, end);
     case KernelKind::kSoftmaxFocal: return RunSoftmaxChunk(args, begin, end);
     case KernelKind::kFocalCosine: return RunFocalCosineChunk(args, begin, end);
+    case KernelKind::kDistributionFocal: return RunDistributionChunk(args, begin, end);
   }
   return {};
 }

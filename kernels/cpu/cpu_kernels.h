@@ -20,7 +20,7 @@ struct ChunkResult {
   bool bad_target = false;  ///< a float target was outside its range
 };
 
-/// Runs `kind` over chunk [begin, end): elements for kSigmoidFloatTargets, positions
+/// Runs `kind` over chunk [begin, end): elements for kElementwiseFloatTargets, positions
 /// (n·S + s) for the class-indexed kinds.
 ChunkResult RunChunk(KernelKind kind, const KernelArgs& args, int64_t begin, int64_t end);
 

@@ -35,19 +35,21 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
 
   // Per-row values of the group, laid out as vectors for the per-row math.
   HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xy[kMaxLanes], row_alpha[kMaxLanes],
-      row_w[kMaxLanes], row_nan[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes];
+      row_w[kMaxLanes], row_nan[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes],
+      row_lw[kMaxLanes];
   int64_t row_y[kMaxLanes];
 
   for (int64_t first = begin; first < end; first += group) {
     const int64_t rows = std::min(group, end - first);
     for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
-      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0, row_nan[g] = 0;
+      row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0, row_nan[g] = 0, row_lw[g] = 1;
     }
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
       T* const row_e = e + g * C;
       const int64_t y = hn::GetLane(LoadClassIndex(hn::CappedTag<int64_t, 1>(), a, row));
       row_y[g] = y;
+      if (a.loss_weights) row_lw[g] = a.loss_weights[row];
       bool finite, poisoned;
       const T max = RowMax(d, a, base, C, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
@@ -73,7 +75,8 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     // The loss is NaN for a counted non-finite row under allow_non_finite, 0 when ignored (α_y
     // is 0 there). Not tested on w: a NaN upstream weight is the gradient's business, not the loss's.
     const auto nan_row = hn::Ne(hn::Load(d, row_nan), hn::Zero(d));
-    const auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rg.loss);
+    auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rg.loss);
+    if (a.loss_weights) loss = hn::Mul(loss, hn::Load(d, row_lw));
     hn::Store(loss, d, row_loss);
     hn::Store(rg.coef_e, d, row_k);
     hn::Store(rg.grad_y, d, row_fix);
@@ -170,6 +173,7 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t
     // With label smoothing every class carries a term, so a masked (-inf) class would make the
     // row +inf with a NaN gradient: the row is NaN, as for any non-finite logit.
     if (!finite && a.propagate_nan) loss = w = std::numeric_limits<T>::quiet_NaN();
+    if (a.loss_weights) loss *= static_cast<T>(a.loss_weights[row]);
     if (a.gradient) {
       auto grad_at = [&](auto dv, auto div, const auto& gv, const auto& sv, int64_t cc) {
         const HwyOps<decltype(dv)> ov{dv};
@@ -290,6 +294,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
       }
     }
   }
+  if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, p));
   sum.Add(d, loss);
   if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, p);
 }

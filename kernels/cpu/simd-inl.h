@@ -37,6 +37,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 // The shared formulas, compiled again for this target (see focal/math-inl.h).
 namespace math {
 #include "focal/math-inl.h"
+#include "focal/element_formulas-inl.h"
 }  // namespace math
 
 /// The math-ops policy of focal/math.h over Highway vectors of descriptor D.

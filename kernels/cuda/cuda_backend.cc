@@ -195,8 +195,9 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   RETURN_IF_ERROR(Check(cudaSetDevice(device.ordinal), device, "cudaSetDevice"));
   KernelArgs a;
   const KernelKind kind = MakeKernelArgs(job, plan, a);
-  std::vector<float> widened_weights;
+  std::vector<float> widened_weights, widened_loss_weights;
   const float* item_weights = ItemWeightsAsFloat32(job, widened_weights);
+  const float* item_loss_weights = LossWeightsAsFloat32(job, widened_loss_weights);
   const bool none = job.spec.reduction == Reduction::kNone;
   const size_t out_size = DTypeSize(plan.output_dtype);
   const LaunchPlan launch = PlanLaunch(kind, a, device.limits);
@@ -215,10 +216,15 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
       // exactly; the others round it to float on read, as a float upload would.
       class_alpha{softmax ? softmax->alpha.data() : nullptr, class_alpha_count * sizeof(*a.class_alpha)},
       weights{item_weights, item_weights ? static_cast<size_t>(plan.num_items) * sizeof(float) : 0},
+      // The request's loss weights (the loss side; item_weights carries their gradient side).
+      loss_weights{item_loss_weights, item_loss_weights ? static_cast<size_t>(plan.num_items) * sizeof(float) : 0},
+      // quality_focal's per-position scores, in their own dtype (a.scores_dtype).
+      scores{a.scores, a.scores ? job.scores->size_bytes : 0},
       gradient{nullptr, job.compute_gradient ? static_cast<size_t>(plan.num_elements) * out_size : 0},
       losses{nullptr, none ? static_cast<size_t>(plan.num_items) * out_size : 0},
       partials{nullptr, static_cast<size_t>(launch.blocks) * sizeof(double)}, scalars{nullptr, sizeof(JobScalars)};
-  Region* regions[] = {&logits, &targets, &row_alpha, &class_alpha, &weights, &gradient, &losses, &partials, &scalars};
+  Region* regions[] = {&logits,  &targets,  &row_alpha, &class_alpha, &weights, &loss_weights,
+                       &scores,  &gradient, &losses,    &partials,    &scalars};
   size_t total = 0;
   for (Region* r : regions) {
     r->offset = total;
@@ -247,6 +253,8 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   a.row_alpha = static_cast<const float*>(at(row_alpha));
   a.class_alpha = static_cast<const double*>(at(class_alpha));
   a.item_weights = static_cast<const float*>(at(weights));
+  a.loss_weights = static_cast<const float*>(at(loss_weights));
+  a.scores = at(scores);
   a.gradient = at(gradient);
   a.losses = at(losses);
   for (Region* r : {&gradient, &losses}) {

@@ -1,8 +1,10 @@
-// sigmoid_focal and dynamic_focal on the GPU: one pass over the logits, each thread a run of 8
-// consecutive elements per grid-stride step (16-byte loads and stores for every dtype: one
-// vector of 16-bit floats, two of float32, four of float64), the last partial run element by
-// element. The formulas are focal/math-inl.h's (math::SigmoidFocal, math::DynamicFocalWeights),
-// the same the CPU backend runs.
+// The elementwise variants on the GPU (sigmoid_focal, dynamic_focal, asymmetric, quality_focal,
+// varifocal, focal_star): one pass over the logits, each thread a run of 8 consecutive elements
+// per grid-stride step (16-byte loads and stores for every dtype: one vector of 16-bit floats,
+// two of float32, four of float64), the last partial run element by element. The per-element
+// formula is focal/element_formulas-inl.h's math::Element, chosen at compile time from
+// KernelArgs::formula, the same the CPU backend runs.
+#include "focal/element_formulas.h"
 #include "kernels/cuda/kernel_common.cuh"
 #include "kernels/cuda/kernel_launchers.h"
 
@@ -10,6 +12,17 @@ namespace focal::cuda {
 namespace {
 
 constexpr int kRun = 8;
+
+/// A run's float32 per-item weights (upstream or loss weights), 0 past the end of a partial run.
+template <class T>
+__device__ __forceinline__ void LoadWeights(const float* w, int64_t i0, bool full, int count, T (&out)[kRun]) {
+  if (full) {
+    LoadRun<kRun>(w, DType::kFloat32, i0, out);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) out[k] = k < count ? static_cast<T>(w[i0 + k]) : T(0);
+  }
+}
 
 /// Where element i sits in [N, C, S]: its class c and its position n·S + s, advanced one element
 /// at a time so that a run costs two divisions, not two per element.
@@ -37,12 +50,11 @@ struct ClassCursor {
   }
 };
 
-template <DType kDT, bool kIndexTargets, bool kGrad>
-__global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, double* partials, int* flags) {
+template <ElementFormula kF, DType kDT, bool kIndexTargets, bool kGrad>
+__global__ void __launch_bounds__(kThreads) ElementwiseKernel(const KernelArgs a, double* partials, int* flags) {
   using T = ComputeT<kDT>;
   const ScalarOps<T> o;
-  const math::SigmoidFocalConsts<T> consts =
-      math::MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities);
+  const math::Element<kF, ScalarOps<T>> formula(o, a);
   const int64_t n = a.num_elements;
   const int64_t runs = (n + kRun - 1) / kRun;
   double sum = 0;
@@ -61,13 +73,15 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
       for (int k = 0; k < kRun; ++k) x[k] = k < count ? LoadAs<T>(a.logits, kDT, i0 + k) : T(0);
     }
     if constexpr (kIndexTargets) {
-      // t = [c == y]; the value C means background (all negatives), ignored rows count nothing.
+      // t = [c == y] (quality_focal with scores: the position's score there); the value C means
+      // background (all negatives), ignored rows count nothing.
       ClassCursor at(i0, a.classes, a.inner);
 #pragma unroll
       for (int k = 0; k < kRun; ++k) {
         const int64_t y = k < count ? LoadClassIndex(a.targets, a.targets_dtype, at.position, a.has_ignore_index, a.ignore_index) : -1;
         valid[k] = y >= 0;
-        t[k] = y == at.c ? T(1) : T(0);
+        const bool is_target = y == at.c;
+        t[k] = !is_target ? T(0) : a.scores ? LoadAs<T>(a.scores, a.scores_dtype, at.position) : T(1);
         ap[k] = static_cast<T>(a.alpha_pos);
         an[k] = static_cast<T>(a.alpha_neg);
         at.Next(a.classes, a.inner);
@@ -99,15 +113,9 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
         if (k < count && !math::IsBinaryTarget(o, t[k]) && (a.binary_targets || !in_range)) bad |= kBadTarget;
       }
     }
-    T weight[kRun];
-    if (kGrad && a.item_weights) {
-      if (full) {
-        LoadRun<kRun>(a.item_weights, DType::kFloat32, i0, weight);
-      } else {
-#pragma unroll
-        for (int k = 0; k < kRun; ++k) weight[k] = k < count ? static_cast<T>(a.item_weights[i0 + k]) : T(0);
-      }
-    }
+    T weight[kRun], loss_weight[kRun];
+    if (kGrad && a.item_weights) LoadWeights(a.item_weights, i0, full, count, weight);
+    if (a.loss_weights) LoadWeights(a.loss_weights, i0, full, count, loss_weight);
     T loss[kRun], grad[kRun];
 #pragma unroll
     for (int k = 0; k < kRun; ++k) {
@@ -115,10 +123,12 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
         const bool ok = a.probabilities ? (x[k] >= T(0) && x[k] <= T(1)) : IsFiniteValue(x[k]);
         if (!ok) bad |= kBadInput;
       }
-      // The form per element: the hard one wherever t is 0 or 1.
+      // The form per element: sigmoid_focal's hard one wherever t is 0 or 1.
       math::LossGrad<T> out =
-          math::SigmoidFocal(o, consts, x[k], t[k], math::IsBinaryTarget(o, t[k]), ap[k], an[k]);
+          formula(o, x[k], t[k], math::IsBinaryTarget(o, t[k]), math::ClassWeights<T>{ap[k], an[k]});
       if (!valid[k]) out = {T(0), T(0)};
+      // The request's loss weights scale the loss here; their gradient side is in item_weights.
+      if (a.loss_weights) out.loss = out.loss * loss_weight[k];
       T g = out.grad * static_cast<T>(a.grad_scale);
       if (kGrad && a.item_weights) g = g * weight[k];
       // allow_non_finite: a NaN input gives NaN outputs, as in PyTorch.
@@ -142,21 +152,47 @@ __global__ void __launch_bounds__(kThreads) SigmoidKernel(const KernelArgs a, do
   FinishBlock<kThreads>(sum, bad, partials, flags);
 }
 
-}  // namespace
-
-cudaError_t LaunchSigmoid(bool index_targets, const KernelArgs& a, const LaunchPlan& plan, double* partials,
+/// Launches formula kF's kernel for the job's dtype, target form and gradient.
+template <ElementFormula kF>
+cudaError_t LaunchFormula(bool index_targets, const KernelArgs& a, const LaunchPlan& plan, double* partials,
                           int* flags, cudaStream_t stream) {
   return DispatchLogitsDType(a.logits_dtype, [&](auto dt) {
     return DispatchBool(index_targets, [&](auto index) {
-      return DispatchBool(a.gradient != nullptr, [&](auto grad) {
-        FOCAL_LAUNCH(plan.blocks, plan.threads, stream,
-                     SigmoidKernel<decltype(dt)::value, decltype(index)::value, decltype(grad)::value>)(a, partials, flags);
-        return cudaGetLastError();
+      return DispatchBool(a.gradient != nullptr, [&](auto grad) -> cudaError_t {
+        using DT = decltype(dt);
+        using Index = decltype(index);
+        using Grad = decltype(grad);
+        if constexpr (Index::value && kF == ElementFormula::kVarifocal) {
+          return cudaErrorInvalidValue;  // varifocal takes float targets only (validated)
+        } else {
+          FOCAL_LAUNCH(plan.blocks, plan.threads, stream,
+                       ElementwiseKernel<kF, DT::value, Index::value, Grad::value>)(a, partials, flags);
+          return cudaGetLastError();
+        }
       });
     });
   });
 }
 
-int64_t SigmoidRuns(int64_t num_elements) { return (num_elements + kRun - 1) / kRun; }
+}  // namespace
+
+cudaError_t LaunchElementwise(bool index_targets, const KernelArgs& a, const LaunchPlan& plan, double* partials,
+                              int* flags, cudaStream_t stream) {
+  switch (a.formula) {
+    case ElementFormula::kSigmoidFocal:
+      return LaunchFormula<ElementFormula::kSigmoidFocal>(index_targets, a, plan, partials, flags, stream);
+    case ElementFormula::kAsymmetric:
+      return LaunchFormula<ElementFormula::kAsymmetric>(index_targets, a, plan, partials, flags, stream);
+    case ElementFormula::kQualityFocal:
+      return LaunchFormula<ElementFormula::kQualityFocal>(index_targets, a, plan, partials, flags, stream);
+    case ElementFormula::kVarifocal:
+      return LaunchFormula<ElementFormula::kVarifocal>(index_targets, a, plan, partials, flags, stream);
+    case ElementFormula::kFocalStar:
+      return LaunchFormula<ElementFormula::kFocalStar>(index_targets, a, plan, partials, flags, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+int64_t ElementwiseRuns(int64_t num_elements) { return (num_elements + kRun - 1) / kRun; }
 
 }  // namespace focal::cuda

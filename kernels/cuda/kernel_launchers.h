@@ -10,14 +10,17 @@
 
 namespace focal::cuda {
 
-cudaError_t LaunchSigmoid(bool index_targets, const KernelArgs& a, const LaunchPlan& plan, double* partials,
-                          int* flags, cudaStream_t stream);
+/// The elementwise kinds, a.formula's kernel; index_targets for kElementwiseIndexTargets.
+cudaError_t LaunchElementwise(bool index_targets, const KernelArgs& a, const LaunchPlan& plan, double* partials,
+                              int* flags, cudaStream_t stream);
 cudaError_t LaunchSoftmaxFocal(const KernelArgs& a, const LaunchPlan& plan, double* partials, int* flags,
                                cudaStream_t stream);
 cudaError_t LaunchFocalCosine(const KernelArgs& a, const LaunchPlan& plan, double* partials, int* flags,
                               cudaStream_t stream);
+cudaError_t LaunchDistributionFocal(const KernelArgs& a, const LaunchPlan& plan, double* partials, int* flags,
+                                    cudaStream_t stream);
 
-/// Runs of 8 elements the sigmoid kernel hands to each thread per step.
-int64_t SigmoidRuns(int64_t num_elements);
+/// Runs of 8 elements the elementwise kernel hands to each thread per step.
+int64_t ElementwiseRuns(int64_t num_elements);
 
 }  // namespace focal::cuda

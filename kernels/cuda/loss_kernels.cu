@@ -46,10 +46,10 @@ LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, const DeviceLimits& 
     return static_cast<int>(std::min(std::max<int64_t>(blocks_needed, 1), sms * per_sm));
   };
   if (a.num_elements == 0) return plan;  // kEmpty
-  if (kind == KernelKind::kSigmoidFloatTargets || kind == KernelKind::kSigmoidIndexTargets) {
+  if (kind == KernelKind::kElementwiseFloatTargets || kind == KernelKind::kElementwiseIndexTargets) {
     plan.shape = LaunchPlan::Shape::kElementwise;
     plan.threads = kThreads;
-    plan.blocks = grid(CeilDiv(SigmoidRuns(a.num_elements), kThreads), kBlocksPerSm);
+    plan.blocks = grid(CeilDiv(ElementwiseRuns(a.num_elements), kThreads), kBlocksPerSm);
     return plan;
   }
   if (a.inner != 1) {
@@ -93,19 +93,20 @@ LaunchPlan PlanLaunch(KernelKind kind, const KernelArgs& a, const DeviceLimits& 
 cudaError_t LaunchLoss(KernelKind kind, const KernelArgs& a, const LaunchPlan& plan, double* partials,
                        JobScalars* scalars, cudaStream_t stream) {
   for (const void* p : {a.logits, a.targets, static_cast<const void*>(a.gradient), static_cast<const void*>(a.losses),
-                        static_cast<const void*>(a.item_weights)}) {
+                        static_cast<const void*>(a.item_weights), static_cast<const void*>(a.loss_weights)}) {
     if (!Aligned(p)) return cudaErrorInvalidValue;  // the 16-byte runs need it; null is aligned
   }
   cudaError_t status = cudaMemsetAsync(scalars, 0, sizeof(JobScalars), stream);
   if (status != cudaSuccess || plan.shape == LaunchPlan::Shape::kEmpty) return status;
   int* const flags = &scalars->flags;
   switch (kind) {
-    case KernelKind::kSigmoidFloatTargets:
-    case KernelKind::kSigmoidIndexTargets:
-      status = LaunchSigmoid(kind == KernelKind::kSigmoidIndexTargets, a, plan, partials, flags, stream);
+    case KernelKind::kElementwiseFloatTargets:
+    case KernelKind::kElementwiseIndexTargets:
+      status = LaunchElementwise(kind == KernelKind::kElementwiseIndexTargets, a, plan, partials, flags, stream);
       break;
     case KernelKind::kSoftmaxFocal: status = LaunchSoftmaxFocal(a, plan, partials, flags, stream); break;
     case KernelKind::kFocalCosine: status = LaunchFocalCosine(a, plan, partials, flags, stream); break;
+    case KernelKind::kDistributionFocal: status = LaunchDistributionFocal(a, plan, partials, flags, stream); break;
   }
   if (status != cudaSuccess) return status;
   FOCAL_LAUNCH(1, kFinishThreads, stream, FinishKernel)(partials, plan.blocks, &scalars->loss_sum);

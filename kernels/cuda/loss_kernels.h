@@ -24,7 +24,7 @@ struct JobScalars {
 struct LaunchPlan {
   enum class Shape : uint8_t {
     kEmpty,        ///< nothing to compute
-    kElementwise,  ///< sigmoid/dynamic: a thread per run of 8 elements, grid-stride
+    kElementwise,  ///< the elementwise kinds: a thread per run of 8 elements, grid-stride
     kWarpRows,     ///< [N, C] with small C: `row_width` lanes of a warp per row
     kBlockRows,    ///< [N, C] with large C: a block per row
     kStridedRows,  ///< [N, C, S]: a thread per position, classes read at stride S

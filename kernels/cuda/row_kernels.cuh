@@ -1,4 +1,5 @@
-// softmax_focal and focal_cosine on the GPU. Each row function is written once against a team
+// softmax_focal and focal_cosine on the GPU (distribution_focal's row, distribution_kernels.cu,
+// runs in the same shapes). Each row function is written once against a team
 // (teams.cuh) and runs in three shapes: lanes of a warp per [N, C] row for small C, a block per
 // row for large C, a thread per position for the strided [N, C, S] layout (read in place: the
 // threads of a warp take neighbouring positions, so every class read is coalesced). The softmax
@@ -62,6 +63,13 @@ template <DType kDT, class Team, class G>
 __device__ __forceinline__ void WriteRowGradient(const Team& team, const KernelArgs& a, int64_t base, int64_t stride,
                                                  const G& g) {
   VisitRow<kDT, true>(team, a, base, stride, g);
+}
+
+/// A row's loss times the request's loss weight of the row, when there are any (their gradient
+/// side is already in item_weights).
+template <class T>
+__device__ __forceinline__ T LossWeighted(const KernelArgs& a, int64_t item, T loss) {
+  return a.loss_weights ? loss * static_cast<T>(a.loss_weights[item]) : loss;
 }
 
 /// Where a row is and what its team does with it.
@@ -134,6 +142,7 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
     }
   }
   if (nan_row) loss = T(NAN);
+  loss = LossWeighted(a, row.item, loss);
   if (a.losses && row.active && team.rank() == 0) StoreAs(a.losses, a.output_dtype, row.item, loss);
   return loss;
 }
@@ -181,7 +190,7 @@ __device__ __forceinline__ ComputeT<kDT> FocalCosineRow(const Team& team, const 
   const math::FocalCosineRow<T> rc = math::FocalCosine(o, norm.sum_squares, x_y, z_max, rest, sums.v[2],
                                                        static_cast<T>(a.cosine_alpha), gamma,
                                                        static_cast<T>(a.xent), w);
-  const T loss = nan_row ? T(NAN) : rc.loss;  // a NaN upstream weight leaves the loss alone
+  const T loss = LossWeighted(a, row.item, nan_row ? T(NAN) : rc.loss);  // a NaN upstream weight leaves the loss alone
   if (kGrad && row.active) {
     WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {
       if (c == y) return rc.grad_y;

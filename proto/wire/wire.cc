@@ -96,6 +96,8 @@ std::optional<std::string> Mismatch(const FieldDescriptor* field, const Param<P,
     std::optional<std::string> why;
     if constexpr (std::is_same_v<T, double>) {
       why = want(FieldDescriptor::CPPTYPE_DOUBLE, false);
+    } else if constexpr (std::is_same_v<T, bool>) {
+      why = want(FieldDescriptor::CPPTYPE_BOOL, false);
     } else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, std::optional<int64_t>>) {
       why = want(FieldDescriptor::CPPTYPE_INT64, false);
       if (!why && std::is_same_v<T, std::optional<int64_t>> && !field->has_presence()) {
@@ -223,6 +225,8 @@ absl::Status DecodeParam(const Message& m, const Reflection& r, const ParamField
   } else if (r.HasField(m, f.field)) {  // absent: the table's default
     if constexpr (std::is_same_v<T, double>) {
       value = r.GetDouble(m, f.field);
+    } else if constexpr (std::is_same_v<T, bool>) {
+      value = r.GetBool(m, f.field);
     } else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, std::optional<int64_t>>) {
       value = r.GetInt64(m, f.field);
     } else {
@@ -247,6 +251,8 @@ void EncodeParam(const P& in, const Param<P, T>& param, const ParamFields& f, co
     for (double v : value) list.Add(v);
   } else if constexpr (std::is_same_v<T, double>) {
     r.SetDouble(m, f.field, value);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    r.SetBool(m, f.field, value);
   } else if constexpr (std::is_same_v<T, int64_t>) {
     r.SetInt64(m, f.field, value);
   } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {

@@ -121,8 +121,8 @@ Measured Run(const BenchCase& c, int multiprocessors, size_t l2_bytes, int repea
   const bool index = std::strcmp(c.variant, "sigmoid_focal") != 0;
   const KernelKind kind = std::strcmp(c.variant, "softmax_focal") == 0   ? KernelKind::kSoftmaxFocal
                           : std::strcmp(c.variant, "focal_cosine") == 0  ? KernelKind::kFocalCosine
-                          : std::strcmp(c.variant, "sigmoid_focal") == 0 ? KernelKind::kSigmoidFloatTargets
-                                                                         : KernelKind::kSigmoidIndexTargets;
+                          : std::strcmp(c.variant, "sigmoid_focal") == 0 ? KernelKind::kElementwiseFloatTargets
+                                                                         : KernelKind::kElementwiseIndexTargets;
   int64_t elements = 1;
   for (int64_t d : c.shape) elements *= d;
   const int64_t N = c.shape[0], C = c.shape.size() > 1 ? c.shape[1] : 1;
@@ -145,7 +145,7 @@ Measured Run(const BenchCase& c, int multiprocessors, size_t l2_bytes, int repea
   a.inner = inner;
   a.num_elements = elements;
   a.gamma = 2;
-  if (kind == KernelKind::kSigmoidFloatTargets || kind == KernelKind::kSigmoidIndexTargets) {
+  if (kind == KernelKind::kElementwiseFloatTargets || kind == KernelKind::kElementwiseIndexTargets) {
     a.alpha_pos = 0.25, a.alpha_neg = 0.75;
   }
   a.grad_scale = 1.0 / static_cast<double>(kind == KernelKind::kSoftmaxFocal || kind == KernelKind::kFocalCosine

@@ -416,7 +416,9 @@ TEST_F(ClientTest, ServerInfoDescribesTheServer) {
   EXPECT_EQ(info->backend, "cpu");
   std::vector<std::string> names;
   for (const auto& v : info->variants) names.push_back(v.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal",
+                                             "asymmetric", "quality_focal", "varifocal", "focal_star",
+                                             "distribution_focal"}));
   ASSERT_FALSE(info->variants[0].parameters.empty());
   EXPECT_EQ(info->variants[0].parameters[0].name, "gamma");
   EXPECT_EQ(info->variants[0].parameters[0].default_value, "2");

@@ -69,6 +69,13 @@ TEST_F(CudaBackendTest, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTarge
 TEST_F(CudaBackendTest, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
 TEST_F(CudaBackendTest, DynamicFocal) { CompareAll(DynamicFocalCases()); }
 TEST_F(CudaBackendTest, FocalCosine) { CompareAll(FocalCosineCases(100000)); }
+TEST_F(CudaBackendTest, Asymmetric) { CompareAll(AsymmetricCases()); }
+TEST_F(CudaBackendTest, QualityFocal) { CompareAll(QualityFocalCases()); }
+TEST_F(CudaBackendTest, Varifocal) { CompareAll(VarifocalCases()); }
+TEST_F(CudaBackendTest, FocalStar) { CompareAll(FocalStarCases()); }
+TEST_F(CudaBackendTest, DistributionFocal) { CompareAll(DistributionFocalCases()); }
+TEST_F(CudaBackendTest, DistributionFocalEdges) { CheckDistributionFocalEdges(Device(), "cuda:"); }
+TEST_F(CudaBackendTest, LossWeightsOnEveryVariant) { CompareAll(LossWeightCases()); }
 TEST_F(CudaBackendTest, EmptyInputs) { CompareAll(EmptyCases()); }
 TEST_F(CudaBackendTest, NonFiniteInputs) { CheckNonFiniteInputs(Device(), "cuda:"); }
 TEST_F(CudaBackendTest, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(Device(), "cuda:"); }

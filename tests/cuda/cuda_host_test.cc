@@ -29,7 +29,7 @@ KernelArgs Rows(int64_t n, int64_t c, int64_t s = 1, DType dtype = DType::kFloat
 }
 
 TEST(LaunchPlan, EmptyJobsLaunchNothing) {
-  for (KernelKind kind : {KernelKind::kSigmoidFloatTargets, KernelKind::kSoftmaxFocal, KernelKind::kFocalCosine}) {
+  for (KernelKind kind : {KernelKind::kElementwiseFloatTargets, KernelKind::kSoftmaxFocal, KernelKind::kFocalCosine}) {
     EXPECT_EQ(PlanLaunch(kind, Rows(0, 80), kH200).shape, LaunchPlan::Shape::kEmpty);
     EXPECT_EQ(PlanLaunch(kind, Rows(5, 0), kH200).shape, LaunchPlan::Shape::kEmpty);
   }
@@ -38,7 +38,7 @@ TEST(LaunchPlan, EmptyJobsLaunchNothing) {
 TEST(LaunchPlan, ElementwiseCoversEveryRunOrCapsTheGrid) {
   for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{2049}, int64_t{1} << 20, int64_t{1} << 27}) {
     KernelArgs a = Rows(n, 1);
-    const LaunchPlan plan = PlanLaunch(KernelKind::kSigmoidFloatTargets, a, kH200);
+    const LaunchPlan plan = PlanLaunch(KernelKind::kElementwiseFloatTargets, a, kH200);
     ASSERT_EQ(plan.shape, LaunchPlan::Shape::kElementwise) << n;
     EXPECT_EQ(plan.threads, 256);
     EXPECT_GE(plan.blocks, 1);

@@ -2,7 +2,8 @@
 // (cuda_backend_test.cc) and the host emulation of the same kernels (emulation/emulation_test.cc):
 // every variant × logits dtype × layout × reduction × option, on sizes that are and are not
 // multiples of the kernels' 8-element runs, 16-byte vectors and block sizes, C from 1 to 262144,
-// empty inputs, ignored rows at extreme logits, non-finite inputs, bad targets.
+// empty inputs, ignored rows at extreme logits, non-finite inputs, bad targets; the catalogue's
+// variants (VARIANTS.md §5) and the request's per-item loss weights on every variant.
 //
 // Tolerances (the targets): the reduced loss within 1e-6 relative; per-item losses and
 // gradients within 1e-5 relative, with an absolute floor of 1e-6 × the tensor's largest magnitude
@@ -11,7 +12,8 @@
 // compute in float32 with libraries accurate to 1-2 ulp (CUDA's expf/logf/log1pf, Highway's
 // exp/log), and sum in different orders: ~1e-7 relative per item (5e-7 for the CPU's 16-lane
 // sums at C = 262144). Narrow outputs add one rounding at each side: a value near a rounding
-// boundary may land one ulp of the output dtype apart (2^-10 float16, 2^-7 bfloat16). float64
+// boundary may land one ulp of the output dtype apart (2^-10 float16, 2^-7 bfloat16 relative;
+// below float16's smallest normal, 2^-14, its ulp is the fixed subnormal spacing 2^-24). float64
 // logits compute in double on both: 1e-12. Every device result is computed twice and must repeat
 // bit for bit.
 #pragma once
@@ -41,7 +43,11 @@ using focal::testing::RandomNormal;
 using focal::testing::RandomUniform;
 using focal::testing::Values;
 
-enum class Targets { kIndex, kHard, kSoft };
+/// kHard: {0, 1} floats shaped like the logits; kSoft: [0, 1] floats with some exact 0s and 1s;
+/// kSparse: mostly 0, the rest in (0, 1] (quality and IoU scores); kPerRow: one float per row
+/// [N, d...] in [0, C-1], exactly 0, C-1, C-2 and integers among fractional ones
+/// (distribution_focal's distances).
+enum class Targets { kIndex, kHard, kSoft, kSparse, kPerRow };
 
 /// One comparison: what to build and how to ask for it.
 struct Case {
@@ -59,6 +65,9 @@ struct Case {
   bool background = false;        ///< sigmoid index targets include the background value C
   std::optional<int64_t> ignore;  ///< class-index targets equal to this are ignored
   double logit_scale = 3;
+  /// quality_focal with class-index targets: the request's per-position scores in this dtype.
+  std::optional<DType> scores;
+  bool loss_weights = false;  ///< the request's per-item loss weights in [0, 2], some exactly 0
 };
 
 inline Case MakeCase(std::string name, VariantParams params, Shape shape, DType logits_dtype = DType::kFloat32,
@@ -75,7 +84,7 @@ inline Case MakeCase(std::string name, VariantParams params, Shape shape, DType 
 
 /// The tensors of a case, owned.
 struct Inputs {
-  HostTensor logits, targets, weights, objects;
+  HostTensor logits, targets, weights, objects, scores, loss_weights;
   LossJob job;
 };
 
@@ -87,21 +96,34 @@ inline std::unique_ptr<Inputs> Build(const Case& k, uint32_t seed) {
   const auto* sigmoid = std::get_if<SigmoidFocalParams>(&k.params);
   if (sigmoid && sigmoid->input == SigmoidInput::kProbabilities) x = RandomUniform(x.size(), 0, 1, seed);
   in->logits = MakeTensor(k.logits_dtype, k.shape, x);
+  // The row shape [N, d...] of class-index and per-row targets.
+  Shape ts{k.shape[0]};
+  if (k.shape.size() > 1) ts.insert(ts.end(), k.shape.begin() + 2, k.shape.end());
+  int64_t rows = 1;
+  for (int64_t d : ts) rows *= d;
   if (k.targets == Targets::kIndex) {
-    Shape ts{k.shape[0]};
-    ts.insert(ts.end(), k.shape.begin() + 2, k.shape.end());
-    int64_t rows = 1;
-    for (int64_t d : ts) rows *= d;
     const int64_t C = k.shape[1];
     std::vector<double> y = RandomClasses(static_cast<size_t>(rows), C + (k.background ? 1 : 0), seed + 1);
     if (k.ignore) {
       for (size_t i = 0; i < y.size(); i += 5) y[i] = static_cast<double>(*k.ignore);
     }
     in->targets = MakeTensor(k.targets_dtype, ts, y);
+  } else if (k.targets == Targets::kPerRow) {
+    const double last = static_cast<double>(k.shape[1] - 1);
+    std::vector<double> y = RandomUniform(static_cast<size_t>(rows), 0, last, seed + 1);
+    for (size_t i = 0; i < y.size(); ++i) {
+      if (i % 9 == 0) y[i] = 0;
+      if (i % 9 == 1) y[i] = last;                      // the last bin: left = B-2, w_right = 1
+      if (i % 9 == 2) y[i] = std::max(last - 1, 0.0);  // left = B-2, w_left = 1
+      if (i % 9 == 3) y[i] = std::round(y[i]);
+    }
+    in->targets = MakeTensor(k.targets_dtype, ts, y);
   } else {
     std::vector<double> t = RandomUniform(static_cast<size_t>(n), 0, 1, seed + 1);
     if (k.targets == Targets::kHard) {
       for (double& v : t) v = v < 0.3 ? 1 : 0;
+    } else if (k.targets == Targets::kSparse) {
+      for (size_t i = 0; i < t.size(); ++i) t[i] = i % 11 == 0 ? 1.0 : t[i] < 0.7 ? 0.0 : (t[i] - 0.7) / 0.3;
     } else {
       for (size_t i = 0; i < t.size(); i += 7) t[i] = std::round(t[i]);  // exact 0/1 among soft ones
     }
@@ -114,14 +136,26 @@ inline std::unique_ptr<Inputs> Build(const Case& k, uint32_t seed) {
   job.targets = in->targets.view();
   job.compute_gradient = k.gradient;
   job.output_dtype = k.output_dtype;
+  // NONE's items: one per row or one per logit, as the variant's table entry says.
+  const Shape item_shape = FactsOf(k.params).items == Items::kRows ? ts : k.shape;
+  const size_t items = static_cast<size_t>(FactsOf(k.params).items == Items::kRows ? rows : n);
   if (k.item_weights) {
-    const Shape item_shape = k.targets == Targets::kIndex ? in->targets.shape : k.shape;
-    int64_t items = 1;
-    for (int64_t d : item_shape) items *= d;
-    in->weights = MakeTensor(DType::kFloat32, item_shape, RandomUniform(static_cast<size_t>(items), -2, 2, seed + 2));
+    in->weights = MakeTensor(DType::kFloat32, item_shape, RandomUniform(items, -2, 2, seed + 2));
     job.grad_output = in->weights.view();
   } else if (k.reduction != Reduction::kNone) {
     job.grad_output = 0.75;
+  }
+  if (k.loss_weights) {
+    std::vector<double> w = RandomUniform(items, 0, 2, seed + 4);
+    for (size_t i = 0; i < w.size(); i += 6) w[i] = 0;  // a zero weight: no loss, no gradient
+    in->loss_weights = MakeTensor(DType::kFloat32, item_shape, w);
+    job.weights = in->loss_weights.view();
+  }
+  if (k.scores) {
+    std::vector<double> q = RandomUniform(static_cast<size_t>(rows), 0, 1, seed + 5);
+    for (size_t i = 0; i < q.size(); i += 7) q[i] = i % 2 ? 1 : 0;  // exact 0 and 1 among them
+    in->scores = MakeTensor(*k.scores, ts, q);
+    job.scores = in->scores.view();
   }
   if (k.num_objects) {
     std::vector<double> counts = RandomUniform(static_cast<size_t>(k.shape[0]), 0, 6, seed + 3);
@@ -142,6 +176,10 @@ inline double Tolerance(DType dtype, DType logits_dtype) {
   }
 }
 
+/// One ulp of `dtype` in its subnormal range, the absolute floor of its rounding: 2^-24 for
+/// float16; bfloat16's (2^-133) and the wide dtypes' are below every other term.
+inline double SubnormalSpacing(DType dtype) { return dtype == DType::kFloat16 ? std::ldexp(1.0, -24) : 0.0; }
+
 inline void ExpectTensorsClose(const OwnedTensor& gpu, const OwnedTensor& cpu, DType logits_dtype, const char* what) {
   ASSERT_EQ(gpu.dtype, cpu.dtype) << what;
   ASSERT_EQ(gpu.shape, cpu.shape) << what;
@@ -151,11 +189,13 @@ inline void ExpectTensorsClose(const OwnedTensor& gpu, const OwnedTensor& cpu, D
     if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
   }
   const double rel = Tolerance(gpu.dtype, logits_dtype);
+  const double subnormal = SubnormalSpacing(gpu.dtype);
   int reported = 0;
   for (size_t i = 0; i < c.size() && reported < 5; ++i) {
     // Equal values pass, infinities included (a float16 gradient past 65504 is inf on both).
     const bool ok = std::isnan(c[i]) ? std::isnan(g[i])
-                                     : g[i] == c[i] || std::fabs(g[i] - c[i]) <= rel * std::fabs(c[i]) + rel * 0.1 * scale;
+                                     : g[i] == c[i] || std::fabs(g[i] - c[i]) <= std::max(rel * std::fabs(c[i]), subnormal) +
+                                                                                rel * 0.1 * scale;
     if (!ok) {
       ADD_FAILURE() << what << "[" << i << "]: cuda " << g[i] << " cpu " << c[i] << " (scale " << scale << ")";
       ++reported;
@@ -179,10 +219,15 @@ inline LossJob GradientJob(VariantParams params, Reduction reduction, const Host
 using DeviceCompute = std::function<absl::StatusOr<LossResult>(const LossJob&)>;
 
 /// Runs `job` on the CPU backend and twice on `device`, and compares: the same status, count,
-/// values within the tolerances above, and bit-identical repeats.
-inline void CompareJob(const DeviceCompute& device, const LossJob& job, const std::string& backend_prefix) {
+/// values within the tolerances above, and bit-identical repeats. `expect_ok`: the job is valid
+/// (a case that both backends reject would pass without comparing anything).
+inline void CompareJob(const DeviceCompute& device, const LossJob& job, const std::string& backend_prefix,
+                       bool expect_ok = false) {
   const DType logits_dtype = job.logits.dtype;
   const auto cpu = CpuBackend().Compute(job);
+  if (expect_ok) {
+    ASSERT_TRUE(cpu.ok()) << "cpu: " << cpu.status();
+  }
   const auto dev = device(job);
   ASSERT_EQ(dev.ok(), cpu.ok()) << "device: " << dev.status() << " cpu: " << cpu.status();
   if (!cpu.ok()) {
@@ -216,7 +261,7 @@ inline void CompareCase(const DeviceCompute& device, const Case& k, const std::s
                         uint32_t seed = 7) {
   SCOPED_TRACE(k.name);
   const auto in = Build(k, seed);
-  CompareJob(device, in->job, backend_prefix);
+  CompareJob(device, in->job, backend_prefix, /*expect_ok=*/true);
 }
 
 constexpr DType kLogitsDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat64};
@@ -233,7 +278,8 @@ inline void Vary(Case& k, int i) {
   k.item_weights = k.reduction == Reduction::kNone && i % 2 == 0;
   k.name = absl::StrCat(k.name, " ", DTypeName(k.logits_dtype), " ", Describe(k.shape), " reduction ",
                         static_cast<int>(k.reduction), k.gradient ? " grad" : " no-grad",
-                        k.output_dtype ? " out f32" : "", k.item_weights ? " weights" : "");
+                        k.output_dtype ? " out f32" : "", k.item_weights ? " weights" : "",
+                        k.loss_weights ? " loss-weights" : "", k.scores ? " scores" : "");
 }
 
 /// [N, C] softmax_focal, C from 1 to 4099 (warp rows and block rows), with N·C about `budget`.
@@ -377,13 +423,226 @@ inline std::vector<Case> FocalCosineCases(int64_t budget) {
   return cases;
 }
 
+// ------------------------------------------------------------------------------------------
+// The catalogue's variants (VARIANTS.md §5). The elementwise ones run sigmoid_focal's kernel
+// with another formula: float targets on sizes that are and are not multiples of the 8-element
+// runs, class-index targets with background C (and ignored rows) in [N, C] and [N, C, S].
+
+/// Shapes of the elementwise variants' float targets and of their class-index targets.
+inline const std::vector<Shape>& ElementwiseFloatShapes() {
+  static const std::vector<Shape> shapes{Shape{7}, Shape{9}, Shape{33, 5}, Shape{300, 80}, Shape{3, 19, 7, 9}};
+  return shapes;
+}
+inline const std::vector<Shape>& ElementwiseIndexShapes() {
+  static const std::vector<Shape> shapes{Shape{5, 3}, Shape{33, 80}, Shape{2, 7, 5, 3}, Shape{64, 1}};
+  return shapes;
+}
+
+/// §5.1 asymmetric: soft float targets and class indices (background, ignore_index), clip 0 and
+/// 0.05, γ- 0.5 (below 1: log1p(-p_m)/p_m's limit) and 4, γ+ 0 and 1.
+inline std::vector<Case> AsymmetricCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (int option = 0; option < 4; ++option) {
+      AsymmetricParams p;
+      p.clip = option % 2 ? 0.0 : 0.05;
+      p.gamma_neg = option < 2 ? 4.0 : 0.5;
+      p.gamma_pos = option == 3 ? 1.0 : 0.0;
+      for (const Shape& shape : ElementwiseFloatShapes()) {
+        Case k = MakeCase(absl::StrCat("asymmetric soft option ", option), p, shape, dt, Targets::kSoft,
+                          option == 2 ? DType::kFloat64 : DType::kFloat32);
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+      for (const Shape& shape : ElementwiseIndexShapes()) {
+        AsymmetricParams q = p;
+        if (option % 2) q.ignore_index = -1;
+        Case k = MakeCase(absl::StrCat("asymmetric index option ", option), q, shape, dt, Targets::kIndex,
+                          option % 2 ? DType::kInt32 : DType::kInt64);
+        k.background = true;
+        if (option % 2) k.ignore = -1;
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// §5.2 quality_focal: sparse float quality targets, and class indices with the request's
+/// scores (background rows, ignored rows); β 1 (the sign(d)|d|^0 edge), 1.5 and 2.
+inline std::vector<Case> QualityFocalCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (double beta : {2.0, 1.0, 1.5}) {
+      QualityFocalParams p;
+      p.beta = beta;
+      for (const Shape& shape : ElementwiseFloatShapes()) {
+        Case k = MakeCase(absl::StrCat("quality_focal float beta ", beta), p, shape, dt, Targets::kSparse,
+                          beta == 1.5 ? dt : DType::kFloat32);
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+      for (const Shape& shape : ElementwiseIndexShapes()) {
+        QualityFocalParams q = p;
+        if (beta == 1.0) q.ignore_index = 255;
+        Case k = MakeCase(absl::StrCat("quality_focal index beta ", beta), q, shape, dt, Targets::kIndex,
+                          beta == 1.0 ? DType::kInt32 : DType::kInt64);
+        k.background = true;
+        if (beta == 1.0) k.ignore = 255;
+        k.scores = beta == 1.5 ? DType::kFloat16 : beta == 1.0 ? DType::kFloat64 : DType::kFloat32;
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// §5.3 varifocal: sparse IoU targets, iou_weighted true and false, γ 2 and 0.5 (p^γ in log
+/// space), α 0.75 and 0.25.
+inline std::vector<Case> VarifocalCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (int option = 0; option < 4; ++option) {
+      VarifocalParams p;
+      p.iou_weighted = option % 2 == 0;
+      p.gamma = option < 2 ? 2.0 : 0.5;
+      if (option == 3) p.alpha = 0.25;
+      for (const Shape& shape : ElementwiseFloatShapes()) {
+        Case k = MakeCase(absl::StrCat("varifocal option ", option), p, shape, dt, Targets::kSparse,
+                          option == 2 ? DType::kBFloat16 : DType::kFloat32);
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// §5.4 focal_star: hard float targets and class indices (background, ignore_index); α -1 (off)
+/// and 0.25, γ 0.5 and 2, β 0 and 1.
+inline std::vector<Case> FocalStarCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (int option = 0; option < 4; ++option) {
+      FocalStarParams p;
+      p.alpha = option % 2 ? 0.25 : -1.0;
+      p.gamma = option < 2 ? 2.0 : 0.5;
+      p.beta = option == 1 || option == 2 ? 1.0 : 0.0;
+      for (const Shape& shape : ElementwiseFloatShapes()) {
+        Case k = MakeCase(absl::StrCat("focal_star hard option ", option), p, shape, dt, Targets::kHard,
+                          option == 3 ? DType::kFloat16 : DType::kFloat32);
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+      for (const Shape& shape : ElementwiseIndexShapes()) {
+        FocalStarParams q = p;
+        if (option >= 2) q.ignore_index = -100;
+        Case k = MakeCase(absl::StrCat("focal_star index option ", option), q, shape, dt);
+        k.background = true;
+        if (option >= 2) k.ignore = -100;
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// §5.5 distribution_focal: [N, B] rows with B = 2, 17 (GFL's reg_max 16), 80 in warp rows and
+/// 4099 in block rows, and the strided [N, B, S] layout; distances at 0, B-1, B-2, on integers
+/// and fractional, in float32, float64 and float16.
+inline std::vector<Case> DistributionFocalCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (const Shape& shape : {Shape{300, 2}, Shape{97, 17}, Shape{64, 80}, Shape{5, 4099}, Shape{3, 17, 7},
+                               Shape{2, 5, 33, 3}, Shape{4, 2, 300}}) {
+      const DType targets_dtype = i % 5 == 2 ? DType::kFloat64 : i % 5 == 4 ? DType::kFloat16 : DType::kFloat32;
+      Case k = MakeCase("distribution_focal", DistributionFocalParams{}, shape, dt, Targets::kPerRow, targets_dtype);
+      Vary(k, i++);
+      cases.push_back(k);
+    }
+  }
+  return cases;
+}
+
+/// §5.0 `weights`: per-item loss weights (some exactly 0) on one case of every variant and row
+/// shape, in every reduction, with NONE's upstream tensor on top of them for some.
+inline std::vector<Case> LossWeightCases() {
+  std::vector<Case> cases;
+  SoftmaxFocalParams ignoring;
+  ignoring.ignore_index = -100;
+  SoftmaxFocalParams smoothed;
+  smoothed.label_smoothing = 0.1;
+  SigmoidFocalParams sigmoid_ignoring;
+  sigmoid_ignoring.ignore_index = -1;
+  QualityFocalParams quality;
+  quality.beta = 1.5;
+  FocalStarParams star;
+  star.alpha = 0.25;
+  std::vector<Case> base{
+      MakeCase("weights softmax", ignoring, {57, 80}),
+      MakeCase("weights softmax smoothed", smoothed, {33, 7}),
+      MakeCase("weights softmax block rows", SoftmaxFocalParams{}, {3, 3000}),
+      MakeCase("weights softmax strided", ignoring, {3, 5, 7}),
+      MakeCase("weights sigmoid", SigmoidFocalParams{}, {33, 5}, DType::kFloat32, Targets::kSoft, DType::kFloat32),
+      MakeCase("weights sigmoid index", sigmoid_ignoring, {2, 7, 5, 3}, DType::kFloat32, Targets::kIndex,
+               DType::kInt32),
+      MakeCase("weights dynamic", DynamicFocalParams{}, {4, 3, 11}, DType::kFloat32, Targets::kHard, DType::kFloat32),
+      MakeCase("weights focal_cosine", FocalCosineParams{}, {41, 80}),
+      MakeCase("weights asymmetric", AsymmetricParams{}, {33, 80}, DType::kFloat32, Targets::kSoft, DType::kFloat32),
+      MakeCase("weights asymmetric index", AsymmetricParams{}, {33, 80}),
+      MakeCase("weights quality_focal", quality, {3, 19, 7, 9}, DType::kFloat32, Targets::kSparse, DType::kFloat32),
+      MakeCase("weights quality_focal index", quality, {33, 80}),
+      MakeCase("weights varifocal", VarifocalParams{}, {33, 80}, DType::kFloat32, Targets::kSparse, DType::kFloat32),
+      MakeCase("weights focal_star", star, {33, 5}, DType::kFloat32, Targets::kHard, DType::kFloat32),
+      MakeCase("weights focal_star index", star, {2, 7, 5, 3}),
+      MakeCase("weights distribution_focal", DistributionFocalParams{}, {97, 17}, DType::kFloat32, Targets::kPerRow,
+               DType::kFloat32),
+      MakeCase("weights distribution_focal strided", DistributionFocalParams{}, {3, 17, 7}, DType::kFloat32,
+               Targets::kPerRow, DType::kFloat32),
+  };
+  int i = 0;
+  for (const DType dt : {DType::kFloat32, DType::kBFloat16}) {
+    for (Case k : base) {
+      k.logits_dtype = dt;
+      k.loss_weights = true;
+      const auto& facts = FactsOf(k.params);
+      if (k.targets == Targets::kIndex && facts.items == Items::kElements) k.background = true;
+      if (std::holds_alternative<SoftmaxFocalParams>(k.params) && IgnoreIndex(k.params)) k.ignore = -100;
+      if (std::holds_alternative<SigmoidFocalParams>(k.params)) k.ignore = -1;
+      if (std::holds_alternative<QualityFocalParams>(k.params) && k.targets == Targets::kIndex) {
+        k.scores = DType::kFloat32;
+      }
+      for (int r = 0; r < 3; ++r) {
+        Case v = k;
+        Vary(v, i++);
+        cases.push_back(v);
+      }
+    }
+  }
+  return cases;
+}
+
 inline std::vector<Case> EmptyCases() {
   std::vector<Case> cases;
   int i = 0;
   for (Case k : {MakeCase("softmax empty", SoftmaxFocalParams{}, {0, 80}),
                  MakeCase("softmax strided empty", SoftmaxFocalParams{}, {0, 3, 4}),
                  MakeCase("sigmoid empty", SigmoidFocalParams{}, {0}, DType::kFloat32, Targets::kHard, DType::kFloat32),
-                 MakeCase("focal_cosine empty", FocalCosineParams{}, {0, 5})}) {
+                 MakeCase("focal_cosine empty", FocalCosineParams{}, {0, 5}),
+                 MakeCase("asymmetric empty", AsymmetricParams{}, {0, 4}, DType::kFloat32, Targets::kSoft,
+                          DType::kFloat32),
+                 MakeCase("distribution_focal empty", DistributionFocalParams{}, {0, 17}, DType::kFloat32,
+                          Targets::kPerRow, DType::kFloat32),
+                 MakeCase("distribution_focal strided empty", DistributionFocalParams{}, {2, 17, 0},
+                          DType::kFloat32, Targets::kPerRow, DType::kFloat32)}) {
     for (Reduction r : kReductions) {
       k.reduction = r;
       k.name += absl::StrCat(" ", i++);
@@ -397,10 +656,15 @@ inline std::vector<Case> EmptyCases() {
 /// index), or, with allow_non_finite, NaN exactly where the CPU has NaN.
 inline void CheckNonFiniteInputs(const DeviceCompute& device, const std::string& backend_prefix) {
   for (bool allow : {false, true}) {
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 8; ++variant) {
       Case k = MakeCase("non-finite", SoftmaxFocalParams{}, {17, 9});
       if (variant == 1) k.params = SigmoidFocalParams{}, k.targets = Targets::kHard, k.targets_dtype = DType::kFloat32;
       if (variant == 2) k.params = FocalCosineParams{};
+      if (variant == 3) k.params = AsymmetricParams{}, k.targets = Targets::kSoft, k.targets_dtype = DType::kFloat32;
+      if (variant == 4) k.params = QualityFocalParams{}, k.targets = Targets::kSparse, k.targets_dtype = DType::kFloat32;
+      if (variant == 5) k.params = VarifocalParams{}, k.targets = Targets::kSparse, k.targets_dtype = DType::kFloat32;
+      if (variant == 6) k.params = FocalStarParams{}, k.background = true;  // class-index targets
+      if (variant == 7) k.params = DistributionFocalParams{}, k.targets = Targets::kPerRow, k.targets_dtype = DType::kFloat32;
       k.reduction = Reduction::kNone;
       SCOPED_TRACE(absl::StrCat("non-finite variant ", variant, allow ? " allowed" : " rejected"));
       auto in = Build(k, 3);
@@ -490,6 +754,58 @@ inline void CheckBadTargets(const DeviceCompute& device, const std::string& back
   Case d = MakeCase("dynamic soft target", DynamicFocalParams{}, {10, 9}, DType::kFloat32, Targets::kSoft, DType::kFloat32);
   auto din = Build(d, 6);
   CompareJob(device, din->job, backend_prefix);
+  // The catalogue's elementwise variants: out of [0, 1], and focal_star's non-binary targets.
+  const std::pair<VariantParams, float> out_of_range[] = {
+      {AsymmetricParams{}, 1.5f}, {QualityFocalParams{}, -0.25f}, {VarifocalParams{}, 1.0625f}, {FocalStarParams{}, 0.5f}};
+  for (const auto& [params, value] : out_of_range) {
+    SCOPED_TRACE(absl::StrCat(VariantName(params), " target ", value));
+    Case e = MakeCase("bad target", params, {10, 9}, DType::kFloat32, Targets::kHard, DType::kFloat32);
+    auto ein = Build(e, 8);
+    reinterpret_cast<float*>(ein->targets.bytes.data())[77] = value;
+    CompareJob(device, ein->job, backend_prefix);
+  }
+}
+
+/// distribution_focal's edges in every row shape: distances outside [0, B-1] or NaN rejected
+/// like the CPU; with allow_non_finite, -inf logits away from the target bins are masked bins
+/// (finite rows), and rows with NaN, +inf or only -inf logits are NaN.
+inline void CheckDistributionFocalEdges(const DeviceCompute& device, const std::string& backend_prefix) {
+  for (const Shape& shape : {Shape{40, 17}, Shape{4, 17, 30}, Shape{6, 3000}}) {
+    const int64_t N = shape[0], B = shape[1], S = shape.size() > 2 ? shape[2] : 1;
+    Shape ts{N};
+    if (S > 1) ts.push_back(S);
+    const std::vector<double> y0 = RandomUniform(static_cast<size_t>(N * S), 0, static_cast<double>(B - 1), 21);
+    const std::vector<double> x0 = RandomNormal(static_cast<size_t>(N * B * S), 2, 22);
+    auto at = [&](int64_t p, int64_t b) { return static_cast<size_t>(((p / S) * B + b) * S + p % S); };
+    for (double bad : {static_cast<double>(B - 1) + 0.25, -0.5, std::nan("")}) {
+      SCOPED_TRACE(absl::StrCat("distribution_focal ", Describe(shape), " target ", bad));
+      std::vector<double> y = y0;
+      y[3] = bad;
+      const HostTensor logits = MakeTensor(DType::kFloat32, shape, x0), targets = MakeTensor(DType::kFloat32, ts, y);
+      CompareJob(device, GradientJob(DistributionFocalParams{}, Reduction::kSum, logits, targets), backend_prefix);
+    }
+    for (bool poisoned : {false, true}) {
+      std::vector<double> x = x0;
+      for (int64_t p = 0; p < N * S; p += 2) {  // two masked bins, never one of the target's two
+        const int64_t left = static_cast<int64_t>(y0[static_cast<size_t>(p)]);
+        x[at(p, (left + 5) % B)] = -INFINITY;
+        x[at(p, (left + 9) % B)] = -INFINITY;
+      }
+      if (poisoned) {
+        x[at(1, 2)] = std::nan("");
+        x[at(3, 0)] = INFINITY;
+        for (int64_t b = 0; b < B; ++b) x[at(5, b)] = -INFINITY;
+      }
+      const HostTensor logits = MakeTensor(DType::kFloat32, shape, x), targets = MakeTensor(DType::kFloat32, ts, y0);
+      for (bool allow : {false, true}) {
+        SCOPED_TRACE(absl::StrCat("distribution_focal ", Describe(shape), poisoned ? " NaN/+inf rows" : " masked bins",
+                                  allow ? " allowed" : " rejected"));
+        LossJob job = GradientJob(DistributionFocalParams{}, Reduction::kNone, logits, targets);
+        job.allow_non_finite = allow;
+        CompareJob(device, job, backend_prefix, /*expect_ok=*/allow);
+      }
+    }
+  }
 }
 
 }  // namespace focal::cuda::parity

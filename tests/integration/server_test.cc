@@ -689,10 +689,14 @@ TEST_F(FocalServeTest, GetServerInfoListsVariantsDtypesAndLimits) {
     for (const v1::ParameterInfo& p : v.parameters()) variants[v.name()].insert(p.name());
     variants[v.name()];
   }
-  for (const char* name : {"softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal"}) {
-    EXPECT_EQ(variants.count(name), 1u) << name;
-  }
-  EXPECT_EQ(variants.size(), 4u);
+  // The names of VARIANTS.md, which clients rely on.
+  const std::set<std::string> expected = {"softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal", "asymmetric",
+                                          "quality_focal", "varifocal", "focal_star", "distribution_focal"};
+  for (const std::string& name : expected) EXPECT_EQ(variants.count(name), 1u) << name;
+  EXPECT_EQ(variants.size(), expected.size());
+  EXPECT_EQ(variants["asymmetric"], (std::set<std::string>{"gamma_pos", "gamma_neg", "clip", "ignore_index"}));
+  EXPECT_EQ(variants["varifocal"], (std::set<std::string>{"alpha", "gamma", "iou_weighted"}));
+  EXPECT_TRUE(variants["distribution_focal"].empty());
   EXPECT_TRUE(variants["softmax_focal"].count("gamma") && variants["softmax_focal"].count("alpha"))
       << "softmax_focal's parameters should be described";
   const std::set<int> logits(info.logits_dtypes().begin(), info.logits_dtypes().end());

@@ -17,9 +17,14 @@ namespace {
 template <class P, class T>
 T NonDefault(const Param<P, T>& param) {
   if constexpr (std::is_same_v<T, double>) {
-    return param.range.Contains(0.375) ? 0.375 : param.range.low + 1;
+    for (double v : {0.375, param.range.low + 0.375, param.range.low + 1.5}) {
+      if (param.range.Contains(v) && v != P{}.*param.member) return v;
+    }
+    return param.range.low;
   } else if constexpr (std::is_same_v<T, int64_t>) {
     return param.range.Contains(3) ? 3 : static_cast<int64_t>(param.range.low) + 1;
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return !(P{}.*param.member);
   } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
     return 5;
   } else if constexpr (std::is_same_v<T, std::vector<double>>) {
@@ -111,7 +116,7 @@ TEST(Wire, ErrorsNameTheFieldAndItsValues) {
   const auto message = [](const v1::LossSpec& spec) { return std::string(LossSpecFromProto(spec).status().message()); };
   v1::LossSpec spec;
   EXPECT_EQ(message(spec), "loss.variant is not set; expected one of softmax_focal, sigmoid_focal, focal_cosine, "
-                           "dynamic_focal");
+                           "dynamic_focal, asymmetric, quality_focal, varifocal, focal_star, distribution_focal");
   spec.mutable_sigmoid_focal()->set_input(static_cast<v1::SigmoidInput>(7));
   EXPECT_EQ(message(spec), "loss.sigmoid_focal.input is 7; expected LOGITS or PROBABILITIES");
   spec.mutable_sigmoid_focal()->set_input(v1::PROBABILITIES);

@@ -61,7 +61,12 @@ struct Problem {
   HostTensor logits;
   HostTensor targets;
   std::optional<HostTensor> num_objects;
+  std::optional<HostTensor> weights;  ///< the request's per-item loss weights
+  std::optional<HostTensor> scores;   ///< quality_focal's per-row scores
+  /// The reference's per-item losses, before `weights` (CheckProblem applies them).
   std::function<RefLosses(const std::vector<Real>&)> reference;
+  /// MEAN divides by at least this many (quality_focal's positives: 1).
+  int64_t min_mean_count = 0;
   /// Indices whose gradient is checked by finite differences (empty: all).
   std::vector<int64_t> fd_indices;
   /// Absolute gradient tolerance where the true gradient is 0 but its terms are not (see use).
@@ -99,10 +104,24 @@ void CheckProblem(const Problem& problem, Reduction reduction,
   job.logits = problem.logits.view();
   job.targets = problem.targets.view();
   if (problem.num_objects) job.num_objects = problem.num_objects->view();
+  if (problem.weights) job.weights = problem.weights->view();
+  if (problem.scores) job.scores = problem.scores->view();
   job.compute_gradient = true;
   job.output_dtype = DType::kFloat32;
 
-  const RefLosses ref = problem.reference(AsReal(x));
+  // The request's loss weights scale each reference item: ℓ_i ← w_i ℓ_i, value and gradient.
+  const std::vector<double> loss_weights = problem.weights ? testing::Values(problem.weights->view())
+                                                           : std::vector<double>{};
+  auto reference = [&](const std::vector<Real>& xs) {
+    RefLosses l = problem.reference(xs);
+    for (size_t i = 0; i < loss_weights.size(); ++i) l.items[i] *= loss_weights[i];
+    return l;
+  };
+  auto mean_denominator = [&](const RefLosses& l) {
+    return normalizer ? static_cast<Real>(*normalizer)
+                      : static_cast<Real>(std::max<int64_t>(l.count, problem.min_mean_count));
+  };
+  const RefLosses ref = reference(AsReal(x));
   std::vector<Real> weights;  // upstream per item (NONE) or the scalar (MEAN/SUM)
   HostTensor weight_tensor;
   Real scalar_w = 0.7L;
@@ -126,7 +145,7 @@ void CheckProblem(const Problem& problem, Reduction reduction,
   const Real sum = testing::Weighted(ref, {});
   Real want = sum;
   if (reduction == Reduction::kMean) {
-    const Real d = normalizer ? static_cast<Real>(*normalizer) : static_cast<Real>(ref.count);
+    const Real d = mean_denominator(ref);
     want = d > 0 ? sum / d : 0;
   }
   const double item_scale = MaxAbs(ref.items);
@@ -152,11 +171,11 @@ void CheckProblem(const Problem& problem, Reduction reduction,
 
   // Gradient of F(x) = Σ w_i ℓ_i (NONE) or w · reduced (MEAN/SUM), by central differences.
   auto objective = [&](const std::vector<Real>& xs) {
-    const RefLosses l = problem.reference(xs);
+    const RefLosses l = reference(xs);
     if (reduction == Reduction::kNone) return testing::Weighted(l, weights);
     Real s = testing::Weighted(l, {});
     if (reduction == Reduction::kMean) {
-      const Real d = normalizer ? static_cast<Real>(*normalizer) : static_cast<Real>(l.count);
+      const Real d = mean_denominator(l);
       s = d > 0 ? s / d : 0;
     }
     return scalar_w * s;
@@ -439,6 +458,295 @@ TEST(DynamicFocal, MatchesReferenceAndFiniteDifferences) {
     CheckAllReductions(DynamicProblem({5, 7}, gamma, false, 92));
   }
   CheckAllReductions(DynamicProblem({3, 2, 3, 3}, 2.0, true, 93));
+}
+
+// ---------------------------------------------------------------------------------------------
+// §5 the catalogue's elementwise variants: float targets and class-index targets.
+
+using Element = std::function<Real(Real, Real)>;
+
+/// An elementwise variant over float targets: `targets` says how they are drawn.
+enum class Draw { kHard, kSoft, kQuality };
+
+std::vector<double> DrawTargets(Draw draw, int64_t numel, uint32_t seed) {
+  switch (draw) {
+    case Draw::kHard: return testing::RandomClasses(numel, 2, seed);
+    case Draw::kSoft: return testing::RandomUniform(numel, 0, 1, seed);
+    case Draw::kQuality: {
+      // Mostly 0 (negatives), a third positive qualities in (0, 1], a few exactly 1.
+      std::vector<double> q = testing::RandomUniform(numel, 0, 1, seed);
+      const std::vector<double> pick = testing::RandomClasses(numel, 3, seed + 7);
+      for (int64_t i = 0; i < numel; ++i) q[i] = pick[i] == 0 ? (i % 11 == 0 ? 1.0 : q[i]) : 0.0;
+      return q;
+    }
+  }
+  return {};
+}
+
+Problem ElementFloatProblem(const char* variant, VariantParams params, Element element, Shape shape, Draw draw,
+                            uint32_t seed, double scale = 3.0) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  Problem p;
+  p.variant = variant;
+  p.spec.params = std::move(params);
+  const std::vector<double> t = DrawTargets(draw, numel, seed + 1);
+  p.logits = MakeTensor(DType::kFloat32, shape, testing::RandomNormal(numel, scale, seed));
+  p.targets = MakeTensor(DType::kFloat32, shape, t);
+  const std::vector<Real> tr(t.begin(), t.end());
+  p.reference = [=](const std::vector<Real>& xs) { return testing::RefElementwise(element, xs, tr); };
+  return p;
+}
+
+Problem ElementIndexProblem(const char* variant, VariantParams params, Element element, Shape shape,
+                            std::optional<int64_t> ignore, bool scores, uint32_t seed) {
+  const auto layout = ClassLayout(shape);
+  const int64_t n = std::get<0>(layout), c = std::get<1>(layout), s = std::get<2>(layout);
+  Problem p;
+  p.variant = variant;
+  p.spec.params = std::move(params);
+  std::vector<double> y = testing::RandomClasses(n * s, c + 1, seed + 2);  // c = background
+  if (ignore) {
+    for (size_t i = 1; i < y.size(); i += 4) y[i] = static_cast<double>(*ignore);
+  }
+  Shape target_shape{n};
+  target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
+  p.logits = MakeTensor(DType::kFloat32, shape, testing::RandomNormal(n * c * s, 3, seed));
+  p.targets = MakeTensor(DType::kInt64, target_shape, y);
+  std::vector<Real> score_values;
+  if (scores) {
+    std::vector<double> q = testing::RandomUniform(n * s, 0, 1, seed + 3);
+    q[0] = 1.0;
+    p.scores = MakeTensor(DType::kFloat32, target_shape, q);
+    score_values.assign(q.begin(), q.end());
+  }
+  const std::vector<int64_t> yi(y.begin(), y.end());
+  p.reference = [=](const std::vector<Real>& xs) {
+    return testing::RefElementwiseIndex(element, xs, n, c, s, yi, ignore, score_values);
+  };
+  return p;
+}
+
+/// quality_focal's count: the positives (rows with a target class, elements with y > 0).
+void CountPositives(Problem& p) {
+  p.min_mean_count = 1;
+  const auto base = p.reference;
+  const bool index = IsInteger(p.targets.dtype);
+  const std::vector<double> t = testing::Values(p.targets.view());
+  const int64_t classes = p.logits.shape[1];
+  const std::optional<int64_t> ignore = IgnoreIndex(p.spec.params);
+  int64_t positives = 0;
+  for (double v : t) {
+    if (index) {
+      positives += v < classes && !(ignore && v == *ignore);
+    } else {
+      positives += v > 0;
+    }
+  }
+  p.reference = [=](const std::vector<Real>& xs) {
+    RefLosses l = base(xs);
+    l.count = positives;
+    return l;
+  };
+}
+
+TEST(Asymmetric, FloatTargetsMatchReferenceAndFiniteDifferences) {
+  for (double gamma_neg : {0.0, 0.5, 1.0, 4.0}) {
+    for (double gamma_pos : {0.0, 1.0, 2.0}) {
+      for (double clip : {0.0, 0.05, 0.5}) {
+        SCOPED_TRACE(::testing::Message() << "γ+ " << gamma_pos << " γ- " << gamma_neg << " m " << clip);
+        const AsymmetricParams params{gamma_pos, gamma_neg, clip, std::nullopt};
+        const Element element = [=](Real x, Real t) { return testing::RefAsymmetric(x, t, gamma_pos, gamma_neg, clip); };
+        CheckAllReductions(ElementFloatProblem("asymmetric", params, element, {5, 7}, Draw::kHard, 201));
+        CheckAllReductions(ElementFloatProblem("asymmetric", params, element, {3, 2, 5}, Draw::kSoft, 202));
+      }
+    }
+  }
+}
+
+TEST(Asymmetric, IndexTargetsWithBackgroundAndIgnoredRows) {
+  const AsymmetricParams params{0.0, 4.0, 0.05, 255};
+  const Element element = [](Real x, Real t) { return testing::RefAsymmetric(x, t, 0, 4, 0.05L); };
+  CheckAllReductions(ElementIndexProblem("asymmetric", params, element, {6, 5}, 255, false, 211));
+  CheckAllReductions(ElementIndexProblem("asymmetric", params, element, {2, 4, 3, 3}, 255, false, 212));
+  AsymmetricParams no_ignore = params;
+  no_ignore.ignore_index.reset();
+  CheckAllReductions(ElementIndexProblem("asymmetric", no_ignore, element, {4, 19}, std::nullopt, false, 213));
+}
+
+TEST(QualityFocal, FloatQualityTargets) {
+  for (double beta : {1.0, 1.5, 2.0, 3.0}) {
+    SCOPED_TRACE(::testing::Message() << "β " << beta);
+    const Element element = [=](Real x, Real y) { return testing::RefQualityFocal(x, y, beta); };
+    for (Draw draw : {Draw::kQuality, Draw::kSoft}) {
+      Problem p = ElementFloatProblem("quality_focal", QualityFocalParams{beta, std::nullopt}, element, {6, 7}, draw,
+                                      221);
+      CountPositives(p);
+      CheckAllReductions(p);
+    }
+  }
+  // No positive at all: MEAN divides by 1, not by 0.
+  Problem none = ElementFloatProblem("quality_focal", QualityFocalParams{}, [](Real x, Real y) {
+    return testing::RefQualityFocal(x, y, 2);
+  }, {3, 4}, Draw::kHard, 222);
+  none.targets = MakeTensor(DType::kFloat32, {3, 4}, std::vector<double>(12, 0.0));
+  none.reference = [](const std::vector<Real>& xs) {
+    return testing::RefElementwise([](Real x, Real y) { return testing::RefQualityFocal(x, y, 2); }, xs,
+                                   std::vector<Real>(12, 0));
+  };
+  CountPositives(none);
+  CheckAllReductions(none);
+}
+
+TEST(QualityFocal, IndexTargetsWithScores) {
+  for (double beta : {1.0, 2.0}) {
+    const Element element = [=](Real x, Real y) { return testing::RefQualityFocal(x, y, beta); };
+    for (const Shape& shape : {Shape{6, 5}, Shape{2, 4, 3, 3}, Shape{3, 17}}) {
+      Problem p = ElementIndexProblem("quality_focal", QualityFocalParams{beta, -1}, element, shape, -1, true, 231);
+      CountPositives(p);
+      CheckAllReductions(p);
+    }
+  }
+}
+
+TEST(Varifocal, IouWeightedAndNot) {
+  for (double gamma : {0.0, 0.5, 1.0, 2.0}) {
+    for (bool iou_weighted : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "γ " << gamma << " iou_weighted " << iou_weighted);
+      const Element element = [=](Real x, Real q) { return testing::RefVarifocal(x, q, 0.75L, gamma, iou_weighted); };
+      CheckAllReductions(ElementFloatProblem("varifocal", VarifocalParams{0.75, gamma, iou_weighted}, element, {6, 7},
+                                             Draw::kQuality, 241));
+      CheckAllReductions(ElementFloatProblem("varifocal", VarifocalParams{0.75, gamma, iou_weighted}, element,
+                                             {2, 3, 2, 3}, Draw::kQuality, 242));
+    }
+  }
+}
+
+TEST(FocalStar, HardFloatAndIndexTargets) {
+  for (double gamma : {0.5, 1.0, 2.0}) {
+    for (double beta : {0.0, 1.0}) {
+      for (double alpha : {-1.0, 0.25}) {
+        SCOPED_TRACE(::testing::Message() << "γ " << gamma << " β " << beta << " α " << alpha);
+        const FocalStarParams params{gamma, beta, alpha, std::nullopt};
+        const Element element = [=](Real x, Real t) { return testing::RefFocalStar(x, t, gamma, beta, alpha); };
+        CheckAllReductions(ElementFloatProblem("focal_star", params, element, {5, 7}, Draw::kHard, 251));
+        FocalStarParams ignoring = params;
+        ignoring.ignore_index = 9;
+        CheckAllReductions(ElementIndexProblem("focal_star", ignoring, element, {2, 3, 5}, 9, false, 252));
+      }
+    }
+  }
+}
+
+TEST(Catalogue, LogitsFarOutKeepTheirValuesAndGradients) {
+  // ±30, ±100 and ±1e4: saturated sigmoids, where p or 1-p underflow in float32.
+  const std::vector<double> far = {-1e4, -100, -30, -5, 0, 5, 30, 100, 1e4, -1e4, -100, -30, 30, 100, 1e4, 0};
+  const Shape shape{4, 4};
+  struct Entry {
+    const char* variant;
+    VariantParams params;
+    Element element;
+    Draw draw;
+  };
+  const std::vector<Entry> entries = {
+      {"asymmetric", AsymmetricParams{1, 4, 0.05, std::nullopt},
+       [](Real x, Real t) { return testing::RefAsymmetric(x, t, 1, 4, 0.05L); }, Draw::kSoft},
+      {"asymmetric", AsymmetricParams{0, 0.5, 0, std::nullopt},
+       [](Real x, Real t) { return testing::RefAsymmetric(x, t, 0, 0.5L, 0); }, Draw::kHard},
+      {"quality_focal", QualityFocalParams{2, std::nullopt},
+       [](Real x, Real y) { return testing::RefQualityFocal(x, y, 2); }, Draw::kQuality},
+      {"varifocal", VarifocalParams{0.75, 0.5, true},
+       [](Real x, Real q) { return testing::RefVarifocal(x, q, 0.75L, 0.5L, true); }, Draw::kQuality},
+      {"focal_star", FocalStarParams{2, 1, 0.25, std::nullopt},
+       [](Real x, Real t) { return testing::RefFocalStar(x, t, 2, 1, 0.25L); }, Draw::kHard},
+  };
+  for (const Entry& e : entries) {
+    Problem p = ElementFloatProblem(e.variant, e.params, e.element, shape, e.draw, 261);
+    p.logits = MakeTensor(DType::kFloat32, shape, far);
+    if (std::string(e.variant) == "quality_focal") CountPositives(p);
+    CheckAllReductions(p);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §5.5 distribution_focal
+
+Problem DistributionProblem(Shape shape, uint32_t seed) {
+  const auto layout = ClassLayout(shape);
+  const int64_t n = std::get<0>(layout), b = std::get<1>(layout), s = std::get<2>(layout);
+  Problem p;
+  p.variant = "distribution_focal";
+  p.spec.params = DistributionFocalParams{};
+  std::vector<double> y = testing::RandomUniform(n * s, 0, static_cast<double>(b - 1), seed + 1);
+  // The edges: 0, B-1 (the last bin pair), whole numbers (a bin edge: all weight on one bin).
+  const double edges[] = {0.0, static_cast<double>(b - 1), 1.0, static_cast<double>(b - 2), std::floor(b / 2.0)};
+  for (size_t i = 0; i < y.size() && i < 5; ++i) y[i] = edges[i];
+  Shape target_shape{n};
+  target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
+  p.logits = MakeTensor(DType::kFloat32, shape, testing::RandomNormal(n * b * s, 3, seed));
+  p.targets = MakeTensor(DType::kFloat32, target_shape, y);
+  const std::vector<Real> yr(y.begin(), y.end());
+  p.reference = [=](const std::vector<Real>& xs) { return testing::RefDistributionFocal(xs, n, b, s, yr); };
+  return p;
+}
+
+TEST(DistributionFocal, RowsAndStridedLayouts) {
+  for (const Shape& shape : {Shape{7, 2}, Shape{9, 17}, Shape{5, 80}, Shape{2, 17, 3, 5}, Shape{3, 5, 33}}) {
+    SCOPED_TRACE(::testing::Message() << "shape " << shape.size() << "-d, B " << shape[1]);
+    CheckAllReductions(DistributionProblem(shape, 271));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// §5.0 weights: every variant's items scaled, zeros included.
+
+/// Per-item weights for `p` (shaped like its NONE losses), some of them 0.
+void AddWeights(Problem& p, uint32_t seed) {
+  LossJob job;
+  job.spec = p.spec;
+  job.logits = p.logits.view();
+  job.targets = p.targets.view();
+  if (p.num_objects) job.num_objects = p.num_objects->view();
+  if (p.scores) job.scores = p.scores->view();
+  const absl::StatusOr<JobPlan> plan = ValidateJob(job);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::vector<double> w = testing::RandomUniform(plan->num_items, 0, 3, seed);
+  for (size_t i = 0; i < w.size(); i += 3) w[i] = 0;
+  p.weights = MakeTensor(DType::kFloat32, plan->item_shape, w);
+}
+
+TEST(Weights, ScaleEveryVariantsItemsInValueAndGradient) {
+  std::vector<Problem> problems = {
+      SoftmaxProblem({6, 5}, 2.0, true, 0.0, std::optional<int64_t>(-1), 281),
+      SoftmaxProblem({6, 5}, 2.0, false, 0.1, std::nullopt, 282),
+      SoftmaxProblem({2, 4, 3, 3}, 2.0, false, 0.0, std::nullopt, 283),
+      SigmoidFloatProblem({5, 7}, 2.0, 0.25, 0.0, 2, true, false, 284),
+      SigmoidIndexProblem({2, 3, 5}, 2.0, 0.25, 0.0, 2, 7, 285),
+      FocalCosineProblem(6, 5, 1.0, 2.0, 0.1, 286),
+      DynamicProblem({5, 7}, 2.0, true, 287),
+      ElementFloatProblem("asymmetric", AsymmetricParams{}, [](Real x, Real t) {
+        return testing::RefAsymmetric(x, t, 0, 4, 0.05L);
+      }, {5, 7}, Draw::kSoft, 288),
+      ElementFloatProblem("varifocal", VarifocalParams{}, [](Real x, Real q) {
+        return testing::RefVarifocal(x, q, 0.75L, 2, true);
+      }, {5, 7}, Draw::kQuality, 289),
+      ElementIndexProblem("focal_star", FocalStarParams{}, [](Real x, Real t) {
+        return testing::RefFocalStar(x, t, 1, 0, -1);
+      }, {4, 6}, std::nullopt, false, 290),
+      DistributionProblem({9, 17}, 291),
+      DistributionProblem({2, 5, 7}, 292),
+  };
+  Problem quality = ElementIndexProblem("quality_focal", QualityFocalParams{}, [](Real x, Real y) {
+    return testing::RefQualityFocal(x, y, 2);
+  }, {5, 6}, std::nullopt, true, 293);
+  CountPositives(quality);
+  problems.push_back(quality);
+  for (Problem& p : problems) {
+    SCOPED_TRACE(p.variant);
+    AddWeights(p, 299);
+    CheckAllReductions(p);
+    CheckProblem(p, Reduction::kMean, 2.5);
+  }
 }
 
 TEST(Normalizer, ReplacesTheMeanDenominator) {

@@ -156,6 +156,92 @@ inline RefLosses RefDynamicFocal(const std::vector<Real>& x, const std::vector<R
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// §5, the catalogue, element by element (targets already expanded to one per logit).
+
+inline Real RefSigma(Real x) { return 1 / (1 + std::exp(-x)); }
+
+/// §5.1: t (1-p)^γ+ (-log p) + (1-t) p_m^γ- (-log(1-p_m)), p_m = max(p - m, 0).
+inline Real RefAsymmetric(Real x, Real t, Real gamma_pos, Real gamma_neg, Real clip) {
+  const Real p = RefSigma(x);
+  const Real positive = std::pow(1 - p, gamma_pos) * Softplus(-x);
+  const Real shifted = std::max<Real>(p - clip, 0);
+  const Real neg_log = clip == 0 ? Softplus(x) : -std::log1p(-shifted);
+  const Real negative = (gamma_neg == 0 ? 1 : std::pow(shifted, gamma_neg)) * neg_log;
+  return t * positive + (1 - t) * negative;
+}
+
+/// §5.2: |σ(x) - y|^β (softplus(x) - x y).
+inline Real RefQualityFocal(Real x, Real y, Real beta) {
+  return std::pow(std::fabs(RefSigma(x) - y), beta) * (Softplus(x) - x * y);
+}
+
+/// §5.3: q > 0: w⁺ (softplus(x) - x q); q = 0: α p^γ softplus(x).
+inline Real RefVarifocal(Real x, Real q, Real alpha, Real gamma, bool iou_weighted) {
+  if (q > 0) return (iou_weighted ? q : 1) * (Softplus(x) - x * q);
+  return alpha * (gamma == 0 ? 1 : std::pow(RefSigma(x), gamma)) * Softplus(x);
+}
+
+/// §5.4: α_t softplus(-(γ x_t + β)) / γ, x_t = (2t-1) x; α < 0: α_t = 1.
+inline Real RefFocalStar(Real x, Real t, Real gamma, Real beta, Real alpha) {
+  const Real alpha_t = alpha < 0 ? 1 : (t == 1 ? alpha : 1 - alpha);
+  return alpha_t * Softplus(-(gamma * (2 * t - 1) * x + beta)) / gamma;
+}
+
+/// An elementwise variant over logits [N, C, S] with class-index targets [N, S] (value C =
+/// background, `ignore` ignored): t = [c == y] times the row's score (1 without scores).
+inline RefLosses RefElementwiseIndex(const std::function<Real(Real, Real)>& element, const std::vector<Real>& x,
+                                     int64_t n, int64_t c, int64_t s, const std::vector<int64_t>& y,
+                                     std::optional<int64_t> ignore, const std::vector<Real>& scores) {
+  RefLosses out;
+  out.items.assign(x.size(), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) {
+      const int64_t target = y[i * s + j];
+      if (ignore && target == *ignore) continue;
+      out.count += c;
+      for (int64_t k = 0; k < c; ++k) {
+        const Real value = scores.empty() ? 1 : scores[i * s + j];
+        const int64_t at = (i * c + k) * s + j;
+        out.items[at] = element(x[at], k == target ? value : 0);
+      }
+    }
+  }
+  return out;
+}
+
+/// An elementwise variant with float targets shaped like the logits.
+inline RefLosses RefElementwise(const std::function<Real(Real, Real)>& element, const std::vector<Real>& x,
+                                const std::vector<Real>& t) {
+  RefLosses out;
+  out.items.resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out.items[i] = element(x[i], t[i]);
+  out.count = static_cast<int64_t>(x.size());
+  return out;
+}
+
+/// §5.5 over logits [N, B, S], distances y [N, S] in [0, B-1]: i = min(floor(y), B-2),
+/// ℓ = -((i+1-y) log S_i + (y-i) log S_{i+1}).
+inline RefLosses RefDistributionFocal(const std::vector<Real>& x, int64_t n, int64_t b, int64_t s,
+                                      const std::vector<Real>& y) {
+  RefLosses out;
+  out.items.assign(n * s, 0);
+  out.count = n * s;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) {
+      Real max = -INFINITY;
+      for (int64_t k = 0; k < b; ++k) max = std::max(max, x[(i * b + k) * s + j]);
+      Real z = 0;
+      for (int64_t k = 0; k < b; ++k) z += std::exp(x[(i * b + k) * s + j] - max);
+      auto log_s = [&](int64_t k) { return x[(i * b + k) * s + j] - max - std::log(z); };
+      const Real d = y[i * s + j];
+      const int64_t left = std::min<int64_t>(static_cast<int64_t>(std::floor(d)), b - 2);
+      out.items[i * s + j] = -((left + 1 - d) * log_s(left) + (d - left) * log_s(left + 1));
+    }
+  }
+  return out;
+}
+
 /// Σ_i w_i ℓ_i for a per-item weight vector (empty = all ones).
 inline Real Weighted(const RefLosses& l, const std::vector<Real>& w) {
   Real s = 0;

@@ -319,5 +319,191 @@ TEST(Validate, ParametersBeyondWhatFloat32CarriesAreRefusedByName) {
   }
 }
 
+TEST(Validate, CatalogueParameters) {
+  Fixture f;
+  auto float_job = [&](VariantParams params) {
+    LossJob job = f.Job(std::move(params));
+    job.targets = f.float_targets.view();
+    return job;
+  };
+  AsymmetricParams asl;
+  asl.gamma_neg = -1;
+  ExpectInvalid(float_job(asl), "loss.gamma_neg is -1; must be in [0, 1000]");
+  asl = {};
+  asl.gamma_pos = 1e308;
+  ExpectInvalid(float_job(asl), "loss.gamma_pos is 1e+308; must be in [0, 1000]");
+  asl = {};
+  asl.clip = 1;
+  ExpectInvalid(float_job(asl), "loss.clip is 1; must be in [0, 1)");
+  asl = {};
+  asl.ignore_index = 3;
+  ExpectInvalid(float_job(asl), "loss.ignore_index needs class-index targets");
+  QualityFocalParams qfl;
+  qfl.beta = 0.5;
+  ExpectInvalid(float_job(qfl), "loss.beta is 0.5; must be in [1, 1000]");
+  VarifocalParams vfl;
+  vfl.alpha = -0.1;
+  ExpectInvalid(float_job(vfl), "loss.alpha is -0.1; must be in [0, 10000]");
+  vfl = {};
+  vfl.gamma = NAN;
+  ExpectInvalid(float_job(vfl), "loss.gamma is nan; must be in [0, 1000]");
+  LossJob job = f.Job(VarifocalParams{});  // class-index targets: varifocal takes float ones only
+  ExpectInvalid(job, "targets.dtype is int64; this variant needs float targets");
+  FocalStarParams star;
+  star.gamma = 0;
+  ExpectInvalid(float_job(star), "loss.gamma is 0; must be in (0, 1000], at least 1e-6");
+  star = {};
+  star.beta = 1e5;
+  ExpectInvalid(float_job(star), "loss.beta is 100000; must be in [-10000, 10000]");
+  star = {};
+  star.alpha = 2;
+  ExpectInvalid(float_job(star), "loss.alpha is 2; must be in [0, 1], or negative");
+  HostTensor soft = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 0.5));
+  job = f.Job(FocalStarParams{});
+  job.targets = soft.view();
+  ExpectInvalid(job, "targets[0, 0] is 0.5; must be 0 or 1");
+  HostTensor above_one = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 1.5));
+  for (const VariantParams& params : {VariantParams{AsymmetricParams{}}, VariantParams{QualityFocalParams{}},
+                                      VariantParams{VarifocalParams{}}}) {
+    job = f.Job(params);
+    job.targets = above_one.view();
+    ExpectInvalid(job, "targets[0, 0] is 1.5; must be in [0, 1]");
+  }
+}
+
+TEST(Validate, QualityFocalScores) {
+  Fixture f;
+  LossJob job = f.Job(QualityFocalParams{});
+  ExpectInvalid(job, "scores is missing; quality_focal with class-index targets needs the target class's quality");
+  const HostTensor scores = MakeTensor(DType::kFloat32, {3}, {0.5, 1, 0});
+  job.scores = scores.view();
+  EXPECT_TRUE(ValidateJob(job).ok()) << ValidateJob(job).status();
+  const HostTensor long_scores = MakeTensor(DType::kFloat32, {4}, {0.5, 1, 0, 1});
+  job.scores = long_scores.view();
+  ExpectInvalid(job, "scores.shape is [4]; must be [3] (one quality score per row");
+  const HostTensor bad_scores = MakeTensor(DType::kFloat32, {3}, {0.5, 1.25, 0});
+  job.scores = bad_scores.view();
+  ExpectInvalid(job, "scores[1] is 1.25; must be in [0, 1]");
+  const HostTensor nan_scores = MakeTensor(DType::kFloat32, {3}, {0.5, NAN, 0});
+  job.scores = nan_scores.view();
+  ExpectInvalid(job, "scores[1] is nan; must be in [0, 1]");
+  const HostTensor int_scores = MakeTensor(DType::kInt64, {3}, {0, 1, 0});
+  job.scores = int_scores.view();
+  ExpectInvalid(job, "scores.dtype is int64; expected float32");
+  job = f.Job(QualityFocalParams{});
+  job.targets = f.float_targets.view();
+  job.scores = scores.view();
+  ExpectInvalid(job, "scores is set, but the targets are float quality scores already");
+  job = f.Job(SoftmaxFocalParams{});
+  job.scores = scores.view();
+  ExpectInvalid(job, "scores is only used by quality_focal (with class-index targets)");
+}
+
+TEST(Validate, Weights) {
+  Fixture f;
+  LossJob job = f.Job();
+  const HostTensor weights = MakeTensor(DType::kFloat32, {3}, {1, 0, 2.5});
+  job.weights = weights.view();
+  EXPECT_TRUE(CpuBackend().Compute(job).ok());
+  const HostTensor per_element = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 1));
+  job.weights = per_element.view();
+  ExpectInvalid(job, "weights.shape is [3, 5]; must be [3] (one weight per item: the shape of the NONE losses)");
+  job = f.Job(SigmoidFocalParams{});
+  job.targets = f.float_targets.view();
+  job.weights = weights.view();
+  ExpectInvalid(job, "weights.shape is [3]; must be [3, 5]");
+  job.weights = per_element.view();
+  EXPECT_TRUE(CpuBackend().Compute(job).ok());
+  job = f.Job();
+  const HostTensor negative = MakeTensor(DType::kFloat64, {3}, {1, -0.5, 2});
+  job.weights = negative.view();
+  ExpectInvalid(job, "weights[1] is -0.5; must be finite, >= 0 and at most 10000");
+  const HostTensor infinite = MakeTensor(DType::kFloat16, {3}, {1, 1, INFINITY});
+  job.weights = infinite.view();
+  ExpectInvalid(job, "weights[2] is inf; must be finite");
+  const HostTensor nan = MakeTensor(DType::kBFloat16, {3}, {NAN, 1, 1});
+  job.weights = nan.view();
+  ExpectInvalid(job, "weights[0] is nan; must be finite");
+  const HostTensor huge = MakeTensor(DType::kFloat32, {3}, {1, 1, 1e5});
+  job.weights = huge.view();
+  ExpectInvalid(job, "weights[2] is 100000; must be finite, >= 0 and at most 10000");
+  const HostTensor ints = MakeTensor(DType::kInt32, {3}, {1, 1, 1});
+  job.weights = ints.view();
+  ExpectInvalid(job, "weights.dtype is int32; expected float32");
+}
+
+TEST(Validate, DistributionFocal) {
+  Fixture f;
+  const HostTensor distances = MakeTensor(DType::kFloat32, {3}, {0, 4, 2.5});
+  LossJob job = f.Job(DistributionFocalParams{});
+  job.targets = distances.view();
+  EXPECT_TRUE(CpuBackend().Compute(job).ok()) << CpuBackend().Compute(job).status();
+  ExpectInvalid(f.Job(DistributionFocalParams{}), "targets.dtype is int64; distribution_focal needs float targets");
+  const HostTensor beyond = MakeTensor(DType::kFloat32, {3}, {0, 4.5, 2});
+  job.targets = beyond.view();
+  ExpectInvalid(job, "targets[1] is 4.5; must be in [0, 4]");
+  const HostTensor negative = MakeTensor(DType::kFloat64, {3}, {0, 1, -0.25});
+  job.targets = negative.view();
+  ExpectInvalid(job, "targets[2] is -0.25; must be in [0, 4]");
+  const HostTensor nan = MakeTensor(DType::kFloat32, {3}, {NAN, 1, 1});
+  job.targets = nan.view();
+  ExpectInvalid(job, "targets[0] is nan; must be in [0, 4]");
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "targets.shape is [3, 5]; logits [3, 5] need targets [3]");
+  const HostTensor one_bin = MakeTensor(DType::kFloat32, {3, 1}, {0, 0, 0});
+  job.logits = one_bin.view();
+  job.targets = distances.view();
+  ExpectInvalid(job, "logits.shape[1] is 1; distribution_focal needs B >= 2 bins");
+  const HostTensor flat = MakeTensor(DType::kFloat32, {3}, {0, 0, 0});
+  job.logits = flat.view();
+  ExpectInvalid(job, "logits.shape is [3]; distribution_focal needs logits [N, B, d1..dk] with B >= 2 bins");
+}
+
+TEST(Validate, CatalogueIsFiniteAtItsLimits) {
+  // Parameters at their bounds with the largest float32 logits: every loss and gradient finite.
+  const double big = 3.4e38;
+  const HostTensor logits = MakeTensor(DType::kFloat32, {4, 5}, {big, -big, 0, 88, -88, -1e4, 1e4, 100, -100, 0, 0,
+                                                                0, 0, 0, 0, 3, -3, 1e4, -1e4, 50});
+  const HostTensor hard = MakeTensor(DType::kFloat32, {4, 5}, std::vector<double>{1, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                                                                  1, 1, 0, 0, 1, 0, 1, 0, 1, 1});
+  const HostTensor quality = MakeTensor(DType::kFloat32, {4, 5}, std::vector<double>{1, 0, 0.5, 0, 1, 0, 0.25, 0, 1, 0,
+                                                                                     1, 0.75, 0, 0, 1, 0, 1, 0, 1, 1});
+  const HostTensor distances = MakeTensor(DType::kFloat32, {4}, {0, 4, 2.5, 3});
+  const HostTensor weights = MakeTensor(DType::kFloat32, {4, 5}, std::vector<double>(20, ParameterLimits::kMaxWeight));
+  const double max_gamma = ParameterLimits::kMaxGamma;
+  const std::vector<std::pair<VariantParams, const HostTensor*>> cases = {
+      {AsymmetricParams{max_gamma, max_gamma, 0.999, std::nullopt}, &quality},
+      {AsymmetricParams{0, 0.5, 0, std::nullopt}, &quality},
+      {QualityFocalParams{max_gamma, std::nullopt}, &quality},
+      {QualityFocalParams{1, std::nullopt}, &quality},
+      {VarifocalParams{ParameterLimits::kMaxWeight, max_gamma, true}, &quality},
+      {VarifocalParams{ParameterLimits::kMaxWeight, 0.5, false}, &quality},
+      {FocalStarParams{ParameterLimits::kMinStarGamma, ParameterLimits::kMaxShift, 0.25, std::nullopt}, &hard},
+      {FocalStarParams{ParameterLimits::kMinStarGamma, -ParameterLimits::kMaxShift, -1, std::nullopt}, &hard},
+      {FocalStarParams{max_gamma, ParameterLimits::kMaxShift, 1, std::nullopt}, &hard},
+      {DistributionFocalParams{}, &distances},
+  };
+  for (const auto& [params, targets] : cases) {
+    SCOPED_TRACE(VariantName(params));
+    for (Reduction reduction : {Reduction::kMean, Reduction::kNone}) {
+      LossJob job;
+      job.spec.params = params;
+      job.spec.reduction = reduction;
+      job.logits = logits.view();
+      job.targets = targets->view();
+      if (!std::holds_alternative<DistributionFocalParams>(params)) job.weights = weights.view();
+      job.compute_gradient = true;
+      job.grad_output = ParameterLimits::kMaxGradOutput;
+      const auto result = CpuBackend().Compute(job);
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_TRUE(std::isfinite(result->loss)) << result->loss;
+      for (double v : testing::Values(result->gradient->view())) ASSERT_TRUE(std::isfinite(v)) << v;
+      if (result->losses) {
+        for (double v : testing::Values(result->losses->view())) ASSERT_TRUE(std::isfinite(v)) << v;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace focal

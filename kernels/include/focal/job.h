@@ -18,6 +18,10 @@ struct LossJob {
   TensorView logits;
   TensorView targets;
   std::optional<TensorView> num_objects;  ///< dynamic_focal only
+  /// Per-item loss weights shaped like NONE's losses: ℓ_i ← w_i ℓ_i, value and gradient.
+  std::optional<TensorView> weights;
+  /// quality_focal with class-index targets: the target class's quality, shaped like the targets.
+  std::optional<TensorView> scores;
   bool compute_gradient = false;
   /// Upstream gradient w: a scalar for MEAN/SUM, a scalar or a tensor shaped like the per-item
   /// losses for NONE; absent means 1.

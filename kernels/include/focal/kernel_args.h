@@ -16,6 +16,15 @@ namespace focal {
 struct LossJob;
 struct JobPlan;
 
+/// The per-element formula of the elementwise kinds (focal/element_formulas-inl.h).
+enum class ElementFormula : uint8_t {
+  kSigmoidFocal,  ///< sigmoid_focal and dynamic_focal
+  kAsymmetric,
+  kQualityFocal,
+  kVarifocal,
+  kFocalStar,
+};
+
 /// Everything a kernel needs, fixed for the whole job.
 struct KernelArgs {
   const void* logits = nullptr;
@@ -41,9 +50,24 @@ struct KernelArgs {
   int64_t ignore_index = 0;
   const double* class_alpha = nullptr;  ///< softmax per-class α, or null for all ones
   double cosine_alpha = 1, xent = 0.1;
+  /// The catalogue's elementwise variants. `gamma` is asymmetric's γ+, varifocal's and
+  /// focal_star's γ; `alpha_pos`/`alpha_neg` are focal_star's α_t weights.
+  ElementFormula formula = ElementFormula::kSigmoidFocal;
+  double gamma_neg = 0, clip = 0;  ///< asymmetric's γ- and probability margin m
+  double beta = 0;                 ///< quality_focal's exponent β; focal_star's shift β
+  double negative_weight = 1;      ///< varifocal's α
+  bool iou_weighted = true;        ///< varifocal: positives weighted by q
+  /// quality_focal with class-index targets: the target class's score per position, or null.
+  const void* scores = nullptr;
+  DType scores_dtype = DType::kFloat32;
+  /// The request's per-item loss weights as float32 (the loss side; item_weights carries them
+  /// on the gradient side), or null.
+  const float* loss_weights = nullptr;
   /// Gradient weight of every item: upstream w times the reduction's scale.
   double grad_scale = 1;
-  const float* item_weights = nullptr;  ///< NONE's upstream tensor as float32, per item, or null
+  /// Per-item gradient weights as float32, or null: NONE's upstream tensor times the request's
+  /// loss weights (either alone when only one is sent).
+  const float* item_weights = nullptr;
   void* losses = nullptr;               ///< NONE's per-item output, or null
   void* gradient = nullptr;             ///< or null when not requested
   DType output_dtype = DType::kFloat32;
@@ -52,10 +76,11 @@ struct KernelArgs {
 };
 
 enum class KernelKind : uint8_t {
-  kSigmoidFloatTargets,  ///< sigmoid_focal and dynamic_focal: elementwise over the logits
-  kSigmoidIndexTargets,  ///< sigmoid_focal with an implicit one-hot from class indices
+  kElementwiseFloatTargets,  ///< a.formula elementwise over the logits, float targets alike
+  kElementwiseIndexTargets,  ///< a.formula with an implicit one-hot from class indices
   kSoftmaxFocal,
   kFocalCosine,
+  kDistributionFocal,  ///< a softmax over the bins of dim 1, float targets [N, S]
 };
 
 /// Fills every field of `args` that comes from the job and its plan (parameters, shapes, dtypes,
@@ -63,9 +88,14 @@ enum class KernelKind : uint8_t {
 /// kind. Outputs and item weights are left null for the backend to place.
 KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& args);
 
-/// NONE's upstream weight tensor as float32 (kernels read it so): the request's own bytes when
-/// they are float32, else widened once into `storage`. Null when the job has none.
+/// The per-item weights of the gradient as float32 (kernels read them so): NONE's upstream
+/// tensor times the request's loss weights, or either alone; the request's own bytes when that
+/// is one float32 tensor, else computed once into `storage`. Null when the job has neither.
 const float* ItemWeightsAsFloat32(const LossJob& job, std::vector<float>& storage);
+
+/// The request's loss weights as float32: its own bytes when float32, else widened once into
+/// `storage`. Null when the job has none.
+const float* LossWeightsAsFloat32(const LossJob& job, std::vector<float>& storage);
 
 /// The reported loss from the sum of the per-item losses: the sum for SUM and NONE, divided by
 /// the normalizer or the count for MEAN (0 when nothing is counted, never NaN).

@@ -597,10 +597,20 @@ FOCAL_HD FocalStarConsts<typename Ops::V> MakeFocalStarConsts(const Ops& o, doub
 /// §5.4 focal_star for one element with a hard target: `sign` = 2t-1, `alpha_t` its class's
 /// weight (SigmoidFocalWeights). With z = γ(2t-1)x + β: ℓ = α_t softplus(-z)/γ = -α_t log σ(z)/γ,
 /// ∂ℓ/∂x = α_t (2t-1)(σ(z) - 1) = -α_t (2t-1) σ(-z), both from Sigmoid(z) without cancellation.
+/// The loss is written softplus(-z)/γ = max(-(x_t + β/γ), 0) + log1p(e^-|z|)/γ, so that a logit
+/// whose γ x_t overflows (float32 beyond 3.4e38/γ) still gives its finite loss |x_t + β/γ|.
 template <class Ops, class V>
 FOCAL_HD LossGrad<V> FocalStar(const Ops& o, const FocalStarConsts<V>& c, V x, V sign, V alpha_t) {
-  const SigmoidParts<V> s = Sigmoid(o, o.MulAdd(c.gamma, sign * x, c.beta));
-  return {alpha_t * o.Neg(s.log_p) * c.inv_gamma, o.Neg(alpha_t * sign * s.q)};
+  const V x_t = sign * x;
+  // γ x_t overflows float32 for |x| beyond 3.4e38/γ; σ is saturated long before ±1e30, and the
+  // clamp keeps Sigmoid's (max(z,0) - z) from meeting ∞ - ∞.
+  const V saturated = o.Set(1e30);
+  const V z = o.Min(o.Max(o.MulAdd(c.gamma, x_t, c.beta), o.Neg(saturated)), saturated);
+  const SigmoidParts<V> s = Sigmoid(o, z);
+  // log1p(e^-|z|) = -log σ(|z|), from the parts: the smaller of -log p and -log q.
+  const V tail = o.Neg(o.Max(s.log_p, s.log_q));
+  const V linear = o.Max(o.Neg(o.MulAdd(c.beta, c.inv_gamma, x_t)), o.Zero());
+  return {alpha_t * (linear + tail * c.inv_gamma), o.Neg(alpha_t * sign * s.q)};
 }
 
 // ------------------------------------------------------------------------------------------
@@ -642,7 +652,12 @@ FOCAL_HD DistributionFocalRowGrad<V> DistributionFocalRow(const Ops& o, V x_left
   const V log_normalizer = LogNormalizer(o, rest);
   const V u_left = LogProb(o, x_left, max, log_normalizer);
   const V u_right = LogProb(o, x_right, max, log_normalizer);
-  return {o.Neg(w_left * u_left + w_right * u_right), PerExp(o, w, rest), w * (o.Exp(u_left) - w_left),
+  // A bin of weight 0 (y on a bin edge) adds nothing, even where its log S is -∞ (a logit
+  // 3.4e38 below the maximum: x - max overflows float32).
+  const V zero = o.Zero();
+  const V term_left = o.IfThenElseZero(o.Lt(zero, w_left), w_left * u_left);
+  const V term_right = o.IfThenElseZero(o.Lt(zero, w_right), w_right * u_right);
+  return {o.Neg(term_left + term_right), PerExp(o, w, rest), w * (o.Exp(u_left) - w_left),
           w * (o.Exp(u_right) - w_right)};
 }
 

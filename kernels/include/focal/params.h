@@ -5,6 +5,7 @@
 // backends) and its tests; nothing else lists variants. Plain C++17, no Abseil: nvcc reads it.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -34,6 +35,10 @@ struct ParameterLimits {
   /// The MEAN denominator a request may set (RetinaNet's number of positives, say).
   static constexpr double kMinNormalizer = 1e-6;
   static constexpr double kMaxNormalizer = 1e15;
+  /// focal_star divides its loss by γ: from 1e-6 on, log(2)/γ and β/γ stay far inside float32.
+  static constexpr double kMinStarGamma = 1e-6;
+  /// focal_star's shift β of γ x_t, as large as any logit that still moves a sigmoid.
+  static constexpr double kMaxShift = 1e4;
 };
 
 // ------------------------------------------------------------------------------------------
@@ -44,6 +49,14 @@ enum class Targets : uint8_t {
   kClassIndex,         ///< integer targets [N, d1..dk] for logits [N, C, d1..dk]
   kFloat,              ///< float targets shaped like the logits
   kClassIndexOrFloat,  ///< either; the targets' dtype says which
+  kFloatPerRow,        ///< float targets [N, d1..dk] for logits [N, B, d1..dk], one per row
+};
+
+/// What MEAN divides by (without a normalizer) and what `count` reports.
+enum class MeanOver : uint8_t {
+  kItems,      ///< the counted items (rows or elements not ignored)
+  kPositives,  ///< the positive items, at least 1: rows with a target class, or elements with a
+               ///< target above 0 (GFL's avg_factor)
 };
 
 /// What a variant's items are: what NONE returns one loss for, what MEAN counts (the items of
@@ -128,6 +141,10 @@ struct VariantFacts {
   bool binary_targets = false;
   /// The request's num_objects tensor (one count per row) is an input of this variant.
   bool num_objects = false;
+  /// The request's scores tensor (the target class's quality, one per row) goes with
+  /// class-index targets.
+  bool scores = false;
+  MeanOver mean_over = MeanOver::kItems;
 };
 
 /// Specialised once per variant, right below its params struct: `kFacts` and `kParams` (a
@@ -234,9 +251,112 @@ struct Variant<DynamicFocalParams> {
       std::make_tuple(MakeParam("gamma", &P::gamma, "focusing parameter γ").In(0, ParameterLimits::kMaxGamma));
 };
 
+/// §5.1: Asymmetric Loss for multi-label classification (Ridnik et al. 2021).
+struct AsymmetricParams {
+  double gamma_pos = 0.0;
+  double gamma_neg = 4.0;
+  double clip = 0.05;
+  std::optional<int64_t> ignore_index;  ///< only with class-index targets
+};
+
+/// The facts the sigmoid-shaped catalogue variants share with sigmoid_focal: float targets
+/// shaped like the logits or class indices [N, d1..dk] with background C, one item per logit.
+inline constexpr const char* kSigmoidShape = "of any shape (class-index targets: [N, C, d1..dk])";
+
+template <>
+struct Variant<AsymmetricParams> {
+  using P = AsymmetricParams;
+  static constexpr VariantFacts kFacts{
+      "asymmetric", "asymmetric multi-label loss: focusing and probability shifting of the negatives",
+      Targets::kClassIndexOrFloat, Items::kElements, kSigmoidShape, 0, std::numeric_limits<int>::max(),
+      /*background_target=*/true};
+  static constexpr auto kParams = std::make_tuple(
+      MakeParam("gamma_pos", &P::gamma_pos, "focusing parameter γ+ of the positives").In(0, ParameterLimits::kMaxGamma),
+      MakeParam("gamma_neg", &P::gamma_neg, "focusing parameter γ- of the negatives").In(0, ParameterLimits::kMaxGamma),
+      MakeParam("clip", &P::clip, "probability margin m shifted off the negatives").InHalfOpen(0, 1),
+      MakeParam("ignore_index", &P::ignore_index, "with class-index targets: target value whose rows are ignored"));
+};
+
+/// §5.2: Quality Focal Loss (GFL, Li et al. 2020).
+struct QualityFocalParams {
+  double beta = 2.0;
+  std::optional<int64_t> ignore_index;  ///< only with class-index targets
+};
+
+template <>
+struct Variant<QualityFocalParams> {
+  using P = QualityFocalParams;
+  static constexpr VariantFacts kFacts{
+      "quality_focal", "quality focal loss: sigmoid cross-entropy to soft quality scores, focused by |σ(x) - y|^β",
+      Targets::kClassIndexOrFloat, Items::kElements, kSigmoidShape, 0, std::numeric_limits<int>::max(),
+      /*background_target=*/true, /*binary_targets=*/false, /*num_objects=*/false, /*scores=*/true,
+      MeanOver::kPositives};
+  static constexpr auto kParams = std::make_tuple(
+      MakeParam("beta", &P::beta, "focusing exponent β").In(1, ParameterLimits::kMaxGamma),
+      MakeParam("ignore_index", &P::ignore_index, "with class-index targets: target value whose rows are ignored"));
+};
+
+/// §5.3: Varifocal Loss (VarifocalNet, Zhang et al. 2021).
+struct VarifocalParams {
+  double alpha = 0.75;
+  double gamma = 2.0;
+  bool iou_weighted = true;
+};
+
+template <>
+struct Variant<VarifocalParams> {
+  using P = VarifocalParams;
+  static constexpr VariantFacts kFacts{"varifocal",
+                                       "varifocal loss: IoU-aware targets, focal down-weighting of the negatives only",
+                                       Targets::kFloat, Items::kElements};
+  static constexpr auto kParams = std::make_tuple(
+      MakeParam("alpha", &P::alpha, "weight α of the negatives").In(0, ParameterLimits::kMaxWeight),
+      MakeParam("gamma", &P::gamma, "focusing parameter γ of the negatives").In(0, ParameterLimits::kMaxGamma),
+      MakeParam("iou_weighted", &P::iou_weighted, "weight each positive by its target q (else by 1)"));
+};
+
+/// §5.4: FL* (Lin et al. 2017, appendix A).
+struct FocalStarParams {
+  double gamma = 1.0;
+  double beta = 0.0;
+  double alpha = -1.0;  ///< negative disables the α weighting, as in fvcore
+  std::optional<int64_t> ignore_index;  ///< only with class-index targets
+};
+
+template <>
+struct Variant<FocalStarParams> {
+  using P = FocalStarParams;
+  static constexpr VariantFacts kFacts{
+      "focal_star", "FL*: softplus(-(γ x_t + β)) / γ, the focal loss's appendix alternative",
+      Targets::kClassIndexOrFloat, Items::kElements, kSigmoidShape, 0, std::numeric_limits<int>::max(),
+      /*background_target=*/true, /*binary_targets=*/true};
+  static constexpr auto kParams = std::make_tuple(
+      MakeParam("gamma", &P::gamma, "sharpness γ of x_t")
+          .In(ParameterLimits::kMinStarGamma, ParameterLimits::kMaxGamma)
+          .Rule("in (0, 1000], at least 1e-6 (the loss is divided by γ)"),
+      MakeParam("beta", &P::beta, "shift β of γ x_t").In(-ParameterLimits::kMaxShift, ParameterLimits::kMaxShift),
+      MakeParam("alpha", &P::alpha, "weight of positives α; negative disables the weighting")
+          .In(-std::numeric_limits<double>::max(), 1)
+          .Rule("in [0, 1], or negative to disable the weighting"),
+      MakeParam("ignore_index", &P::ignore_index, "with class-index targets: target value whose rows are ignored"));
+};
+
+/// §5.5: Distribution Focal Loss (GFL, Li et al. 2020). No parameters.
+struct DistributionFocalParams {};
+
+template <>
+struct Variant<DistributionFocalParams> {
+  using P = DistributionFocalParams;
+  static constexpr VariantFacts kFacts{
+      "distribution_focal", "distribution focal loss: cross-entropy of a softmax over B bins to a distance's two bins",
+      Targets::kFloatPerRow, Items::kRows, "[N, B, d1..dk] with B >= 2 bins", 2};
+  static constexpr auto kParams = std::make_tuple();
+};
+
 /// Every variant, in the order server info and metrics list them.
 using VariantParams =
-    std::variant<SoftmaxFocalParams, SigmoidFocalParams, FocalCosineParams, DynamicFocalParams>;
+    std::variant<SoftmaxFocalParams, SigmoidFocalParams, FocalCosineParams, DynamicFocalParams, AsymmetricParams,
+                 QualityFocalParams, VarifocalParams, FocalStarParams, DistributionFocalParams>;
 
 // ------------------------------------------------------------------------------------------
 // Reading the table.
@@ -338,8 +458,11 @@ struct LossSpec {
 
 /// `value` divided by MEAN's denominator: the normalizer when set, else the number of items
 /// counted; 0 when that is 0 (nothing counted: MEAN is 0 and so is its gradient, never NaN).
+/// Variants whose MEAN is over their positives divide by at least 1 (GFL's avg_factor).
 inline double DivideByMeanDenominator(double value, const LossSpec& spec, int64_t count) {
-  const double denominator = spec.normalizer.value_or(static_cast<double>(count));
+  const bool over_positives = FactsOf(spec.params).mean_over == MeanOver::kPositives;
+  const double counted = static_cast<double>(over_positives ? std::max<int64_t>(count, 1) : count);
+  const double denominator = spec.normalizer.value_or(counted);
   return denominator > 0 ? value / denominator : 0.0;
 }
 

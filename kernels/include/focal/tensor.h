@@ -91,4 +91,23 @@ double LoadAsDouble(const TensorView& view, int64_t i);
 /// Reads element `i` of an integer view as int64.
 int64_t LoadAsInt64(const TensorView& view, int64_t i);
 
+/// The index of the first of a floating-point view's `n` elements for which `bad(value)` holds,
+/// or -1: one dtype dispatch, then a plain loop (validation scans of whole request tensors).
+template <class F>
+int64_t FindFirstValue(const TensorView& view, int64_t n, const F& bad) {
+  auto scan = [&](const auto* data, auto widen) -> int64_t {
+    for (int64_t i = 0; i < n; ++i) {
+      if (bad(widen(data[i]))) return i;
+    }
+    return -1;
+  };
+  switch (view.dtype) {
+    case DType::kFloat32: return scan(view.As<float>(), [](float v) { return static_cast<double>(v); });
+    case DType::kFloat64: return scan(view.As<double>(), [](double v) { return v; });
+    case DType::kFloat16: return scan(view.As<uint16_t>(), [](uint16_t v) { return double{HalfToFloat(v)}; });
+    case DType::kBFloat16: return scan(view.As<uint16_t>(), [](uint16_t v) { return double{BFloat16ToFloat(v)}; });
+    default: return n > 0 ? 0 : -1;  // not a float tensor: callers check the dtype first
+  }
+}
+
 }  // namespace focal

@@ -42,6 +42,8 @@ std::string VariantNames(absl::string_view separator);
 
 /// The names of the variants that take the request's num_objects, joined by ", ".
 const std::string& NumObjectsVariants();
+/// "quality_focal": the variants that take the request's scores tensor.
+const std::string& ScoresVariants();
 
 /// Sets parameter `name` of `params` from text: a number for numeric parameters (an integer
 /// for integer ones), one of the choices (any case) for an enum. INVALID_ARGUMENT naming the

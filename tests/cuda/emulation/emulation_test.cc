@@ -63,8 +63,9 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   ASSIGN_OR_RETURN(const JobPlan plan, ValidateJob(job));
   KernelArgs a;
   const KernelKind kind = MakeKernelArgs(job, plan, a);
-  std::vector<float> widened;
+  std::vector<float> widened, widened_loss;
   const float* item_weights = ItemWeightsAsFloat32(job, widened);
+  const float* loss_weights = LossWeightsAsFloat32(job, widened_loss);
   const auto* softmax = std::get_if<SoftmaxFocalParams>(&job.spec.params);
   const bool none = job.spec.reduction == Reduction::kNone;
   const size_t out_size = DTypeSize(plan.output_dtype);
@@ -73,6 +74,8 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   const auto row_alpha = CopyOf(plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float));
   const auto class_alpha = CopyOf(softmax ? softmax->alpha.data() : nullptr, softmax ? softmax->alpha.size() * sizeof(double) : 0);
   const auto weights = CopyOf(item_weights, item_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
+  const auto loss_weights_copy = CopyOf(loss_weights, loss_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
+  const auto scores = CopyOf(a.scores, a.scores ? job.scores->size_bytes : 0);
   const size_t gradient_bytes = job.compute_gradient ? static_cast<size_t>(plan.num_elements) * out_size : 0;
   const size_t losses_bytes = none ? static_cast<size_t>(plan.num_items) * out_size : 0;
   Aligned gradient(gradient_bytes), losses(losses_bytes), scalars(sizeof(JobScalars));
@@ -81,6 +84,8 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   a.row_alpha = row_alpha->as<float>();
   a.class_alpha = class_alpha->as<double>();
   a.item_weights = weights->as<float>();
+  a.loss_weights = loss_weights_copy->as<float>();
+  a.scores = scores->get();
   a.gradient = gradient.get();
   a.losses = losses.get();
   const LaunchPlan launch = PlanLaunch(kind, a, kEmulatedDevice);
@@ -119,6 +124,13 @@ TEST(EmulatedKernels, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTargetC
 TEST(EmulatedKernels, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
 TEST(EmulatedKernels, DynamicFocal) { CompareAll(DynamicFocalCases()); }
 TEST(EmulatedKernels, FocalCosine) { CompareAll(FocalCosineCases(3000)); }
+TEST(EmulatedKernels, Asymmetric) { CompareAll(AsymmetricCases()); }
+TEST(EmulatedKernels, QualityFocal) { CompareAll(QualityFocalCases()); }
+TEST(EmulatedKernels, Varifocal) { CompareAll(VarifocalCases()); }
+TEST(EmulatedKernels, FocalStar) { CompareAll(FocalStarCases()); }
+TEST(EmulatedKernels, DistributionFocal) { CompareAll(DistributionFocalCases()); }
+TEST(EmulatedKernels, DistributionFocalEdges) { CheckDistributionFocalEdges(EmulatedCompute, "emulated"); }
+TEST(EmulatedKernels, LossWeightsOnEveryVariant) { CompareAll(LossWeightCases()); }
 TEST(EmulatedKernels, EmptyInputs) { CompareAll(EmptyCases()); }
 TEST(EmulatedKernels, NonFiniteInputs) { CheckNonFiniteInputs(EmulatedCompute, "emulated"); }
 TEST(EmulatedKernels, IgnoredRowsContributeZeroWhateverTheirLogits) { CheckIgnoredRows(EmulatedCompute, "emulated"); }

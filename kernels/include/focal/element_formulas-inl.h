@@ -1,0 +1,70 @@
+// The per-element formulas of the elementwise kernel kinds (KernelArgs::formula): for each, its
+// per-job constants built once from KernelArgs and the map from one element's logit x and
+// target t to its loss and gradient, through focal/math-inl.h. The CPU pass (Highway vectors)
+// and the CUDA pass (scalars) run the same elementwise skeleton with any of them: loads, class
+// index one-hots, weights and stores are the kernels', the formula is chosen here.
+//
+// Like focal/math-inl.h, no include guard and no namespace: focal/element_formulas.h includes it
+// inside focal::math, the CPU kernels inside each Highway target's math namespace, after
+// math-inl.h and focal/kernel_args.h.
+
+/// Element<F, Ops>: formula F for value type Ops::V. `binary` says every target of the call is
+/// 0 or 1 (sigmoid_focal's hard form); `alpha` holds sigmoid_focal's and focal_star's α_t
+/// weights of positives and negatives (dynamic_focal's per row).
+template <ElementFormula F, class Ops>
+struct Element;
+
+template <class Ops>
+struct Element<ElementFormula::kSigmoidFocal, Ops> {
+  using V = typename Ops::V;
+  FOCAL_HD Element(const Ops& o, const KernelArgs& a)
+      : c(MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities)) {}
+  FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V t, bool binary, const ClassWeights<V>& alpha) const {
+    return SigmoidFocal(o, c, x, t, binary, alpha.pos, alpha.neg);
+  }
+  SigmoidFocalConsts<V> c;
+};
+
+template <class Ops>
+struct Element<ElementFormula::kAsymmetric, Ops> {
+  using V = typename Ops::V;
+  FOCAL_HD Element(const Ops& o, const KernelArgs& a) : c(MakeAsymmetricConsts(o, a.gamma, a.gamma_neg, a.clip)) {}
+  FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V t, bool, const ClassWeights<V>&) const {
+    return Asymmetric(o, c, x, t);
+  }
+  AsymmetricConsts<V> c;
+};
+
+template <class Ops>
+struct Element<ElementFormula::kQualityFocal, Ops> {
+  using V = typename Ops::V;
+  FOCAL_HD Element(const Ops& o, const KernelArgs& a) : c(MakeQualityFocalConsts(o, a.beta)) {}
+  FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V y, bool, const ClassWeights<V>&) const {
+    return QualityFocal(o, c, x, y);
+  }
+  QualityFocalConsts<V> c;
+};
+
+template <class Ops>
+struct Element<ElementFormula::kVarifocal, Ops> {
+  using V = typename Ops::V;
+  FOCAL_HD Element(const Ops& o, const KernelArgs& a)
+      : c(MakeVarifocalConsts(o, a.negative_weight, a.gamma, a.iou_weighted)) {}
+  FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V q, bool, const ClassWeights<V>&) const {
+    return Varifocal(o, c, x, q);
+  }
+  VarifocalConsts<V> c;
+};
+
+template <class Ops>
+struct Element<ElementFormula::kFocalStar, Ops> {
+  using V = typename Ops::V;
+  FOCAL_HD Element(const Ops& o, const KernelArgs& a) : c(MakeFocalStarConsts(o, a.gamma, a.beta)) {}
+  /// Targets are 0 or 1 (checked): sign 2t-1 and the α_t of the target's side.
+  FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V t, bool, const ClassWeights<V>& alpha) const {
+    const V one = o.Set(1);
+    const auto positive = o.Eq(t, one);
+    return FocalStar(o, c, x, o.Select(positive, one, o.Neg(one)), o.Select(positive, alpha.pos, alpha.neg));
+  }
+  FocalStarConsts<V> c;
+};
