@@ -2,17 +2,27 @@
 """Golden reference files for the FocalServe loss variants.
 
 Writes one text file per case into tests/golden/data/, following the numerical contract in
-docs/variants.md (softmax_focal, sigmoid_focal, focal_cosine, dynamic_focal). The reference math
-is plain PyTorch (and torchvision's sigmoid_focal_loss where it can express the case) in
-float64; gradients come from autograd. Inputs are seeded float32 values, so every run writes
-byte-identical files.
+docs/variants.md (softmax_focal, sigmoid_focal, focal_cosine, dynamic_focal, and the catalogue's
+asymmetric, quality_focal, varifocal, focal_star, distribution_focal). The reference math is
+plain PyTorch (and torchvision's sigmoid_focal_loss where it can express the case) in float64;
+gradients come from autograd. The catalogue variants are written from the definitions of the
+implementations people use (Alibaba-MIIL/ASL's AsymmetricLoss, mmdetection's quality, varifocal
+and distribution focal losses, fvcore's sigmoid_focal_loss_star), restated here in plain torch,
+each cross-checked against a stable restatement of the contract; where a reference cannot
+express a case, or differs from the contract, the contract's form is written and README.md says
+why. Inputs are seeded float32 values, so every run writes byte-identical files.
 
 Run with Debian's interpreter, which has torch and torchvision:
 
     /usr/bin/python3 tests/golden/generate.py
 
 File format: one record per line, a key, a space, then space-separated values. Parameter
-lines appear only when the case sets the parameter (absent = the docs/variants.md default).
+lines appear only when the case sets the parameter (absent = the docs/variants.md default);
+their keys are the variant table's parameter names, except `alpha_vector` (softmax_focal's
+per-class `alpha`). Inputs: `logits*`, `targets*`, and where the case has them `num_objects*`,
+`scores*` (quality_focal's (label, score) form), `weights*` (per-item loss weights, shaped like
+the NONE losses), `normalizer` (replaces MEAN's count), then `grad_output*`. Expected: `loss`,
+`count`, `losses*` (NONE only, weights applied), `gradient*`.
 """
 
 import os
@@ -38,11 +48,17 @@ DEFAULTS = {
                       "label_smoothing": 0.0, "smoothing_classes": 2, "input": "logits"},
     "focal_cosine": {"gamma": 2.0, "alpha": 1.0, "xent": 0.1},
     "dynamic_focal": {"gamma": 2.0},
+    "asymmetric": {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05, "ignore_index": None},
+    "quality_focal": {"beta": 2.0, "ignore_index": None},
+    "varifocal": {"alpha": 0.75, "gamma": 2.0, "iou_weighted": True},
+    "focal_star": {"gamma": 1.0, "beta": 0.0, "alpha": -1.0, "ignore_index": None},
+    "distribution_focal": {},
 }
 
 # Order of the parameter lines in a file.
 PARAM_KEYS = ("gamma", "alpha", "ignore_index", "label_smoothing", "smoothing_classes",
-              "input", "xent", "alpha_vector")
+              "input", "xent", "alpha_vector", "gamma_pos", "gamma_neg", "clip", "beta",
+              "iou_weighted")
 
 
 # ----------------------------------------------------------------------------------------
@@ -159,6 +175,286 @@ def reduce(losses, count, reduction):
 
 
 # ----------------------------------------------------------------------------------------
+# The catalogue (docs/variants.md §5). Two functions per variant, each giving the per-item
+# losses (ignored items 0) as a function of the float64 logits:
+#   *_reference: the loss as the implementation people use defines it, restated in plain
+#     torch (the docstring names the file). It is written to the golden file when it
+#     expresses every item of the case and its autograd gradient is finite.
+#   *_contract: docs/variants.md's stable form. Written when the reference cannot express
+#     the case; otherwise a cross-check of the reference on every item it expresses.
+# README.md lists where the two differ and what the files hold there.
+# ----------------------------------------------------------------------------------------
+
+CATALOGUE = ("asymmetric", "quality_focal", "varifocal", "focal_star", "distribution_focal")
+ASL_EPS = 1e-8  # ASL's clamp of both probabilities before the log (its constructor's eps)
+# Reference vs contract, float64: relative to the item, plus an absolute floor relative to the
+# case's largest value (the references' 1 - σ(x) loses digits the contract's forms keep).
+CROSS_RTOL, CROSS_FLOOR = 1e-9, 1e-12
+
+
+def softplus(z):
+    """max(z, 0) + log1p(exp(-|z|)), exact everywhere (F.softplus returns z itself above its
+    threshold of 20, 2e-9 off there, and so is its gradient)."""
+    return torch.clamp(z, min=0) + torch.log1p(torch.exp(-torch.abs(z)))
+
+
+def classes_last(x):
+    """[N, C, *] -> [N·*, C]: the [rows, classes] layout mmdetection's losses take."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def classes_back(rows, shape):
+    """classes_last's inverse, for a [N·*, C] tensor and the original shape [N, C, *]."""
+    return rows.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)).movedim(-1, 1)
+
+
+def asymmetric_reference(x, t, p):
+    """Alibaba-MIIL/ASL src/loss_functions/losses.py, AsymmetricLoss.forward, elementwise:
+    the class returns minus the sum of these. Its probabilities are clamped at eps before the
+    log; its clip is applied as (1 - p + clip) clamped at 1, which is 1 - p_m; its focusing
+    weight is one power (1 - p_t)^(γ+ t + γ- (1-t)) of one mixed p_t, differentiated through
+    (the class's torch-grad switch is commented out; AsymmetricLossOptimized's would detach it)."""
+    prob = torch.sigmoid(x)
+    keep_neg = 1.0 - prob
+    if p["clip"] > 0:
+        keep_neg = torch.clamp(keep_neg + p["clip"], max=1.0)
+    log_lik = (t * torch.log(torch.clamp(prob, min=ASL_EPS))
+               + (1 - t) * torch.log(torch.clamp(keep_neg, min=ASL_EPS)))
+    if p["gamma_pos"] > 0 or p["gamma_neg"] > 0:
+        p_t = prob * t + keep_neg * (1 - t)
+        log_lik = log_lik * torch.pow(1 - p_t, p["gamma_pos"] * t + p["gamma_neg"] * (1 - t))
+    return -log_lik
+
+
+def asymmetric_expresses(x, t, p):
+    """Items where ASL's code computes the contract: binarized targets (its documented input),
+    and neither clamp at ASL_EPS active (with clip > 0, 1 - p_m >= clip already)."""
+    prob = torch.sigmoid(x)
+    positive_ok = (t == 0) | (prob >= ASL_EPS)
+    negative_ok = (t == 1) | (p["clip"] > 0) | (1 - prob >= ASL_EPS)
+    return ((t == 0) | (t == 1)) & positive_ok & negative_ok
+
+
+def asymmetric_contract(x, t, p):
+    """docs/variants.md §5.1: t L+ + (1-t) L-."""
+    l_pos = torch.sigmoid(-x) ** p["gamma_pos"] * softplus(-x)
+    m = p["clip"]
+    if m > 0:
+        p_m = torch.sigmoid(x) - m
+        shifted = p_m > 0
+        # Where p <= m the branch is unused; 0.5 keeps its pow, log1p and their autograd finite.
+        p_m = torch.where(shifted, p_m, torch.full_like(p_m, 0.5))
+        l_neg = torch.where(shifted, p_m ** p["gamma_neg"] * -torch.log1p(-p_m),
+                            torch.zeros_like(p_m))
+    else:
+        l_neg = torch.sigmoid(x) ** p["gamma_neg"] * softplus(x)
+    return t * l_pos + (1 - t) * l_neg
+
+
+def quality_focal_reference(x, t, p, scores):
+    """mmdetection mmdet/models/losses/gfocal_loss.py: quality_focal_loss for the (label, score)
+    form (`scores` given, t the labels, C = background, any label outside [0, C) is
+    background), quality_focal_loss_tensor_target (mmdetection 3.x) for float scores t;
+    elementwise, before the former's sum over classes. [N, C, *] as mmdetection's [rows, C]."""
+    beta, c = p["beta"], x.shape[1]
+    rows = classes_last(x)
+    prob = torch.sigmoid(rows)
+    # Every element starts as a negative: cross-entropy toward 0, scaled by σ^β.
+    negative = F.binary_cross_entropy_with_logits(rows, torch.zeros_like(rows),
+                                                  reduction="none") * prob.pow(beta)
+    if scores is not None:
+        label = t.reshape(-1)
+        in_range = (label >= 0) & (label < c)
+        label = torch.where(in_range, label, torch.full_like(label, c))
+        positive = F.one_hot(label, c + 1)[:, :c].bool()
+        quality = torch.where(positive, scores.reshape(-1, 1).expand_as(rows),
+                              torch.zeros_like(rows))
+    else:
+        quality = classes_last(t)
+        positive = quality != 0
+    # Positives: cross-entropy toward their quality, scaled by |quality - σ|^β.
+    toward_quality = F.binary_cross_entropy_with_logits(rows, quality, reduction="none") \
+        * (quality - prob).abs().pow(beta)
+    return classes_back(torch.where(positive, toward_quality, negative), x.shape)
+
+
+def quality_focal_contract(x, y, p):
+    """docs/variants.md §5.2, for dense quality targets y."""
+    return (torch.sigmoid(x) - y).abs() ** p["beta"] * (softplus(x) - x * y)
+
+
+def varifocal_reference(x, q, p):
+    """mmdetection mmdet/models/losses/varifocal_loss.py varifocal_loss, elementwise (the
+    focal weight is not detached there)."""
+    prob = torch.sigmoid(x)
+    is_pos = (q > 0).to(DTYPE)
+    pos_weight = q * is_pos if p["iou_weighted"] else is_pos
+    weight = pos_weight + p["alpha"] * (prob - q).abs().pow(p["gamma"]) * (1 - is_pos)
+    return F.binary_cross_entropy_with_logits(x, q, reduction="none") * weight
+
+
+def varifocal_contract(x, q, p):
+    """docs/variants.md §5.3; p^γ = exp(-γ softplus(-x))."""
+    w_pos = q if p["iou_weighted"] else torch.ones_like(q)
+    positive = w_pos * (softplus(x) - x * q)
+    negative = p["alpha"] * torch.exp(-p["gamma"] * softplus(-x)) * softplus(x)
+    return torch.where(q > 0, positive, negative)
+
+
+def alpha_t_of(t, alpha):
+    return alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else torch.ones_like(t)
+
+
+def focal_star_reference(x, t, p):
+    """facebookresearch/fvcore fvcore/nn/focal_loss.py sigmoid_focal_loss_star, elementwise.
+    fvcore has no β (it is the paper's β = 0)."""
+    gamma = p["gamma"]
+    return -F.logsigmoid(gamma * x * (2 * t - 1)) / gamma * alpha_t_of(t, p["alpha"])
+
+
+def focal_star_contract(x, t, p):
+    """docs/variants.md §5.4 (the paper's FL*, appendix A, with its shift β)."""
+    x_t = (2 * t - 1) * x
+    return softplus(-(p["gamma"] * x_t + p["beta"])) / p["gamma"] * alpha_t_of(t, p["alpha"])
+
+
+def distribution_focal_reference(x, y, p):
+    """mmdetection mmdet/models/losses/gfocal_loss.py distribution_focal_loss, per row;
+    [N, B, *] as mmdetection's [rows, B]. Its right bin is floor(y) + 1, out of range at
+    y = B-1 (mmdetection's heads clamp targets below B-1 first): such rows get a placeholder
+    target here, and are neither compared nor written from this function."""
+    b = x.shape[1]
+    rows = classes_last(x)
+    dist = y.reshape(-1)
+    dist = torch.where(dist < b - 1, dist, torch.zeros_like(dist))
+    left = dist.long()
+    right = left + 1
+    loss = (F.cross_entropy(rows, left, reduction="none") * (right.to(DTYPE) - dist)
+            + F.cross_entropy(rows, right, reduction="none") * (dist - left.to(DTYPE)))
+    return loss.reshape(y.shape)
+
+
+def distribution_focal_contract(x, y, p):
+    """docs/variants.md §5.5: i = min(floor(y), B-2)."""
+    left = torch.clamp(torch.floor(y), max=x.shape[1] - 2)
+    logp = F.log_softmax(x, dim=1)
+    log_left = logp.gather(1, left.long().unsqueeze(1)).squeeze(1)
+    log_right = logp.gather(1, left.long().unsqueeze(1) + 1).squeeze(1)
+    return -((left + 1 - y) * log_left + (y - left) * log_right)
+
+
+def catalogue_problem(variant, p, x, tgt, scores):
+    """The case as functions of the logits: (contract, reference, the items the reference
+    expresses, count, MEAN over positives). x only lends shapes and values to the masks."""
+    def masked(fn, valid):
+        return lambda z: torch.where(valid, fn(z), torch.zeros_like(z))
+
+    if variant == "distribution_focal":
+        return (lambda z: distribution_focal_contract(z, tgt, p),
+                lambda z: distribution_focal_reference(z, tgt, p),
+                tgt < x.shape[1] - 1, tgt.numel(), False)
+    index = tgt.dtype == torch.int64
+    if index:
+        t, row = sigmoid_dense_targets(x, tgt, p)  # the implicit one-hot; C = background
+        valid = row.expand_as(x)
+        count = int(row.sum()) * x.shape[1]
+    else:
+        t, valid, count = tgt, torch.ones_like(x, dtype=torch.bool), tgt.numel()
+    everything = torch.ones_like(x, dtype=torch.bool)
+    if variant == "asymmetric":
+        return (masked(lambda z: asymmetric_contract(z, t, p), valid),
+                masked(lambda z: asymmetric_reference(z, t, p), valid),
+                asymmetric_expresses(x, t, p), count, False)
+    if variant == "quality_focal":
+        if index:
+            y = t * scores.unsqueeze(1)
+            positives = int((valid_mask(tgt, p["ignore_index"]) & (tgt >= 0)
+                             & (tgt < x.shape[1])).sum())
+        else:
+            y, positives = t, int((t > 0).sum())
+        return (masked(lambda z: quality_focal_contract(z, y, p), valid),
+                masked(lambda z: quality_focal_reference(z, tgt, p, scores), valid),
+                everything, positives, True)
+    if variant == "varifocal":
+        return (lambda z: varifocal_contract(z, t, p), lambda z: varifocal_reference(z, t, p),
+                everything, count, False)
+    return (masked(lambda z: focal_star_contract(z, t, p), valid),
+            masked(lambda z: focal_star_reference(z, t, p), valid),
+            everything if p["beta"] == 0 else ~everything, count, False)
+
+
+def reduce_catalogue(losses, count, reduction, over_positives, normalizer):
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    if normalizer is not None:
+        return total / normalizer
+    denominator = max(count, 1) if over_positives else count  # GFL's avg_factor is >= 1
+    return total / denominator if denominator > 0 else total * 0.0
+
+
+def evaluate(fn, x_np, reduction, count, over_positives, normalizer, weights, grad_out):
+    """(loss value, per-item losses with the weights applied, autograd gradient)."""
+    x = torch.tensor(x_np.astype(np.float64), dtype=DTYPE, requires_grad=True)
+    losses = fn(x)
+    if weights is not None:
+        losses = losses * torch.tensor(weights.astype(np.float64), dtype=DTYPE)
+    out = reduce_catalogue(losses, count, reduction, over_positives, normalizer)
+    if reduction == "none":
+        (out * torch.tensor(grad_out, dtype=DTYPE)).sum().backward()
+        loss_value = float(out.detach().sum())
+    else:
+        (out * float(grad_out)).backward()
+        loss_value = float(out.detach())
+    return loss_value, losses.detach().numpy(), x.grad.detach().numpy()
+
+
+def expect_close(name, what, got, want, where):
+    floor = CROSS_FLOOR * max(float(np.abs(want[where]).max(initial=0.0)), 1e-300)
+    err = np.abs(got - want)
+    bad = where & (err > CROSS_RTOL * np.abs(want) + floor)
+    if bad.any():
+        raise SystemExit(f"{name}: reference and contract {what} differ by {err[bad].max()}")
+
+
+def compute_catalogue(name, case, params, inputs, grad_out, weights, notes):
+    """Returns (loss value, count, per-item losses, gradient) for a catalogue case."""
+    x_np = inputs["x"]
+    tgt_np = inputs["targets"]
+    tgt = (torch.tensor(tgt_np, dtype=torch.int64) if tgt_np.dtype == np.int64
+           else torch.tensor(tgt_np.astype(np.float64), dtype=DTYPE))
+    scores = (None if inputs["scores"] is None
+              else torch.tensor(inputs["scores"].astype(np.float64), dtype=DTYPE))
+    x = torch.tensor(x_np.astype(np.float64), dtype=DTYPE)
+    contract, reference, expresses, count, over_positives = catalogue_problem(
+        case["variant"], params, x, tgt, scores)
+    expresses = expresses.numpy()
+
+    # Cross-check: NONE, upstream gradient 1 on the items the reference expresses, 0 elsewhere.
+    reasons = []
+    if not expresses.all():
+        reasons.append(f"reference expresses {int(expresses.sum())} of {expresses.size} items")
+    if expresses.any():
+        mask = expresses.astype(np.float64)
+        _, l_ref, g_ref = evaluate(reference, x_np, "none", count, over_positives, None, None, mask)
+        _, l_con, g_con = evaluate(contract, x_np, "none", count, over_positives, None, None, mask)
+        expect_close(name, "losses", l_ref, l_con, expresses)
+        finite = np.isfinite(g_ref)
+        expect_close(name, "gradients", np.where(finite, g_ref, 0.0), g_con, finite)
+        if not finite.all():
+            reasons.append(f"reference gradient non-finite at {int((~finite).sum())} inputs")
+    use_reference = not reasons
+    if reasons:
+        notes.append(f"{name}: {'; '.join(reasons)}; contract written")
+    fn = reference if use_reference else contract
+    loss_value, losses, gradient = evaluate(fn, x_np, case["reduction"], count, over_positives,
+                                            inputs["normalizer"], weights, grad_out)
+    return loss_value, count, losses, gradient
+
+
+# ----------------------------------------------------------------------------------------
 # Inputs.
 # ----------------------------------------------------------------------------------------
 
@@ -202,6 +498,63 @@ def make_probabilities(rng, shape):
     z = rng.normal(0.0, 3.0, size=shape)
     prob = 1.0 / (1.0 + np.exp(-z))
     return np.clip(prob, 1e-6, 1.0 - 1e-6).astype(np.float32)
+
+
+def rows_to_classes_np(rows, shape):
+    """[N·*, C] -> [N, C, *] (numpy), as classes_back."""
+    return np.moveaxis(rows.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+
+
+def make_quality_targets(rng, shape):
+    """IoU-aware scores [N, C, *]: half the rows have a target class with a quality in
+    [0.05, 1] (one of exactly 1), the others are background (all 0)."""
+    rows, c = int(np.prod((shape[0],) + tuple(shape[2:]))), shape[1]
+    positive = rng.random(rows) < 0.5
+    positive[0], positive[-1] = True, False
+    cls = rng.integers(0, c, size=rows)
+    quality = rng.uniform(0.05, 1.0, size=rows).astype(np.float32)
+    quality[0] = 1.0
+    q = np.zeros((rows, c), dtype=np.float32)
+    q[np.flatnonzero(positive), cls[positive]] = quality[positive]
+    return np.ascontiguousarray(rows_to_classes_np(q, shape))
+
+
+def make_scores(rng, shape):
+    """quality_focal's scores [N, *] in [0, 1], one of exactly 1 and one of 0 (background rows
+    have scores too: the loss must not read them)."""
+    q = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+    flat = q.reshape(-1)
+    flat[0], flat[-1] = 1.0, 0.0
+    return q
+
+
+def make_distances(rng, shape, bins, interior):
+    """Distances [N, *] in bin units. interior: below B-1 - 0.1 (mmdetection's bbox2distance
+    clamp), one at 0 and one on an inner integer; else anywhere in [0, B-1] with a 0, a B-1
+    and two integers."""
+    y = rng.uniform(0.0, bins - 1, size=shape).astype(np.float32)
+    flat = y.reshape(-1)
+    pos = rng.choice(flat.size, size=4, replace=False)
+    if interior:
+        np.minimum(flat, np.float32(bins - 1 - 0.1), out=flat)
+        flat[pos[0]] = 0.0
+        flat[pos[1]] = float(rng.integers(1, bins - 1)) if bins > 2 else 0.0
+    else:
+        flat[pos[0]], flat[pos[1]] = 0.0, float(bins - 1)
+        flat[pos[2:]] = rng.integers(0, bins, size=2).astype(np.float32)
+    return y
+
+
+def make_weights(rng, item_shape, per_row=False):
+    """Per-item loss weights in [0, 2), a quarter of them exactly 0. per_row: one weight per
+    row [N, *] repeated over dim 1 (mmdetection's label_weights)."""
+    shape = ((item_shape[0],) + tuple(item_shape[2:])) if per_row else item_shape
+    w = rng.uniform(0.0, 2.0, size=shape).astype(np.float32)
+    flat = w.reshape(-1)
+    flat[rng.choice(flat.size, size=max(1, flat.size // 4), replace=False)] = 0.0
+    if per_row:
+        w = np.ascontiguousarray(np.repeat(np.expand_dims(w, 1), item_shape[1], axis=1))
+    return w
 
 
 # ----------------------------------------------------------------------------------------
@@ -316,6 +669,95 @@ def add_cases():
         num_objects=True)
     add(dy, "default_numobj", ("mean",), shape=(6, 4), num_objects=True)
     add(dy, "flat_numobj", ("sum",), shape=(12,), params={"gamma": 2.0}, num_objects=True)
+    add_catalogue_cases()
+
+
+def add_catalogue_cases():
+    asl, qfl, vfl, fls, dfl = CATALOGUE
+    all3 = REDUCTIONS
+
+    # asymmetric (Alibaba-MIIL/ASL): hard multi-label targets, index targets, soft targets.
+    add(asl, "paper_default", all3, shape=(8, 6), targets="hard")  # γ+ 0, γ- 4, clip 0.05
+    add(asl, "class_default_gp1", ("mean", "sum"), shape=(8, 6), targets="hard",
+        params={"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05})  # AsymmetricLoss()'s own
+    add(asl, "clip0_gp1_gn2", all3, shape=(8, 5), targets="hard",
+        params={"gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.0})
+    add(asl, "gn05_clip", all3, shape=(8, 5), targets="hard",
+        params={"gamma_neg": 0.5, "clip": 0.05})
+    add(asl, "gn05_clip0", ("mean",), shape=(8, 5), targets="hard",
+        params={"gamma_neg": 0.5, "clip": 0.0})
+    add(asl, "g0_clip0", ("sum",), shape=(8, 5), targets="hard",
+        params={"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.0})
+    add(asl, "gp2_gn3_clip02", ("mean",), shape=(6, 4), targets="hard",
+        params={"gamma_pos": 2.0, "gamma_neg": 3.0, "clip": 0.2})
+    add(asl, "large", all3, shape=(8, 6), targets="hard", large=8)
+    add(asl, "large_clip0", ("sum",), shape=(8, 6), targets="hard", params={"clip": 0.0},
+        large=8)
+    add(asl, "soft", ("mean", "none"), shape=(8, 5), targets="soft",
+        params={"gamma_pos": 1.0, "gamma_neg": 4.0})
+    add(asl, "index_bg", all3, shape=(10, 4), targets="index")
+    add(asl, "index_nchw_ignore255", ("mean", "none"), shape=(2, 3, 4, 5), targets="index",
+        params={"gamma_neg": 2.0, "ignore_index": 255}, ignore_frac=0.15)
+    add(asl, "weights", all3, shape=(8, 6), targets="hard", weights=True)
+    add(asl, "index_ignore_weights", ("sum",), shape=(10, 4), targets="index",
+        params={"ignore_index": -100}, ignore_frac=0.2, weights=True)
+
+    # quality_focal (mmdetection): float quality targets and the (label, score) form.
+    add(qfl, "float_b2", all3, shape=(10, 5), targets="quality")
+    add(qfl, "float_b1", all3, shape=(10, 5), targets="quality", params={"beta": 1.0})
+    add(qfl, "float_b15_large", ("mean", "none"), shape=(10, 4), targets="quality",
+        params={"beta": 1.5}, large=6)
+    add(qfl, "float_nchw", ("mean", "none"), shape=(2, 3, 3, 4), targets="quality")
+    add(qfl, "index_b2", all3, shape=(12, 4), targets="index")
+    add(qfl, "index_b1_ignore", all3, shape=(12, 4), targets="index",
+        params={"beta": 1.0, "ignore_index": -100}, ignore_frac=0.2)
+    add(qfl, "index_nchw", ("mean", "none"), shape=(2, 3, 4, 4), targets="index")
+    add(qfl, "index_all_background", ("mean", "sum"), shape=(6, 3), targets="index",
+        all_background=True)
+    add(qfl, "float_weights", all3, shape=(10, 5), targets="quality", weights=True)
+    add(qfl, "index_row_weights", ("mean", "none"), shape=(12, 4), targets="index",
+        weights="rows")
+
+    # varifocal (mmdetection): IoU-aware float targets.
+    add(vfl, "default", all3, shape=(10, 5), targets="quality")
+    add(vfl, "not_iou_weighted", all3, shape=(10, 5), targets="quality",
+        params={"iou_weighted": False})
+    add(vfl, "a05_g1", ("mean", "sum"), shape=(10, 5), targets="quality",
+        params={"alpha": 0.5, "gamma": 1.0})
+    add(vfl, "g05_large", all3, shape=(10, 4), targets="quality", params={"gamma": 0.5},
+        large=6)
+    add(vfl, "g0", ("mean",), shape=(10, 5), targets="quality", params={"gamma": 0.0})
+    add(vfl, "nchw", ("mean", "none"), shape=(2, 4, 3, 3), targets="quality")
+    add(vfl, "weights", all3, shape=(10, 5), targets="quality", weights=True)
+    add(vfl, "normalizer_num_pos", ("mean",), shape=(12, 5), targets="quality",
+        normalizer="positives")  # VFNetHead's avg_factor
+
+    # focal_star (fvcore; β from the paper): hard float targets and index targets.
+    add(fls, "hard_default", all3, shape=(8, 5), targets="hard")  # γ 1, β 0, α -1
+    add(fls, "hard_g2", all3, shape=(8, 5), targets="hard", params={"gamma": 2.0})
+    add(fls, "hard_g2_a025", all3, shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "alpha": 0.25})
+    add(fls, "hard_g1_b1", all3, shape=(8, 5), targets="hard",
+        params={"gamma": 1.0, "beta": 1.0})
+    add(fls, "hard_g2_b1_a025", ("mean",), shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "beta": 1.0, "alpha": 0.25})
+    add(fls, "hard_g05_large", ("sum", "none"), shape=(8, 5), targets="hard",
+        params={"gamma": 0.5}, large=6)
+    add(fls, "index_bg", all3, shape=(10, 4), targets="index", params={"gamma": 2.0})
+    add(fls, "index_ignore_a025", ("mean", "none"), shape=(12, 4), targets="index",
+        params={"gamma": 2.0, "alpha": 0.25, "ignore_index": -100}, ignore_frac=0.2)
+    add(fls, "weights", all3, shape=(8, 5), targets="hard", params={"gamma": 2.0},
+        weights=True)
+
+    # distribution_focal (mmdetection): [N, B] and [N, B, S], distances in bin units.
+    add(dfl, "b17", all3, shape=(12, 17))
+    add(dfl, "b17_interior", ("mean", "none"), shape=(12, 17), interior=True)
+    add(dfl, "b2", all3, shape=(10, 2))
+    add(dfl, "b5_large", ("mean", "none"), shape=(10, 5), large=6)
+    add(dfl, "nbs_b17", all3, shape=(3, 17, 4))
+    add(dfl, "nbs_b8_interior", ("sum",), shape=(2, 8, 3, 2), interior=True)
+    add(dfl, "interior_weights", all3, shape=(12, 17), interior=True, weights=True)
+    add(dfl, "nbs_weights", ("sum", "none"), shape=(3, 9, 4), weights=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -389,6 +831,41 @@ def build_inputs(case, rng, params):
     return inputs
 
 
+def item_shape(case):
+    """The shape of a case's NONE losses (docs/variants.md, "The variants at a glance")."""
+    shape = case["shape"]
+    if case["variant"] in ("softmax_focal", "focal_cosine", "distribution_focal"):
+        return (shape[0],) + tuple(shape[2:])
+    return shape
+
+
+def build_catalogue_inputs(case, rng, params):
+    variant, shape = case["variant"], case["shape"]
+    inputs = {"num_objects": None, "scores": None, "normalizer": None}
+    x = make_logits(rng, shape, case.get("large", 0))
+    row_shape = (shape[0],) + tuple(shape[2:])
+    kind = case.get("targets")
+    if variant == "distribution_focal":
+        targets = make_distances(rng, row_shape, shape[1], case.get("interior", False))
+    elif kind == "index":  # value C = background
+        targets = make_class_targets(rng, row_shape, shape[1] + 1, params.get("ignore_index"),
+                                     case.get("ignore_frac", 0.0))
+        if case.get("all_background"):
+            targets[...] = shape[1]
+        if variant == "quality_focal":
+            inputs["scores"] = make_scores(rng, row_shape)
+    elif kind == "hard":
+        targets = make_hard_targets(rng, shape)
+    elif kind == "soft":
+        targets = make_soft_targets(rng, shape)
+    else:
+        targets = make_quality_targets(rng, shape)
+    if case.get("normalizer") == "positives":
+        inputs["normalizer"] = float((targets > 0).sum())
+    inputs["x"], inputs["targets"] = x, targets
+    return inputs
+
+
 def compute(case, params, inputs, grad_out):
     """Returns (reduced or per-item output, count, losses tensor, gradient)."""
     variant, reduction = case["variant"], case["reduction"]
@@ -451,7 +928,7 @@ def case_name(case):
     return f"{case['variant']}_{case['desc']}_{case['reduction']}"
 
 
-def run_case(case):
+def run_case(case, notes):
     name = case_name(case)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     explicit = dict(case.get("params", {}))
@@ -463,15 +940,25 @@ def run_case(case):
         explicit["alpha_vector"] = [float(v) for v in vec]
         params["alpha_vector"] = explicit["alpha_vector"]
 
-    inputs = build_inputs(case, rng, params)
+    catalogue = case["variant"] in CATALOGUE
+    if catalogue:
+        inputs = build_catalogue_inputs(case, rng, params)
+    else:
+        inputs = build_inputs(case, rng, params)
+        inputs.update(scores=None, normalizer=None)
     if case["reduction"] == "none":
-        loss_shape = (shape if case["variant"] in ("sigmoid_focal", "dynamic_focal")
-                      else (shape[0],) + tuple(shape[2:]))
-        grad_out = rng.normal(0.0, 1.0, size=loss_shape).astype(np.float32).astype(np.float64)
+        grad_out = rng.normal(0.0, 1.0, size=item_shape(case)).astype(np.float32).astype(np.float64)
     else:
         grad_out = float(np.float32(rng.uniform(0.25, 1.75)))
 
-    loss_value, count, losses, gradient = compute(case, params, inputs, grad_out)
+    weights = None
+    if catalogue:
+        if case.get("weights"):
+            weights = make_weights(rng, item_shape(case), per_row=case["weights"] == "rows")
+        loss_value, count, losses, gradient = compute_catalogue(name, case, params, inputs,
+                                                                grad_out, weights, notes)
+    else:
+        loss_value, count, losses, gradient = compute(case, params, inputs, grad_out)
     for label, arr in (("loss", np.array([loss_value])), ("losses", losses),
                        ("gradient", gradient)):
         if not np.all(np.isfinite(arr)):
@@ -488,8 +975,12 @@ def run_case(case):
             lines.append(f"{key} {int(v)}")
         elif key == "input":
             lines.append(f"{key} {v}")
+        elif key == "iou_weighted":
+            lines.append(f"{key} {'true' if v else 'false'}")
         else:
             lines.append(f"{key} {fmt_float(v)}")
+    if inputs["normalizer"] is not None:
+        lines.append(f"normalizer {fmt_float(inputs['normalizer'])}")
     x, targets = inputs["x"], inputs["targets"]
     lines.append("logits_dtype float32")
     lines.append(f"logits_shape {fmt_shape(x.shape)}")
@@ -502,6 +993,11 @@ def run_case(case):
         num = inputs["num_objects"]
         lines.append(f"num_objects_shape {fmt_shape(num.shape)}")
         lines.append(f"num_objects {fmt_values(num)}")
+    for key, arr in (("scores", inputs["scores"]), ("weights", weights)):
+        if arr is not None:
+            lines.append(f"{key}_dtype float32")
+            lines.append(f"{key}_shape {fmt_shape(arr.shape)}")
+            lines.append(f"{key} {fmt_values(arr)}")
     if case["reduction"] == "none":
         lines.append(f"grad_output_shape {fmt_shape(grad_out.shape)}")
         lines.append(f"grad_output {fmt_values(grad_out)}")
@@ -528,11 +1024,14 @@ def main():
         if old.endswith(".txt"):
             os.remove(os.path.join(DATA_DIR, old))
     total = 0
+    notes = []
     for case in CASES:
-        name, text = run_case(case)
+        name, text = run_case(case, notes)
         with open(os.path.join(DATA_DIR, name + ".txt"), "w", encoding="ascii") as f:
             f.write(text)
         total += len(text)
+    for note in notes:  # where the catalogue's files hold the contract's form (README.md)
+        print(note)
     print(f"wrote {len(CASES)} files, {total} bytes, to {DATA_DIR}")
     return 0
 

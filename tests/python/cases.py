@@ -1,4 +1,9 @@
-"""Inputs for every variant and option the tests sweep: (name, variant, params, make(rng))."""
+"""Inputs for every variant and option the tests sweep: (name, variant, params, make(rng)).
+
+make(rng) returns (logits, targets, extra): float64 logits, the targets (integer class indices
+or float64), and a dict of the request's optional per-item tensors (num_objects, weights,
+scores; float64, sent as float32), empty when the case has none.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +16,7 @@ def _class_inputs(shape, spread=3.0, ignore=None, ignore_fraction=0.2, backgroun
         y = rng.integers(0, C + (1 if background else 0), size=(N, *inner)).astype(np.int64)
         if ignore is not None:
             y[rng.random(y.shape) < ignore_fraction] = ignore
-        return x, y, None
+        return x, y, {}
     return make
 
 
@@ -21,7 +26,7 @@ def _float_targets(shape, soft=False, probabilities=False):
         if probabilities:
             x = 1.0 / (1.0 + np.exp(-x / 3.0))  # p in (0, 1), away from the clamp
         t = rng.random(shape) if soft else (rng.random(shape) < 0.3).astype(np.float64)
-        return x, t, None
+        return x, t, {}
     return make
 
 
@@ -31,8 +36,76 @@ def _dynamic(shape, with_objects):
         t = (rng.random(shape) < 0.3).astype(np.float64)
         n = rng.integers(0, 6, size=shape[0]).astype(np.float64)
         n[0] = max(n[0], 1.0)  # positive mean
-        return x, t, (n if with_objects else None)
+        return x, t, ({"num_objects": n} if with_objects else {})
     return make
+
+
+def _with_scores(make):
+    """Class-index inputs plus quality_focal's scores: the target class's quality in [0, 1] per
+    row (a few exactly 0 and 1)."""
+    def made(rng):
+        x, y, extra = make(rng)
+        scores = rng.random(y.shape)
+        scores.flat[:2] = (0.0, 1.0)
+        return x, y, {**extra, "scores": scores}
+    return made
+
+
+def _all_background(shape):
+    """Class-index targets that are all background (value C), with scores: nothing positive."""
+    def make(rng):
+        x = rng.standard_normal(shape) * 3.0
+        y = np.full((shape[0], *shape[2:]), shape[1], dtype=np.int64)
+        return x, y, {"scores": rng.random(y.shape)}
+    return make
+
+
+def _quality_targets(shape, positive_fraction=0.3):
+    """Float quality targets shaped like the logits: 0 for negatives, in (0, 1] for positives."""
+    def make(rng):
+        x = rng.standard_normal(shape) * 3.0
+        q = np.where(rng.random(shape) < positive_fraction, rng.uniform(0.05, 1.0, shape), 0.0)
+        q.flat[0] = 1.0
+        return x, q, {}
+    return make
+
+
+def _iou_targets(shape, background_fraction=0.3):
+    """Varifocal's targets: per position, one target class with its IoU q in (0, 1], 0 elsewhere;
+    some positions are all background (0)."""
+    def make(rng):
+        x = rng.standard_normal(shape) * 3.0
+        N, C, inner = shape[0], shape[1], shape[2:]
+        cls = rng.integers(0, C, size=(N, *inner))
+        iou = rng.uniform(0.05, 1.0, size=(N, *inner))
+        iou[rng.random(iou.shape) < background_fraction] = 0.0
+        q = np.moveaxis(np.eye(C)[cls], -1, 1) * np.expand_dims(iou, 1)
+        return x, q, {}
+    return make
+
+
+def _distribution(shape):
+    """DFL: logits [N, B, *], float targets [N, *] in [0, B-1], including the integers 0, 1 and
+    the top edge B-1 (where the left bin is B-2 with weight 0)."""
+    def make(rng):
+        x = rng.standard_normal(shape) * 3.0
+        B = shape[1]
+        y = rng.uniform(0.0, B - 1, size=(shape[0], *shape[2:]))
+        y.flat[:3] = (0.0, 1.0, B - 1.0)
+        return x, y, {}
+    return make
+
+
+def _weighted(make, per="logits", zero_fraction=0.25):
+    """Adds per-item `weights` in [0, 2), a quarter of them exactly 0, shaped like the 'none'
+    losses: the logits' shape for the elementwise variants, the targets' for the row variants."""
+    def made(rng):
+        x, t, extra = make(rng)
+        shape = x.shape if per == "logits" else t.shape
+        w = rng.random(shape) * 2.0
+        w[rng.random(shape) < zero_fraction] = 0.0
+        return x, t, {**extra, "weights": w}
+    return made
 
 
 CASES = [
@@ -61,6 +134,50 @@ CASES = [
     ("cosine_params", "focal_cosine", {"alpha": 0.5, "gamma": 1.0, "xent": 0.3}, _class_inputs((16, 7))),
     ("dynamic_objects", "dynamic_focal", {}, _dynamic((6, 4, 5), True)),
     ("dynamic_no_objects", "dynamic_focal", {"gamma": 1.0}, _dynamic((8, 6), False)),
+    # weights (every variant), on the seed variants
+    ("softmax_weights_ignore", "softmax_focal", {"ignore_index": -100, "alpha": [1, 2, 0.5, 1, 3]},
+     _weighted(_class_inputs((24, 5), ignore=-100), per="targets")),
+    ("sigmoid_index_weights", "sigmoid_focal", {"ignore_index": -1},
+     _weighted(_class_inputs((2, 4, 3, 3), background=True, ignore=-1))),
+    ("cosine_weights", "focal_cosine", {}, _weighted(_class_inputs((16, 7)), per="targets")),
+    ("dynamic_weights", "dynamic_focal", {}, _weighted(_dynamic((6, 4, 5), True))),
+    # §5.1 asymmetric
+    ("asym_default", "asymmetric", {}, _float_targets((16, 6))),
+    ("asym_soft_clip0", "asymmetric", {"gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.0},
+     _float_targets((16, 6), soft=True)),
+    ("asym_index_ignore", "asymmetric", {"gamma_neg": 3.0, "clip": 0.1, "ignore_index": -1},
+     _class_inputs((20, 5), background=True, ignore=-1)),
+    ("asym_gneg0.5_spatial", "asymmetric", {"gamma_pos": 0.5, "gamma_neg": 0.5, "clip": 0.05},
+     _class_inputs((2, 4, 3, 3), background=True)),
+    ("asym_weights", "asymmetric", {}, _weighted(_float_targets((16, 6)))),
+    # §5.2 quality_focal
+    ("qfl_float", "quality_focal", {}, _quality_targets((16, 6))),
+    ("qfl_float_beta1", "quality_focal", {"beta": 1.0}, _quality_targets((2, 4, 3, 3))),
+    ("qfl_index_scores", "quality_focal", {"beta": 1.5, "ignore_index": -1},
+     _with_scores(_class_inputs((20, 5), background=True, ignore=-1))),
+    ("qfl_index_spatial", "quality_focal", {}, _with_scores(_class_inputs((2, 4, 3, 3), background=True))),
+    ("qfl_index_weights", "quality_focal", {"beta": 2.5},
+     _weighted(_with_scores(_class_inputs((20, 5), background=True)))),
+    ("qfl_float_weights", "quality_focal", {}, _weighted(_quality_targets((16, 6)))),
+    ("qfl_no_positives", "quality_focal", {}, _all_background((8, 4))),  # MEAN divides by 1
+    # §5.3 varifocal
+    ("vfl_default", "varifocal", {}, _iou_targets((16, 6))),
+    ("vfl_not_iou_weighted", "varifocal", {"iou_weighted": False, "alpha": 0.5, "gamma": 1.5},
+     _iou_targets((2, 4, 3, 3))),
+    ("vfl_gamma0", "varifocal", {"gamma": 0.0, "alpha": 2.0}, _iou_targets((12, 5))),
+    ("vfl_weights", "varifocal", {}, _weighted(_iou_targets((16, 6)))),
+    # §5.4 focal_star
+    ("fls_default", "focal_star", {}, _float_targets((16, 6))),
+    ("fls_alpha", "focal_star", {"gamma": 2.0, "beta": 1.0, "alpha": 0.25}, _float_targets((16, 6))),
+    ("fls_index_ignore", "focal_star", {"gamma": 0.5, "beta": -0.5, "alpha": 0.75, "ignore_index": -1},
+     _class_inputs((20, 5), background=True, ignore=-1)),
+    ("fls_index_noalpha_spatial", "focal_star", {"gamma": 3.0}, _class_inputs((2, 4, 3, 3), background=True)),
+    ("fls_weights", "focal_star", {"alpha": 0.25}, _weighted(_float_targets((16, 6)))),
+    # §5.5 distribution_focal
+    ("dfl_NB", "distribution_focal", {}, _distribution((16, 8))),
+    ("dfl_NBS", "distribution_focal", {}, _distribution((4, 6, 5))),
+    ("dfl_B2", "distribution_focal", {}, _distribution((12, 2))),
+    ("dfl_NBS_weights", "distribution_focal", {}, _weighted(_distribution((4, 6, 5)), per="targets")),
 ]
 CASE_IDS = [c[0] for c in CASES]
 REDUCTIONS = ["mean", "sum", "none"]

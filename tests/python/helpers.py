@@ -53,17 +53,23 @@ def wire_targets(t: np.ndarray) -> np.ndarray:
     return t.astype(np.int64) if t.dtype.kind in "iu" else t.astype(np.float32)
 
 
-def reference(variant, x_wire: torch.Tensor, t_wire: np.ndarray, n_wire, reduction, params, upstream=None,
+def wire_extra(extra) -> dict:
+    """The request's optional per-item tensors (num_objects, weights, scores) as sent: float32."""
+    return {k: np.asarray(v, dtype=np.float64).astype(np.float32) for k, v in (extra or {}).items()}
+
+
+def reference(variant, x_wire: torch.Tensor, t_wire: np.ndarray, extra_wire, reduction, params, upstream=None,
               normalizer=None):
     """(output, gradient or None, count) in float64 from the wire values, through autograd.
 
-    upstream: None for the forward only; a scalar (mean/sum) or an array shaped like the
-    per-item losses (none); the gradient is d(sum(upstream * output))/dx.
+    extra_wire: None or a dict of the per-item tensors sent with the request (num_objects,
+    weights, scores), as sent. upstream: None for the forward only; a scalar (mean/sum) or an
+    array shaped like the per-item losses (none); the gradient is d(sum(upstream * output))/dx.
     """
     x = x_wire.detach().to(torch.float64).requires_grad_(upstream is not None)
     t = torch.from_numpy(np.array(t_wire)).to(torch.int64 if t_wire.dtype.kind in "iu" else torch.float64)
-    n = None if n_wire is None else torch.from_numpy(np.asarray(n_wire, dtype=np.float64))
-    out, count = refs.reference(variant, x, t, reduction, num_objects=n, normalizer=normalizer, **params)
+    extra = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in (extra_wire or {}).items()}
+    out, count = refs.reference(variant, x, t, reduction, normalizer=normalizer, **extra, **params)
     grad = None
     if upstream is not None:
         (out * torch.as_tensor(upstream, dtype=torch.float64)).sum().backward()

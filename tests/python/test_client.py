@@ -37,6 +37,15 @@ Y = RNG.integers(0, 5, 12)
     (dict(normalizer=0.0), "loss.normalizer"),
     (dict(grad_output=np.ones(3), compute_gradient=True), "grad_output.shape"),
     (dict(num_objects=np.ones(12, np.float32)), "num_objects"),
+    (dict(weights=np.where(np.arange(12) == 3, -0.5, 1.0).astype(np.float32)), "weights[3]"),
+    (dict(weights=np.ones(11, np.float32)), "weights.shape"),
+    (dict(weights=np.ones((12, 5), np.float32)), "weights.shape"),  # per row for softmax_focal, not per logit
+    (dict(weights=np.where(np.arange(12) == 0, np.inf, 1.0)), "weights[0]"),
+    (dict(weights=np.ones(12, np.int64)), "weights.dtype"),
+    (dict(variant="quality_focal"), "scores"),  # class-index targets without their quality scores
+    (dict(variant="quality_focal", scores=np.full(11, 0.5, np.float32)), "scores.shape"),
+    (dict(variant="quality_focal", scores=np.full(12, 1.5, np.float32)), "scores[0]"),
+    (dict(scores=np.full(12, 0.5, np.float32)), "scores"),  # softmax_focal takes none
 ])
 def test_invalid_request_names_the_field(client, kwargs, field):
     args = dict(logits=X, targets=Y)
@@ -206,9 +215,29 @@ def test_alpha_in_both_forms_is_invalid(client):
 
 
 def test_unknown_parameter_lists_the_variants_parameters(client):
+    """Named as docs/variants.md names them: a per-class list `x_f64` is the parameter `x`."""
     with pytest.raises(TypeError) as e:
         client.compute(X, Y, "softmax_focal", beta=1)
-    assert str(e.value).endswith("it takes gamma, alpha, ignore_index, label_smoothing"), str(e.value)
+    assert str(e.value).endswith("it takes gamma, alpha, ignore_index, label_smoothing, poly_epsilon, class_counts, "
+                                 "class_balance_beta, gamma_schedule"), str(e.value)
+    with pytest.raises(TypeError, match="distribution_focal has no parameter 'gamma'; it takes none"):
+        client.compute(X, Y, "distribution_focal", gamma=1)
+
+
+def test_list_and_schedule_parameters_encode():
+    """class_counts goes as class_counts_f64 (full precision); gamma_schedule's steps as
+    (threshold, gamma) pairs or mappings (client side only: the encoding, no server)."""
+    from focalserve import _codec
+    spec = _codec.loss_spec("softmax_focal", gamma=3.0, class_counts=np.array([10, 0, 3]),
+                            gamma_schedule=[(0.2, 5.0), {"threshold": 0.5, "gamma": 4}]).softmax_focal
+    assert list(spec.class_counts_f64) == [10.0, 0.0, 3.0]
+    assert [(s.threshold, s.gamma) for s in spec.gamma_schedule] == [(0.2, 5.0), (0.5, 4.0)]
+    assert _codec.loss_spec("softmax_focal", gamma_schedule=((0.2, 5.0),)) is _codec.loss_spec(
+        "softmax_focal", gamma_schedule=((0.2, 5.0),))  # plain tuples: cached
+    with pytest.raises(ValueError, match=r"gamma_schedule: each item is \(threshold, gamma\)"):
+        _codec.loss_spec("softmax_focal", gamma_schedule=[(0.2,)])
+    with pytest.raises(TypeError, match="softmax_focal.gamma_schedule has no parameter 'thresh'"):
+        _codec.loss_spec("softmax_focal", gamma_schedule=[{"thresh": 0.2}])
 
 
 # -- info, health -------------------------------------------------------------------------
@@ -289,6 +318,88 @@ def test_evaluate_dynamic_with_num_objects(client):
     result = client.evaluate(batches, "dynamic_focal")
     expected = sum(client.compute(x, t, "dynamic_focal", "sum", num_objects=n).loss for x, t, n in batches)
     assert result.count == 72 and result.total_loss == pytest.approx(expected, rel=1e-6)
+
+
+def _weighted_qfl_batches(n=3, rows=10, classes=4, seed=8):
+    """quality_focal batches in class-index form: (logits, targets, scores, weights [rows, C])."""
+    rng = np.random.default_rng(seed)
+    return [((rng.standard_normal((rows, classes)) * 2).astype(np.float32), rng.integers(0, classes + 1, rows),
+             rng.random(rows).astype(np.float32),
+             np.where(rng.random((rows, classes)) < 0.3, 0.0, rng.random((rows, classes)) * 2).astype(np.float32))
+            for _ in range(n)]
+
+
+def test_evaluate_batches_carry_weights_and_scores(client):
+    """Every batch form: a mapping after (logits, targets[, num_objects]), or a dict batch; with
+    weights, the totals are of the weighted losses, as compute() gives them."""
+    batches = _weighted_qfl_batches()
+    per_item = [client.compute(x, y, "quality_focal", "none", gradient_dtype="float32", scores=s, weights=w).losses
+                for x, y, s, w in batches]
+    want = sum(float(l.astype(np.float64).sum()) for l in per_item)
+    sums = [client.compute(x, y, "quality_focal", "sum", scores=s, weights=w) for x, y, s, w in batches]
+    forms = [
+        [(x, y, {"scores": s, "weights": w}) for x, y, s, w in batches],
+        [{"logits": x, "targets": y, "scores": s, "weights": w} for x, y, s, w in batches],
+        [[x, y, None, {"scores": s, "weights": torch.from_numpy(w)}] for x, y, s, w in batches],  # lists, torch
+    ]
+    for form in forms:
+        result = client.evaluate(iter(form), "quality_focal")
+        assert result.batches == 3 and result.count == sum(r.count for r in sums)
+        assert result.total_loss == pytest.approx(want, rel=1e-12)
+        np.testing.assert_allclose(result.class_loss_sums, sum(l.astype(np.float64).sum(0) for l in per_item),
+                                   rtol=1e-12)
+    unweighted = client.evaluate([(x, y, {"scores": s}) for x, y, s, _ in batches], "quality_focal")
+    assert unweighted.count == result.count and unweighted.total_loss != pytest.approx(want, rel=1e-3)
+
+
+def test_evaluate_distribution_focal_rows_go_to_their_left_bin(client):
+    """EvaluateResponse: a distribution_focal row's class is its target's left bin min(floor(y), B-2)
+    (the top edge B-1 included), with the weighted losses."""
+    rng = np.random.default_rng(14)
+    B = 6
+    batches = [((rng.standard_normal((5, B, 3)) * 2).astype(np.float32),
+                rng.uniform(0, B - 1, (5, 3)).astype(np.float32), (rng.random((5, 3)) * 2).astype(np.float32))
+               for _ in range(3)]
+    batches[0][1].flat[:2] = (B - 1, 2.0)
+    result = client.evaluate([{"logits": x, "targets": y, "weights": w} for x, y, w in batches], "distribution_focal")
+    losses = np.concatenate([client.compute(x, y, "distribution_focal", "none", gradient_dtype="float32",
+                                            weights=w).losses.ravel() for x, y, w in batches]).astype(np.float64)
+    left = np.minimum(np.floor(np.concatenate([y.ravel() for _, y, _ in batches])), B - 2).astype(np.int64)
+    assert result.count == 45 and result.total_loss == pytest.approx(losses.sum(), rel=1e-12)
+    np.testing.assert_allclose(result.class_loss_sums, np.bincount(left, losses, B), rtol=1e-12)
+    np.testing.assert_array_equal(result.class_counts, np.bincount(left, minlength=B))
+
+
+def test_evaluate_quality_focal_mean_divides_by_at_least_one(client):
+    x = np.random.default_rng(15).standard_normal((4, 3)).astype(np.float32)
+    background = np.full(4, 3)
+    total = client.compute(x, background, "quality_focal", "sum", scores=np.zeros(4, np.float32)).loss
+    result = client.evaluate([(x, background, {"scores": np.zeros(4, np.float32)})], "quality_focal")
+    assert result.count == 0 and result.total_loss == pytest.approx(total, rel=1e-12)
+    assert result.mean == result.total_loss
+
+
+def test_evaluate_num_objects_positionally_and_with_weights(client):
+    rng = np.random.default_rng(9)
+    batches = [(rng.standard_normal((4, 6)).astype(np.float32), (rng.random((4, 6)) < 0.3).astype(np.float32),
+                np.array([1, 2, 3, 2], np.float32), (rng.random((4, 6)) * 2).astype(np.float16)) for _ in range(2)]
+    want = sum(client.compute(x, t, "dynamic_focal", "sum", num_objects=n, weights=w).loss for x, t, n, w in batches)
+    a = client.evaluate([(x, t, n, {"weights": w}) for x, t, n, w in batches], "dynamic_focal")
+    b = client.evaluate([(x, t, {"num_objects": n, "weights": w}) for x, t, n, w in batches], "dynamic_focal")
+    assert a.total_loss == b.total_loss == pytest.approx(want, rel=1e-6) and a.count == 48
+
+
+@pytest.mark.parametrize("batch,match", [
+    ((X, Y, {"weight": np.ones(12)}), "batch 0: unknown key 'weight'"),
+    ({"logits": X, "targets": Y, "score": np.ones(12)}, "batch 0: unknown key 'score'"),
+    ({"logits": X}, "batch 0: 'logits' and 'targets' are required"),
+    ((X, Y, np.ones(12), {"num_objects": np.ones(12)}), "batch 0: num_objects given twice"),
+    ((X, Y, np.ones(12), np.ones(12)), "batch 0: expected"),
+    (X.sum(), "batch 0: a float32"),
+])
+def test_evaluate_bad_batch_forms(client, batch, match):
+    with pytest.raises(ValueError, match=match):
+        client.evaluate([batch])
 
 
 class _ShortCountingServer:
@@ -393,6 +504,36 @@ def test_async_client(server, client):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "targets" in error.message
 
 
+def test_async_client_weights_and_scores(server, client):
+    batches = _weighted_qfl_batches(2)
+    x, y, sc, w = batches[0]
+    sync = client.compute(x, y, "quality_focal", "none", compute_gradient=True, scores=sc, weights=w)
+    sync_eval = client.evaluate([(b[0], b[1], {"scores": b[2], "weights": b[3]}) for b in batches], "quality_focal")
+
+    async def main():
+        async with focalserve.AsyncClient(server.target, timeout=30) as ac:
+            r = await ac.compute(x, y, "quality_focal", "none", compute_gradient=True, scores=sc, weights=w)
+
+            async def agen():
+                for b in batches:
+                    yield {"logits": b[0], "targets": b[1], "scores": b[2], "weights": b[3]}
+            ev = await ac.evaluate(agen(), "quality_focal")
+
+            async def bad():
+                yield {"logits": x, "targets": y, "scores": sc}
+                yield (x, y, {"wieghts": w})
+            with pytest.raises(ValueError, match="batch 1: unknown key 'wieghts'"):
+                await ac.evaluate(bad(), "quality_focal")
+            with pytest.raises(focalserve.FocalServeError) as e:
+                await ac.compute(x, y, "quality_focal", weights=w)
+            return r, ev, e.value
+
+    r, ev, error = asyncio.run(main())
+    assert np.array_equal(r.losses, sync.losses) and np.array_equal(r.gradient, sync.gradient)
+    assert ev.total_loss == sync_eval.total_loss and ev.batches == 2
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "scores" in error.message
+
+
 # -- auth and TLS -------------------------------------------------------------------------
 
 def test_bearer_token(tmp_path):
@@ -447,6 +588,47 @@ def test_accepts_torch_lists_and_narrow_targets(client):
     t = RNG.random(X.shape) < 0.3
     assert client.compute(X, t, "sigmoid_focal", reduction="sum").loss == pytest.approx(
         client.compute(X, t.astype(np.float32), "sigmoid_focal", reduction="sum").loss, rel=1e-12)
+
+
+def test_weights_and_scores_any_float_dtype(client):
+    """weights and scores go as they are given, NumPy or torch, in any float dtype; values exact
+    in every dtype (multiples of 1/8 in [0, 2]) give the same answer."""
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 6, 12)  # 5 = background
+    w = rng.integers(0, 17, (12, 5)) / 8.0
+    sc = rng.integers(0, 9, 12) / 8.0
+    base = client.compute(X, y, "quality_focal", "sum", compute_gradient=True, weights=w.astype(np.float32),
+                          scores=sc.astype(np.float32))
+    forms = [(w.astype(np.float64), sc.astype(np.float16)), (torch.tensor(w, dtype=torch.bfloat16),
+              torch.tensor(sc, dtype=torch.float64)), (torch.tensor(w, dtype=torch.float16), sc.astype(">f4")),
+             (np.asfortranarray(w.astype(np.float32)), focalserve.BFloat16.from_float32(sc.astype(np.float32))),
+             (w.tolist(), sc.tolist())]
+    for weights, scores in forms:
+        r = client.compute(X, y, "quality_focal", "sum", compute_gradient=True, weights=weights, scores=scores)
+        assert r.loss == base.loss and np.array_equal(r.gradient, base.gradient), (type(weights), type(scores))
+    request = client.build_request(X, y, "quality_focal", weights=w, scores=sc.astype(np.float16))
+    assert request.weights.dtype == focalserve.pb.FLOAT64 and list(request.weights.shape) == [12, 5]
+    assert request.scores.dtype == focalserve.pb.FLOAT16 and list(request.scores.shape) == [12]
+    assert not request.HasField("num_objects")
+    assert not client.build_request(X, Y).HasField("weights") and not client.build_request(X, Y).HasField("scores")
+
+
+def test_weights_scale_each_item_and_mean_keeps_the_count(client):
+    rng = np.random.default_rng(13)
+    w = np.where(rng.random(12) < 0.25, 0.0, rng.random(12) * 3).astype(np.float32)
+    plain = client.compute(X, Y, reduction="none", compute_gradient=True)
+    weighted = client.compute(X, Y, reduction="none", compute_gradient=True, weights=w)
+    # Both are float32 results of the same float32 item computation; the weighted one is its
+    # product with w, rounded once more (or w folded in earlier: a few float32 roundings either
+    # way, u = 6e-8 each), so 1e-6 = 16 u relative, and for the gradient the same fraction of
+    # its largest element as an absolute floor (elements near 0 carry the largest one's error).
+    np.testing.assert_allclose(weighted.losses, plain.losses * w, rtol=1e-6)
+    g_want = plain.gradient * w[:, None]
+    np.testing.assert_allclose(weighted.gradient, g_want, rtol=1e-6, atol=1e-6 * np.abs(g_want).max())
+    assert not weighted.gradient[w == 0].any()
+    mean = client.compute(X, Y, compute_gradient=True, weights=w)
+    assert mean.count == 12 and mean.loss == pytest.approx(float((plain.losses.astype(np.float64) * w).sum()) / 12,
+                                                           rel=1e-6)
 
 
 def test_request_id_round_trips(client):

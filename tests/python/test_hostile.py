@@ -29,8 +29,8 @@ CASES = int(os.environ.get("FOCAL_HOSTILE_CASES", "5200"))  # more for a longer 
 SEED = 90210
 LIMITS = ["--max-elements", "200000", "--max-classes", "4096", "--max-message-bytes", "4194304"]
 # Words one of which every error message carries: the field at fault, or the message itself.
-FIELDS = ("logits", "targets", "loss", "grad_output", "num_objects", "gradient_dtype", "the request",
-          "this server", "--max-")
+FIELDS = ("logits", "targets", "loss", "grad_output", "num_objects", "weights", "scores", "gradient_dtype",
+          "the request", "this server", "--max-")
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
 EXTREME_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e4, -1e4, 1e8, 1e15, 1e308, -1e308, 5e-324, float("nan"),
                   float("inf"), -float("inf"), 1001.0, 2.0]
@@ -60,6 +60,19 @@ def base_requests(rng):
         _codec.compute_request(x, y, variant="focal_cosine", compute_gradient=True),
         _codec.compute_request(x, soft, variant="dynamic_focal", compute_gradient=True,
                                num_objects=np.array([1, 2, 0, 3], np.float32)),
+        # the catalogue (§5), with the per-item weights and quality_focal's scores
+        _codec.compute_request(x, soft, variant="asymmetric", reduction="none", compute_gradient=True,
+                               gamma_neg=0.5, weights=rng.random((4, 5)).astype(np.float32)),
+        _codec.compute_request(x, np.array([0, 5, 1, 2]), variant="quality_focal", compute_gradient=True,
+                               ignore_index=2, scores=np.array([0.5, 0.1, 1.0, 0.0], np.float32),
+                               weights=rng.random((4, 5)).astype(np.float16)),
+        _codec.compute_request(x, soft * rng.random((4, 5)).astype(np.float32), variant="varifocal",
+                               reduction="sum", compute_gradient=True, gamma=1.5),
+        _codec.compute_request(x, np.array([0, 5, 1, 2]), variant="focal_star", compute_gradient=True, alpha=0.25,
+                               beta=1.0),
+        _codec.compute_request(spatial, np.array([[0.0, 2.0, 1.5, 0.2], [1.0, 0.0, 2.0, 0.7]], np.float32),
+                               variant="distribution_focal", reduction="none", compute_gradient=True,
+                               weights=np.ones((2, 4), np.float32)),
     ]
 
 
@@ -87,7 +100,8 @@ def mutate(req: pb.ComputeRequest, rng) -> pb.ComputeRequest:
     r.CopyFrom(req)
     for _ in range(1 + int(rng.random() < 0.3)):
         kind = int(rng.integers(0, 12))
-        tensor = [r.logits, r.targets, r.num_objects, r.grad_output_tensor][int(rng.integers(0, 4))]
+        tensor = [r.logits, r.targets, r.num_objects, r.grad_output_tensor, r.weights,
+                  r.scores][int(rng.integers(0, 6))]
         if kind == 0:  # a dimension
             if len(tensor.shape):
                 tensor.shape[int(rng.integers(0, len(tensor.shape)))] = int(rng.choice(EXTREME_INTS))
@@ -142,7 +156,8 @@ def mutate(req: pb.ComputeRequest, rng) -> pb.ComputeRequest:
             else:
                 r.grad_output_scalar = float(rng.choice(EXTREME_FLOATS))
         elif kind == 10:  # a field left out
-            name = str(rng.choice(["logits", "targets", "loss", "num_objects", "grad_output_tensor"]))
+            name = str(rng.choice(["logits", "targets", "loss", "num_objects", "grad_output_tensor", "weights",
+                                   "scores"]))
             r.ClearField(name)
             if name == "loss" and rng.random() < 0.5:
                 r.loss.reduction = pb.SUM  # a loss with no variant

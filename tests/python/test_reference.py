@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import focalserve
+import refs
 from cases import CASE_IDS, CASES, REDUCTIONS
 from helpers import (ARRAY_RTOL, COMPUTE_RTOL, FLOAT16_ABS_ROUNDOFF, UNIT_ROUNDOFF, assert_close, reference,
-                     stable_seed, upstream_for, wire_logits, wire_targets)
+                     stable_seed, upstream_for, wire_extra, wire_logits, wire_targets)
 
 
 def _wire_for_client(x_wire: torch.Tensor, dtype: str):
@@ -22,16 +23,16 @@ def _wire_for_client(x_wire: torch.Tensor, dtype: str):
 @pytest.mark.parametrize("name,variant,params,make", CASES, ids=CASE_IDS)
 def test_compute_matches_reference(client, name, variant, params, make, reduction, dtype):
     rng = np.random.default_rng(stable_seed(name, reduction, dtype))
-    x64, t, n = make(rng)
+    x64, t, extra = make(rng)
     x_wire = wire_logits(x64, dtype)
     t_wire = wire_targets(t)
-    n_wire = None if n is None else n.astype(np.float32)
-    ref_out, _, count = reference(variant, x_wire, t_wire, n_wire, reduction, params)
+    e_wire = wire_extra(extra)  # num_objects, weights, scores: float32
+    ref_out, _, count = reference(variant, x_wire, t_wire, e_wire, reduction, params)
     w = upstream_for(reduction, ref_out.shape, rng)
-    ref_out, ref_grad, count = reference(variant, x_wire, t_wire, n_wire, reduction, params, upstream=w)
+    ref_out, ref_grad, count = reference(variant, x_wire, t_wire, e_wire, reduction, params, upstream=w)
 
     r = client.compute(_wire_for_client(x_wire, dtype), t_wire, variant, reduction, compute_gradient=True,
-                       grad_output=w, num_objects=n_wire, **params)
+                       grad_output=w, **e_wire, **params)
 
     assert r.count == count
     assert r.backend
@@ -53,7 +54,7 @@ def test_compute_matches_reference(client, name, variant, params, make, reductio
         assert abs(r.loss - returned.sum()) <= bound, f"NONE's loss {r.loss} vs sum {returned.sum()} (bound {bound})"
         # ...and exactly the same number as when the losses come back in float32.
         r32 = client.compute(_wire_for_client(x_wire, dtype), t_wire, variant, reduction, compute_gradient=True,
-                             grad_output=w, num_objects=n_wire, gradient_dtype="float32", **params)
+                             grad_output=w, gradient_dtype="float32", **e_wire, **params)
         assert r32.loss == r.loss
     else:
         assert r.losses is None
@@ -120,3 +121,28 @@ def test_results_are_zero_copy_views(client):
             base = base.base
         assert isinstance(base, bytes), "np.frombuffer over the response bytes, not a copy"
         assert not array.flags.writeable
+
+
+# -- the references themselves (no server) -----------------------------------------------------
+
+CATALOGUE = ("asymmetric", "quality_focal", "varifocal", "focal_star", "distribution_focal")
+CATALOGUE_CASES = [c for c in CASES if c[1] in CATALOGUE]
+
+
+@pytest.mark.parametrize("name,variant,params,make", CATALOGUE_CASES, ids=[c[0] for c in CATALOGUE_CASES])
+def test_reference_autograd_matches_the_contracts_gradient(name, variant, params, make):
+    """refs' §5 forward expressions, differentiated by autograd, against §5's gradient formulas
+    transcribed separately (refs.closed_form_gradient): two readings of the contract that must
+    agree before either is used to judge the server. Both in float64, through different
+    operations: they differ by float64 roundings (2^-53 = 1.1e-16 each) amplified by at most the
+    same cancellations as in float32, so 1e-10 is ~1e4 x the float64 analogue of COMPUTE_RTOL's
+    margin and ~1e-6 of the difference any transcription error makes."""
+    rng = np.random.default_rng(stable_seed(name, "closed-form"))
+    x64, t, extra = make(rng)
+    x = torch.from_numpy(x64).requires_grad_(True)
+    tt = torch.from_numpy(t)
+    losses, _ = refs.per_item(variant, x, tt, **{k: torch.from_numpy(v) for k, v in extra.items()}, **params)
+    losses.sum().backward()
+    want = refs.closed_form_gradient(variant, x64, t, **extra, **params)
+    assert np.isfinite(x.grad.numpy()).all() and np.isfinite(want).all()
+    assert_close(x.grad.numpy(), want, 1e-10, f"{name}: autograd of the reference vs the contract's gradient")

@@ -10,8 +10,8 @@ import focalserve
 import refs
 from cases import CASE_IDS, CASES, REDUCTIONS
 from focalserve.torch import RemoteFocalLoss
-from helpers import (ARRAY_RTOL, TORCH_DTYPES, assert_close, reference, stable_seed, upstream_for, wire_logits,
-                     wire_targets)
+from helpers import (ARRAY_RTOL, COMPUTE_RTOL, TORCH_DTYPES, assert_close, reference, stable_seed, upstream_for,
+                     wire_extra, wire_logits, wire_targets)
 
 
 class CountingClient(focalserve.Client):
@@ -41,18 +41,18 @@ def _as_torch_targets(t_wire):
 @pytest.mark.parametrize("name,variant,params,make", CASES, ids=CASE_IDS)
 def test_backward_matches_autograd(counting_client, name, variant, params, make, reduction, dtype):
     rng = np.random.default_rng(stable_seed(name, reduction, dtype, "torch"))
-    x64, t, n = make(rng)
+    x64, t, extra = make(rng)
     x_wire = wire_logits(x64, dtype)
     t_wire = wire_targets(t)
-    n_wire = None if n is None else n.astype(np.float32)
-    ref_out, _, _ = reference(variant, x_wire, t_wire, n_wire, reduction, params)
+    e_wire = wire_extra(extra)  # num_objects, weights, scores: float32
+    ref_out, _, _ = reference(variant, x_wire, t_wire, e_wire, reduction, params)
     w = upstream_for(reduction, ref_out.shape, rng)
-    ref_out, ref_grad, _ = reference(variant, x_wire, t_wire, n_wire, reduction, params, upstream=w)
+    ref_out, ref_grad, _ = reference(variant, x_wire, t_wire, e_wire, reduction, params, upstream=w)
 
     loss_fn = RemoteFocalLoss(counting_client, variant, reduction, **params)
     x = x_wire.clone().requires_grad_(True)
     calls = counting_client.calls
-    out = loss_fn(x, _as_torch_targets(t_wire), None if n_wire is None else torch.from_numpy(n_wire))
+    out = loss_fn(x, _as_torch_targets(t_wire), **{k: torch.from_numpy(v) for k, v in e_wire.items()})
     assert out.dtype == TORCH_DTYPES[dtype] and out.device == x.device and out.requires_grad
     (out * torch.as_tensor(w, dtype=out.dtype)).sum().backward()
     assert counting_client.calls - calls == (2 if reduction == "none" else 1)
@@ -61,6 +61,71 @@ def test_backward_matches_autograd(counting_client, name, variant, params, make,
     # forward: a reduced loss is rounded once to the logits' dtype, like the arrays
     assert_close(out.detach().double().numpy(), ref_out, ARRAY_RTOL[dtype], f"{name} {reduction} {dtype} forward")
     assert_close(x.grad.double().numpy(), ref_grad, ARRAY_RTOL[dtype], f"{name} {reduction} {dtype} x.grad")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_weights_and_scores_get_no_gradient(counting_client, reduction):
+    """Only the logits are differentiated: weights and scores that require grad are read as
+    constants (as the docstring says) and get no .grad; x.grad is the reference's. float16
+    weights and float64 scores: any float dtype goes."""
+    g = torch.Generator().manual_seed(3)
+    x64 = torch.randn(12, 4, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, 5, (12,), generator=g)  # 4 = background
+    w = (torch.randint(0, 9, (12, 4), generator=g) / 4.0).to(torch.float16).requires_grad_(True)  # exact in fp16
+    sc = torch.rand(12, generator=g, dtype=torch.float64).requires_grad_(True)
+    sc32 = sc.detach().float().double()  # what the server computes with (float32 arithmetic)
+    out, _, _ = reference("quality_focal", x64.float(), y.numpy(), {"weights": w.detach().double().numpy(),
+                                                                     "scores": sc32.numpy()}, reduction, {})
+    up = upstream_for(reduction, out.shape, np.random.default_rng(3))
+    ref_out, ref_grad, _ = reference("quality_focal", x64.float(), y.numpy(),
+                                     {"weights": w.detach().double().numpy(), "scores": sc32.numpy()}, reduction,
+                                     {}, upstream=up)
+    x = x64.float().requires_grad_(True)
+    out = RemoteFocalLoss(counting_client, "quality_focal", reduction)(x, y, weights=w, scores=sc)
+    (out * torch.as_tensor(up, dtype=out.dtype)).sum().backward()
+    assert w.grad is None and sc.grad is None
+    # the reference was given the scores rounded to float32, as the server's float32 arithmetic
+    # reads them (had it read them in float64: one float32 rounding apart, far inside the bound)
+    assert_close(out.detach().double().numpy(), ref_out, ARRAY_RTOL["float32"], f"{reduction} forward")
+    assert_close(x.grad.double().numpy(), ref_grad, ARRAY_RTOL["float32"], f"{reduction} x.grad")
+
+
+def _local_float32(variant, params, reduction):
+    """The variant in plain float32 torch (refs' expression evaluated in float32): what a user
+    would write locally."""
+    def loss(logits, targets, **extras):
+        losses, count = refs.per_item(variant, logits, targets, **extras, **params)
+        return refs.reduce(losses, count, reduction, variant=variant)
+    return loss
+
+
+CATALOGUE_CASES = [c for c in CASES if c[1] in ("asymmetric", "quality_focal", "varifocal", "focal_star",
+                                                  "distribution_focal")]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name,variant,params,make", CATALOGUE_CASES, ids=[c[0] for c in CATALOGUE_CASES])
+def test_catalogue_module_matches_local_float32_torch(client, name, variant, params, make, reduction):
+    """RemoteFocalLoss against the same loss written locally in float32 torch, as a drop-in
+    replacement: forward and x.grad agree to float32 accuracy. Both sides do float32 math
+    through different operations, so each is within COMPUTE_RTOL of the exact value (the
+    server: test_backward_matches_autograd; the local expression is the same ops as refs in
+    float32, whose roundings the same bound covers) and they are within twice that of each other."""
+    rng = np.random.default_rng(stable_seed(name, reduction, "local-float32"))
+    x64, t, extra = make(rng)
+    t_wire = wire_targets(t)
+    e = {k: torch.from_numpy(v) for k, v in wire_extra(extra).items()}
+    tt = torch.from_numpy(t_wire)
+    x_remote = torch.from_numpy(x64.astype(np.float32)).requires_grad_(True)
+    x_local = x_remote.detach().clone().requires_grad_(True)
+    remote = RemoteFocalLoss(client, variant, reduction, **params)(x_remote, tt, **e)
+    local = _local_float32(variant, params, reduction)(x_local, tt, **e)
+    assert remote.dtype == local.dtype == torch.float32 and remote.shape == local.shape
+    up = torch.from_numpy(upstream_for(reduction, tuple(local.shape), rng)).float() if reduction == "none" else 0.7
+    (remote * up).sum().backward()
+    (local * up).sum().backward()
+    assert_close(remote.detach().numpy(), local.detach().numpy(), 2 * COMPUTE_RTOL, f"{name} {reduction} forward")
+    assert_close(x_remote.grad.numpy(), x_local.grad.numpy(), 2 * COMPUTE_RTOL, f"{name} {reduction} x.grad")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -189,10 +189,28 @@ _F64 = "_f64"
 
 
 def _parameter_names(message_type) -> "list[str]":
-    """A variant's parameters as docs/variants.md names them: its message's fields, less the `_f64`
-    twins of per-class lists (one parameter, `alpha`, whichever field carries it)."""
-    fields = message_type.DESCRIPTOR.fields_by_name
-    return [n for n in fields if not (n.endswith(_F64) and n[:-len(_F64)] in fields)]
+    """A variant's parameters as docs/variants.md names them: its message's fields, a per-class list
+    `x_f64` named `x` (one parameter, `alpha`, whichever of its two fields carries it)."""
+    names: "list[str]" = []
+    for fd in message_type.DESCRIPTOR.fields:
+        name = fd.name[:-len(_F64)] if fd.name.endswith(_F64) and fd.label == fd.LABEL_REPEATED else fd.name
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _set_messages(container, variant: str, name: str, value: Any) -> None:
+    """A repeated message parameter (gamma_schedule's steps): each item a mapping of the step's
+    fields or a tuple of them in field order, `(threshold, gamma)`."""
+    fields = [f.name for f in container.add().DESCRIPTOR.fields]
+    del container[:]
+    for item in value:
+        if not isinstance(item, Mapping):
+            item = tuple(item)
+            if len(item) != len(fields):
+                raise ValueError(f"{variant}.{name}: each item is ({', '.join(fields)}), got {item!r}")
+            item = dict(zip(fields, item))
+        _set_params(container.add(), f"{variant}.{name}", item)
 
 
 def _set_params(message, variant: str, params: Mapping[str, Any]) -> None:
@@ -204,7 +222,9 @@ def _set_params(message, variant: str, params: Mapping[str, Any]) -> None:
         if fd is None:
             raise TypeError(f"{variant} has no parameter {name!r}; it takes "
                             f"{', '.join(_parameter_names(message)) or 'none'}")
-        if fd.label == fd.LABEL_REPEATED:
+        if fd.label == fd.LABEL_REPEATED and fd.message_type is not None:
+            _set_messages(getattr(message, fd.name), variant, name, value)
+        elif fd.label == fd.LABEL_REPEATED:
             if type(value).__module__.startswith("torch"):
                 value = value.detach().cpu().double().numpy()
             getattr(message, fd.name).extend(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
@@ -267,7 +287,8 @@ def _is_scalar(x: Any) -> bool:
 def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                     compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                     num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
-                    request_id: str = "", spec: Optional[pb.LossSpec] = None, **params: Any) -> pb.ComputeRequest:
+                    request_id: str = "", spec: Optional[pb.LossSpec] = None, weights: Any = None,
+                    scores: Any = None, **params: Any) -> pb.ComputeRequest:
     """Builds a ComputeRequest (see Client.compute for the arguments)."""
     if spec is None:
         spec = loss_spec(variant, reduction, normalizer, **params)
@@ -281,6 +302,10 @@ def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT
         req.gradient_dtype = wire_dtype(gradient_dtype)
     if num_objects is not None:
         to_tensor(num_objects, "num_objects", req.num_objects)
+    if weights is not None:
+        to_tensor(weights, "weights", req.weights)
+    if scores is not None:
+        to_tensor(scores, "scores", req.scores)
     if grad_output is not None:
         if _is_scalar(grad_output):
             req.grad_output_scalar = float(grad_output)
@@ -289,15 +314,57 @@ def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT
     return req
 
 
+# What a batch of Evaluate may carry besides its logits and targets: the request's per-item
+# tensors, named as their ComputeRequest fields.
+BATCH_EXTRAS = ("num_objects", "weights", "scores")
+_BATCH_FORMS = ("(logits, targets), (logits, targets, num_objects), (logits, targets, {extras}), "
+                "(logits, targets, num_objects, {extras}) or {'logits': ..., 'targets': ..., extras}, "
+                f"extras among {', '.join(BATCH_EXTRAS)}")
+
+
+def batch_fields(i: int, batch: Any) -> "dict[str, Any]":
+    """One Evaluate batch as compute_request's keyword arguments. A batch is a tuple (or list):
+    (logits, targets), then optionally num_objects, then optionally a mapping of extras
+    ({'weights': w, 'scores': s, 'num_objects': n}); or a mapping with 'logits', 'targets' and
+    any extras (what a DataLoader collating dicts yields)."""
+    if isinstance(batch, Mapping):
+        unknown = sorted(set(batch) - {"logits", "targets", *BATCH_EXTRAS})
+        if unknown or "logits" not in batch or "targets" not in batch:
+            what = f"unknown key {unknown[0]!r}" if unknown else "'logits' and 'targets' are required"
+            raise ValueError(f"batch {i}: {what}; expected {_BATCH_FORMS}")
+        return dict(batch)
+    try:
+        items = list(batch)
+    except TypeError:
+        raise ValueError(f"batch {i}: a {type(batch).__name__}; expected {_BATCH_FORMS}") from None
+    extras: "dict[str, Any]" = {}
+    if len(items) in (3, 4) and isinstance(items[-1], Mapping):
+        extras = dict(items.pop())
+        unknown = sorted(set(extras) - set(BATCH_EXTRAS))
+        if unknown:
+            raise ValueError(f"batch {i}: unknown key {unknown[0]!r}; expected {_BATCH_FORMS}")
+    if len(items) not in (2, 3):
+        raise ValueError(f"batch {i}: expected {_BATCH_FORMS}")
+    fields = {"logits": items[0], "targets": items[1]}
+    if len(items) == 3 and items[2] is not None:
+        if "num_objects" in extras:
+            raise ValueError(f"batch {i}: num_objects given twice (positionally and in the mapping)")
+        fields["num_objects"] = items[2]
+    fields.update(extras)
+    return fields
+
+
+def batch_request(i: int, batch: Any, spec: pb.LossSpec, allow_non_finite: bool) -> pb.ComputeRequest:
+    """Evaluate's request for batch `i` (request_id 'batch-<i>'; see batch_fields for the forms)."""
+    fields = batch_fields(i, batch)
+    return compute_request(fields.pop("logits"), fields.pop("targets"), spec=spec,
+                           allow_non_finite=allow_non_finite, request_id=f"batch-{i}", **fields)
+
+
 def batch_requests(batches: Iterable[Any], spec: pb.LossSpec, allow_non_finite: bool):
-    """ComputeRequests for Evaluate, built lazily: (logits, targets[, num_objects]) each."""
+    """ComputeRequests for Evaluate, built lazily, one per batch."""
     for i, batch in enumerate(batches):
-        if len(batch) not in (2, 3):
-            raise ValueError(f"batch {i}: expected (logits, targets) or (logits, targets, num_objects)")
-        logits, targets = batch[0], batch[1]
-        num_objects = batch[2] if len(batch) == 3 else None
-        yield compute_request(logits, targets, spec=spec, num_objects=num_objects,
-                              allow_non_finite=allow_non_finite, request_id=f"batch-{i}")
+        yield batch_request(i, batch, spec, allow_non_finite)
 
 
 class CapturingIterator:

@@ -39,11 +39,12 @@ class AsyncClient(_Base):
     async def compute(self, logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
-                      *, timeout: Optional[float] = None, request_id: str = "",
-                      **params: Any) -> _codec.ComputeResult:
-        """See Client.compute."""
+                      *, weights: Any = None, scores: Any = None, timeout: Optional[float] = None,
+                      request_id: str = "", **params: Any) -> _codec.ComputeResult:
+        """See Client.compute (weights=, scores= included)."""
         request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
-                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id, **params)
+                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
+                                     weights=weights, scores=scores, **params)
         return await self.compute_request(request, timeout=timeout)
 
     async def compute_request(self, request: pb.ComputeRequest, *,
@@ -56,15 +57,13 @@ class AsyncClient(_Base):
 
     async def evaluate(self, batches: Any, variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
                        timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
-        """See Client.evaluate; `batches` may also be an async iterable."""
+        """See Client.evaluate (the same batch forms); `batches` may also be an async iterable."""
         spec = _codec.loss_spec(variant, "none", **params)
         if hasattr(batches, "__aiter__"):
             async def requests():
                 i = 0
                 async for batch in batches:
-                    for request in _codec.batch_requests([batch], spec, allow_non_finite):
-                        request.request_id = f"batch-{i}"
-                        yield request
+                    yield _codec.batch_request(i, batch, spec, allow_non_finite)
                     i += 1
             request_iterator = requests()
         else:

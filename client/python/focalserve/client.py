@@ -79,13 +79,14 @@ class _Base:
     def build_request(logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
-                      request_id: str = "", **params: Any) -> pb.ComputeRequest:
+                      request_id: str = "", *, weights: Any = None, scores: Any = None,
+                      **params: Any) -> pb.ComputeRequest:
         """The ComputeRequest `compute` would send (to keep, edit and send with `compute_request`)."""
         return _codec.compute_request(logits, targets, variant=variant, reduction=reduction,
                                       compute_gradient=compute_gradient, grad_output=grad_output,
                                       gradient_dtype=gradient_dtype, num_objects=num_objects,
                                       allow_non_finite=allow_non_finite, normalizer=normalizer,
-                                      request_id=request_id, **params)
+                                      request_id=request_id, weights=weights, scores=scores, **params)
 
 
 class Client(_Base):
@@ -128,7 +129,8 @@ class Client(_Base):
     def compute(self, logits: Any, targets: Any, variant: str = DEFAULT_VARIANT, reduction: Any = "mean",
                 compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                 num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
-                *, timeout: Optional[float] = None, request_id: str = "", **params: Any) -> _codec.ComputeResult:
+                *, weights: Any = None, scores: Any = None, timeout: Optional[float] = None, request_id: str = "",
+                **params: Any) -> _codec.ComputeResult:
         """One batch. Returns a ComputeResult (loss, count, losses, gradient, backend, timing).
 
         logits, targets   arrays (NumPy or torch; see focalserve._codec for dtypes and bfloat16)
@@ -139,6 +141,13 @@ class Client(_Base):
                           the per-item losses; None = 1
         gradient_dtype    None (the logits' dtype) or 'float32' (also the dtype of 'none' losses)
         num_objects       per-row object counts, float [N], for the variants that take them
+        weights           per-item loss weights (keyword only; every variant): float, each finite and
+                          >= 0, shaped exactly like the 'none' losses; each item's loss and gradient
+                          are multiplied by its weight, and 'mean' still divides by the variant's
+                          count (mmdetection's weight + avg_factor). Unlike grad_output, it changes
+                          the loss value
+        scores            (keyword only) quality_focal with class-index targets: the target class's
+                          quality score in [0, 1] per row, float, shaped like the targets
         allow_non_finite  let NaN/Inf propagate instead of INVALID_ARGUMENT
         normalizer        replaces MEAN's count as the denominator
         **params          the variant's parameters as in docs/variants.md, named as the fields of its
@@ -146,7 +155,8 @@ class Client(_Base):
                           its `_f64` field; None = default
         """
         request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
-                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id, **params)
+                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
+                                     weights=weights, scores=scores, **params)
         return self.compute_request(request, timeout=timeout)
 
     def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None) -> _codec.ComputeResult:
@@ -161,8 +171,15 @@ class Client(_Base):
                  timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
         """A whole dataset streamed batch by batch; exact totals and per-class sums come back.
 
-        batches is any iterable of (logits, targets) or (logits, targets, num_objects); it is
-        consumed lazily, one batch encoded at a time as gRPC's flow control asks for it.
+        batches is any iterable of batches, each one of
+            (logits, targets)
+            (logits, targets, num_objects)
+            (logits, targets, {"weights": w, "scores": s, "num_objects": n})   any of the three
+            (logits, targets, num_objects, {"weights": w, "scores": s})
+            {"logits": x, "targets": t, "weights": w, ...}                      (a dict batch)
+        with the per-item tensors as compute() takes them. It is consumed lazily, one batch
+        encoded at a time as gRPC's flow control asks for it. With weights, total_loss, mean and
+        class_loss_sums are of the weighted losses; count is what MEAN divides by, as in compute().
         """
         spec = _codec.loss_spec(variant, "none", **params)
         requests = _codec.CapturingIterator(_codec.batch_requests(batches, spec, allow_non_finite))

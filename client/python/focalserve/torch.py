@@ -16,7 +16,9 @@ How the gradient gets to autograd:
   with the gradient fields set). One extra round trip, only when backward runs.
 
 Forward asks for no gradient when autograd will not need one (torch.no_grad(), or logits not
-requiring grad). Works for every variant and for float32/float16/bfloat16/float64 logits; the
+requiring grad). The gradient is taken with respect to the logits only: targets, num_objects,
+weights and scores are data, sent as they are and never differentiated (a tensor of them that
+requires grad gets no .grad). Works for every variant and for float32/float16/bfloat16/float64 logits; the
 loss and the gradient keep the logits' dtype and device. CUDA tensors are copied to the host
 for the call and the results copied back (the server does the math; the GPU it uses is its
 own). Double backward is not supported.
@@ -47,7 +49,8 @@ def _to_torch(array: np.ndarray, wire_dtype: str, dtype: torch.dtype, device: to
 
 class _RemoteFocalFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: Any, num_objects: Any, module: "RemoteFocalLoss"):
+    def forward(ctx, logits: torch.Tensor, targets: Any, num_objects: Any, weights: Any, scores: Any,
+                module: "RemoteFocalLoss"):
         need_grad = bool(ctx.needs_input_grad[0])
         reduced = module.reduction != "none"
         sixteen = logits.dtype in _SIXTEEN_BIT
@@ -56,7 +59,7 @@ class _RemoteFocalFunction(torch.autograd.Function):
             compute_gradient=need_grad and reduced,
             gradient_dtype="float32" if (need_grad and reduced and sixteen) else None,
             num_objects=num_objects, allow_non_finite=module.allow_non_finite, normalizer=module.normalizer,
-            **module.params)
+            weights=weights, scores=scores, **module.params)
         result = module.client.compute_request(request, timeout=module.timeout)
         ctx.logits_dtype, ctx.logits_device, ctx.reduced = logits.dtype, logits.device, reduced
         if reduced:
@@ -73,18 +76,18 @@ class _RemoteFocalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None, None
         if ctx.reduced:
             gradient = ctx.gradient.to(grad_output.device)
             gradient = (gradient * grad_output.to(gradient.dtype)).to(ctx.logits_dtype)
-            return gradient, None, None, None
+            return gradient, None, None, None, None, None
         request: pb.ComputeRequest = ctx.request
         request.compute_gradient = True
         request.gradient_dtype = pb.DATA_TYPE_UNSPECIFIED  # the logits' dtype: one rounding, on the server
         to_tensor(grad_output, "grad_output", request.grad_output_tensor)
         result = ctx.module.client.compute_request(request, timeout=ctx.module.timeout)
         gradient = _to_torch(result.gradient, result.gradient_dtype, ctx.logits_dtype, ctx.logits_device)
-        return gradient, None, None, None
+        return gradient, None, None, None, None, None
 
 
 class RemoteFocalLoss(torch.nn.Module):
@@ -94,10 +97,20 @@ class RemoteFocalLoss(torch.nn.Module):
     variant     one of focalserve.VARIANTS
     reduction   'mean' | 'sum' | 'none'
     normalizer  replaces MEAN's count as the denominator (e.g. RetinaNet's positive anchors)
-    **params    the variant's parameters (gamma, alpha, ignore_index, label_smoothing, ...)
+    **params    the variant's parameters (gamma, alpha, ignore_index, label_smoothing, ...;
+                gamma_pos/gamma_neg/clip, beta, iou_weighted, ... for the newer variants)
 
-    forward(logits, targets, num_objects=None): targets and num_objects as torch tensors or
-    NumPy arrays (integer class targets or float targets, as the variant takes them).
+    forward(logits, targets, num_objects=None, weights=None, scores=None): every variant.
+    targets and the optional per-item tensors as torch tensors or NumPy arrays (any float
+    dtype for the float ones):
+      targets      integer class targets or float targets, as the variant takes them
+      num_objects  float [N], dynamic_focal
+      weights      per-item loss weights, shaped like the 'none' losses, each >= 0: they scale
+                   the loss and its gradient (MEAN still divides by the variant's count)
+      scores       quality_focal with class-index targets: the target class's quality, shaped
+                   like the targets
+    Only the logits get a gradient: targets, num_objects, weights and scores are not
+    differentiated (treated as constants; one that requires grad gets none).
     """
 
     def __init__(self, client, variant: str = DEFAULT_VARIANT, reduction: str = "mean", *,
@@ -117,8 +130,9 @@ class RemoteFocalLoss(torch.nn.Module):
         # fail on an unknown variant or parameter now, not at the first batch
         loss_spec(variant, reduction, normalizer, **self.params)
 
-    def forward(self, logits: torch.Tensor, targets: Any, num_objects: Any = None) -> torch.Tensor:
-        return _RemoteFocalFunction.apply(logits, targets, num_objects, self)
+    def forward(self, logits: torch.Tensor, targets: Any, num_objects: Any = None, weights: Any = None,
+                scores: Any = None) -> torch.Tensor:
+        return _RemoteFocalFunction.apply(logits, targets, num_objects, weights, scores, self)
 
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
