@@ -34,7 +34,14 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
           a.smoothing = p.label_smoothing;
           a.has_ignore_index = p.ignore_index.has_value();
           a.ignore_index = p.ignore_index.value_or(0);
-          a.class_alpha = p.alpha.empty() ? nullptr : p.alpha.data();
+          const std::vector<double>& alpha = plan.class_alpha.empty() ? p.alpha : plan.class_alpha;
+          a.class_alpha = alpha.empty() ? nullptr : alpha.data();
+          a.poly_epsilon = p.poly_epsilon;
+          a.gamma_steps = static_cast<int>(p.gamma_schedule.size());  // at most kMaxGammaSteps (validated)
+          for (int i = 0; i < a.gamma_steps; ++i) {
+            a.step_threshold[i] = p.gamma_schedule[i].threshold;
+            a.step_gamma[i] = p.gamma_schedule[i].gamma;
+          }
           return KernelKind::kSoftmaxFocal;
         } else if constexpr (std::is_same_v<P, SigmoidFocalParams>) {
           a.gamma = p.gamma;
@@ -44,6 +51,7 @@ KernelKind MakeKernelArgs(const LossJob& job, const JobPlan& plan, KernelArgs& a
           a.smoothing = p.label_smoothing;
           a.smoothing_floor = math::SmoothingFloor(p.label_smoothing, static_cast<double>(p.smoothing_classes));
           a.probabilities = p.input == SigmoidInput::kProbabilities;
+          a.poly_epsilon = p.poly_epsilon;
           a.has_ignore_index = p.ignore_index.has_value();
           a.ignore_index = p.ignore_index.value_or(0);
           return plan.index_targets ? KernelKind::kElementwiseIndexTargets

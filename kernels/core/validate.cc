@@ -1,5 +1,6 @@
 #include "focal/validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "focal/math.h"
+#include "focal/math_ops.h"
 #include "focal/status_macros.h"
 #include "focal/variant_text.h"
 
@@ -48,6 +50,27 @@ absl::StatusOr<int64_t> CheckTensor(const TensorView& t, absl::string_view field
   return n;
 }
 
+/// A γ schedule: at most kMaxGammaSteps steps, thresholds increasing in (0, 1], γ in range.
+absl::Status CheckGammaSchedule(const std::vector<GammaStep>& steps, const char* name) {
+  if (steps.size() > static_cast<size_t>(ParameterLimits::kMaxGammaSteps)) {
+    return Invalid(absl::StrCat("loss.", name, " has ", steps.size(), " steps; at most ",
+                                ParameterLimits::kMaxGammaSteps));
+  }
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const GammaStep& s = steps[i];
+    const double low = i == 0 ? 0.0 : steps[i - 1].threshold;
+    if (!(s.threshold > low && s.threshold <= 1)) {
+      return Invalid(absl::StrCat("loss.", name, "[", i, "].threshold is ", s.threshold, "; thresholds must increase ",
+                                  i == 0 ? "from above 0" : absl::StrCat("(above ", low, ")"), " up to at most 1"));
+    }
+    if (!kGammaRange.Contains(s.gamma)) {
+      return Invalid(absl::StrCat("loss.", name, "[", i, "].gamma is ", s.gamma, "; must be in [0, ",
+                                  ParameterLimits::kMaxGamma, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 /// "in [0, 1)", or the parameter's own rule.
 std::string RuleText(const char* rule, const Range& r) {
   if (rule) return rule;
@@ -74,9 +97,58 @@ absl::Status CheckParameters(const P& p) {
       for (size_t i = 0; i < value.size() && status.ok(); ++i) {
         check(value[i], absl::StrCat("loss.", param.name, "[", i, "]"));
       }
+    } else if constexpr (std::is_same_v<T, std::vector<GammaStep>>) {
+      status = CheckGammaSchedule(value, param.name);
     }
   });
   return status;
+}
+
+/// The option rules that involve two parameters of one variant (VARIANTS.md §5.0).
+absl::Status CheckCombinations(const SoftmaxFocalParams& p) {
+  if (!p.class_counts.empty() && !p.alpha.empty()) {
+    return Invalid("loss.class_counts and loss.alpha are both set; class_counts derives α (send one)");
+  }
+  if (p.label_smoothing > 0 && p.poly_epsilon != 0) {
+    return Invalid("loss.poly_epsilon is set with loss.label_smoothing; Poly-1 is not combined with label smoothing");
+  }
+  if (p.label_smoothing > 0 && !p.gamma_schedule.empty()) {
+    return Invalid("loss.gamma_schedule is set with loss.label_smoothing; a schedule is not combined with label "
+                   "smoothing");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCombinations(const SigmoidFocalParams& p) {
+  if (p.poly_epsilon != 0 && p.input == SigmoidInput::kProbabilities) {
+    return Invalid("loss.poly_epsilon is set with input PROBABILITIES; Poly-1 takes logits");
+  }
+  return absl::OkStatus();
+}
+
+template <class P>
+absl::Status CheckCombinations(const P&) {
+  return absl::OkStatus();
+}
+
+/// softmax_focal's class-balanced α (Cui et al. 2019) from class_counts: (1-β)/(1-β^n_c) for
+/// n_c > 0, the largest of those for n_c = 0, normalised to Σ_c α_c = C.
+std::vector<double> ClassBalancedAlpha(const std::vector<double>& counts, double beta) {
+  std::vector<double> alpha(counts.size(), 0.0);
+  double largest = 0;
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] > 0) {
+      alpha[c] = math::ClassBalancedWeight(ScalarOps<double>{}, counts[c], 1 - beta);
+      largest = std::max(largest, alpha[c]);
+    }
+  }
+  double sum = 0;
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (!(counts[c] > 0)) alpha[c] = largest > 0 ? largest : 1.0;  // no class seen: all equal
+    sum += alpha[c];
+  }
+  for (double& a : alpha) a *= static_cast<double>(counts.size()) / sum;
+  return alpha;
 }
 
 /// Per-class lists hold one value per class, or none (all ones).
@@ -89,7 +161,7 @@ absl::Status CheckClassLists(const P& p, int64_t classes) {
       const T& value = p.*param.member;
       if (status.ok() && !value.empty() && static_cast<int64_t>(value.size()) != classes) {
         status = Invalid(absl::StrCat("loss.", param.name, " has ", value.size(), " values; logits have ", classes,
-                                      " classes (one weight per class)"));
+                                      " classes (one value per class)"));
       }
     }
   });
@@ -273,6 +345,7 @@ template <class P>
 absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
   const VariantFacts& facts = Variant<P>::kFacts;
   RETURN_IF_ERROR(CheckParameters(p));
+  RETURN_IF_ERROR(CheckCombinations(p));
   const int rank = static_cast<int>(job.logits.shape.size());
   if (rank < facts.min_rank || rank > facts.max_rank) {
     return Invalid(absl::StrCat("logits.shape is ", ShapeString(job.logits.shape), "; ", facts.name,
@@ -302,6 +375,9 @@ absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(CheckClassLists(p, plan.classes));
+  if constexpr (std::is_same_v<P, SoftmaxFocalParams>) {
+    if (!p.class_counts.empty()) plan.class_alpha = ClassBalancedAlpha(p.class_counts, p.class_balance_beta);
+  }
   const int64_t max_class = plan.classes - (facts.background_target ? 0 : 1);
   ASSIGN_OR_RETURN(const TargetRows rows,
                    ScanClassTargets(job.targets, plan.batch * plan.inner, max_class, plan.classes, ignore_index));

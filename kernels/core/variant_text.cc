@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 
 namespace focal {
 namespace {
@@ -54,6 +55,9 @@ ParameterDescription Describe(const Param<P, T>& param) {
   } else if constexpr (std::is_same_v<T, std::vector<double>>) {
     d.per_class_list = true;
     d.type = absl::StrCat("repeated double, one per class, each ", RangeText(param.range, param.rule));
+  } else if constexpr (std::is_same_v<T, std::vector<GammaStep>>) {
+    d.type = absl::StrCat("repeated (threshold, gamma): ", param.rule);
+    d.default_value = "none";
   } else {
     static_assert(std::is_enum_v<T>, "a parameter type the table does not know");
     std::vector<std::string> upper;
@@ -163,6 +167,20 @@ absl::Status SetParameterFromText(VariantParams& params, absl::string_view name,
       if (absl::SimpleAtoi(text, &v)) p.*param.member = v; else bad("an integer");
     } else if constexpr (std::is_same_v<T, std::vector<double>>) {
       status = absl::InvalidArgumentError(absl::StrCat(name, " is a list of one value per class, not one value"));
+    } else if constexpr (std::is_same_v<T, std::vector<GammaStep>>) {
+      // "0.2:5,0.5:3": threshold:gamma pairs; ranges and order are ValidateJob's.
+      std::vector<GammaStep> steps;
+      for (absl::string_view pair : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+        const std::vector<absl::string_view> parts = absl::StrSplit(pair, ':');
+        GammaStep step;
+        if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &step.threshold) ||
+            !absl::SimpleAtod(parts[1], &step.gamma)) {
+          bad("threshold:gamma pairs separated by commas, e.g. 0.2:5,0.5:3");
+          return;
+        }
+        steps.push_back(step);
+      }
+      p.*param.member = std::move(steps);
     } else {
       for (size_t i = 0; i < param.num_choices; ++i) {
         if (absl::AsciiStrToLower(text) == param.choices[i]) {

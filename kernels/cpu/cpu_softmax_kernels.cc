@@ -71,7 +71,7 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
     // The per-row math, one group of rows as one vector.
     const math::SoftmaxRowGrad<hn::Vec<decltype(d)>> rg =
         math::SoftmaxFocalRow(o, hn::Load(d, row_xy), hn::Load(d, row_max), hn::Load(d, row_rest),
-                              hn::Load(d, row_alpha), hn::Load(d, row_w), gamma);
+                              hn::Load(d, row_alpha), hn::Load(d, row_w), gamma, math::SoftmaxOptionsOf(a));
     // The loss is NaN for a counted non-finite row under allow_non_finite, 0 when ignored (α_y
     // is 0 there). Not tested on w: a NaN upstream weight is the gradient's business, not the loss's.
     const auto nan_row = hn::Ne(hn::Load(d, row_nan), hn::Zero(d));
@@ -251,7 +251,8 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   w = hn::IfThenElseZero(valid, w);
   hn::Vec<D> loss;
   if (a.smoothing == 0) {
-    const math::SoftmaxRowGrad<hn::Vec<D>> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma);
+    const math::SoftmaxRowGrad<hn::Vec<D>> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma,
+                                                                      math::SoftmaxOptionsOf(a));
     loss = rg.loss;
     if (a.gradient) {
       for (int64_t c = 0; c < C; ++c) {

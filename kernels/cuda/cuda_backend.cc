@@ -201,8 +201,8 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
   const bool none = job.spec.reduction == Reduction::kNone;
   const size_t out_size = DTypeSize(plan.output_dtype);
   const LaunchPlan launch = PlanLaunch(kind, a, device.limits);
-  const auto* softmax = std::get_if<SoftmaxFocalParams>(&job.spec.params);
-  const size_t class_alpha_count = softmax ? softmax->alpha.size() : 0;
+  // The per-class α the kernels read: the request's, or class_counts' class-balanced one.
+  const size_t class_alpha_count = a.class_alpha ? static_cast<size_t>(plan.classes) : 0;
 
   // One device allocation per job, carved into the tensors: the pool hands it back cached.
   struct Region {
@@ -214,7 +214,7 @@ absl::StatusOr<LossResult> CudaBackend::Impl::Run(Lane& lane, const LossJob& job
       row_alpha{plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float)},
       // α as the job holds it (float64): the float64 kernels compute in double and read it
       // exactly; the others round it to float on read, as a float upload would.
-      class_alpha{softmax ? softmax->alpha.data() : nullptr, class_alpha_count * sizeof(*a.class_alpha)},
+      class_alpha{a.class_alpha, class_alpha_count * sizeof(*a.class_alpha)},
       weights{item_weights, item_weights ? static_cast<size_t>(plan.num_items) * sizeof(float) : 0},
       // The request's loss weights (the loss side; item_weights carries their gradient side).
       loss_weights{item_loss_weights, item_loss_weights ? static_cast<size_t>(plan.num_items) * sizeof(float) : 0},

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "focal/kernel_args.h"
+#include "focal/element_formulas.h"
 #include "focal/math.h"
 #include "focal/math_ops.h"
 #include "kernels/cuda/device_api.h"

@@ -109,7 +109,7 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
     // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
     const T x_y = valid ? LoadAs<T>(a.logits, kDT, row.base + y * row.stride) : max;
     const T alpha_y = valid ? alpha_at(y) : T(0);
-    const math::SoftmaxRowGrad<T> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma);
+    const math::SoftmaxRowGrad<T> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma, math::SoftmaxOptionsOf(a));
     loss = valid ? rg.loss : T(0);
     if (kGrad && row.active) {
       WriteRowGradient<kDT>(team, a, row.base, row.stride, [&](int64_t c, T x) {

@@ -37,6 +37,26 @@ absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(st
 
 template <class T>
 constexpr bool kIsList = std::is_same_v<T, std::vector<double>>;
+template <class T>
+constexpr bool kIsSchedule = std::is_same_v<T, std::vector<GammaStep>>;
+
+/// A GammaStep message's fields, by name: its `threshold` and `gamma` doubles.
+struct StepFields {
+  const FieldDescriptor* threshold = nullptr;
+  const FieldDescriptor* gamma = nullptr;
+};
+
+StepFields StepFieldsOf(const google::protobuf::Descriptor* message) {
+  StepFields f;
+  if (message == nullptr) return f;
+  f.threshold = message->FindFieldByName("threshold");
+  f.gamma = message->FindFieldByName("gamma");
+  const auto is_double = [](const FieldDescriptor* d) {
+    return d != nullptr && d->cpp_type() == FieldDescriptor::CPPTYPE_DOUBLE && !d->is_repeated();
+  };
+  if (!is_double(f.threshold) || !is_double(f.gamma)) f = {};
+  return f;
+}
 
 /// "MEAN, SUM or NONE": an enum's value names as an error lists them.
 std::string ValueNames(const EnumDescriptor* e) {
@@ -92,6 +112,12 @@ std::optional<std::string> Mismatch(const FieldDescriptor* field, const Param<P,
   };
   if constexpr (kIsList<T>) {
     return want(f64 ? FieldDescriptor::CPPTYPE_DOUBLE : FieldDescriptor::CPPTYPE_FLOAT, true);
+  } else if constexpr (kIsSchedule<T>) {
+    std::optional<std::string> why = want(FieldDescriptor::CPPTYPE_MESSAGE, true);
+    if (!why && StepFieldsOf(field->message_type()).threshold == nullptr) {
+      why = "is not a repeated message of double threshold and double gamma";
+    }
+    return why;  // a list: absent is empty, the default
   } else {
     std::optional<std::string> why;
     if constexpr (std::is_same_v<T, double>) {
@@ -222,6 +248,16 @@ absl::Status DecodeParam(const Message& m, const Reflection& r, const ParamField
       const auto list = r.GetRepeatedFieldRef<float>(m, f.field);
       for (int i = 0; i < n32; ++i) value.push_back(list.Get(i));
     }
+  } else if constexpr (kIsSchedule<T>) {
+    const int n = r.FieldSize(m, f.field);
+    const StepFields step = StepFieldsOf(f.field->message_type());
+    value.clear();
+    value.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      const Message& at = r.GetRepeatedMessage(m, f.field, i);
+      const Reflection* ar = at.GetReflection();
+      value.push_back(GammaStep{ar->GetDouble(at, step.threshold), ar->GetDouble(at, step.gamma)});
+    }
   } else if (r.HasField(m, f.field)) {  // absent: the table's default
     if constexpr (std::is_same_v<T, double>) {
       value = r.GetDouble(m, f.field);
@@ -249,6 +285,14 @@ void EncodeParam(const P& in, const Param<P, T>& param, const ParamFields& f, co
     r.ClearField(m, f.f64);
     auto list = r.GetMutableRepeatedFieldRef<double>(m, f.f64);
     for (double v : value) list.Add(v);
+  } else if constexpr (kIsSchedule<T>) {
+    r.ClearField(m, f.field);
+    const StepFields step = StepFieldsOf(f.field->message_type());
+    for (const GammaStep& s : value) {
+      Message* at = r.AddMessage(m, f.field);
+      at->GetReflection()->SetDouble(at, step.threshold, s.threshold);
+      at->GetReflection()->SetDouble(at, step.gamma, s.gamma);
+    }
   } else if constexpr (std::is_same_v<T, double>) {
     r.SetDouble(m, f.field, value);
   } else if constexpr (std::is_same_v<T, bool>) {

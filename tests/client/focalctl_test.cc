@@ -147,7 +147,8 @@ TEST(FocalctlTest, HelpForEveryCommand) {
   RunResult compute = RunProgram(kFocalctl, {"compute", "-h"});
   for (const char* flag : {"--variant", "--gamma", "--alpha", "--logits", "--targets", "--reduction", "--grad-out",
                            "--losses-out", "--num-objects", "--label-smoothing", "--ignore-index", "--class-alpha",
-                           "--xent", "--gradient-dtype", "--logits-dtype", "bfloat16"}) {
+                           "--xent", "--gradient-dtype", "--logits-dtype", "bfloat16", "--weights", "--scores",
+                           "--gamma-neg", "--iou-weighted", "--poly-epsilon", "--class-counts", "--gamma-schedule"}) {
     EXPECT_NE(compute.out.find(flag), std::string::npos) << flag;
   }
   RunResult bench = RunProgram(kFocalctl, {"bench", "--help"});
@@ -171,6 +172,15 @@ TEST(FocalctlTest, UsageErrorsExitTwoAndNameTheFlag) {
       {{"compute", "--variant", "softmax_focal", "--gamma", "two", "--logits", "x", "--targets", "y"}, "--gamma=two"},
       {{"compute", "--variant", "softmax_focal", "--xent", "1", "--logits", "x", "--targets", "y"}, "--xent"},
       {{"compute", "--variant", "softmax_focal", "--losses-out", "l", "--logits", "x", "--targets", "y"}, "--losses-out"},
+      {{"compute", "--variant", "softmax_focal", "--scores", "q", "--logits", "x", "--targets", "y"},
+       "--scores applies to quality_focal only"},
+      {{"compute", "--variant", "varifocal", "--iou-weighted", "maybe", "--logits", "x", "--targets", "y"},
+       "iou_weighted is 'maybe'; expected true or false"},
+      {{"compute", "--variant", "softmax_focal", "--gamma-schedule", "0.2", "--logits", "x", "--targets", "y"},
+       "threshold:gamma pairs"},
+      {{"compute", "--variant", "asymmetric", "--weights-dtype", "int8", "--weights", "w", "--logits", "x",
+        "--targets", "y"},
+       "--weights-dtype"},
       {{"compute", "--variant", "softmax_focal", "--logits-dtype", "float8", "--logits", "x", "--targets", "y"},
        "--logits-dtype=float8"},
       {{"info", "--timeout", "soon"}, "--timeout=soon"},
@@ -258,9 +268,12 @@ TEST_F(FocalctlServerTest, InfoAndHealth) {
   RunResult r = Focalctl({"info"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_NE(r.out.find("backend        cpu"), std::string::npos) << r.out;
-  for (const char* v : {"softmax_focal", "sigmoid_focal", "focal_cosine", "dynamic_focal"}) {
-    EXPECT_NE(r.out.find(v), std::string::npos) << v;
-  }
+  // Every variant of the table with every parameter (focalctl info lists them from the server).
+  ForEachVariant([&](auto tag) {
+    using P = typename decltype(tag)::Params;
+    EXPECT_NE(r.out.find(Variant<P>::kFacts.name), std::string::npos) << Variant<P>::kFacts.name;
+    ForEachParam<P>([&](const auto& param) { EXPECT_NE(r.out.find(param.name), std::string::npos) << param.name; });
+  });
   r = Focalctl({"health"});
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_EQ(r.out, "SERVING\n");
@@ -342,6 +355,62 @@ TEST_F(FocalctlServerTest, ComputeEveryVariantMatchesCpuBackend) {
     c.call.targets = HostTensor::Float32({4, 6}, t);
     c.call.num_objects = HostTensor::Float32({4}, {1, 2, 3, 4});
     Write("n.npy", *c.call.num_objects);
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"asymmetric", {}, {"--variant", "asymmetric", "--gamma-neg", "2", "--clip", "0", "--weights", "w_asl.npy"}};
+    AsymmetricParams p;
+    p.gamma_neg = 2;
+    p.clip = 0;
+    c.call.loss.params = p;
+    c.call.logits = HostTensor::Float32({3, 4}, Normal(12, 6));
+    c.call.targets = HostTensor::Float32({3, 4}, {1, 0, 0, 0.5f, 0, 1, 0, 0, 0, 0, 0, 1});
+    c.call.weights = HostTensor::Float32({3, 4}, {1, 0, 2, 1, 1, 1, 0.5f, 1, 3, 1, 1, 0});
+    Write("w_asl.npy", *c.call.weights);
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"quality_focal", {}, {"--variant", "quality_focal", "--beta", "1.5", "--scores", "q.npy"}};
+    c.call.loss.params = QualityFocalParams{1.5, std::nullopt};
+    c.call.logits = HostTensor::Float32({4, 3}, Normal(12, 7));
+    c.call.targets = HostTensor::Int64({4}, {0, 3, 2, 1});  // 3 = background
+    c.call.scores = HostTensor::Float32({4}, {0.9f, 0, 0.25f, 1});
+    Write("q.npy", *c.call.scores);
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"varifocal", {}, {"--variant", "varifocal", "--iou-weighted", "false", "--gamma", "1.5"}};
+    c.call.loss.params = VarifocalParams{0.75, 1.5, false};
+    c.call.logits = HostTensor::Float32({2, 5}, Normal(10, 8));
+    c.call.targets = HostTensor::Float32({2, 5}, {0, 0.8f, 0, 0, 0, 0, 0, 0, 0.3f, 0});
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"focal_star", {}, {"--variant", "focal_star", "--gamma", "2", "--beta", "1", "--alpha", "0.25"}};
+    c.call.loss.params = FocalStarParams{2, 1, 0.25, std::nullopt};
+    c.call.logits = HostTensor::Float32({3, 3}, Normal(9, 9));
+    c.call.targets = HostTensor::Int32({3}, {0, 2, 3});
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"distribution_focal", {}, {"--variant", "distribution_focal"}};
+    c.call.loss.params = DistributionFocalParams{};
+    c.call.logits = HostTensor::Float32({4, 17}, Normal(68, 10));
+    c.call.targets = HostTensor::Float32({4}, {0, 16, 3.25f, 8});
+    cases.push_back(std::move(c));
+  }
+  {
+    Case c{"softmax_options", {}, {"--variant", "softmax_focal", "--gamma", "3", "--gamma-schedule", "0.2:5",
+                                   "--poly-epsilon", "1", "--class-counts", "counts.npy"}};
+    SoftmaxFocalParams p;
+    p.gamma = 3;
+    p.gamma_schedule = {{0.2, 5}};
+    p.poly_epsilon = 1;
+    p.class_counts = {100, 0, 3, 7};
+    c.call.loss.params = p;
+    c.call.logits = HostTensor::Float32({5, 4}, Normal(20, 11));
+    c.call.targets = HostTensor::Int64({5}, {0, 1, 2, 3, 1});
+    Write("counts.npy", HostTensor::Float64({4}, p.class_counts));
     cases.push_back(std::move(c));
   }
   for (Case& c : cases) {
@@ -440,6 +509,50 @@ TEST_F(FocalctlServerTest, EvalStreamsBatchesAndPrintsPerClassTable) {
   // Not a terminal: one plain progress line per batch, no carriage returns.
   EXPECT_NE(r.err.find("batch 4/4"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find('\r'), std::string::npos);
+}
+
+TEST_F(FocalctlServerTest, EvalCarriesWeightsAndScoresPerBatch) {
+  ASSERT_EQ(mkdir(Path("qfl").c_str(), 0700), 0);
+  std::vector<ComputeCall> batches;
+  for (int i = 0; i < 3; ++i) {
+    ComputeCall call;
+    call.loss.params = QualityFocalParams{};
+    call.logits = HostTensor::Float32({6, 4}, Normal(24, 30 + static_cast<uint32_t>(i)));
+    call.targets = HostTensor::Int64({6}, Classes(6, 5, 40 + static_cast<uint32_t>(i)));  // 4 = background
+    call.scores = HostTensor::Float32({6}, {0.5f, 1, 0.25f, 0.75f, 0.1f, 0.9f});
+    call.weights = HostTensor::Float32({6, 4}, std::vector<float>(24, 0.5f + static_cast<float>(i)));
+    for (const char* part : {"logits", "targets", "scores", "weights"}) {
+      const HostTensor& t = std::string(part) == "logits"    ? call.logits
+                            : std::string(part) == "targets" ? call.targets
+                            : std::string(part) == "scores"  ? *call.scores
+                                                             : *call.weights;
+      Write(absl::StrCat("qfl/", i, "_", part, ".npy"), t);
+    }
+    batches.push_back(std::move(call));
+  }
+  ClientOptions options;
+  options.target = server_->address();
+  absl::StatusOr<EvaluateOutput> expected = (*Client::Create(options))->Evaluate(batches.begin(), batches.end());
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  RunResult r = Focalctl({"eval", "--variant", "quality_focal", "--logits", "qfl/*_logits.npy", "--targets",
+                          "qfl/*_targets.npy", "--scores", "qfl/*_scores.npy", "--weights", "qfl/*_weights.npy"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  double total = 0;
+  ASSERT_TRUE(absl::SimpleAtod(Field(r.out, "total"), &total)) << r.out;
+  EXPECT_EQ(total, expected->total_loss);
+  EXPECT_EQ(Field(r.out, "count"), absl::StrCat(expected->count));
+  r = Focalctl({"eval", "--variant", "quality_focal", "--logits", "qfl/*_logits.npy", "--targets", "qfl/*_targets.npy",
+                "--scores", "qfl/0_scores.npy"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_NE(r.err.find("and --scores 1; batches are paired"), std::string::npos) << Describe(r);
+}
+
+TEST_F(FocalctlServerTest, BenchRunsEveryVariant) {
+  ForEachVariant([&](auto tag) {
+    const char* name = Variant<typename decltype(tag)::Params>::kFacts.name;
+    const RunResult r = Focalctl({"bench", "--variant", name, "--duration", "0.2s", "--shape", "8,5", "--gradient"});
+    EXPECT_EQ(r.exit_code, 0) << name << "\n" << Describe(r);
+  });
 }
 
 TEST_F(FocalctlServerTest, BenchPrintsLatencyPercentiles) {

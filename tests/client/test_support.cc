@@ -128,6 +128,8 @@ LossJob JobFor(const ComputeCall& call) {
   job.logits = call.logits.View();
   job.targets = call.targets.View();
   if (call.num_objects) job.num_objects = call.num_objects->View();
+  if (call.weights) job.weights = call.weights->View();
+  if (call.scores) job.scores = call.scores->View();
   job.compute_gradient = call.compute_gradient;
   if (const double* w = std::get_if<double>(&call.grad_output)) job.grad_output = *w;
   if (const HostTensor* w = std::get_if<HostTensor>(&call.grad_output)) job.grad_output = w->View();

@@ -29,6 +29,8 @@ T NonDefault(const Param<P, T>& param) {
     return 5;
   } else if constexpr (std::is_same_v<T, std::vector<double>>) {
     return {0.2, 0.7, 1.0 / 3};  // none of them a float32
+  } else if constexpr (std::is_same_v<T, std::vector<GammaStep>>) {
+    return {{0.2, 5.0}, {0.5, 1.0 / 3}};
   } else {
     static_assert(std::is_enum_v<T>);
     return static_cast<T>(param.num_choices - 1);

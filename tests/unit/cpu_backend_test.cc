@@ -749,6 +749,163 @@ TEST(Weights, ScaleEveryVariantsItemsInValueAndGradient) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// §5.0 options of softmax_focal and sigmoid_focal: Poly-1, class-balanced α, FLSD.
+
+struct SoftmaxOptions {
+  double poly_epsilon = 0;
+  std::vector<std::pair<double, double>> schedule;
+  std::vector<double> class_counts;
+  double beta = 0.9999;
+};
+
+/// The class-balanced α written plainly: (1-β)/(1-β^n) with pow, the largest for n = 0,
+/// normalised to sum C.
+std::vector<double> PlainClassBalancedAlpha(const std::vector<double>& counts, double beta) {
+  std::vector<Real> w(counts.size(), 0);
+  Real largest = 0;
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] > 0) w[c] = (1 - static_cast<Real>(beta)) / (1 - std::pow(static_cast<Real>(beta), counts[c]));
+    largest = std::max(largest, w[c]);
+  }
+  Real sum = 0;
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] == 0) w[c] = largest > 0 ? largest : 1;
+    sum += w[c];
+  }
+  std::vector<double> alpha;
+  for (Real v : w) alpha.push_back(static_cast<double>(v * counts.size() / sum));
+  return alpha;
+}
+
+Problem SoftmaxOptionsProblem(Shape shape, double gamma, const SoftmaxOptions& options, uint32_t seed) {
+  const auto layout = ClassLayout(shape);
+  const int64_t n = std::get<0>(layout), c = std::get<1>(layout), s = std::get<2>(layout);
+  Problem p;
+  p.variant = "softmax_focal";
+  SoftmaxFocalParams params;
+  params.gamma = gamma;
+  params.poly_epsilon = options.poly_epsilon;
+  params.class_counts = options.class_counts;
+  params.class_balance_beta = options.beta;
+  testing::RefSoftmaxParams ref_params;
+  ref_params.gamma = gamma;
+  ref_params.poly_epsilon = options.poly_epsilon;
+  ref_params.schedule = options.schedule;
+  for (const auto& [threshold, step_gamma] : options.schedule) params.gamma_schedule.push_back({threshold, step_gamma});
+  if (!options.class_counts.empty()) ref_params.alpha = PlainClassBalancedAlpha(options.class_counts, options.beta);
+  p.spec.params = params;
+  const std::vector<double> x = testing::RandomNormal(n * c * s, 3, seed);
+  std::vector<double> y = testing::RandomClasses(n * s, c, seed + 2);
+  // FLSD's γ is piecewise constant in p_y: keep every row 0.02 away from each threshold, so the
+  // float32 pass and the long-double reference choose the same γ and the central differences do
+  // not straddle a jump. Rows fall on both sides of every threshold (checked below).
+  std::vector<int> below(options.schedule.size(), 0), above(options.schedule.size(), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < s; ++j) {
+      auto p_y = [&](int64_t target) {
+        Real m = -INFINITY, z = 0;
+        for (int64_t k = 0; k < c; ++k) m = std::max<Real>(m, x[(i * c + k) * s + j]);
+        for (int64_t k = 0; k < c; ++k) z += std::exp(x[(i * c + k) * s + j] - m);
+        return std::exp(x[(i * c + target) * s + j] - m) / z;
+      };
+      auto near = [&](int64_t target) {
+        for (const auto& step : options.schedule) {
+          if (std::fabs(p_y(target) - step.first) < 0.02) return true;
+        }
+        return false;
+      };
+      double& target = y[i * s + j];
+      for (int64_t tries = 0; near(static_cast<int64_t>(target)) && tries < c; ++tries) {
+        target = static_cast<double>((static_cast<int64_t>(target) + 1) % c);
+      }
+      for (size_t k = 0; k < options.schedule.size(); ++k) {
+        (p_y(static_cast<int64_t>(target)) < options.schedule[k].first ? below : above)[k]++;
+      }
+    }
+  }
+  for (size_t k = 0; k < options.schedule.size(); ++k) {
+    EXPECT_GT(below[k], 0) << "no row below threshold " << options.schedule[k].first;
+    EXPECT_GT(above[k], 0) << "no row above threshold " << options.schedule[k].first;
+  }
+  Shape target_shape{n};
+  target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
+  const std::vector<int64_t> yi(y.begin(), y.end());
+  p.logits = MakeTensor(DType::kFloat32, shape, x);
+  p.targets = MakeTensor(DType::kInt64, target_shape, y);
+  p.reference = [=](const std::vector<Real>& xs) { return testing::RefSoftmaxFocal(xs, n, c, s, yi, ref_params); };
+  return p;
+}
+
+TEST(SoftmaxFocalOptions, PolyOne) {
+  for (double gamma : {0.0, 0.5, 1.0, 2.0}) {
+    for (double epsilon : {-1.0, 1.0, 2.5}) {
+      SCOPED_TRACE(::testing::Message() << "γ " << gamma << " ε_p " << epsilon);
+      SoftmaxOptions options;
+      options.poly_epsilon = epsilon;
+      CheckAllReductions(SoftmaxOptionsProblem({7, 5}, gamma, options, 301));
+      CheckAllReductions(SoftmaxOptionsProblem({2, 4, 3, 5}, gamma, options, 302));
+    }
+  }
+}
+
+TEST(SoftmaxFocalOptions, GammaScheduleRowsOnBothSidesOfEachThreshold) {
+  // FLSD-53 (γ 5 below p_y 0.2, else 3) and a three-step schedule.
+  const std::vector<std::vector<std::pair<double, double>>> schedules = {{{0.2, 5.0}},
+                                                                          {{0.1, 0.5}, {0.4, 4.0}, {0.8, 1.0}}};
+  for (const auto& schedule : schedules) {
+    SoftmaxOptions options;
+    options.schedule = schedule;
+    CheckAllReductions(SoftmaxOptionsProblem({40, 5}, 3.0, options, 311));
+    CheckAllReductions(SoftmaxOptionsProblem({3, 4, 4, 5}, 3.0, options, 312));
+    options.poly_epsilon = 1;  // with Poly-1: the term takes the row's γ
+    CheckAllReductions(SoftmaxOptionsProblem({40, 5}, 2.0, options, 313));
+  }
+}
+
+TEST(SoftmaxFocalOptions, ClassBalancedAlpha) {
+  for (double beta : {0.0, 0.9, 0.9999, 0.999999}) {
+    SCOPED_TRACE(::testing::Message() << "β " << beta);
+    SoftmaxOptions options;
+    options.class_counts = {1000, 10, 0, 1, 250000};
+    options.beta = beta;
+    CheckAllReductions(SoftmaxOptionsProblem({8, 5}, 2.0, options, 321));
+    CheckAllReductions(SoftmaxOptionsProblem({2, 5, 3, 3}, 2.0, options, 322));
+  }
+  // No class seen at all: every α is 1.
+  SoftmaxOptions unseen;
+  unseen.class_counts = {0, 0, 0};
+  CheckAllReductions(SoftmaxOptionsProblem({6, 3}, 2.0, unseen, 323));
+}
+
+TEST(SigmoidFocalOptions, PolyOne) {
+  for (double gamma : {0.0, 0.5, 2.0}) {
+    for (double epsilon : {-1.0, 1.0}) {
+      SCOPED_TRACE(::testing::Message() << "γ " << gamma << " ε_p " << epsilon);
+      for (bool soft : {false, true}) {
+        Problem p = SigmoidFloatProblem({5, 7}, gamma, 0.25, soft ? 0.1 : 0.0, 2, soft, false, 331);
+        std::get<SigmoidFocalParams>(p.spec.params).poly_epsilon = epsilon;
+        const std::vector<double> t = testing::Values(p.targets.view());
+        const std::vector<Real> tr(t.begin(), t.end());
+        testing::RefSigmoidParams rp{gamma, 0.25, soft ? 0.1 : 0.0, 2, false, epsilon};
+        p.reference = [=](const std::vector<Real>& xs) { return testing::RefSigmoidFocal(xs, tr, rp); };
+        CheckAllReductions(p);
+      }
+      Problem index = SigmoidIndexProblem({2, 4, 3, 3}, gamma, 0.25, 0.0, 2, 255, 332);
+      std::get<SigmoidFocalParams>(index.spec.params).poly_epsilon = epsilon;
+      const auto layout = ClassLayout(index.logits.shape);
+      const std::vector<double> y = testing::Values(index.targets.view());
+      const std::vector<int64_t> yi(y.begin(), y.end());
+      testing::RefSigmoidParams rp{gamma, 0.25, 0.0, 2, false, epsilon};
+      index.reference = [=](const std::vector<Real>& xs) {
+        return testing::RefSigmoidFocalIndex(xs, std::get<0>(layout), std::get<1>(layout), std::get<2>(layout), yi,
+                                             std::optional<int64_t>(255), rp);
+      };
+      CheckAllReductions(index);
+    }
+  }
+}
+
 TEST(Normalizer, ReplacesTheMeanDenominator) {
   CheckProblem(SigmoidFloatProblem({4, 5}, 2.0, 0.25, 0.0, 2, false, false, 101), Reduction::kMean, 3.0);
   CheckProblem(SoftmaxProblem({4, 5}, 2.0, false, 0.0, std::nullopt, 102), Reduction::kMean, 2.5);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace focal::testing {
@@ -27,6 +28,8 @@ struct RefSoftmaxParams {
   std::vector<double> alpha;  // empty: ones
   std::optional<int64_t> ignore_index;
   double smoothing = 0;
+  double poly_epsilon = 0;                             // §5.0 Poly-1
+  std::vector<std::pair<double, double>> schedule;     // §5.0 FLSD (threshold, gamma)
 };
 
 /// §1 over logits [N, C, S] (flattened), targets [N, S].
@@ -44,6 +47,15 @@ inline RefLosses RefSoftmaxFocal(const std::vector<Real>& x, int64_t n, int64_t 
       for (int64_t k = 1; k < c; ++k) m = std::max(m, at(k));
       Real z = 0;
       for (int64_t k = 0; k < c; ++k) z += std::exp(at(k) - m);
+      // FLSD: the γ of the first step whose threshold is above p_y, else the fixed one.
+      const Real p_y = std::exp(at(target) - m) / z;
+      Real gamma = p.gamma;
+      for (const auto& [threshold, step_gamma] : p.schedule) {
+        if (p_y < threshold) {
+          gamma = step_gamma;
+          break;
+        }
+      }
       Real loss = 0;
       for (int64_t k = 0; k < c; ++k) {
         const Real q = (1 - p.smoothing) * (k == target ? 1 : 0) + p.smoothing / c;
@@ -51,8 +63,9 @@ inline RefLosses RefSoftmaxFocal(const std::vector<Real>& x, int64_t n, int64_t 
         const Real logp = at(k) - m - std::log(z);
         const Real prob = std::exp(logp);
         const Real a = p.alpha.empty() ? 1 : p.alpha[k];
-        loss += -q * a * std::pow(1 - prob, static_cast<Real>(p.gamma)) * logp;
+        loss += -q * a * std::pow(1 - prob, gamma) * logp;
       }
+      loss += p.poly_epsilon * std::pow(1 - p_y, gamma + 1);  // Poly-1, not α-weighted
       out.items[i * s + j] = loss;
     }
   }
@@ -65,6 +78,7 @@ struct RefSigmoidParams {
   double smoothing = 0;
   int64_t smoothing_classes = 2;
   bool probabilities = false;
+  double poly_epsilon = 0;  // §5.0 Poly-1
 };
 
 /// §2 for one element with (unsmoothed) target t.
@@ -80,7 +94,8 @@ inline Real RefSigmoidElement(Real x, Real t, const RefSigmoidParams& p) {
   }
   const Real pt = prob * t + (1 - prob) * (1 - t);
   const Real at = p.alpha >= 0 ? p.alpha * t + (1 - p.alpha) * (1 - t) : 1;
-  return at * std::pow(1 - pt, static_cast<Real>(p.gamma)) * ce;
+  return at * std::pow(1 - pt, static_cast<Real>(p.gamma)) * ce +
+         p.poly_epsilon * std::pow(1 - pt, static_cast<Real>(p.gamma) + 1);
 }
 
 /// §2 with float targets (same shape as x).

@@ -505,5 +505,63 @@ TEST(Validate, CatalogueIsFiniteAtItsLimits) {
   }
 }
 
+TEST(Validate, SharedOptions) {
+  Fixture f;
+  SoftmaxFocalParams softmax;
+  softmax.poly_epsilon = -1.5;
+  ExpectInvalid(f.Job(softmax), "loss.poly_epsilon is -1.5; must be in [-1, 10000]");
+  softmax = {};
+  softmax.poly_epsilon = 1;
+  softmax.label_smoothing = 0.1;
+  ExpectInvalid(f.Job(softmax), "loss.poly_epsilon is set with loss.label_smoothing");
+  softmax = {};
+  softmax.class_counts = {1, 2, 3, 4, 5};
+  softmax.alpha = {1, 1, 1, 1, 1};
+  ExpectInvalid(f.Job(softmax), "loss.class_counts and loss.alpha are both set");
+  softmax.alpha.clear();
+  EXPECT_TRUE(CpuBackend().Compute(f.Job(softmax)).ok());
+  softmax.class_counts = {1, 2, 3};
+  ExpectInvalid(f.Job(softmax), "loss.class_counts has 3 values; logits have 5 classes (one value per class)");
+  softmax.class_counts = {1, 2, -3, 4, 5};
+  ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is -3; must be in [0, 9.0072e+15]");
+  softmax.class_counts = {1, 2, NAN, 4, 5};
+  ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is nan");
+  softmax.class_counts = {1, 2, 3, 4, 5};
+  softmax.class_balance_beta = 1;
+  ExpectInvalid(f.Job(softmax), "loss.class_balance_beta is 1; must be in [0, 1)");
+  softmax = {};
+  softmax.gamma_schedule = {{0.5, 2}, {0.2, 5}};
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule[1].threshold is 0.2; thresholds must increase (above 0.5)");
+  softmax.gamma_schedule = {{0, 2}};
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule[0].threshold is 0; thresholds must increase from above 0");
+  softmax.gamma_schedule = {{1.5, 2}};
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule[0].threshold is 1.5");
+  softmax.gamma_schedule = {{0.2, 1e308}};
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule[0].gamma is 1e+308; must be in [0, 1000]");
+  softmax.gamma_schedule = {{0.2, NAN}};
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule[0].gamma is nan");
+  softmax.gamma_schedule.clear();
+  for (int i = 1; i <= 9; ++i) softmax.gamma_schedule.push_back({i / 10.0, 1});
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule has 9 steps; at most 8");
+  softmax.gamma_schedule = {{0.2, 5}};
+  softmax.label_smoothing = 0.1;
+  ExpectInvalid(f.Job(softmax), "loss.gamma_schedule is set with loss.label_smoothing");
+  softmax.label_smoothing = 0;
+  EXPECT_TRUE(CpuBackend().Compute(f.Job(softmax)).ok());
+
+  SigmoidFocalParams sigmoid;
+  sigmoid.poly_epsilon = 1e5;
+  LossJob job = f.Job(sigmoid);
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "loss.poly_epsilon is 100000; must be in [-1, 10000]");
+  sigmoid.poly_epsilon = 1;
+  sigmoid.input = SigmoidInput::kProbabilities;
+  HostTensor probabilities = MakeTensor(DType::kFloat32, {3, 5}, std::vector<double>(15, 0.5));
+  job = f.Job(sigmoid);
+  job.logits = probabilities.view();
+  job.targets = f.float_targets.view();
+  ExpectInvalid(job, "loss.poly_epsilon is set with input PROBABILITIES; Poly-1 takes logits");
+}
+
 }  // namespace
 }  // namespace focal

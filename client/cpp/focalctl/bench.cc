@@ -57,13 +57,26 @@ absl::StatusOr<ComputeCall> MakeCall(const LossSpec& spec, const std::vector<int
   call.loss = spec;
   call.logits = HostTensor::FromFloats(dtype, shape, logits);
   call.compute_gradient = gradient;
+  std::vector<int64_t> row_shape = {shape[0]};  // one target per row: [N, d1..dk]
+  if (rank >= 2) row_shape.insert(row_shape.end(), shape.begin() + 2, shape.end());
+  const int64_t rows = rank >= 2 && shape[1] > 0 ? n / shape[1] : 0;
   if (class_indexed) {
-    std::vector<int64_t> target_shape = {shape[0]};
-    target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
     std::uniform_int_distribution<int64_t> cls(0, shape[1] - 1);
-    std::vector<int64_t> targets(static_cast<size_t>(n / shape[1]));
+    std::vector<int64_t> targets(static_cast<size_t>(rows));
     for (int64_t& t : targets) t = cls(rng);
-    call.targets = HostTensor::Int64(target_shape, targets);
+    call.targets = HostTensor::Int64(row_shape, targets);
+  } else if (facts.targets == Targets::kFloatPerRow) {
+    // distribution_focal: a distance in bins [0, B-1] per row.
+    if (rank < 2) return absl::InvalidArgumentError(absl::StrCat("--shape: ", facts.name, " needs logits ", facts.logits_shape));
+    std::uniform_real_distribution<float> distance(0.0f, static_cast<float>(shape[1] - 1));
+    std::vector<float> targets(static_cast<size_t>(rows));
+    for (float& t : targets) t = distance(rng);
+    call.targets = HostTensor::FromFloats(dtype, row_shape, targets);
+  } else if (!facts.binary_targets && facts.mean_over == MeanOver::kPositives) {
+    // quality targets: sparse positives with their quality in (0, 1].
+    std::vector<float> targets(static_cast<size_t>(n));
+    for (float& t : targets) t = unit(rng) < 0.1f ? unit(rng) : 0.0f;
+    call.targets = HostTensor::FromFloats(dtype, shape, targets);
   } else {
     // Sparse positives, as in detection: about one in ten.
     std::vector<float> targets(static_cast<size_t>(n));

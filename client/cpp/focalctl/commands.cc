@@ -49,6 +49,36 @@ double MillisSince(Clock::time_point t) {
 
 std::string ShapeString(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
 
+/// The request's optional per-batch tensors: the flag that names each file (compute) or glob
+/// (eval), its dtype flag `<flag>-dtype`, and the variants it applies to (null: every one).
+struct ExtraInput {
+  const char* flag;
+  std::optional<HostTensor> ComputeCall::*member;
+  bool VariantFacts::*takes;
+  const std::string& (*takers)();
+};
+const std::string& EveryVariant() {
+  static const std::string* every = new std::string("every variant");
+  return *every;
+}
+constexpr ExtraInput kExtraInputs[] = {
+    {"num-objects", &ComputeCall::num_objects, &VariantFacts::num_objects, NumObjectsVariants},
+    {"weights", &ComputeCall::weights, nullptr, EveryVariant},
+    {"scores", &ComputeCall::scores, &VariantFacts::scores, ScoresVariants},
+};
+
+/// A flag of kExtraInputs set for a variant that does not take it.
+absl::Status CheckExtraInputs(const Flags& flags, const LossSpec& spec) {
+  for (const ExtraInput& in : kExtraInputs) {
+    if (flags.Has(in.flag) && in.takes && !(FactsOf(spec.params).*in.takes)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", in.flag, " applies to ", in.takers(), " only"));
+    }
+    const std::string dtype_flag = absl::StrCat(in.flag, "-dtype");
+    if (flags.Has(dtype_flag)) RETURN_IF_ERROR(ParseDType(dtype_flag, flags.Get(dtype_flag)).status());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, const char* flag) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("--", flag, " ", path, ": cannot read the file"));
@@ -149,14 +179,12 @@ int RunCompute(const Flags& flags) {
   for (const char* required : {"logits", "targets"}) {
     if (absl::StatusOr<std::string> v = flags.Require(required); !v.ok()) return UsageError(cmd, v.status());
   }
-  for (const char* flag : {"logits-dtype", "targets-dtype", "num-objects-dtype"}) {
+  for (const char* flag : {"logits-dtype", "targets-dtype"}) {
     if (flags.Has(flag)) {
       if (absl::StatusOr<DType> t = ParseDType(flag, flags.Get(flag)); !t.ok()) return UsageError(cmd, t.status());
     }
   }
-  if (flags.Has("num-objects") && !FactsOf(call.loss.params).num_objects) {
-    return UsageError(cmd, absl::InvalidArgumentError(absl::StrCat("--num-objects applies to ", NumObjectsVariants(), " only")));
-  }
+  if (absl::Status s = CheckExtraInputs(flags, call.loss); !s.ok()) return UsageError(cmd, s);
   if (flags.Has("losses-out") && call.loss.reduction != Reduction::kNone) {
     return UsageError(cmd, absl::InvalidArgumentError(
                                "--losses-out needs --reduction none (only NONE returns per-item losses)"));
@@ -187,10 +215,11 @@ int RunCompute(const Flags& flags) {
     if (!t.ok()) return Failure(cmd, t.status());
     call.targets = *std::move(t);
   }
-  if (flags.Has("num-objects")) {
-    absl::StatusOr<HostTensor> t = LoadTensor(flags.Get("num-objects"), "num-objects", flags, "num-objects-dtype");
+  for (const ExtraInput& in : kExtraInputs) {
+    if (!flags.Has(in.flag)) continue;
+    absl::StatusOr<HostTensor> t = LoadTensor(flags.Get(in.flag), in.flag, flags, absl::StrCat(in.flag, "-dtype").c_str());
     if (!t.ok()) return Failure(cmd, t.status());
-    call.num_objects = *std::move(t);
+    call.*in.member = *std::move(t);
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(*std::move(setup));
   if (!client.ok()) return Failure(cmd, client.status());
@@ -276,31 +305,34 @@ int RunEval(const Flags& flags) {
   for (const char* required : {"logits", "targets"}) {
     if (absl::StatusOr<std::string> v = flags.Require(required); !v.ok()) return UsageError(cmd, v.status());
   }
-  for (const char* flag : {"logits-dtype", "targets-dtype", "num-objects-dtype"}) {
+  for (const char* flag : {"logits-dtype", "targets-dtype"}) {
     if (flags.Has(flag)) {
       if (absl::StatusOr<DType> t = ParseDType(flag, flags.Get(flag)); !t.ok()) return UsageError(cmd, t.status());
     }
   }
-  if (flags.Has("num-objects") && !FactsOf(spec->params).num_objects) {
-    return UsageError(cmd, absl::InvalidArgumentError(absl::StrCat("--num-objects applies to ", NumObjectsVariants(), " only")));
-  }
+  if (absl::Status s = CheckExtraInputs(flags, *spec); !s.ok()) return UsageError(cmd, s);
   if (absl::Status s = LoadClassAlpha(flags, *spec); !s.ok()) return Failure(cmd, s);
 
   absl::StatusOr<std::vector<std::string>> logits = Glob(flags.Get("logits"), "logits");
   if (!logits.ok()) return Failure(cmd, logits.status());
   absl::StatusOr<std::vector<std::string>> targets = Glob(flags.Get("targets"), "targets");
   if (!targets.ok()) return Failure(cmd, targets.status());
-  std::vector<std::string> num_objects;
-  if (flags.Has("num-objects")) {
-    absl::StatusOr<std::vector<std::string>> files = Glob(flags.Get("num-objects"), "num-objects");
+  // Each optional input's files, paired with the logits in sorted order (empty when not given).
+  std::vector<std::vector<std::string>> extras(std::size(kExtraInputs));
+  std::string counts = absl::StrCat("--logits matches ", logits->size(), " files and --targets ", targets->size());
+  bool paired = logits->size() == targets->size();
+  for (size_t k = 0; k < std::size(kExtraInputs); ++k) {
+    const char* flag = kExtraInputs[k].flag;
+    if (!flags.Has(flag)) continue;
+    absl::StatusOr<std::vector<std::string>> files = Glob(flags.Get(flag), flag);
     if (!files.ok()) return Failure(cmd, files.status());
-    num_objects = *std::move(files);
+    extras[k] = *std::move(files);
+    absl::StrAppend(&counts, " and --", flag, " ", extras[k].size());
+    paired = paired && extras[k].size() == logits->size();
   }
-  if (logits->size() != targets->size() || (!num_objects.empty() && num_objects.size() != logits->size())) {
-    return Failure(cmd, absl::InvalidArgumentError(absl::StrCat(
-                            "--logits matches ", logits->size(), " files and --targets ", targets->size(),
-                            num_objects.empty() ? "" : absl::StrCat(" and --num-objects ", num_objects.size()),
-                            "; batches are paired in sorted order, so the counts must be equal")));
+  if (!paired) {
+    return Failure(cmd, absl::InvalidArgumentError(
+                            absl::StrCat(counts, "; batches are paired in sorted order, so the counts must be equal")));
   }
 
   if (!setup->timeout_given) setup->options.stream_deadline = absl::InfiniteDuration();
@@ -317,8 +349,11 @@ int RunEval(const Flags& flags) {
     batch.loss = *spec;
     ASSIGN_OR_RETURN(batch.logits, LoadTensor((*logits)[next], "logits", flags, "logits-dtype"));
     ASSIGN_OR_RETURN(batch.targets, LoadTensor((*targets)[next], "targets", flags, "targets-dtype"));
-    if (!num_objects.empty()) {
-      ASSIGN_OR_RETURN(batch.num_objects, LoadTensor(num_objects[next], "num-objects", flags, "num-objects-dtype"));
+    for (size_t k = 0; k < std::size(kExtraInputs); ++k) {
+      if (extras[k].empty()) continue;
+      const ExtraInput& in = kExtraInputs[k];
+      ASSIGN_OR_RETURN(batch.*in.member,
+                       LoadTensor(extras[k][next], in.flag, flags, absl::StrCat(in.flag, "-dtype").c_str()));
     }
     batch.request_id = (*logits)[next];
     ++next;
@@ -553,9 +588,14 @@ const std::vector<Command>& Commands() {
                {{"logits", "FILE", "logits .npy: [N, C, d1..dk] for class-indexed variants (required)"},
                 {"targets", "FILE", "targets .npy: int class indices, or floats shaped like the logits (required)"},
                 {"num-objects", "FILE", Keep(absl::StrCat(NumObjectsVariants(), ": float .npy [N] of objects per row"))},
+                {"weights", "FILE", "float .npy of per-item loss weights, shaped like the NONE losses"},
+                {"scores", "FILE", Keep(absl::StrCat(ScoresVariants(), " with class-index targets: float .npy of the "
+                                                     "target class's quality, shaped like the targets"))},
                 {"logits-dtype", "DTYPE", "send the logits as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"targets-dtype", "DTYPE", "send float targets as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"},
+                {"weights-dtype", "DTYPE", "send the weights as DTYPE"},
+                {"scores-dtype", "DTYPE", "send the scores as DTYPE"},
                 {"grad-out", "FILE", "compute the gradient w.r.t. the logits and write it here (.npy)"},
                 {"losses-out", "FILE", "with --reduction none: write the per-item losses here (.npy)"},
                 {"gradient-dtype", "DTYPE", "dtype of the gradient and losses: the logits' (default) or float32"},
@@ -573,9 +613,13 @@ const std::vector<Command>& Commands() {
                {{"logits", "GLOB", "logits .npy files, e.g. 'batches/*_logits.npy' (required)"},
                 {"targets", "GLOB", "targets .npy files, as many as logits (required)"},
                 {"num-objects", "GLOB", Keep(absl::StrCat(NumObjectsVariants(), ": num_objects .npy files, as many as logits"))},
+                {"weights", "GLOB", "per-item loss weights .npy files, as many as logits"},
+                {"scores", "GLOB", Keep(absl::StrCat(ScoresVariants(), ": scores .npy files, as many as logits"))},
                 {"logits-dtype", "DTYPE", "send the logits as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"targets-dtype", "DTYPE", "send float targets as DTYPE ('<u2' files: bfloat16 bits)"},
-                {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"}}}),
+                {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"},
+                {"weights-dtype", "DTYPE", "send the weights as DTYPE"},
+                {"scores-dtype", "DTYPE", "send the scores as DTYPE"}}}),
        RunEval},
       {"bench", "load test: latency percentiles and requests/s, like ghz",
        "bench --variant NAME [--concurrency N] [--duration D] [--shape DIMS] [flags]",

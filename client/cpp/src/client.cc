@@ -38,6 +38,8 @@ v1::ComputeRequest EncodeRequest(ComputeCall call) {
   wire::TensorToProto(std::move(call.logits), request.mutable_logits());
   wire::TensorToProto(std::move(call.targets), request.mutable_targets());
   if (call.num_objects) wire::TensorToProto(std::move(*call.num_objects), request.mutable_num_objects());
+  if (call.weights) wire::TensorToProto(std::move(*call.weights), request.mutable_weights());
+  if (call.scores) wire::TensorToProto(std::move(*call.scores), request.mutable_scores());
   request.set_compute_gradient(call.compute_gradient);
   if (const double* w = std::get_if<double>(&call.grad_output)) request.set_grad_output_scalar(*w);
   if (HostTensor* w = std::get_if<HostTensor>(&call.grad_output)) {

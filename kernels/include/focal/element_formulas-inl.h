@@ -1,4 +1,5 @@
-// The per-element formulas of the elementwise kernel kinds (KernelArgs::formula): for each, its
+// The per-element formulas of the elementwise kernel kinds (KernelArgs::formula), and the
+// options of softmax_focal's row formula, from KernelArgs. For each formula: its
 // per-job constants built once from KernelArgs and the map from one element's logit x and
 // target t to its loss and gradient, through focal/math-inl.h. The CPU pass (Highway vectors)
 // and the CUDA pass (scalars) run the same elementwise skeleton with any of them: loads, class
@@ -18,11 +19,23 @@ template <class Ops>
 struct Element<ElementFormula::kSigmoidFocal, Ops> {
   using V = typename Ops::V;
   FOCAL_HD Element(const Ops& o, const KernelArgs& a)
-      : c(MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities)) {}
+      : c(MakeSigmoidFocalConsts(o, a.gamma, a.smoothing, a.smoothing_floor, a.probabilities)),
+        poly(a.poly_epsilon != 0),
+        poly_epsilon(o.Set(a.poly_epsilon)) {}
   FOCAL_HD LossGrad<V> operator()(const Ops& o, V x, V t, bool binary, const ClassWeights<V>& alpha) const {
-    return SigmoidFocal(o, c, x, t, binary, alpha.pos, alpha.neg);
+    LossGrad<V> out = SigmoidFocal(o, c, x, t, binary, alpha.pos, alpha.neg);
+    if (poly) {
+      // Poly-1's term of the (smoothed) target, on logits (validated): not α-weighted.
+      const V smoothed = c.smoothed ? o.MulAdd(t, c.keep, c.floor) : t;
+      const LossGrad<V> extra = SigmoidPolyTerm(o, Sigmoid(o, x), smoothed, c.gamma, poly_epsilon);
+      out.loss = out.loss + extra.loss;
+      out.grad = out.grad + extra.grad;
+    }
+    return out;
   }
   SigmoidFocalConsts<V> c;
+  bool poly;  ///< ε_p ≠ 0
+  V poly_epsilon;
 };
 
 template <class Ops>
@@ -68,3 +81,9 @@ struct Element<ElementFormula::kFocalStar, Ops> {
   }
   FocalStarConsts<V> c;
 };
+
+/// softmax_focal's §5.0 options as its row formula takes them (math::SoftmaxFocalRow). The
+/// pointers are into `a`, which must outlive the result.
+FOCAL_HD SoftmaxRowOptions SoftmaxOptionsOf(const KernelArgs& a) {
+  return {a.gamma_steps, a.step_threshold, a.step_gamma, a.poly_epsilon};
+}

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "focal/dtype.h"
+#include "focal/params.h"
 
 namespace focal {
 
@@ -48,7 +49,14 @@ struct KernelArgs {
   /// "no ignore_index" is its own state, never a value a client could send as a target.
   bool has_ignore_index = false;
   int64_t ignore_index = 0;
-  const double* class_alpha = nullptr;  ///< softmax per-class α, or null for all ones
+  const double* class_alpha = nullptr;  ///< softmax per-class α (given or class-balanced), or null for all ones
+  /// §5.0 Poly-1 (softmax_focal and sigmoid_focal): ε_p, 0 for none.
+  double poly_epsilon = 0;
+  /// §5.0 FLSD (softmax_focal): a row uses step_gamma[i] of the first step_threshold[i] above
+  /// its p_y, else `gamma`; gamma_steps = 0 for a fixed γ. Inline, so kernels take them by value.
+  int gamma_steps = 0;
+  double step_threshold[ParameterLimits::kMaxGammaSteps] = {};
+  double step_gamma[ParameterLimits::kMaxGammaSteps] = {};
   double cosine_alpha = 1, xent = 0.1;
   /// The catalogue's elementwise variants. `gamma` is asymmetric's γ+, varifocal's and
   /// focal_star's γ; `alpha_pos`/`alpha_neg` are focal_star's α_t weights.

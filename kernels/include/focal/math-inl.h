@@ -181,17 +181,57 @@ struct SoftmaxRowGrad {
   V grad_y;
 };
 
+/// §5.0's options of a softmax row, per job: FLSD's γ steps (thresholds increasing, `steps` = 0
+/// for a fixed γ) and Poly-1's ε_p (0 for none). Plain doubles: each use broadcasts them.
+struct SoftmaxRowOptions {
+  int steps = 0;
+  const double* thresholds = nullptr;
+  const double* gammas = nullptr;
+  double poly_epsilon = 0;
+};
+
+/// The row's γ under a schedule: the γ of the first step whose threshold is above p_y, else
+/// `fixed` (piecewise constant: no gradient flows through the choice).
+template <class Ops, class V>
+FOCAL_HD V ScheduledGamma(const Ops& o, const SoftmaxRowOptions& options, V p_y, V fixed) {
+  V gamma = fixed;
+  for (int i = options.steps - 1; i >= 0; --i) {
+    gamma = o.Select(o.Lt(p_y, o.Set(options.thresholds[i])), o.Set(options.gammas[i]), gamma);
+  }
+  return gamma;
+}
+
+/// Poly-1's extra term ε_p (1-p_t)^(γ+1) for a softmax row's target class, from u = log p_y, as
+/// a FocalTerm: f = ε_p (1-p)^(γ+1) and g = ε_p (γ+1)(1-p)^γ p, so that the row's
+/// ∂ℓ/∂x_j gains g (p_j - [j = y]). Not α-weighted (the paper's listing). No negative power.
+template <class Ops, class V>
+FOCAL_HD FocalTerm<V> SoftmaxPolyTerm(const Ops& o, V u, const Gamma<V>& gamma, V poly_epsilon) {
+  const V one_m_p = o.Neg(o.Expm1(u));
+  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
+  return {poly_epsilon * mod * one_m_p, poly_epsilon * (gamma.value + o.Set(1)) * mod * o.Exp(u)};
+}
+
 /// §1 with ε = 0 for one row, from its target logit x_y, maximum m, rest (see Rest), the target
 /// class's α_y and the row's upstream weight w:
-///   ℓ = α_y f(p_y),  ∂ℓ/∂x_j = w α_y g(p_y) (p_j - [j = y]).
+///   ℓ = α_y f(p_y),  ∂ℓ/∂x_j = w α_y g(p_y) (p_j - [j = y]),
+/// with §5.0's options: γ from the schedule, and Poly-1's term f_p, g_p (not α-weighted) added
+/// to f and g.
 template <class Ops, class V>
 FOCAL_HD SoftmaxRowGrad<V> SoftmaxFocalRow(const Ops& o, V x_y, V max, V rest, V alpha_y, V w,
-                                           const Gamma<V>& gamma) {
+                                           const Gamma<V>& gamma, const SoftmaxRowOptions& options = {}) {
   const V u_y = LogProb(o, x_y, max, LogNormalizer(o, rest));
-  const FocalTerm<V> term = SoftmaxFocalTerm(o, u_y, gamma);
-  const V k = w * (alpha_y * term.g);
+  const Gamma<V> row_gamma =
+      options.steps > 0 ? Gamma<V>{ScheduledGamma(o, options, o.Exp(u_y), gamma.value), -1} : gamma;
+  const FocalTerm<V> term = SoftmaxFocalTerm(o, u_y, row_gamma);
+  V f = alpha_y * term.f, g = alpha_y * term.g;
+  if (options.poly_epsilon != 0) {
+    const FocalTerm<V> poly = SoftmaxPolyTerm(o, u_y, row_gamma, o.Set(options.poly_epsilon));
+    f = f + poly.f;
+    g = g + poly.g;
+  }
+  const V k = w * g;
   // The target's p_y - 1 as expm1(log p_y): it keeps its digits as p_y → 1.
-  return {alpha_y * term.f, PerExp(o, k, rest), k * o.Expm1(u_y)};
+  return {f, PerExp(o, k, rest), k * o.Expm1(u_y)};
 }
 
 /// ∂ℓ/∂x_j of a non-target class j from its e_j (SoftmaxRowGrad).
@@ -663,16 +703,6 @@ FOCAL_HD DistributionFocalRowGrad<V> DistributionFocalRow(const Ops& o, V x_left
 
 // ------------------------------------------------------------------------------------------
 // §5.0 options shared by several variants.
-
-/// Poly-1's extra term ε_p (1-p_t)^(γ+1) for a softmax row's target class, from u = log p_y, as
-/// a FocalTerm: f = ε_p (1-p)^(γ+1) and g = ε_p (γ+1)(1-p)^γ p, so that the row's
-/// ∂ℓ/∂x_j gains g (p_j - [j = y]). Not α-weighted (the paper's listing). No negative power.
-template <class Ops, class V>
-FOCAL_HD FocalTerm<V> SoftmaxPolyTerm(const Ops& o, V u, const Gamma<V>& gamma, V poly_epsilon) {
-  const V one_m_p = o.Neg(o.Expm1(u));
-  const V mod = Modulating(o, one_m_p, [&] { return o.Log(one_m_p); }, gamma);
-  return {poly_epsilon * mod * one_m_p, poly_epsilon * (gamma.value + o.Set(1)) * mod * o.Exp(u)};
-}
 
 /// Poly-1's extra term for a sigmoid element with (soft) target t:
 ///   ℓ = ε_p (1-p_t)^(γ+1),  ∂ℓ/∂x = ε_p (γ+1)(1-p_t)^γ (1-2t) p(1-p),

@@ -39,6 +39,21 @@ struct ParameterLimits {
   static constexpr double kMinStarGamma = 1e-6;
   /// focal_star's shift β of γ x_t, as large as any logit that still moves a sigmoid.
   static constexpr double kMaxShift = 1e4;
+  /// Poly-1's ε_p: at least -1 (the paper's range), and a weight of its term at most.
+  static constexpr double kMinPolyEpsilon = -1;
+  /// A class's number of examples: integers up to 2^53 are exact in float64.
+  static constexpr double kMaxClassCount = 9007199254740992.0;
+  /// Steps of a γ schedule (FLSD uses one or two); kernels carry them in their arguments.
+  static constexpr int kMaxGammaSteps = 8;
+};
+
+/// One step of softmax_focal's sample-dependent γ (FLSD): rows whose p_y is below `threshold`
+/// (and not below an earlier step's) use `gamma`.
+struct GammaStep {
+  double threshold = 1;
+  double gamma = 0;
+  constexpr bool operator==(const GammaStep& o) const { return threshold == o.threshold && gamma == o.gamma; }
+  constexpr bool operator!=(const GammaStep& o) const { return !(*this == o); }
 };
 
 // ------------------------------------------------------------------------------------------
@@ -82,8 +97,9 @@ template <class P, class T>
 struct Param {
   using Params = P;
   using Type = T;
+  using Member = T P::*;  // an alias: nvcc's host code otherwise parenthesises the declarator
   const char* name;
-  T P::*member;
+  Member member;
   const char* description;
   Range range = {};
   /// The range as an error or server info says it, when "in [low, high]" would not do.
@@ -164,6 +180,10 @@ struct SoftmaxFocalParams {
   std::vector<double> alpha;  ///< per-class weights; empty means all ones
   std::optional<int64_t> ignore_index;
   double label_smoothing = 0.0;
+  double poly_epsilon = 0.0;          ///< §5.0 Poly-1
+  std::vector<double> class_counts;   ///< §5.0 class-balanced α; empty means none
+  double class_balance_beta = 0.9999;
+  std::vector<GammaStep> gamma_schedule;  ///< §5.0 FLSD; empty means the fixed gamma
 };
 
 /// The ranges every variant shares.
@@ -182,7 +202,18 @@ struct Variant<SoftmaxFocalParams> {
           .Default("all ones")
           .Flag("class-alpha"),
       MakeParam("ignore_index", &P::ignore_index, "target value whose rows are ignored"),
-      MakeParam("label_smoothing", &P::label_smoothing, "target smoothing ε").InHalfOpen(0, 1));
+      MakeParam("label_smoothing", &P::label_smoothing, "target smoothing ε").InHalfOpen(0, 1),
+      MakeParam("poly_epsilon", &P::poly_epsilon, "Poly-1's ε_p: adds ε_p (1-p_y)^(γ+1), not α-weighted")
+          .In(ParameterLimits::kMinPolyEpsilon, ParameterLimits::kMaxWeight),
+      MakeParam("class_counts", &P::class_counts, "examples per class n_c: α_c = (1-β)/(1-β^n_c), normalised to sum C")
+          .In(0, ParameterLimits::kMaxClassCount)
+          .Default("none"),
+      MakeParam("class_balance_beta", &P::class_balance_beta, "β of the class-balanced α (with class_counts)")
+          .InHalfOpen(0, 1),
+      MakeParam("gamma_schedule", &P::gamma_schedule,
+                "(threshold, gamma) steps: a row uses the γ of the first threshold above its p_y (FLSD)")
+          .Rule("thresholds increasing in (0, 1], each gamma in [0, 1000], at most 8 steps")
+          .Default("none"));
 };
 
 /// §2: binary / multi-label focal loss (RetinaNet, torchvision).
@@ -193,6 +224,7 @@ struct SigmoidFocalParams {
   double label_smoothing = 0.0;
   int64_t smoothing_classes = 2;
   SigmoidInput input = SigmoidInput::kLogits;
+  double poly_epsilon = 0.0;  ///< §5.0 Poly-1
 };
 
 template <>
@@ -213,7 +245,9 @@ struct Variant<SigmoidFocalParams> {
       MakeParam("smoothing_classes", &P::smoothing_classes, "K: targets become (1-ε)t + ε/K")
           .In(2, static_cast<double>(std::numeric_limits<int64_t>::max()))
           .Rule(">= 2"),
-      MakeParam("input", &P::input, "what the logits tensor holds").Choices(kInputs));
+      MakeParam("input", &P::input, "what the logits tensor holds").Choices(kInputs),
+      MakeParam("poly_epsilon", &P::poly_epsilon, "Poly-1's ε_p: adds ε_p (1-p_t)^(γ+1), not α-weighted")
+          .In(ParameterLimits::kMinPolyEpsilon, ParameterLimits::kMaxWeight));
 };
 
 /// §3: Focal Cosine Loss (Kim et al. 2020).

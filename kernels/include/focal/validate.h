@@ -26,6 +26,8 @@ struct JobPlan {
   double grad_scale = 1.0;
   /// dynamic_focal: α_n per row from num_objects; empty means a_t = 1.
   std::vector<float> row_alpha;
+  /// softmax_focal's class-balanced α from class_counts; empty means the request's alpha.
+  std::vector<double> class_alpha;
 };
 
 /// Checks shapes, dtypes, byte lengths, parameters and class-index targets; the returned plan

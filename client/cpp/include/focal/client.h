@@ -65,6 +65,10 @@ struct ComputeCall {
   HostTensor logits;
   HostTensor targets;
   std::optional<HostTensor> num_objects;  ///< the variants whose table entry takes num_objects
+  /// Per-item loss weights, float, shaped like the NONE losses (every variant): ℓ_i ← w_i ℓ_i.
+  std::optional<HostTensor> weights;
+  /// quality_focal with class-index targets: the target class's quality, shaped like the targets.
+  std::optional<HostTensor> scores;
   bool compute_gradient = false;
   /// Upstream gradient: absent (1), a scalar, or for NONE a tensor shaped like the losses.
   std::variant<std::monostate, double, HostTensor> grad_output;
