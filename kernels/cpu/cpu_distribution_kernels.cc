@@ -25,51 +25,82 @@ HWY_INLINE T DistanceAt(const KernelArgs& a, int64_t p, ChunkResult& r) {
   return T(0);
 }
 
-/// [N, B]: a row at a time. Pass 1 the max, pass 2 e_j = e^(x_j - max) (kept) and the
-/// normaliser, the row's loss from its two target bins, pass 3 the gradient w·S_j from the kept
-/// e_j with the two target bins' own values written over it.
+/// [N, B]: pass 1 the row max, pass 2 e_j = e^(x_j - max) (kept) and the normaliser, then the
+/// per-row math (math::DistributionFocalRow) for a group of rows at once as one vector, then
+/// pass 3 the gradient w·S_j from the kept e_j with the two target bins' own values written
+/// over it. As softmax_focal's rows: one exp per logit, the per-row logs once per group.
 template <typename T>
 ChunkResult DistributionRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   hn::ScalableTag<T> d;
-  const hn::CappedTag<T, 1> d1;
   const HwyOps<decltype(d)> o{d};
-  const HwyOps<decltype(d1)> o1{d1};
   const ScalarOps<T> so;
   const int64_t B = a.classes;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
-  T* const e = Scratch<T>(static_cast<size_t>(B));
+  const int64_t group = B <= kGroupedRowMaxClasses ? lanes : 1;
+  constexpr size_t kMaxLanes = hn::MaxLanes(d);
+  T* const e = Scratch<T>(static_cast<size_t>(group * B));
+  LossSum<decltype(d)> sum;
   ChunkResult r;
-  double chunk_sum = 0;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t base = row * B;
-    const math::DistributionBins<T> bins = math::DistributionFocalBins(DistanceAt<T>(a, row, r), B);
-    bool finite, poisoned;
-    const T max = RowMax(d, a, base, B, finite, poisoned);
-    if (!finite && a.check_inputs) r.bad_input = true;
-    const T rest = RowExpAndRest(d, a, base, B, max, e);
-    T w = static_cast<T>(ItemWeight<T>(a, row));
-    const bool nan_row = poisoned && a.propagate_nan;
-    if (nan_row) w = std::numeric_limits<T>::quiet_NaN();
-    const auto rg = math::DistributionFocalRow(
-        o1, hn::Set(d1, static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left))),
-        hn::Set(d1, static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left + 1))), hn::Set(d1, max),
-        hn::Set(d1, rest), hn::Set(d1, bins.w_left), hn::Set(d1, bins.w_right), hn::Set(d1, w));
-    T loss = nan_row ? std::numeric_limits<T>::quiet_NaN() : hn::GetLane(rg.loss);
-    if (a.loss_weights) loss *= static_cast<T>(a.loss_weights[row]);
-    chunk_sum += static_cast<double>(loss);
-    if (a.losses) StoreScalar(loss, a.losses, a.output_dtype, row);
-    if (!a.gradient) continue;
-    const T coef = hn::GetLane(rg.coef_e);
-    const auto kp = hn::Set(d, coef);
-    int64_t c = 0;
-    for (; c + lanes <= B; c += lanes) {
-      StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, e + c)), a.gradient, a.output_dtype, base + c);
+  // Per-row values of the group, laid out as vectors for the per-row math.
+  HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xl[kMaxLanes], row_xr[kMaxLanes], row_wl[kMaxLanes],
+      row_wr[kMaxLanes], row_w[kMaxLanes], row_nan[kMaxLanes], row_lw[kMaxLanes], row_loss[kMaxLanes],
+      row_k[kMaxLanes], row_gl[kMaxLanes], row_gr[kMaxLanes];
+  int64_t row_left[kMaxLanes];
+  for (int64_t first = begin; first < end; first += group) {
+    const int64_t rows = std::min(group, end - first);
+    for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
+      row_max[g] = row_rest[g] = row_xl[g] = row_xr[g] = row_wr[g] = row_w[g] = row_nan[g] = 0;
+      row_wl[g] = row_lw[g] = 1;
     }
-    for (; c < B; ++c) StoreScalar(math::SoftmaxFocalGradAt(so, coef, e[c]), a.gradient, a.output_dtype, base + c);
-    StoreScalar(hn::GetLane(rg.grad_left), a.gradient, a.output_dtype, base + bins.left);
-    StoreScalar(hn::GetLane(rg.grad_right), a.gradient, a.output_dtype, base + bins.left + 1);
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * B;
+      const math::DistributionBins<T> bins = math::DistributionFocalBins(DistanceAt<T>(a, row, r), B);
+      row_left[g] = bins.left;
+      row_wl[g] = bins.w_left;
+      row_wr[g] = bins.w_right;
+      bool finite, poisoned;
+      const T max = RowMax(d, a, base, B, finite, poisoned);
+      if (!finite && a.check_inputs) r.bad_input = true;
+      row_max[g] = max;
+      row_rest[g] = RowExpAndRest(d, a, base, B, max, e + g * B);
+      row_xl[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left));
+      row_xr[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left + 1));
+      row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
+      if (a.loss_weights) row_lw[g] = static_cast<T>(a.loss_weights[row]);
+      if (poisoned && a.propagate_nan) {
+        row_w[g] = std::numeric_limits<T>::quiet_NaN();
+        row_nan[g] = 1;
+      }
+    }
+    const auto rg = math::DistributionFocalRow(o, hn::Load(d, row_xl), hn::Load(d, row_xr), hn::Load(d, row_max),
+                                               hn::Load(d, row_rest), hn::Load(d, row_wl), hn::Load(d, row_wr),
+                                               hn::Load(d, row_w));
+    auto loss = hn::IfThenElse(hn::Ne(hn::Load(d, row_nan), hn::Zero(d)),
+                               hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rg.loss);
+    if (a.loss_weights) loss = hn::Mul(loss, hn::Load(d, row_lw));
+    hn::Store(loss, d, row_loss);
+    hn::Store(rg.coef_e, d, row_k);
+    hn::Store(rg.grad_left, d, row_gl);
+    hn::Store(rg.grad_right, d, row_gr);
+    sum.Add(d, loss);
+    for (int64_t g = 0; g < rows; ++g) {
+      const int64_t row = first + g, base = row * B;
+      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (!a.gradient) continue;
+      const T* const row_e = e + g * B;
+      const auto kp = hn::Set(d, row_k[g]);
+      int64_t c = 0;
+      for (; c + lanes <= B; c += lanes) {
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, a.output_dtype, base + c);
+      }
+      for (; c < B; ++c) {
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, a.output_dtype, base + c);
+      }
+      StoreScalar(row_gl[g], a.gradient, a.output_dtype, base + row_left[g]);
+      StoreScalar(row_gr[g], a.gradient, a.output_dtype, base + row_left[g] + 1);
+    }
   }
-  r.loss_sum = chunk_sum;
+  r.loss_sum = sum.Total();
   return r;
 }
 

@@ -36,13 +36,14 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
   // Per-row values of the group, laid out as vectors for the per-row math.
   HWY_ALIGN T row_max[kMaxLanes], row_rest[kMaxLanes], row_xy[kMaxLanes], row_alpha[kMaxLanes],
       row_w[kMaxLanes], row_nan[kMaxLanes], row_k[kMaxLanes], row_fix[kMaxLanes], row_loss[kMaxLanes],
-      row_lw[kMaxLanes];
+      row_lw[kMaxLanes], row_valid[kMaxLanes];
   int64_t row_y[kMaxLanes];
 
   for (int64_t first = begin; first < end; first += group) {
     const int64_t rows = std::min(group, end - first);
     for (int64_t g = 0; g < lanes; ++g) {  // idle lanes compute a harmless dummy row
       row_max[g] = 0, row_rest[g] = 0, row_xy[g] = 0, row_alpha[g] = 0, row_w[g] = 0, row_nan[g] = 0, row_lw[g] = 1;
+      row_valid[g] = 0;
     }
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
@@ -59,6 +60,7 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
       // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
       row_xy[g] = max;
       if (y >= 0) {
+        row_valid[g] = 1;
         row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
         row_alpha[g] = a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1);
         row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
@@ -73,9 +75,11 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
         math::SoftmaxFocalRow(o, hn::Load(d, row_xy), hn::Load(d, row_max), hn::Load(d, row_rest),
                               hn::Load(d, row_alpha), hn::Load(d, row_w), gamma, math::SoftmaxOptionsOf(a));
     // The loss is NaN for a counted non-finite row under allow_non_finite, 0 when ignored (α_y
-    // is 0 there). Not tested on w: a NaN upstream weight is the gradient's business, not the loss's.
+    // is 0 there, but Poly-1's term is not α-weighted: zeroed by the row's valid flag). Not
+    // tested on w: a NaN upstream weight is the gradient's business, not the loss's.
     const auto nan_row = hn::Ne(hn::Load(d, row_nan), hn::Zero(d));
-    auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()), rg.loss);
+    auto loss = hn::IfThenElse(nan_row, hn::Set(d, std::numeric_limits<T>::quiet_NaN()),
+                               hn::IfThenElseZero(hn::Ne(hn::Load(d, row_valid), hn::Zero(d)), rg.loss));
     if (a.loss_weights) loss = hn::Mul(loss, hn::Load(d, row_lw));
     hn::Store(loss, d, row_loss);
     hn::Store(rg.coef_e, d, row_k);

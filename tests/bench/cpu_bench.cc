@@ -1,11 +1,12 @@
 // CPU backend throughput: forward + gradient of each variant, float32, MEAN, on the issue's
-// shapes, in logits elements per second; plus copy/<shape>, a plain parallel copy of the logits'
+// shapes (the catalogue's variants on the [N, C] ones), in logits elements per second; plus copy/<shape>, a plain parallel copy of the logits'
 // bytes into the gradient buffer (read once, write once): the memory-bandwidth floor that a
 // fused single pass cannot beat. Names are <variant>/<shape>; tests/bench/torch_compare.py runs
 // this binary and times PyTorch on the same shapes in the same run.
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -23,6 +24,8 @@ struct Inputs {
   std::vector<float> logits;
   std::vector<int64_t> classes;  ///< [N, *]
   std::vector<float> onehot;     ///< float targets shaped like the logits
+  std::vector<float> quality;    ///< the one-hot's positives at a quality in (0, 1] (QFL, VFL)
+  std::vector<float> distances;  ///< [N, *] in [0, C-1]: distribution_focal's targets
 };
 
 /// Inputs are built once per shape: random normal logits (never zeros), random classes.
@@ -47,10 +50,27 @@ const Inputs& InputsFor(const Shape& shape) {
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < s; ++j) in.onehot[(i * c + in.classes[i * s + j]) * s + j] = 1.0f;
   }
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  in.quality = in.onehot;
+  for (float& q : in.quality) q = q > 0 ? std::max(unit(rng), 0.01f) : 0.0f;
+  std::uniform_real_distribution<float> distance(0.0f, static_cast<float>(c - 1));
+  in.distances.resize(n * s);
+  for (float& y : in.distances) y = distance(rng);
   return in;
 }
 
-enum class Kind { kSoftmax, kSigmoidFloat, kSigmoidIndex, kFocalCosine, kDynamic };
+enum class Kind {
+  kSoftmax,
+  kSigmoidFloat,
+  kSigmoidIndex,
+  kFocalCosine,
+  kDynamic,
+  kAsymmetric,
+  kQualityFocal,
+  kVarifocal,
+  kFocalStar,
+  kDistributionFocal,
+};
 
 void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
   const Inputs& in = InputsFor(shape);
@@ -60,12 +80,20 @@ void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
   job.logits = TensorView{DType::kFloat32, shape, in.logits.data(), in.logits.size() * 4};
   const TensorView class_view{DType::kInt64, target_shape, in.classes.data(), in.classes.size() * 8};
   const TensorView float_view{DType::kFloat32, shape, in.onehot.data(), in.onehot.size() * 4};
+  const TensorView quality_view{DType::kFloat32, shape, in.quality.data(), in.quality.size() * 4};
+  const TensorView distance_view{DType::kFloat32, target_shape, in.distances.data(), in.distances.size() * 4};
   switch (kind) {
     case Kind::kSoftmax: job.spec.params = SoftmaxFocalParams{}; job.targets = class_view; break;
     case Kind::kSigmoidFloat: job.spec.params = SigmoidFocalParams{}; job.targets = float_view; break;
     case Kind::kSigmoidIndex: job.spec.params = SigmoidFocalParams{}; job.targets = class_view; break;
     case Kind::kFocalCosine: job.spec.params = FocalCosineParams{}; job.targets = class_view; break;
     case Kind::kDynamic: job.spec.params = DynamicFocalParams{}; job.targets = float_view; break;
+    // The catalogue at its papers' defaults (ASL: γ- 4, γ+ 0, clip 0.05).
+    case Kind::kAsymmetric: job.spec.params = AsymmetricParams{}; job.targets = float_view; break;
+    case Kind::kQualityFocal: job.spec.params = QualityFocalParams{}; job.targets = quality_view; break;
+    case Kind::kVarifocal: job.spec.params = VarifocalParams{}; job.targets = quality_view; break;
+    case Kind::kFocalStar: job.spec.params = FocalStarParams{}; job.targets = float_view; break;
+    case Kind::kDistributionFocal: job.spec.params = DistributionFocalParams{}; job.targets = distance_view; break;
   }
   job.compute_gradient = true;
   const CpuBackend backend;
@@ -123,6 +151,20 @@ int Register() {
     benchmark::RegisterBenchmark(("sigmoid_focal_index/" + name).c_str(), BM_Loss, Kind::kSigmoidIndex, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     if (rows) benchmark::RegisterBenchmark(("focal_cosine/" + name).c_str(), BM_Loss, Kind::kFocalCosine, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("dynamic_focal/" + name).c_str(), BM_Loss, Kind::kDynamic, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    if (rows) {
+      // The catalogue on the row shapes (the issue measures [65536, 80]); distribution_focal's
+      // bins are the C of the shape.
+      const std::pair<const char*, Kind> catalogue[] = {{"asymmetric", Kind::kAsymmetric},
+                                                        {"quality_focal", Kind::kQualityFocal},
+                                                        {"varifocal", Kind::kVarifocal},
+                                                        {"focal_star", Kind::kFocalStar},
+                                                        {"distribution_focal", Kind::kDistributionFocal}};
+      for (const auto& [variant, kind] : catalogue) {
+        benchmark::RegisterBenchmark((std::string(variant) + "/" + name).c_str(), BM_Loss, kind, shape)
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
     benchmark::RegisterBenchmark(("copy/" + name).c_str(), BM_Copy, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
   return 0;

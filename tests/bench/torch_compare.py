@@ -28,8 +28,14 @@ and its `<variant>/<shape>` entries (items_per_second = logits elements per seco
 real_time) are set against torch's figures and against `copy/<shape>`, a plain copy of the
 same bytes (the memory-bandwidth floor). Names it does not report print as n/a.
 
-Targets (from the performance issue), printed next to the figures:
-    sigmoid_focal >= 10x torchvision, softmax_focal >= 2x torch,
+* the catalogue (docs/variants.md §5), on the [N, 80] shape only: asymmetric (ASL's form, paper
+  defaults), quality_focal and varifocal (mmdetection's forms, quality targets on the one-hot's
+  positives), focal_star (fvcore's form) and distribution_focal (mmdetection's form, C = 80
+  bins, a random distance per row), each forward + backward of the mean in eager torch.
+
+Targets (from the performance and catalogue issues), printed next to the figures:
+    sigmoid_focal >= 10x torchvision, softmax_focal >= 2x torch, the catalogue's elementwise
+    variants >= 8x and distribution_focal >= 2x their eager torch,
     our time <= 2x the copy floor's time where the kernel is memory-bound.
 """
 
@@ -62,11 +68,25 @@ FULL_SHAPES = [(65536, 80), (4096, 1000), (256, 32768), (8, 19, 512, 512)]
 # --quick: the same shapes with N divided by 8 (about 1/8 of the elements each).
 QUICK_SHAPES = [(8192, 80), (512, 1000), (32, 32768), (1, 19, 512, 512)]
 
-VARIANTS = ["sigmoid_focal", "softmax_focal"]
+VARIANTS = ["sigmoid_focal", "softmax_focal", "asymmetric", "quality_focal", "varifocal", "focal_star",
+            "distribution_focal"]
+# The catalogue (docs/variants.md §5) is measured on the [N, 80] shape only, as its issue asks.
+CATALOGUE = {"asymmetric", "quality_focal", "varifocal", "focal_star", "distribution_focal"}
 TORCH_NAME = {"sigmoid_focal": "torchvision.ops.sigmoid_focal_loss",
-              "softmax_focal": "seed softmax focal (plain torch)"}
+              "softmax_focal": "seed softmax focal (plain torch)",
+              "asymmetric": "ASL (Ridnik et al.) in plain torch, gamma_neg=4, gamma_pos=0, clip=0.05",
+              "quality_focal": "mmdetection's quality focal loss in plain torch, beta=2",
+              "varifocal": "mmdetection's varifocal loss in plain torch, alpha=0.75, gamma=2",
+              "focal_star": "fvcore's sigmoid_focal_loss_star, gamma=1",
+              "distribution_focal": "mmdetection's distribution focal loss in plain torch, 80 bins"}
 # minimum speed-up of ours over torch, per variant
-SPEEDUP_TARGET = {"sigmoid_focal": 10.0, "softmax_focal": 2.0}
+SPEEDUP_TARGET = {"sigmoid_focal": 10.0, "softmax_focal": 2.0, "asymmetric": 8.0, "quality_focal": 8.0,
+                  "varifocal": 8.0, "focal_star": 8.0, "distribution_focal": 2.0}
+
+
+def measured(variant, shape):
+    """Whether (variant, shape) is in the comparison: the catalogue only on [N, 80]."""
+    return variant not in CATALOGUE or (len(shape) == 2 and shape[1] == 80)
 COPY_TARGET = 2.0  # our time / copy time, where memory-bound
 WARM_FAULT_LIMIT = 256  # pages (1 MiB): a warm-up run below this counts as steady
 
@@ -108,42 +128,97 @@ def keep_heap_warm():
             else "glibc malloc defaults (mallopt failed)")
 
 
-def make_inputs(shape, gen):
-    """Random normal logits (never exactly zero), integer classes along dim 1, float one-hot."""
-    x = torch.randn(shape, generator=gen, dtype=torch.float32)
-    x[x == 0] = 1e-3  # randn practically never returns 0.0; make sure of it
-    c = shape[1]
-    y_shape = (shape[0],) + tuple(shape[2:])
-    y = torch.randint(0, c, y_shape, generator=gen, dtype=torch.int64)
-    t = torch.zeros(shape, dtype=torch.float32)
-    t.scatter_(1, y.unsqueeze(1), 1.0)
-    x.requires_grad_(True)
-    return x, y, t
+class Inputs:
+    """Random normal logits (never exactly zero), integer classes along dim 1, their float
+    one-hot t, the one-hot's positives at a quality in (0, 1] (q, for quality_focal and
+    varifocal), and a distance in [0, C-1] per row (d, for distribution_focal)."""
+
+    def __init__(self, shape, gen):
+        self.x = torch.randn(shape, generator=gen, dtype=torch.float32)
+        self.x[self.x == 0] = 1e-3  # randn practically never returns 0.0; make sure of it
+        c = shape[1]
+        y_shape = (shape[0],) + tuple(shape[2:])
+        self.y = torch.randint(0, c, y_shape, generator=gen, dtype=torch.int64)
+        self.t = torch.zeros(shape, dtype=torch.float32)
+        self.t.scatter_(1, self.y.unsqueeze(1), 1.0)
+        self.q = self.t * torch.rand(shape, generator=gen).clamp_(min=0.01)
+        self.d = torch.rand(y_shape, generator=gen) * (c - 1)
+        self.x.requires_grad_(True)
 
 
-def sigmoid_focal_step(x, y, t):
-    loss = torchvision.ops.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean")
+def sigmoid_focal_step(i):
+    loss = torchvision.ops.sigmoid_focal_loss(i.x, i.t, alpha=ALPHA, gamma=GAMMA, reduction="mean")
     loss.backward()
     return loss
 
 
-def softmax_focal_step(x, y, t):
-    logp = F.log_softmax(x, dim=1)
-    logpt = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+def softmax_focal_step(i):
+    logp = F.log_softmax(i.x, dim=1)
+    logpt = logp.gather(1, i.y.unsqueeze(1)).squeeze(1)
     pt = logpt.exp()
     loss = (-(1 - pt) ** GAMMA * logpt).mean()
     loss.backward()
     return loss
 
 
-STEPS = {"sigmoid_focal": sigmoid_focal_step, "softmax_focal": softmax_focal_step}
+# The catalogue as people write it in eager torch (the forms of the reference repositories).
+
+def asymmetric_step(i, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    p = torch.sigmoid(i.x)
+    p_neg = (1 - p + clip).clamp(max=1)  # 1 - p_m
+    loss_pos = i.t * torch.log(p.clamp(min=1e-8))
+    loss_neg = (1 - i.t) * torch.log(p_neg.clamp(min=1e-8))
+    pt = p * i.t + (1 - p_neg) * (1 - i.t)
+    w = torch.pow(1 - pt, gamma_pos * i.t + gamma_neg * (1 - i.t))
+    loss = (-(loss_pos + loss_neg) * w).mean()
+    loss.backward()
+    return loss
+
+
+def quality_focal_step(i, beta=2.0):
+    p = torch.sigmoid(i.x)
+    loss = F.binary_cross_entropy_with_logits(i.x, i.q, reduction="none") * (p - i.q).abs().pow(beta)
+    loss = loss.sum() / max(int((i.q > 0).sum()), 1)
+    loss.backward()
+    return loss
+
+
+def varifocal_step(i, alpha=0.75, gamma=2.0):
+    p = torch.sigmoid(i.x)
+    weight = i.q * (i.q > 0).float() + alpha * (p - i.q).abs().pow(gamma) * (i.q <= 0).float()
+    loss = (F.binary_cross_entropy_with_logits(i.x, i.q, reduction="none") * weight).mean()
+    loss.backward()
+    return loss
+
+
+def focal_star_step(i, gamma=1.0, beta=0.0):
+    shifted = i.x * (2 * i.t - 1)
+    loss = (-F.logsigmoid(gamma * shifted + beta) / gamma).mean()
+    loss.backward()
+    return loss
+
+
+def distribution_focal_step(i):
+    left = i.d.long().clamp(max=i.x.shape[1] - 2)
+    right = left + 1
+    w_left = right.float() - i.d
+    w_right = i.d - left.float()
+    loss = (F.cross_entropy(i.x, left, reduction="none") * w_left
+            + F.cross_entropy(i.x, right, reduction="none") * w_right).mean()
+    loss.backward()
+    return loss
+
+
+STEPS = {"sigmoid_focal": sigmoid_focal_step, "softmax_focal": softmax_focal_step,
+         "asymmetric": asymmetric_step, "quality_focal": quality_focal_step, "varifocal": varifocal_step,
+         "focal_star": focal_star_step, "distribution_focal": distribution_focal_step}
 
 
 def _minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_torch(step, x, y, t, repeats, warmup, max_warmup):
+def time_torch(step, inputs, repeats, warmup, max_warmup):
     """Warm-up, then the median of `repeats` timed forward+backward runs.
 
     At least `warmup` warm-up runs; with the warm heap, warm-up goes on (up to `max_warmup`)
@@ -151,11 +226,13 @@ def time_torch(step, x, y, t, repeats, warmup, max_warmup):
     still growing the heap to its steady size. Returns (median seconds, warm-up runs,
     page faults of each timed run, (fastest, slowest) timed run in seconds).
     """
+    x = inputs.x
+
     def one():
         x.grad = None
         f0 = _minor_faults()
         t0 = time.perf_counter()
-        loss = step(x, y, t)
+        loss = step(inputs)
         dt = time.perf_counter() - t0
         faults = _minor_faults() - f0
         if not torch.isfinite(loss) or x.grad is None:
@@ -179,15 +256,17 @@ def run_torch(shapes, repeats, warmup, max_warmup, log):
     gen = torch.Generator().manual_seed(20240601)
     res = {}
     for shape in shapes:
-        x, y, t = make_inputs(shape, gen)
+        inputs = Inputs(shape, gen)
         n = numel(shape)
         for v in VARIANTS:
-            sec, n_warm, faults, (lo, hi) = time_torch(STEPS[v], x, y, t, repeats, warmup, max_warmup)
+            if not measured(v, shape):
+                continue
+            sec, n_warm, faults, (lo, hi) = time_torch(STEPS[v], inputs, repeats, warmup, max_warmup)
             res[(v, shape_name(shape))] = sec
             log(f"  torch {v:14s} {shape_name(shape):>14s}  {sec * 1e3:9.2f} ms  "
                 f"{fmt_rate(n / sec):>6s} elem/s  (runs {lo * 1e3:.2f}..{hi * 1e3:.2f} ms, "
                 f"warm-up runs {n_warm}, page faults per timed run {faults})")
-        del x, y, t
+        del inputs
         gc.collect()
     return res
 
@@ -198,11 +277,11 @@ _TIME_UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
 def cpu_bench_filter(shapes):
-    names = "|".join(re.escape(shape_name(s)) for s in shapes)
-    kinds = "|".join(VARIANTS + ["copy"])
+    pairs = [f"{v}/{shape_name(s)}" for s in shapes for v in VARIANTS + ["copy"]
+             if v == "copy" or measured(v, s)]
     # No end anchor: Google Benchmark may append /real_time, /min_time:... etc.
     # Exact names are matched when parsing.
-    return f"^({kinds})/({names})"
+    return "^(" + "|".join(re.escape(p) for p in pairs) + ")"
 
 
 def run_cpu_bench(path, shapes, timeout, log):
@@ -280,6 +359,8 @@ def build_rows(shapes, torch_res, cpp, have_cpp):
         n = numel(shape)
         copy = cpp.get(("copy", sn), {})
         for v in VARIANTS:
+            if not measured(v, shape):
+                continue
             t_sec = torch_res[(v, sn)]
             t_rate = n / t_sec
             ours = cpp.get((v, sn), {})
@@ -393,10 +474,12 @@ def main():
     if args.cpu_bench:
         log("running the C++ benchmark ...")
         cpp = run_cpu_bench(args.cpu_bench, shapes, args.cpu_bench_timeout, log)
+        expected = sum(1 + sum(measured(v, s) for v in VARIANTS) for s in shapes)
         print(f"C++ benchmark: {args.cpu_bench} (min_time {CPU_BENCH_MIN_TIME} s); "
-              f"{len(cpp)} of {len(shapes) * (len(VARIANTS) + 1)} expected entries found")
+              f"{len(cpp)} of {expected} expected entries found")
     print()
-    print("targets: sigmoid_focal >= 10x torchvision; softmax_focal >= 2x torch; "
+    print("targets: sigmoid_focal >= 10x torchvision; softmax_focal >= 2x torch; the catalogue's "
+          "elementwise variants >= 8x and distribution_focal >= 2x their eager torch; "
           "our time <= 2x the copy floor where memory-bound")
     print()
     rows = build_rows(shapes, torch_res, cpp, bool(args.cpu_bench))

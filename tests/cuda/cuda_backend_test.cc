@@ -65,8 +65,11 @@ class CudaBackendTest : public ::testing::Test {
 TEST_F(CudaBackendTest, SoftmaxFocalRows) { CompareAll(SoftmaxRowCases(200000)); }
 TEST_F(CudaBackendTest, SoftmaxFocalStrided) { CompareAll(SoftmaxStridedCases()); }
 TEST_F(CudaBackendTest, SoftmaxFocalLargeClasses) { CompareAll(SoftmaxLargeClassCases()); }
+TEST_F(CudaBackendTest, SoftmaxFocalOptions) { CompareAll(SoftmaxOptionCases(200000)); }
 TEST_F(CudaBackendTest, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTargetCases()); }
 TEST_F(CudaBackendTest, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
+TEST_F(CudaBackendTest, SigmoidFocalPolyOne) { CompareAll(SigmoidPolyCases()); }
+TEST_F(CudaBackendTest, RejectedOptionCombinations) { CheckRejectedOptionCombinations(Device(), "cuda:"); }
 TEST_F(CudaBackendTest, DynamicFocal) { CompareAll(DynamicFocalCases()); }
 TEST_F(CudaBackendTest, FocalCosine) { CompareAll(FocalCosineCases(100000)); }
 TEST_F(CudaBackendTest, Asymmetric) { CompareAll(AsymmetricCases()); }

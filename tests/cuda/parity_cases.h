@@ -3,7 +3,8 @@
 // every variant × logits dtype × layout × reduction × option, on sizes that are and are not
 // multiples of the kernels' 8-element runs, 16-byte vectors and block sizes, C from 1 to 262144,
 // empty inputs, ignored rows at extreme logits, non-finite inputs, bad targets; the catalogue's
-// variants (VARIANTS.md §5) and the request's per-item loss weights on every variant.
+// variants (VARIANTS.md §5), §5.0's options (Poly-1, FLSD's γ schedule, class-balanced α) in every
+// softmax launch shape, and the request's per-item loss weights on every variant.
 //
 // Tolerances (the targets): the reduced loss within 1e-6 relative; per-item losses and
 // gradients within 1e-5 relative, with an absolute floor of 1e-6 × the tensor's largest magnitude
@@ -82,6 +83,46 @@ inline Case MakeCase(std::string name, VariantParams params, Shape shape, DType 
   return k;
 }
 
+/// How far every counted row's p_y stays from each threshold of a γ schedule (FLSD).
+inline constexpr double kScheduleMargin = 1e-5;
+
+/// FLSD's γ is piecewise constant in p_y, and the backends compute p_y in float32 (double for
+/// float64 logits) with different summation orders, ~1e-7 apart: a row whose p_y were within
+/// ~1e-6 of a threshold could take one γ on the CPU and the other on the device. So the cases
+/// keep every counted row at least kScheduleMargin away: p_y is computed in double from the
+/// logits as the tensor holds them (rounded to its dtype), and a row too near a threshold moves
+/// its target to the next class until it is not. Deterministic: it depends on the data alone.
+/// Returns the number of rows moved.
+inline int KeepRowsOffScheduleThresholds(const std::vector<GammaStep>& schedule, const std::vector<double>& x,
+                                         int64_t N, int64_t C, int64_t S, std::optional<int64_t> ignore,
+                                         std::vector<double>& y) {
+  int moved = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t s = 0; s < S; ++s) {
+      double& target = y[static_cast<size_t>(n * S + s)];
+      if (ignore && target == static_cast<double>(*ignore)) continue;
+      auto at = [&](int64_t c) { return x[static_cast<size_t>((n * C + c) * S + s)]; };
+      double m = -INFINITY, z = 0;
+      for (int64_t c = 0; c < C; ++c) m = std::max(m, at(c));
+      for (int64_t c = 0; c < C; ++c) z += std::exp(at(c) - m);
+      auto near = [&](int64_t c) {
+        const double p_y = std::exp(at(c) - m) / z;
+        for (const GammaStep& step : schedule) {
+          if (std::fabs(p_y - step.threshold) < kScheduleMargin) return true;
+        }
+        return false;
+      };
+      int64_t tries = 0;
+      for (; near(static_cast<int64_t>(target)) && tries < C; ++tries) {
+        target = static_cast<double>((static_cast<int64_t>(target) + 1) % C);
+      }
+      if (tries == C) ADD_FAILURE() << "row " << n << "," << s << ": every class's p_y is near a threshold";
+      moved += tries > 0;
+    }
+  }
+  return moved;
+}
+
 /// The tensors of a case, owned.
 struct Inputs {
   HostTensor logits, targets, weights, objects, scores, loss_weights;
@@ -106,6 +147,11 @@ inline std::unique_ptr<Inputs> Build(const Case& k, uint32_t seed) {
     std::vector<double> y = RandomClasses(static_cast<size_t>(rows), C + (k.background ? 1 : 0), seed + 1);
     if (k.ignore) {
       for (size_t i = 0; i < y.size(); i += 5) y[i] = static_cast<double>(*k.ignore);
+    }
+    const auto* softmax = std::get_if<SoftmaxFocalParams>(&k.params);
+    if (softmax && !softmax->gamma_schedule.empty() && rows > 0) {
+      KeepRowsOffScheduleThresholds(softmax->gamma_schedule, Values(in->logits.view()), k.shape[0], C,
+                                    rows / k.shape[0], k.ignore, y);
     }
     in->targets = MakeTensor(k.targets_dtype, ts, y);
   } else if (k.targets == Targets::kPerRow) {
@@ -436,6 +482,214 @@ inline const std::vector<Shape>& ElementwiseFloatShapes() {
 inline const std::vector<Shape>& ElementwiseIndexShapes() {
   static const std::vector<Shape> shapes{Shape{5, 3}, Shape{33, 80}, Shape{2, 7, 5, 3}, Shape{64, 1}};
   return shapes;
+}
+
+// ------------------------------------------------------------------------------------------
+// §5.0's options (VARIANTS.md): softmax_focal's Poly-1, FLSD γ schedule and class-balanced α,
+// and sigmoid_focal's Poly-1.
+
+/// FLSD-53 (γ 5 below p_y 0.2, else the fixed 3) and a three-step schedule, as the CPU tests use.
+inline std::vector<GammaStep> Flsd53() { return {{0.2, 5.0}}; }
+inline std::vector<GammaStep> ThreeStepSchedule() { return {{0.1, 0.5}, {0.4, 4.0}, {0.8, 1.0}}; }
+
+/// Examples per class for class_counts: zeros (every fifth class from the second, and all of
+/// them at C = 1: no class seen, α all ones), ones, and counts up to 1e9 (β^n_c underflows).
+inline std::vector<double> ClassCountsWithZeros(int64_t C) {
+  std::vector<double> counts(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    counts[c] = c % 5 == 1 || C == 1 ? 0 : c % 5 == 3 ? 1e9 : static_cast<double>((c * 7919) % 100000 + 1);
+  }
+  return counts;
+}
+
+inline constexpr int kSoftmaxOptions = 9;
+
+/// softmax_focal option `option` for C classes, named in `name`; `ignore`: its rows with target
+/// -100 are ignored.
+inline SoftmaxFocalParams SoftmaxOptionParams(int option, int64_t C, std::string& name, bool& ignore) {
+  SoftmaxFocalParams p;
+  ignore = false;
+  auto per_class_alpha = [&] {
+    p.alpha.resize(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) p.alpha[c] = 0.25 + 0.5 * static_cast<double>(c % 3);
+  };
+  switch (option) {
+    case 0: name = "poly -1 γ 2", p.poly_epsilon = -1; break;
+    case 1: name = "poly 0.5 γ 0 alpha", p.poly_epsilon = 0.5, p.gamma = 0, per_class_alpha(), ignore = true; break;
+    case 2: name = "poly 2 γ 1.5", p.poly_epsilon = 2, p.gamma = 1.5, ignore = true; break;
+    case 3: name = "FLSD-53", p.gamma = 3, p.gamma_schedule = Flsd53(); break;
+    case 4:
+      name = "3-step alpha";
+      p.gamma = 3, p.gamma_schedule = ThreeStepSchedule(), per_class_alpha(), ignore = true;
+      break;
+    case 5:
+      name = "3-step poly -1";
+      p.gamma = 3, p.gamma_schedule = ThreeStepSchedule(), p.poly_epsilon = -1, ignore = true;
+      break;
+    case 6:
+      name = "counts β 0.9";
+      p.class_counts = ClassCountsWithZeros(C), p.class_balance_beta = 0.9, ignore = true;
+      break;
+    case 7:
+      name = "counts β 0.9999 FLSD-53 poly 0.5";
+      p.class_counts = ClassCountsWithZeros(C), p.class_balance_beta = 0.9999;
+      p.gamma = 3, p.gamma_schedule = Flsd53(), p.poly_epsilon = 0.5;
+      break;
+    default:  // α of every class under label smoothing
+      name = "counts β 0.9999 smoothed";
+      p.class_counts = ClassCountsWithZeros(C), p.class_balance_beta = 0.9999, p.label_smoothing = 0.1, ignore = true;
+      break;
+  }
+  if (ignore) p.ignore_index = -100;
+  return p;
+}
+
+/// §5.0's softmax_focal options in every launch shape of the CUDA planner: warp rows (C 1 to
+/// 1000, N·C about `budget`), block rows (C 4099), the strided [N, C, S] layout; every logits
+/// dtype, every reduction, ignored rows, with and without the request's per-item loss weights.
+inline std::vector<Case> SoftmaxOptionCases(int64_t budget) {
+  std::vector<Case> cases;
+  std::vector<Shape> shapes;
+  for (int64_t C : {1, 3, 8, 80, 1000, 4099}) {
+    shapes.push_back({std::max<int64_t>(3, std::min<int64_t>(257, budget / C)), C});
+  }
+  for (const Shape& strided : {Shape{3, 5, 7}, Shape{2, 19, 33, 17}, Shape{4, 2, 300}}) shapes.push_back(strided);
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (size_t s = 0; s < shapes.size(); ++s) {
+      const Shape& shape = shapes[s];
+      for (int option = 0; option < kSoftmaxOptions; ++option) {
+        std::string name;
+        bool ignore = false;
+        const SoftmaxFocalParams p = SoftmaxOptionParams(option, shape[1], name, ignore);
+        Case k = MakeCase(absl::StrCat("softmax ", name), p, shape, dt);
+        if (ignore) k.ignore = -100;
+        k.targets_dtype = !ignore && shape[1] <= 255 && i % 3 == 0 ? DType::kUInt8
+                          : i % 2                                 ? DType::kInt32
+                                                                  : DType::kInt64;
+        if (shape[1] == 4099) k.logit_scale = 6;  // p_y spread wider than 1/C
+        k.loss_weights = i % 7 % 2 == 0;
+        Vary(k, static_cast<int>(s) + i++);  // + s: each option meets every reduction (9 options ≡ 0 mod 3)
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// The generator's promise for the schedule cases: every counted row's p_y (from the tensors as
+/// built) at least kScheduleMargin from each threshold, and rows on both sides of every
+/// threshold across the family; and a row on a threshold moves to the next class that is not.
+inline void CheckScheduleRowsStayOffThresholds(const std::vector<Case>& cases) {
+  {
+    // p = (0.2, 0.8, ~0): class 0 sits on FLSD-53's threshold.
+    const std::vector<double> x{std::log(0.2), std::log(0.8), -30};
+    std::vector<double> y{0};
+    EXPECT_EQ(KeepRowsOffScheduleThresholds(Flsd53(), x, 1, 3, 1, std::nullopt, y), 1);
+    EXPECT_EQ(y[0], 1);
+    // p = (0.4, 0.1, 0.5): classes 0 and 1 sit on the three-step's thresholds.
+    const std::vector<double> x3{std::log(0.4), std::log(0.1), std::log(0.5)};
+    y = {0};
+    EXPECT_EQ(KeepRowsOffScheduleThresholds(ThreeStepSchedule(), x3, 1, 3, 1, std::nullopt, y), 1);
+    EXPECT_EQ(y[0], 2);
+    y = {-100};
+    EXPECT_EQ(KeepRowsOffScheduleThresholds(Flsd53(), x, 1, 3, 1, -100, y), 0);  // ignored: left alone
+  }
+  std::vector<std::pair<double, std::pair<int, int>>> sides;  // threshold: rows below, above
+  for (const Case& k : cases) {
+    const auto* p = std::get_if<SoftmaxFocalParams>(&k.params);
+    if (!p || p->gamma_schedule.empty()) continue;
+    SCOPED_TRACE(k.name);
+    const auto in = Build(k, 7);
+    const std::vector<double> x = Values(in->logits.view()), y = Values(in->targets.view());
+    const int64_t N = k.shape[0], C = k.shape[1], S = N ? static_cast<int64_t>(y.size()) / N : 0;
+    for (int64_t r = 0; r < N * S; ++r) {
+      if (k.ignore && y[r] == static_cast<double>(*k.ignore)) continue;
+      const int64_t n = r / S, s = r % S;
+      double m = -INFINITY, z = 0;
+      for (int64_t c = 0; c < C; ++c) m = std::max(m, x[(n * C + c) * S + s]);
+      for (int64_t c = 0; c < C; ++c) z += std::exp(x[(n * C + c) * S + s] - m);
+      const double p_y = std::exp(x[(n * C + static_cast<int64_t>(y[r])) * S + s] - m) / z;
+      for (const GammaStep& step : p->gamma_schedule) {
+        EXPECT_GE(std::fabs(p_y - step.threshold), kScheduleMargin) << "row " << r;
+        auto it = std::find_if(sides.begin(), sides.end(), [&](const auto& e) { return e.first == step.threshold; });
+        if (it == sides.end()) it = sides.insert(sides.end(), {step.threshold, {0, 0}});
+        (p_y < step.threshold ? it->second.first : it->second.second)++;
+      }
+    }
+  }
+  for (const auto& [threshold, counts] : sides) {
+    EXPECT_GT(counts.first, 0) << "no row below threshold " << threshold;
+    EXPECT_GT(counts.second, 0) << "no row above threshold " << threshold;
+  }
+  EXPECT_FALSE(sides.empty());
+}
+
+/// §5.0's sigmoid_focal Poly-1, ε_p -1, 0.5 and 2: float hard and soft targets (in float32 and
+/// in the logits' dtype), label smoothing, α off, γ 0, 0.5, 1.5 and 2; class-index targets with
+/// background, ignored rows and smoothing. Every logits dtype and reduction, with and without
+/// the request's per-item loss weights.
+inline std::vector<Case> SigmoidPolyCases() {
+  std::vector<Case> cases;
+  int i = 0;
+  for (DType dt : kLogitsDTypes) {
+    for (const Shape& shape : ElementwiseFloatShapes()) {
+      for (int option = 0; option < 5; ++option) {
+        SigmoidFocalParams p;
+        Case k = MakeCase(absl::StrCat("sigmoid poly option ", option), p, shape, dt, Targets::kHard, DType::kFloat32);
+        if (option == 0) p.poly_epsilon = -1;
+        if (option == 1) p.poly_epsilon = 0.5, p.gamma = 0.5, k.targets = Targets::kSoft;
+        if (option == 2) {
+          p.poly_epsilon = 2, p.gamma = 1.5, p.label_smoothing = 0.1, p.smoothing_classes = 4;
+          k.targets = Targets::kSoft;
+        }
+        if (option == 3) p.poly_epsilon = -1, p.gamma = 0, p.alpha = -1, p.label_smoothing = 0.2;
+        if (option == 4) p.poly_epsilon = 2, k.targets = Targets::kSoft, k.targets_dtype = dt;
+        k.params = p;
+        k.loss_weights = i % 7 % 2 == 0;
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+    for (const Shape& shape : ElementwiseIndexShapes()) {
+      for (int option = 0; option < 3; ++option) {
+        SigmoidFocalParams p;
+        Case k = MakeCase(absl::StrCat("sigmoid poly index option ", option), p, shape, dt);
+        k.background = true;
+        if (option == 0) p.poly_epsilon = 0.5;
+        if (option == 1) p.poly_epsilon = -1, p.ignore_index = -1, k.ignore = -1, k.targets_dtype = DType::kInt32;
+        if (option == 2) p.poly_epsilon = 2, p.label_smoothing = 0.05, p.gamma = 0.5;
+        k.params = p;
+        k.loss_weights = i % 7 % 2 == 0;
+        Vary(k, i++);
+        cases.push_back(k);
+      }
+    }
+  }
+  return cases;
+}
+
+/// §5.0's rules: Poly-1 or a γ schedule with softmax label smoothing, class_counts with alpha,
+/// and sigmoid Poly-1 on probabilities are rejected, with the CPU's message.
+inline void CheckRejectedOptionCombinations(const DeviceCompute& device, const std::string& backend_prefix) {
+  SoftmaxFocalParams poly_smoothed;
+  poly_smoothed.poly_epsilon = 0.5, poly_smoothed.label_smoothing = 0.1;
+  SoftmaxFocalParams schedule_smoothed;
+  schedule_smoothed.gamma_schedule = Flsd53(), schedule_smoothed.label_smoothing = 0.1;
+  SoftmaxFocalParams counts_and_alpha;
+  counts_and_alpha.class_counts = ClassCountsWithZeros(9), counts_and_alpha.alpha = std::vector<double>(9, 1.0);
+  SigmoidFocalParams poly_probabilities;
+  poly_probabilities.poly_epsilon = 0.5, poly_probabilities.input = SigmoidInput::kProbabilities;
+  for (const VariantParams& params : {VariantParams{poly_smoothed}, VariantParams{schedule_smoothed},
+                                      VariantParams{counts_and_alpha}, VariantParams{poly_probabilities}}) {
+    const bool sigmoid = std::holds_alternative<SigmoidFocalParams>(params);
+    Case k = MakeCase("rejected option combination", params, {10, 9}, DType::kFloat32,
+                      sigmoid ? Targets::kSoft : Targets::kIndex, sigmoid ? DType::kFloat32 : DType::kInt64);
+    const auto in = Build(k, 9);
+    SCOPED_TRACE(k.name);
+    ASSERT_FALSE(CpuBackend().Compute(in->job).ok());
+    CompareJob(device, in->job, backend_prefix);
+  }
 }
 
 /// §5.1 asymmetric: soft float targets and class indices (background, ignore_index), clip 0 and

@@ -757,6 +757,7 @@ struct SoftmaxOptions {
   std::vector<std::pair<double, double>> schedule;
   std::vector<double> class_counts;
   double beta = 0.9999;
+  std::optional<int64_t> ignore_index;  ///< every fourth row gets it
 };
 
 /// The class-balanced α written plainly: (1-β)/(1-β^n) with pow, the largest for n = 0,
@@ -788,7 +789,9 @@ Problem SoftmaxOptionsProblem(Shape shape, double gamma, const SoftmaxOptions& o
   params.poly_epsilon = options.poly_epsilon;
   params.class_counts = options.class_counts;
   params.class_balance_beta = options.beta;
+  params.ignore_index = options.ignore_index;
   testing::RefSoftmaxParams ref_params;
+  ref_params.ignore_index = options.ignore_index;
   ref_params.gamma = gamma;
   ref_params.poly_epsilon = options.poly_epsilon;
   ref_params.schedule = options.schedule;
@@ -816,6 +819,10 @@ Problem SoftmaxOptionsProblem(Shape shape, double gamma, const SoftmaxOptions& o
         return false;
       };
       double& target = y[i * s + j];
+      if (options.ignore_index && (i * s + j) % 4 == 1) {
+        target = static_cast<double>(*options.ignore_index);
+        continue;
+      }
       for (int64_t tries = 0; near(static_cast<int64_t>(target)) && tries < c; ++tries) {
         target = static_cast<double>((static_cast<int64_t>(target) + 1) % c);
       }
@@ -845,6 +852,10 @@ TEST(SoftmaxFocalOptions, PolyOne) {
       options.poly_epsilon = epsilon;
       CheckAllReductions(SoftmaxOptionsProblem({7, 5}, gamma, options, 301));
       CheckAllReductions(SoftmaxOptionsProblem({2, 4, 3, 5}, gamma, options, 302));
+      // Ignored rows contribute nothing, Poly-1's term included (it is not α-weighted).
+      options.ignore_index = -1;
+      CheckAllReductions(SoftmaxOptionsProblem({9, 5}, gamma, options, 303));
+      CheckAllReductions(SoftmaxOptionsProblem({2, 4, 3, 5}, gamma, options, 304));
     }
   }
 }

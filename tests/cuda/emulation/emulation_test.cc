@@ -66,13 +66,15 @@ absl::StatusOr<LossResult> EmulatedCompute(const LossJob& job) {
   std::vector<float> widened, widened_loss;
   const float* item_weights = ItemWeightsAsFloat32(job, widened);
   const float* loss_weights = LossWeightsAsFloat32(job, widened_loss);
-  const auto* softmax = std::get_if<SoftmaxFocalParams>(&job.spec.params);
   const bool none = job.spec.reduction == Reduction::kNone;
   const size_t out_size = DTypeSize(plan.output_dtype);
   const auto logits = CopyOf(job.logits.data, job.logits.size_bytes);
   const auto targets = CopyOf(job.targets.data, job.targets.size_bytes);
   const auto row_alpha = CopyOf(plan.row_alpha.data(), plan.row_alpha.size() * sizeof(float));
-  const auto class_alpha = CopyOf(softmax ? softmax->alpha.data() : nullptr, softmax ? softmax->alpha.size() * sizeof(double) : 0);
+  // The per-class α the kernels read, as CudaBackend copies it: the request's, or class_counts'
+  // class-balanced one (plan.class_alpha), C values.
+  const size_t class_alpha_bytes = a.class_alpha ? static_cast<size_t>(plan.classes) * sizeof(double) : 0;
+  const auto class_alpha = CopyOf(a.class_alpha, class_alpha_bytes);
   const auto weights = CopyOf(item_weights, item_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
   const auto loss_weights_copy = CopyOf(loss_weights, loss_weights ? static_cast<size_t>(plan.num_items) * 4 : 0);
   const auto scores = CopyOf(a.scores, a.scores ? job.scores->size_bytes : 0);
@@ -120,8 +122,15 @@ void CompareAll(const std::vector<Case>& cases) {
 TEST(EmulatedKernels, SoftmaxFocalRows) { CompareAll(SoftmaxRowCases(1500)); }
 TEST(EmulatedKernels, SoftmaxFocalStrided) { CompareAll(SoftmaxStridedCases()); }
 TEST(EmulatedKernels, SoftmaxFocalLargeClasses) { CompareAll(SoftmaxLargeClassCases()); }
+TEST(EmulatedKernels, SoftmaxFocalOptions) { CompareAll(SoftmaxOptionCases(1500)); }
+TEST(EmulatedKernels, GammaScheduleRowsStayOffThresholds) {
+  // The device test's sizes too: its cases are the same generator's.
+  for (int64_t budget : {1500, 200000}) CheckScheduleRowsStayOffThresholds(SoftmaxOptionCases(budget));
+}
 TEST(EmulatedKernels, SigmoidFocalFloatTargets) { CompareAll(SigmoidFloatTargetCases()); }
 TEST(EmulatedKernels, SigmoidFocalIndexTargets) { CompareAll(SigmoidIndexTargetCases()); }
+TEST(EmulatedKernels, SigmoidFocalPolyOne) { CompareAll(SigmoidPolyCases()); }
+TEST(EmulatedKernels, RejectedOptionCombinations) { CheckRejectedOptionCombinations(EmulatedCompute, "emulated"); }
 TEST(EmulatedKernels, DynamicFocal) { CompareAll(DynamicFocalCases()); }
 TEST(EmulatedKernels, FocalCosine) { CompareAll(FocalCosineCases(3000)); }
 TEST(EmulatedKernels, Asymmetric) { CompareAll(AsymmetricCases()); }
