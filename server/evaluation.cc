@@ -79,7 +79,7 @@ absl::Status EvaluationTotals::Add(const LossJob& job, const LossResult& result)
                                                    variant_, "; one Evaluate call evaluates one loss"));
   }
   variant_ = variant;
-  mean_over_positives_ = FactsOf(job.spec.params).mean_over == MeanOver::kPositives;
+  spec_ = job.spec;
   ++batches_;
   count_ += result.count;
   const Shape& shape = job.logits.shape;
@@ -123,9 +123,8 @@ v1::EvaluateResponse EvaluationTotals::ToResponse() const {
   v1::EvaluateResponse response;
   response.set_total_loss(total_.Value());
   response.set_count(count_);
-  // As MEAN divides: by the count, at least 1 for the variants whose count is their positives.
-  const int64_t denominator = mean_over_positives_ ? std::max<int64_t>(count_, 1) : count_;
-  response.set_mean(denominator > 0 ? response.total_loss() / static_cast<double>(denominator) : 0.0);
+  // As MEAN divides (quality_focal: by at least 1); Evaluate refuses a normalizer.
+  response.set_mean(DivideByMeanDenominator(response.total_loss(), spec_, count_));
   for (size_t c = 0; c < class_sums_.size(); ++c) {
     response.add_class_loss_sums(class_sums_[c].Value());
     response.add_class_counts(class_counts_[c]);

@@ -52,7 +52,7 @@ class EvaluationTotals {
   int64_t batches_ = 0;
   int64_t compute_micros_ = 0, queue_micros_ = 0;
   std::string variant_;
-  bool mean_over_positives_ = false;  ///< quality_focal: the mean divides by at least 1
+  LossSpec spec_;  ///< the first batch's: what the mean divides by
 };
 
 }  // namespace focal::server

@@ -106,6 +106,12 @@ absl::Status CheckParameters(const P& p) {
 
 /// The option rules that involve two parameters of one variant (VARIANTS.md §5.0).
 absl::Status CheckCombinations(const SoftmaxFocalParams& p) {
+  for (size_t c = 0; c < p.class_counts.size(); ++c) {
+    // Counts of examples: a fraction below ~1e-300 would make 1-β^n round to 0 (α = ∞).
+    if (p.class_counts[c] != std::floor(p.class_counts[c])) {
+      return Invalid(absl::StrCat("loss.class_counts[", c, "] is ", p.class_counts[c], "; must be a whole number"));
+    }
+  }
   if (!p.class_counts.empty() && !p.alpha.empty()) {
     return Invalid("loss.class_counts and loss.alpha are both set; class_counts derives α (send one)");
   }
@@ -268,6 +274,15 @@ absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
   return absl::OkStatus();
 }
 
+/// The targets of the row variants with float targets (distribution_focal): each in [0, B-1].
+absl::Status CheckDistances(const LossJob& job, int64_t n) {
+  const double high = static_cast<double>(job.logits.shape[1] - 1);
+  const int64_t bad = FindFirstValue(job.targets, n, [&](double y) { return !(y >= 0 && y <= high); });
+  if (bad < 0) return absl::OkStatus();
+  return Invalid(absl::StrCat("targets", IndexString(job.targets.shape, bad), " is ", LoadAsDouble(job.targets, bad),
+                              "; must be in [0, ", high, "] (a distance in bins)"));
+}
+
 /// A float tensor shaped `shape` whose every value satisfies `ok` (else the first bad one is
 /// named with `rule`).
 template <class F>
@@ -367,12 +382,14 @@ absl::Status PlanVariant(const LossJob& job, const P& p, JobPlan& plan) {
   if (float_rows) {
     // distribution_focal: the bins are dim 1; every row counts (targets are checked in the pass).
     plan.index_targets = false;
-    if (plan.classes < 2) {
-      return Invalid(absl::StrCat("logits.shape[1] is ", plan.classes, "; ", facts.name,
-                                  " needs B >= 2 bins (a distance between two of them)"));
+    if (plan.classes < 2 || plan.classes > ParameterLimits::kMaxDistributionBins) {
+      return Invalid(absl::StrCat("logits.shape[1] is ", plan.classes, "; ", facts.name, " needs B >= 2 bins (a ",
+                                  "distance between two of them) and at most 2^24 (bin indices exact in float32)"));
     }
     plan.count = plan.batch * plan.inner;
-    return absl::OkStatus();
+    // The distances, in float64 as sent: the kernels compare them in their compute type, where
+    // a float64 target just above B-1 could round into range.
+    return CheckDistances(job, plan.count);
   }
   RETURN_IF_ERROR(CheckClassLists(p, plan.classes));
   if constexpr (std::is_same_v<P, SoftmaxFocalParams>) {
@@ -476,15 +493,14 @@ absl::Status FindInvalidValue(const LossJob& job) {
   if (IsFloating(job.targets.dtype)) {
     const VariantFacts& facts = FactsOf(job.spec.params);
     const bool binary = facts.binary_targets;
-    // distribution_focal's targets are distances in bins: [0, B-1].
-    const double high = facts.targets == Targets::kFloatPerRow ? static_cast<double>(job.logits.shape[1] - 1) : 1.0;
     const int64_t m = static_cast<int64_t>(job.targets.size_bytes / DTypeSize(job.targets.dtype));
+    if (facts.targets == Targets::kFloatPerRow) return CheckDistances(job, m);
     const int64_t i = FindFirstValue(job.targets, m, [&](double t) {
-      return binary ? !(t == 0 || t == 1) : !(t >= 0 && t <= high);
+      return binary ? !(t == 0 || t == 1) : !(t >= 0 && t <= 1);
     });
     if (i >= 0) {
       return Invalid(absl::StrCat("targets", IndexString(job.targets.shape, i), " is ", LoadAsDouble(job.targets, i),
-                                  binary ? "; must be 0 or 1" : absl::StrCat("; must be in [0, ", high, "]")));
+                                  binary ? "; must be 0 or 1" : "; must be in [0, 1]"));
     }
   }
   return absl::OkStatus();

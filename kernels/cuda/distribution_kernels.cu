@@ -16,10 +16,7 @@ __device__ __forceinline__ ComputeT<kDT> DistributionFocalRow(const Team& team, 
                                                               int& bad) {
   using T = ComputeT<kDT>;
   const ScalarOps<T> o;
-  OnlineSoftmax<T> stats = OnlineSoftmax<T>::Empty();
-  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) { stats.Add(o, x); });
-  stats = team.Reduce(stats, CombineOnlineSoftmax());
-  if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
+  const OnlineSoftmax<T> stats = RowSoftmaxStats<kDT>(team, a, row, bad);
   const T max = stats.max, rest = stats.Rest();
   // The target distance, in [0, B-1]; NaN fails both compares. A bad one computes as 0 (the
   // job is rejected on the host, which finds the first bad index).

@@ -80,6 +80,20 @@ struct RowRef {
   bool active;     ///< false for a warp's padding rows past the end: computed, never written
 };
 
+/// One pass over a row: its max, rest and finiteness (OnlineSoftmax), reduced over the team,
+/// with a non-finite logit of an active row flagged in `bad` for the input check.
+template <DType kDT, class Team>
+__device__ __forceinline__ OnlineSoftmax<ComputeT<kDT>> RowSoftmaxStats(const Team& team, const KernelArgs& a,
+                                                                        const RowRef& row, int& bad) {
+  using T = ComputeT<kDT>;
+  const ScalarOps<T> o;
+  OnlineSoftmax<T> stats = OnlineSoftmax<T>::Empty();
+  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) { stats.Add(o, x); });
+  stats = team.Reduce(stats, CombineOnlineSoftmax());
+  if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
+  return stats;
+}
+
 /// §1 for one row: returns the row's loss; writes the gradient and NONE's per-item loss.
 template <DType kDT, bool kSmooth, bool kGrad, class Team>
 __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const KernelArgs& a,
@@ -87,10 +101,7 @@ __device__ __forceinline__ ComputeT<kDT> SoftmaxFocalRow(const Team& team, const
                                                          int& bad) {
   using T = ComputeT<kDT>;
   const ScalarOps<T> o;
-  OnlineSoftmax<T> stats = OnlineSoftmax<T>::Empty();
-  ForEachInRow<kDT>(team, a, row.base, row.stride, [&](int64_t, T x) { stats.Add(o, x); });
-  stats = team.Reduce(stats, CombineOnlineSoftmax());
-  if (!stats.finite && a.check_inputs && row.active) bad |= kBadInput;
+  const OnlineSoftmax<T> stats = RowSoftmaxStats<kDT>(team, a, row, bad);
   const T max = stats.max, rest = stats.Rest();
   const int64_t y = LoadClassIndex(a.targets, a.targets_dtype, row.item, a.has_ignore_index, a.ignore_index);
   const bool valid = y >= 0;

@@ -10,7 +10,9 @@ implementations people use (Alibaba-MIIL/ASL's AsymmetricLoss, mmdetection's qua
 and distribution focal losses, fvcore's sigmoid_focal_loss_star), restated here in plain torch,
 each cross-checked against a stable restatement of the contract; where a reference cannot
 express a case, or differs from the contract, the contract's form is written and README.md says
-why. Inputs are seeded float32 values, so every run writes byte-identical files.
+why. §5.0's options (Poly-1, class-balanced α, the γ schedule) are done the same way, from the
+PolyLoss paper's listing, Cui et al.'s class-balanced weights and Mukhoti et al.'s
+FocalLossAdaptive. Inputs are seeded float32 values, so every run writes byte-identical files.
 
 Run with Debian's interpreter, which has torch and torchvision:
 
@@ -19,12 +21,14 @@ Run with Debian's interpreter, which has torch and torchvision:
 File format: one record per line, a key, a space, then space-separated values. Parameter
 lines appear only when the case sets the parameter (absent = the docs/variants.md default);
 their keys are the variant table's parameter names, except `alpha_vector` (softmax_focal's
-per-class `alpha`). Inputs: `logits*`, `targets*`, and where the case has them `num_objects*`,
+per-class `alpha`); `class_counts` is a per-class list, `gamma_schedule` one word of
+`threshold:gamma` pairs joined by commas (`0.2:5.0,0.5:3.0`). Inputs: `logits*`, `targets*`, and where the case has them `num_objects*`,
 `scores*` (quality_focal's (label, score) form), `weights*` (per-item loss weights, shaped like
 the NONE losses), `normalizer` (replaces MEAN's count), then `grad_output*`. Expected: `loss`,
 `count`, `losses*` (NONE only, weights applied), `gradient*`.
 """
 
+import math
 import os
 import sys
 import zlib
@@ -43,9 +47,11 @@ DTYPE = torch.float64
 # docs/variants.md defaults, used for every parameter a case does not set.
 DEFAULTS = {
     "softmax_focal": {"gamma": 2.0, "alpha_vector": None, "ignore_index": None,
-                      "label_smoothing": 0.0},
+                      "label_smoothing": 0.0, "poly_epsilon": 0.0, "class_counts": None,
+                      "class_balance_beta": 0.9999, "gamma_schedule": None},
     "sigmoid_focal": {"gamma": 2.0, "alpha": 0.25, "ignore_index": None,
-                      "label_smoothing": 0.0, "smoothing_classes": 2, "input": "logits"},
+                      "label_smoothing": 0.0, "smoothing_classes": 2, "input": "logits",
+                      "poly_epsilon": 0.0},
     "focal_cosine": {"gamma": 2.0, "alpha": 1.0, "xent": 0.1},
     "dynamic_focal": {"gamma": 2.0},
     "asymmetric": {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05, "ignore_index": None},
@@ -58,7 +64,10 @@ DEFAULTS = {
 # Order of the parameter lines in a file.
 PARAM_KEYS = ("gamma", "alpha", "ignore_index", "label_smoothing", "smoothing_classes",
               "input", "xent", "alpha_vector", "gamma_pos", "gamma_neg", "clip", "beta",
-              "iou_weighted")
+              "iou_weighted", "poly_epsilon", "class_counts", "class_balance_beta",
+              "gamma_schedule")
+# docs/variants.md §5.0's options: a case setting any of them goes through compute_options.
+OPTION_KEYS = ("poly_epsilon", "class_counts", "class_balance_beta", "gamma_schedule")
 
 
 # ----------------------------------------------------------------------------------------
@@ -455,6 +464,289 @@ def compute_catalogue(name, case, params, inputs, grad_out, weights, notes):
 
 
 # ----------------------------------------------------------------------------------------
+# docs/variants.md §5.0, the options of softmax_focal and sigmoid_focal: Poly-1
+# (poly_epsilon), class-balanced α (class_counts, class_balance_beta) and the sample-dependent
+# γ of FLSD (gamma_schedule). As for the catalogue, two functions of the float64 logits each:
+#   *_reference: the published code restated in plain torch (the docstrings name it): the
+#     PolyLoss paper's listing (Leng et al. 2022, appendix), richardaecn/class-balanced-loss
+#     src/cifar_main.py's weights (Cui et al. 2019), torrvision/focal_calibration
+#     Losses/focal_loss_adaptive_gamma.py's FocalLossAdaptive (Mukhoti et al. 2020).
+#   *_contract: docs/variants.md's §1/§2 plus §5.0, written independently.
+# The file holds the reference where it expresses the case, else the contract (README.md).
+# ----------------------------------------------------------------------------------------
+
+def uses_options(case):
+    return any(key in case.get("params", {}) for key in OPTION_KEYS)
+
+
+def cui_class_balanced_weights(counts, beta):
+    """richardaecn/class-balanced-loss src/cifar_main.py, main(): the effective number of
+    samples 1 - β^n, the weights (1-β) / that, normalised to sum to the number of classes
+    (NumPy float64; the TF graph then casts them to float32). A class with n = 0 divides by
+    zero there (inf, then NaN after the normalisation): None for such counts."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if not (counts > 0).all():
+        return None
+    effective_num = 1.0 - np.power(beta, counts)
+    weights = (1.0 - beta) / np.array(effective_num)
+    return weights / np.sum(weights) * len(counts)
+
+
+def contract_class_balanced_alpha(counts, beta):
+    """§5.0: (1-β)/(1-β^n_c) for n_c > 0 (as -expm1(n_c log β), no cancellation); n_c = 0
+    gets the largest of the others' (1 when every count is 0); normalised to Σ α_c = C."""
+    counts = [float(n) for n in counts]
+    w = [(1.0 - beta) / -math.expm1(n * math.log(beta)) if n > 0 and beta > 0 else
+         (1.0 if n > 0 else None) for n in counts]
+    seen = [v for v in w if v is not None]
+    fill = max(seen) if seen else 1.0
+    w = [fill if v is None else v for v in w]
+    total = math.fsum(w)
+    return [v * len(w) / total for v in w]
+
+
+def check_class_balanced_alpha(name, counts, beta):
+    """The contract's α against Cui's weights: equal when every count is positive; else
+    proportional on the classes with a count (Cui's code is NaN for the others)."""
+    alpha = np.array(contract_class_balanced_alpha(counts, beta))
+    seen = np.asarray(counts, dtype=np.float64) > 0
+    if not seen.any():
+        return alpha
+    want = cui_class_balanced_weights(np.asarray(counts, dtype=np.float64)[seen], beta)
+    got = alpha[seen] / alpha[seen].sum() * seen.sum()
+    if not np.allclose(got, want, rtol=CROSS_RTOL, atol=0):  # 1 - β^n cancels in theirs
+        raise SystemExit(f"{name}: class-balanced α differs from Cui et al.'s weights: {got} {want}")
+    return alpha
+
+
+def schedule_text(steps):
+    return ",".join(f"{fmt_float(t)}:{fmt_float(g)}" for t, g in steps)
+
+
+def mukhoti_gamma_list(pt, steps, gamma):
+    """torrvision/focal_calibration FocalLossAdaptive.get_gamma_list, with its module-level
+    gamma_dic ({0.2: 5.0, 0.5: 3.0}) replaced by the case's steps: a row with pt at or above
+    the largest threshold gets the class's own gamma, any other the gamma of the first sorted
+    threshold above its pt (one pt.item() per row). torch.tensor of the list: float32."""
+    gamma_dic = {t: g for t, g in steps}
+    top = max(gamma_dic)
+    gamma_list = []
+    for i in range(pt.shape[0]):
+        pt_sample = pt[i].item()
+        if pt_sample >= top:
+            gamma_list.append(gamma)
+            continue
+        for key in sorted(gamma_dic.keys()):
+            if pt_sample < key:
+                gamma_list.append(gamma_dic[key])
+                break
+    return torch.tensor(gamma_list)
+
+
+def softmax_rows(x, y, ignore_index):
+    """[N, C, *] logits and [N, *] targets as Mukhoti's forward flattens them: [rows, C] and
+    [rows], plus the rows' validity (their code has no ignore_index: ignored rows get class 0
+    here and are zeroed afterwards)."""
+    rows = classes_last(x)
+    target = y.reshape(-1)
+    valid = valid_mask(target, ignore_index)
+    return rows, torch.where(valid, target, torch.zeros_like(target)), valid
+
+
+def softmax_options_reference(x, y, p):
+    """softmax_focal with §5.0's options as the published code computes them, per row:
+    log p_t = log_softmax gathered and p_t = its exp (Mukhoti's FocalLossAdaptive.forward), γ
+    per row from mukhoti_gamma_list (the fixed γ without a schedule), the class weight α_y from
+    cui_class_balanced_weights (or the case's per-class alpha), FL = -α_y (1-p_t)^γ log p_t, and
+    the PolyLoss listing's Poly-1 term ε (1-p_t)^(γ+1) with its p_t = Σ labels · softmax, not
+    α-weighted (with γ = 0: poly1_cross_entropy, CE + ε (1 - p_t)). Not for label smoothing."""
+    c = x.shape[1]
+    rows, target, valid = softmax_rows(x, y, p["ignore_index"])
+    logpt = F.log_softmax(rows, dim=1).gather(1, target.view(-1, 1)).view(-1)
+    pt = logpt.exp()
+    if p["gamma_schedule"]:
+        gamma = mukhoti_gamma_list(pt.detach(), p["gamma_schedule"], p["gamma"])
+    else:
+        gamma = torch.full_like(pt, p["gamma"])
+    if p["class_counts"] is not None:
+        alpha = torch.tensor(cui_class_balanced_weights(p["class_counts"],
+                                                        p["class_balance_beta"]), dtype=DTYPE)
+    elif p["alpha_vector"] is not None:
+        alpha = torch.tensor(p["alpha_vector"], dtype=DTYPE)
+    else:
+        alpha = torch.ones(c, dtype=DTYPE)
+    loss = -1 * alpha[target] * (1 - pt) ** gamma * logpt
+    if p["poly_epsilon"] != 0:
+        labels = F.one_hot(target, c).to(DTYPE)
+        pt_poly = torch.sum(labels * F.softmax(rows, dim=1), dim=-1)
+        loss = loss + p["poly_epsilon"] * torch.pow(1 - pt_poly, gamma + 1)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return loss.reshape(y.shape)
+
+
+def softmax_reference_expresses(p):
+    """Why the published code cannot compute the case, or None."""
+    if p["class_counts"] is not None and not all(n > 0 for n in p["class_counts"]):
+        return "Cui et al.'s weights divide by zero for a class with no examples"
+    if p["label_smoothing"] > 0:
+        return "none of the references smooths labels with class-balanced weights"
+    return None
+
+
+def softmax_options_contract(x, y, p):
+    """docs/variants.md §1 with §5.0: γ_row from the schedule (first threshold > p_y, read off
+    the detached p_y), α from class_counts (contract_class_balanced_alpha) or alpha, and
+    ε_p (1-p_y)^(γ_row+1), with 1 - p_y = -expm1(log p_y). Smoothing: §1's sum over classes."""
+    c = x.shape[1]
+    if p["class_counts"] is not None:
+        alpha = contract_class_balanced_alpha(p["class_counts"], p["class_balance_beta"])
+    else:
+        alpha = p["alpha_vector"]
+    if p["label_smoothing"] > 0:  # §5.0: no schedule and no Poly-1 with smoothing
+        loss, _ = softmax_focal_ref(x, y, dict(p, alpha_vector=alpha))
+        return loss
+    valid = valid_mask(y, p["ignore_index"])
+    y_safe = torch.where(valid, y, torch.zeros_like(y))
+    log_py = F.log_softmax(x, dim=1).gather(1, y_safe.unsqueeze(1)).squeeze(1)
+    one_m_py = -torch.expm1(log_py)
+    p_y = torch.exp(log_py).detach()
+    gamma = torch.full_like(p_y, p["gamma"])
+    for threshold, g in reversed(p["gamma_schedule"] or []):
+        gamma = torch.where(p_y < threshold, torch.full_like(gamma, g), gamma)
+    a = torch.ones(c, dtype=DTYPE) if alpha is None else torch.tensor(alpha, dtype=DTYPE)
+    loss = -a[y_safe] * one_m_py ** gamma * log_py
+    loss = loss + p["poly_epsilon"] * one_m_py ** (gamma + 1)
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def sigmoid_dense(x, targets, p):
+    """(dense smoothed targets, item mask, count) as sigmoid_focal_plain reads them."""
+    if targets.dtype == torch.int64:
+        t, mask = sigmoid_dense_targets(x, targets, p)
+        mask, count = mask.expand_as(x), int(mask.sum()) * x.shape[1]
+    else:
+        t, mask, count = targets, torch.ones_like(targets, dtype=torch.bool), targets.numel()
+    if p["label_smoothing"] > 0:
+        t = (1.0 - p["label_smoothing"]) * t + p["label_smoothing"] / p["smoothing_classes"]
+    return t, mask, count
+
+
+def poly1_focal_reference(x, targets, p):
+    """The PolyLoss paper's poly1_focal_loss listing (Leng et al. 2022, appendix), restated:
+    p = sigmoid(logits), ce = sigmoid cross-entropy, pt = labels p + (1 - labels)(1 - p),
+    FL = ce (1-pt)^γ, times α_t = α labels + (1-α)(1 - labels) when α >= 0, and
+    Poly1 = FL + ε (1-pt)^(γ+1) (not α-weighted), elementwise. Its labels are dense: the
+    implicit one-hot of index targets, smoothed when the case smooths; ignored rows zeroed."""
+    labels, mask, _ = sigmoid_dense(x, targets, p)
+    prob = torch.sigmoid(x)
+    ce_loss = F.binary_cross_entropy_with_logits(x, labels, reduction="none")
+    pt = labels * prob + (1 - labels) * (1 - prob)
+    fl = ce_loss * ((1 - pt) ** p["gamma"])
+    if p["alpha"] >= 0:
+        fl = (p["alpha"] * labels + (1 - p["alpha"]) * (1 - labels)) * fl
+    poly1 = fl + p["poly_epsilon"] * torch.pow(1 - pt, p["gamma"] + 1)
+    return torch.where(mask, poly1, torch.zeros_like(poly1))
+
+
+def sigmoid_poly_contract(x, targets, p):
+    """docs/variants.md §2 plus §5.0: ce = softplus(x) - x t, 1 - p_t = t σ(-x) + (1-t) σ(x),
+    ℓ = α_t (1-p_t)^γ ce + ε_p (1-p_t)^(γ+1)."""
+    t, mask, _ = sigmoid_dense(x, targets, p)
+    one_m_pt = t * torch.sigmoid(-x) + (1 - t) * torch.sigmoid(x)
+    loss = alpha_t_of(t, p["alpha"]) * one_m_pt ** p["gamma"] * (softplus(x) - x * t)
+    loss = loss + p["poly_epsilon"] * one_m_pt ** (p["gamma"] + 1)
+    return torch.where(mask, loss, torch.zeros_like(loss))
+
+
+def compute_options(name, case, params, inputs, grad_out, weights, notes):
+    """(loss value, count, per-item losses, gradient) for a case with §5.0's options."""
+    x_np, tgt_np = inputs["x"], inputs["targets"]
+    tgt = (torch.tensor(tgt_np, dtype=torch.int64) if tgt_np.dtype == np.int64
+           else torch.tensor(tgt_np.astype(np.float64), dtype=DTYPE))
+    x = torch.tensor(x_np.astype(np.float64), dtype=DTYPE)
+    if case["variant"] == "softmax_focal":
+        if params["class_counts"] is not None:
+            check_class_balanced_alpha(name, params["class_counts"], params["class_balance_beta"])
+        contract = lambda z: softmax_options_contract(z, tgt, params)  # noqa: E731
+        reference = lambda z: softmax_options_reference(z, tgt, params)  # noqa: E731
+        count = int(valid_mask(tgt, params["ignore_index"]).sum())
+        why_not = softmax_reference_expresses(params)
+    else:
+        contract = lambda z: sigmoid_poly_contract(z, tgt, params)  # noqa: E731
+        reference = lambda z: poly1_focal_reference(z, tgt, params)  # noqa: E731
+        count = sigmoid_dense(x, tgt, params)[2]
+        why_not = None
+    # Cross-check: NONE with an upstream gradient of 1 on every item.
+    ones = np.ones(item_shape(case))
+    _, l_con, g_con = evaluate(contract, x_np, "none", count, False, None, None, ones)
+    if why_not is None:
+        _, l_ref, g_ref = evaluate(reference, x_np, "none", count, False, None, None, ones)
+        expect_close(name, "losses", l_ref, l_con, np.ones(l_ref.shape, dtype=bool))
+        finite = np.isfinite(g_ref)
+        expect_close(name, "gradients", np.where(finite, g_ref, 0.0), g_con, finite)
+        if not finite.all():
+            why_not = f"reference gradient non-finite at {int((~finite).sum())} inputs"
+    elif case["variant"] == "softmax_focal" and params["label_smoothing"] == 0:
+        # Zero counts: the reference with the contract's α as per-class alpha still checks
+        # the rest (the focal term, the schedule, Poly-1) against the contract.
+        alpha = contract_class_balanced_alpha(params["class_counts"], params["class_balance_beta"])
+        substituted = dict(params, class_counts=None, alpha_vector=alpha)
+        _, l_ref, g_ref = evaluate(lambda z: softmax_options_reference(z, tgt, substituted), x_np,
+                                   "none", count, False, None, None, ones)
+        expect_close(name, "losses (contract α)", l_ref, l_con, np.ones(l_ref.shape, dtype=bool))
+        expect_close(name, "gradients (contract α)", g_ref, g_con, np.ones(g_ref.shape, dtype=bool))
+    if why_not is not None:
+        notes.append(f"{name}: {why_not}; contract written")
+    fn = reference if why_not is None else contract
+    loss_value, losses, gradient = evaluate(fn, x_np, case["reduction"], count, False, None,
+                                            weights, grad_out)
+    return loss_value, count, losses, gradient
+
+
+THRESHOLD_MARGIN = 1e-3  # rows' p_y kept this far from every γ-schedule threshold
+
+
+def keep_rows_off_thresholds(name, rng, x, y, steps, ignore_index):
+    """Redraws (from rng) the logits of every row whose p_y lies within THRESHOLD_MARGIN of a
+    threshold, in float64 or float32, so that both pick the same γ; then requires rows below
+    the first threshold, in every band between thresholds and, when the last is below 1,
+    above it. x [N, C, *] float32 (changed in place), y [N, *]."""
+    thresholds = np.array([t for t, _ in steps])
+    rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, x.shape[1])
+    target = y.reshape(-1)
+
+    def p_y(r, k, dtype):
+        z = r.astype(dtype)
+        e = np.exp(z - z.max())
+        return float((e / e.sum())[k])
+
+    def redraw_until(i, lo, hi):
+        k = int(target[i])
+        for _ in range(10000):
+            probs = (p_y(rows[i], k, np.float64), p_y(rows[i], k, np.float32))
+            if all(np.abs(thresholds - q).min() > THRESHOLD_MARGIN and lo <= q < hi
+                   for q in probs):
+                return
+            rows[i] = rng.normal(0.0, 3.0, size=rows.shape[1]).astype(np.float32)
+        raise SystemExit(f"{name}: cannot draw a row with p_y in [{lo}, {hi})")
+
+    valid = target != ignore_index if ignore_index is not None else np.ones(target.shape, bool)
+    valid_rows = np.flatnonzero(valid)
+    for i in valid_rows:
+        redraw_until(i, 0.0, 2.0)
+    # Every band gets a row: an empty one takes over the band's own valid row (the b-th).
+    edges = np.concatenate([[0.0], thresholds] + ([[1.0]] if thresholds[-1] < 1 else []))
+    bands = list(zip(edges[:-1], edges[1:]))
+    if len(valid_rows) < len(bands):
+        raise SystemExit(f"{name}: fewer rows than bands of the schedule")
+    for b, (lo, hi) in enumerate(bands):
+        members = [i for i in valid_rows if lo <= p_y(rows[i], int(target[i]), np.float64) < hi]
+        if not members:
+            redraw_until(valid_rows[b], lo, hi)
+    x[...] = np.moveaxis(rows.reshape((x.shape[0],) + x.shape[2:] + (x.shape[1],)), -1, 1)
+
+
+# ----------------------------------------------------------------------------------------
 # Inputs.
 # ----------------------------------------------------------------------------------------
 
@@ -670,6 +962,7 @@ def add_cases():
     add(dy, "default_numobj", ("mean",), shape=(6, 4), num_objects=True)
     add(dy, "flat_numobj", ("sum",), shape=(12,), params={"gamma": 2.0}, num_objects=True)
     add_catalogue_cases()
+    add_option_cases()
 
 
 def add_catalogue_cases():
@@ -760,6 +1053,93 @@ def add_catalogue_cases():
     add(dfl, "nbs_weights", ("sum", "none"), shape=(3, 9, 4), weights=True)
 
 
+def add_option_cases():
+    """docs/variants.md §5.0: Poly-1 on both variants (ε in {-1, 1, 2}, γ in {0, 2}),
+    class-balanced α, and FLSD's γ schedule (rows on both sides of every threshold)."""
+    sm, sg = "softmax_focal", "sigmoid_focal"
+    all3 = REDUCTIONS
+    flsd53 = {"gamma": 3.0, "gamma_schedule": [(0.2, 5.0)]}  # Mukhoti et al.'s FLSD-53
+    mukhoti_dict = [(0.2, 5.0), (0.5, 3.0)]  # their code's gamma_dic, as it stands
+
+    # softmax_focal Poly-1: γ = 0 is the listing's poly1_cross_entropy.
+    add(sm, "poly1_ce_eps2", all3, shape=(8, 5), params={"gamma": 0.0, "poly_epsilon": 2.0})
+    add(sm, "poly1_ce_epsm1", ("mean", "sum"), shape=(8, 5),
+        params={"gamma": 0.0, "poly_epsilon": -1.0})
+    add(sm, "poly1_ce_eps1_nchw_ignore", ("mean", "none"), shape=(2, 4, 3, 5),
+        params={"gamma": 0.0, "poly_epsilon": 1.0, "ignore_index": -100}, ignore_frac=0.15)
+    add(sm, "poly1_fl_eps1", all3, shape=(8, 5), params={"gamma": 2.0, "poly_epsilon": 1.0})
+    add(sm, "poly1_fl_epsm1", all3, shape=(8, 5), params={"gamma": 2.0, "poly_epsilon": -1.0})
+    add(sm, "poly1_fl_eps2_alpha", ("mean", "none"), shape=(10, 6),
+        params={"gamma": 2.0, "poly_epsilon": 2.0}, alpha_vector=True)
+    add(sm, "poly1_fl_eps1_large", ("sum", "none"), shape=(10, 6),
+        params={"gamma": 2.0, "poly_epsilon": 1.0}, large=8)
+    add(sm, "poly1_fl_g05_eps2", ("mean",), shape=(8, 5),
+        params={"gamma": 0.5, "poly_epsilon": 2.0})
+    add(sm, "poly1_fl_eps1_weights", ("mean", "none"), shape=(12, 5),
+        params={"gamma": 2.0, "poly_epsilon": 1.0}, weights=True)
+
+    # softmax_focal class-balanced α (Cui et al.): the default β 0.9999 and others; zeros.
+    add(sm, "cb_default_beta", all3, shape=(10, 5),
+        params={"gamma": 2.0, "class_counts": [5000, 200, 40, 8, 1]})
+    add(sm, "cb_beta09_g0", ("mean", "sum"), shape=(10, 5),  # Cui's softmax loss_type
+        params={"gamma": 0.0, "class_counts": [100, 10, 3, 1, 50], "class_balance_beta": 0.9})
+    add(sm, "cb_beta0", ("mean",), shape=(8, 4),
+        params={"gamma": 2.0, "class_counts": [7, 1, 30, 2], "class_balance_beta": 0.0})
+    add(sm, "cb_large_counts", ("mean", "none"), shape=(8, 4),
+        params={"gamma": 2.0, "class_counts": [1000000, 123456, 7, 2 ** 40],
+                "class_balance_beta": 0.999999})
+    add(sm, "cb_zeros", all3, shape=(12, 6),
+        params={"gamma": 2.0, "class_counts": [1000, 0, 25, 0, 3, 7],
+                "class_balance_beta": 0.99})
+    add(sm, "cb_all_zero", ("mean",), shape=(8, 4),
+        params={"gamma": 2.0, "class_counts": [0, 0, 0, 0]})
+    add(sm, "cb_smooth", ("mean", "none"), shape=(10, 5),
+        params={"gamma": 2.0, "class_counts": [300, 20, 0, 5, 1], "class_balance_beta": 0.99,
+                "label_smoothing": 0.1})
+    add(sm, "cb_nchw_ignore", ("mean", "none"), shape=(2, 4, 3, 3),
+        params={"gamma": 1.0, "class_counts": [50, 5, 500, 1], "class_balance_beta": 0.999,
+                "ignore_index": 255}, ignore_frac=0.2)
+
+    # softmax_focal γ schedule (Mukhoti et al.): FLSD-53, their gamma_dic, a step at 1.
+    add(sm, "flsd53", all3, shape=(16, 6), params=flsd53)
+    add(sm, "flsd53_nchw_ignore", ("mean", "none"), shape=(2, 5, 3, 4),
+        params=dict(flsd53, ignore_index=-100), ignore_frac=0.15)
+    add(sm, "flsd_dict_g1", all3, shape=(20, 5),
+        params={"gamma": 1.0, "gamma_schedule": mukhoti_dict})
+    add(sm, "sched_to_1", ("mean", "sum"), shape=(16, 4),
+        params={"gamma": 2.0, "gamma_schedule": [(0.5, 4.0), (1.0, 0.0)]})
+    add(sm, "flsd53_alpha", ("sum",), shape=(16, 6), params=flsd53, alpha_vector=True)
+    add(sm, "flsd53_poly1_eps1", ("mean", "none"), shape=(16, 6),
+        params=dict(flsd53, poly_epsilon=1.0))
+    add(sm, "flsd_dict_cb_poly1_epsm1", ("mean", "none"), shape=(20, 5),
+        params={"gamma": 2.0, "gamma_schedule": mukhoti_dict, "poly_epsilon": -1.0,
+                "class_counts": [400, 60, 9, 2, 1], "class_balance_beta": 0.99})
+
+    # sigmoid_focal Poly-1: the listing's poly1_focal_loss (γ = 0, α = -1: Poly-1 BCE).
+    add(sg, "poly1_fl_eps1", all3, shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "poly_epsilon": 1.0})
+    add(sg, "poly1_fl_epsm1", all3, shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "alpha": 0.25, "poly_epsilon": -1.0})
+    add(sg, "poly1_fl_eps2_soft_noalpha", ("mean", "none"), shape=(8, 5), targets="soft",
+        params={"gamma": 2.0, "alpha": -1.0, "poly_epsilon": 2.0})
+    add(sg, "poly1_bce_eps2", ("mean", "sum"), shape=(8, 5), targets="hard",
+        params={"gamma": 0.0, "alpha": -1.0, "poly_epsilon": 2.0})
+    add(sg, "poly1_bce_epsm1_alpha", ("mean", "none"), shape=(8, 5), targets="hard",
+        params={"gamma": 0.0, "alpha": 0.25, "poly_epsilon": -1.0})
+    add(sg, "poly1_index_ignore", all3, shape=(10, 4), targets="index",
+        params={"gamma": 2.0, "poly_epsilon": 1.0, "ignore_index": -100}, ignore_frac=0.2)
+    add(sg, "poly1_index_nchw_g0_eps1", ("mean",), shape=(2, 3, 4, 4), targets="index",
+        params={"gamma": 0.0, "poly_epsilon": 1.0})
+    add(sg, "poly1_smooth_eps2", ("mean", "none"), shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "poly_epsilon": 2.0, "label_smoothing": 0.1})
+    add(sg, "poly1_large_eps1", ("sum", "none"), shape=(8, 6), targets="hard",
+        params={"gamma": 2.0, "poly_epsilon": 1.0}, large=8)
+    add(sg, "poly1_g05_epsm1", ("mean",), shape=(8, 5), targets="soft",
+        params={"gamma": 0.5, "poly_epsilon": -1.0})
+    add(sg, "poly1_weights_eps2", ("mean", "none"), shape=(8, 5), targets="hard",
+        params={"gamma": 2.0, "poly_epsilon": 2.0}, weights=True)
+
+
 # ----------------------------------------------------------------------------------------
 # Running one case.
 # ----------------------------------------------------------------------------------------
@@ -827,6 +1207,9 @@ def build_inputs(case, rng, params):
         for i, (pv, tv) in zip(pos, vals):
             xf[i], tf[i] = pv, tv
 
+    if variant == "softmax_focal" and params.get("gamma_schedule"):
+        keep_rows_off_thresholds(case_name(case), rng, x, targets, params["gamma_schedule"],
+                                 ignore_index)
     inputs["x"], inputs["targets"] = x, targets
     return inputs
 
@@ -957,6 +1340,11 @@ def run_case(case, notes):
             weights = make_weights(rng, item_shape(case), per_row=case["weights"] == "rows")
         loss_value, count, losses, gradient = compute_catalogue(name, case, params, inputs,
                                                                 grad_out, weights, notes)
+    elif uses_options(case):
+        if case.get("weights"):
+            weights = make_weights(rng, item_shape(case))
+        loss_value, count, losses, gradient = compute_options(name, case, params, inputs,
+                                                              grad_out, weights, notes)
     else:
         loss_value, count, losses, gradient = compute(case, params, inputs, grad_out)
     for label, arr in (("loss", np.array([loss_value])), ("losses", losses),
@@ -971,6 +1359,10 @@ def run_case(case, notes):
         v = explicit[key]
         if key == "alpha_vector":
             lines.append(f"{key} {fmt_values(v)}")
+        elif key == "class_counts":
+            lines.append(f"{key} {fmt_values(v, is_int=True)}")
+        elif key == "gamma_schedule":
+            lines.append(f"{key} {schedule_text(v)}")
         elif key in ("ignore_index", "smoothing_classes"):
             lines.append(f"{key} {int(v)}")
         elif key == "input":

@@ -7,6 +7,7 @@ scores; float64, sent as float32), empty when the case has none.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def _class_inputs(shape, spread=3.0, ignore=None, ignore_fraction=0.2, background=False):
@@ -108,6 +109,62 @@ def _weighted(make, per="logits", zero_fraction=0.25):
     return made
 
 
+# The wire dtypes a case's logits are rounded to before the server sees them (test_reference).
+_WIRE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+# A row's p_y is kept this far from every γ-schedule threshold, whatever the wire dtype and in
+# float32 or float64 arithmetic, so the server and the float64 reference pick the same γ.
+THRESHOLD_MARGIN = 1e-3
+
+
+def _target_probabilities(rows, y):
+    """p_y of each row [R, C] for targets y [R] (ignored rows: any value), per wire dtype and
+    arithmetic: [R, 2 x len(_WIRE_DTYPES)]."""
+    out = []
+    x = torch.from_numpy(rows)
+    idx = torch.from_numpy(np.where((y >= 0) & (y < rows.shape[1]), y, 0)).unsqueeze(1)
+    for dtype in _WIRE_DTYPES:
+        wire = x.to(dtype)
+        for arith in (torch.float64, torch.float32):
+            out.append(torch.softmax(wire.to(arith), dim=1).gather(1, idx).squeeze(1).double().numpy())
+    return np.stack(out, axis=1)
+
+
+def _schedule_inputs(shape, thresholds, ignore=None):
+    """Class-index inputs for a γ schedule: every counted row's p_y more than THRESHOLD_MARGIN from
+    every threshold (rows redrawn from rng), and rows in every band: below the first threshold,
+    between each two, and above the last when it is below 1."""
+    base = _class_inputs(shape, ignore=ignore)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    edges = np.concatenate([[0.0], thresholds] + ([[1.0 + 1e-9]] if thresholds[-1] < 1 else []))
+
+    def make(rng):
+        x, y, extra = base(rng)
+        C = shape[1]
+        rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, C)
+        target = y.reshape(-1)
+        valid = np.flatnonzero(target != ignore) if ignore is not None else np.arange(len(target))
+
+        def settle(i, lo=0.0, hi=2.0):
+            for _ in range(10000):
+                p = _target_probabilities(rows[i:i + 1], target[i:i + 1])[0]
+                if np.abs(p[:, None] - thresholds[None, :]).min() > THRESHOLD_MARGIN and ((p >= lo) & (p < hi)).all():
+                    return
+                rows[i] = rng.standard_normal(C) * 3.0
+            raise AssertionError("cannot draw a row away from the thresholds")
+
+        for i in valid:
+            settle(i)
+        p = _target_probabilities(rows, target)[:, 0]
+        for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+            if not ((p[valid] >= lo) & (p[valid] < hi)).any():
+                settle(valid[b], lo, hi)
+        x = np.ascontiguousarray(np.moveaxis(rows.reshape(shape[0], *shape[2:], C), -1, 1))
+        return x, y, extra
+    return make
+
+
+FLSD53 = {"gamma": 3.0, "gamma_schedule": [(0.2, 5.0)]}  # Mukhoti et al. 2020
+
 CASES = [
     ("softmax_default", "softmax_focal", {}, _class_inputs((16, 7))),
     ("softmax_gamma0_is_ce", "softmax_focal", {"gamma": 0.0}, _class_inputs((16, 7))),
@@ -178,6 +235,31 @@ CASES = [
     ("dfl_NBS", "distribution_focal", {}, _distribution((4, 6, 5))),
     ("dfl_B2", "distribution_focal", {}, _distribution((12, 2))),
     ("dfl_NBS_weights", "distribution_focal", {}, _weighted(_distribution((4, 6, 5)), per="targets")),
+    # §5.0 options: Poly-1 on both variants, class-balanced α (with zero counts), γ schedules
+    ("softmax_poly1_ce_eps2", "softmax_focal", {"gamma": 0.0, "poly_epsilon": 2.0}, _class_inputs((16, 7))),
+    ("softmax_poly1_epsm1_alpha", "softmax_focal", {"poly_epsilon": -1.0, "alpha": [0.5, 1, 2, 0.25, 3]},
+     _class_inputs((16, 5))),
+    ("softmax_poly1_spatial_ignore", "softmax_focal", {"gamma": 1.5, "poly_epsilon": 1.0, "ignore_index": 255},
+     _class_inputs((3, 5, 4, 3), ignore=255)),
+    ("softmax_counts_zeros", "softmax_focal", {"class_counts": [1000, 0, 25, 0, 3, 7], "class_balance_beta": 0.99},
+     _class_inputs((24, 6))),
+    ("softmax_counts_smoothing", "softmax_focal", {"class_counts": [500, 50, 5, 0], "label_smoothing": 0.1},
+     _class_inputs((16, 4))),
+    ("softmax_flsd53", "softmax_focal", FLSD53, _schedule_inputs((32, 6), [0.2])),
+    ("softmax_schedule_2step", "softmax_focal", {"gamma": 1.0, "gamma_schedule": [(0.25, 4.0), (0.6, 2.5)]},
+     _schedule_inputs((32, 5), [0.25, 0.6])),
+    ("softmax_flsd53_poly1_counts_spatial", "softmax_focal",
+     dict(FLSD53, poly_epsilon=1.0, class_counts=[90, 3, 0, 400, 12], ignore_index=-1),
+     _schedule_inputs((2, 5, 4, 4), [0.2], ignore=-1)),
+    ("softmax_schedule_weights", "softmax_focal", {"gamma": 2.0, "gamma_schedule": [(0.2, 5.0), (0.5, 3.0)]},
+     _weighted(_schedule_inputs((24, 5), [0.2, 0.5]), per="targets")),
+    ("sigmoid_poly1_eps1", "sigmoid_focal", {"poly_epsilon": 1.0}, _float_targets((16, 6))),
+    ("sigmoid_poly1_bce_epsm1_soft", "sigmoid_focal", {"gamma": 0.0, "alpha": -1.0, "poly_epsilon": -1.0},
+     _float_targets((16, 6), soft=True)),
+    ("sigmoid_poly1_index_ignore_eps2", "sigmoid_focal", {"gamma": 0.5, "poly_epsilon": 2.0, "ignore_index": -1},
+     _class_inputs((20, 5), background=True, ignore=-1)),
+    ("sigmoid_poly1_smoothing", "sigmoid_focal", {"poly_epsilon": 2.0, "label_smoothing": 0.1},
+     _float_targets((12, 5))),
 ]
 CASE_IDS = [c[0] for c in CASES]
 REDUCTIONS = ["mean", "sum", "none"]

@@ -21,13 +21,50 @@ def _class_dim_last_to_1(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(-1, 1)
 
 
-def softmax_focal(x, y, gamma=2.0, alpha=None, ignore_index=None, label_smoothing=0.0):
+def class_balanced_alpha(class_counts, class_balance_beta=0.9999):
+    """§5.0's class-balanced α (Cui et al. 2019), float64 NumPy: their effective number of
+    samples 1 - β^n and weight (1-β) / (1 - β^n) for n_c > 0; a class with n_c = 0 takes the
+    largest of the others' (every weight 1 when all counts are 0); normalised to Σ α_c = C, as
+    their `weights / sum(weights) * C`."""
+    n = np.asarray(class_counts, dtype=np.float64)
+    beta = float(class_balance_beta)
+    seen = n > 0
+    w = np.ones_like(n)
+    w[seen] = (1.0 - beta) / (1.0 - np.power(beta, n[seen]))
+    w[~seen] = w[seen].max() if seen.any() else 1.0
+    return w / w.sum() * len(n)
+
+
+def scheduled_gamma(p_y, gamma, gamma_schedule):
+    """§5.0's FLSD γ per row: the γ of the first (threshold, γ) step whose threshold is greater
+    than p_y (read off a detached p_y: the choice has no gradient), else `gamma`."""
+    g = torch.full_like(p_y, float(gamma))
+    for threshold, step_gamma in reversed(list(gamma_schedule or ())):
+        g = torch.where(p_y < threshold, torch.full_like(g, float(step_gamma)), g)
+    return g
+
+
+def softmax_focal(x, y, gamma=2.0, alpha=None, ignore_index=None, label_smoothing=0.0, poly_epsilon=0.0,
+                  class_counts=None, class_balance_beta=0.9999, gamma_schedule=None):
+    """§1 with §5.0's options: class_counts replaces alpha by class_balanced_alpha; with a
+    gamma_schedule or poly_epsilon (never with label smoothing: the server rejects that)
+    ℓ = -α_y (1-p_y)^γ_row log p_y + ε_p (1-p_y)^(γ_row+1), the Poly-1 term not α-weighted."""
     C = x.shape[1]
+    if class_counts is not None:
+        alpha = class_balanced_alpha(class_counts, class_balance_beta)
     logp = F.log_softmax(x, dim=1)
     p = logp.exp()
     valid = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else (y != ignore_index)
     y_safe = torch.where(valid, y, torch.zeros_like(y))
     a = torch.ones(C, dtype=x.dtype) if alpha is None else torch.as_tensor(alpha, dtype=x.dtype)
+    if gamma_schedule or poly_epsilon:
+        assert label_smoothing == 0, "rejected by the server (§5.0)"
+        log_py = logp.gather(1, y_safe.unsqueeze(1)).squeeze(1)
+        p_y = log_py.exp()
+        g = scheduled_gamma(p_y.detach(), gamma, gamma_schedule)
+        loss = -a[y_safe] * (1 - p_y).pow(g) * log_py + poly_epsilon * (1 - p_y).pow(g + 1)
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+        return loss, int(valid.sum())
     a = a.view(1, C, *([1] * (x.dim() - 2)))
     per_class = -a * (1 - p).pow(gamma) * logp
     if label_smoothing == 0:
@@ -63,13 +100,20 @@ def _masked(loss, mask):
 
 
 def sigmoid_focal(x, t, gamma=2.0, alpha=0.25, ignore_index=None, label_smoothing=0.0, smoothing_classes=2,
-                  input="logits"):
-    """Float targets shaped like x, or class-index targets [N, *] for x [N, C, *] (C = background)."""
+                  input="logits", poly_epsilon=0.0):
+    """Float targets shaped like x, or class-index targets [N, *] for x [N, C, *] (C = background).
+    poly_epsilon (§5.0, logits only): + ε_p (1-p_t)^(γ+1), p_t = p t + (1-p)(1-t), not α-weighted,
+    as the PolyLoss paper's poly1_focal_loss listing."""
     t, mask = _dense_targets(x, t, ignore_index)
     t = _smooth(t.to(x.dtype), label_smoothing, smoothing_classes)
     if input == "logits":
         loss = torchvision.ops.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="none")
+        if poly_epsilon:
+            p = torch.sigmoid(x)
+            p_t = p * t + (1 - p) * (1 - t)
+            loss = loss + poly_epsilon * (1 - p_t).pow(gamma + 1)
     else:  # x is p itself; BCELoss's log clamp at -100
+        assert not poly_epsilon, "rejected by the server (§5.0)"
         p = x
         ce = -(t * torch.clamp(torch.log(p), min=-100) + (1 - t) * torch.clamp(torch.log(1 - p), min=-100))
         p_t = p * t + (1 - p) * (1 - t)
@@ -213,6 +257,41 @@ def reference(variant, x, targets, reduction, num_objects=None, normalizer=None,
 
 
 # -- §5's gradient formulas, transcribed separately (NumPy, float64) ----------------------------
+
+def poly_term_gradient(variant, x, t, gamma=2.0, poly_epsilon=0.0, gamma_schedule=None, ignore_index=None,
+                       **_):
+    """d(Σ_i ε_p (1-p_t)^(γ+1))/dx, the Poly-1 term alone, as §5.0 writes its gradient: softmax
+    -ε_p (γ+1)(1-p_y)^γ p_y ([j=y] - p_j) with γ the row's (scheduled) γ; sigmoid
+    ε_p (γ+1)(1-p_t)^γ (-(2t-1) p (1-p)). x float64 [N, C, *]; t class indices (sigmoid: or
+    float targets); ignored rows get none. Label smoothing is not transcribed."""
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(t)
+    C = x.shape[1]
+    if variant == "softmax_focal":
+        valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
+        y = np.where(valid, t, 0)
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        p_y = np.take_along_axis(p, y[:, None], axis=1)[:, 0]
+        g = np.full(p_y.shape, float(gamma))
+        for threshold, step_gamma in reversed(list(gamma_schedule or ())):
+            g = np.where(p_y < threshold, float(step_gamma), g)
+        onehot = np.moveaxis(np.eye(C)[y], -1, 1)
+        coef = -poly_epsilon * (g + 1) * (1 - p_y) ** g * p_y * valid
+        return coef[:, None] * (onehot - p)
+    if t.dtype.kind in "iu":
+        valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
+        dense = np.moveaxis(np.eye(C + 1)[np.where(valid, t, C)][..., :C], -1, 1)
+        g = _closed_form_poly_sigmoid(x, dense, gamma, poly_epsilon)
+        return g * np.expand_dims(valid, 1)
+    return _closed_form_poly_sigmoid(x, t.astype(np.float64), gamma, poly_epsilon)
+
+
+def _closed_form_poly_sigmoid(x, t, gamma, poly_epsilon):
+    p = _np_sigmoid(x)
+    one_m_pt = t * (1 - p) + (1 - t) * p
+    return poly_epsilon * (gamma + 1) * one_m_pt ** gamma * (-(2 * t - 1) * p * (1 - p))
+
 
 def _np_softplus(z):
     return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))

@@ -46,6 +46,17 @@ Y = RNG.integers(0, 5, 12)
     (dict(variant="quality_focal", scores=np.full(11, 0.5, np.float32)), "scores.shape"),
     (dict(variant="quality_focal", scores=np.full(12, 1.5, np.float32)), "scores[0]"),
     (dict(scores=np.full(12, 0.5, np.float32)), "scores"),  # softmax_focal takes none
+    # §5.0's options out of range
+    (dict(poly_epsilon=-1.5), "loss.poly_epsilon"),
+    (dict(variant="sigmoid_focal", targets=np.full(12, 5), poly_epsilon=-1.01), "loss.poly_epsilon"),
+    (dict(class_counts=[1, 2, 3]), "loss.class_counts"),
+    (dict(class_counts=[1, 2, -3, 4, 5]), "loss.class_counts[2]"),
+    (dict(class_counts=[1, 2, 3, 4, 5], class_balance_beta=1.0), "loss.class_balance_beta"),
+    (dict(gamma_schedule=[(0.5, 1.0), (0.2, 2.0)]), "loss.gamma_schedule[1].threshold"),
+    (dict(gamma_schedule=[(0.0, 1.0)]), "loss.gamma_schedule[0].threshold"),
+    (dict(gamma_schedule=[(1.5, 1.0)]), "loss.gamma_schedule[0].threshold"),
+    (dict(gamma_schedule=[(0.2, -1.0)]), "loss.gamma_schedule[0].gamma"),
+    (dict(gamma_schedule=[(0.1 * (i + 1), 1.0) for i in range(9)]), "loss.gamma_schedule has 9 steps"),
 ])
 def test_invalid_request_names_the_field(client, kwargs, field):
     args = dict(logits=X, targets=Y)
@@ -55,6 +66,35 @@ def test_invalid_request_names_the_field(client, kwargs, field):
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in e.value.message, e.value.message
     assert "INVALID_ARGUMENT" in str(e.value)
+
+
+P = 1.0 / (1.0 + np.exp(-X))  # probabilities for sigmoid_focal's input PROBABILITIES
+T = (RNG.random(X.shape) < 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant,logits,targets,params,parameter,other", [
+    ("softmax_focal", X, Y, dict(poly_epsilon=1.0, label_smoothing=0.1), "loss.poly_epsilon", "loss.label_smoothing"),
+    ("softmax_focal", X, Y, dict(gamma_schedule=[(0.2, 5.0)], label_smoothing=0.1), "loss.gamma_schedule",
+     "loss.label_smoothing"),
+    ("softmax_focal", X, Y, dict(class_counts=[10, 0, 3, 1, 1], alpha=[1.0] * 5), "loss.class_counts", "loss.alpha"),
+    ("sigmoid_focal", P, T, dict(poly_epsilon=-1.0, input="probabilities"), "loss.poly_epsilon", "PROBABILITIES"),
+])
+def test_rejected_option_combinations_name_the_parameter(client, variant, logits, targets, params, parameter,
+                                                         other):
+    """§5.0's combinations the server rejects: INVALID_ARGUMENT naming the option and what it is
+    combined with, from Client.compute and from RemoteFocalLoss alike; each option alone is fine."""
+    with pytest.raises(focalserve.FocalServeError) as e:
+        client.compute(logits, targets, variant, compute_gradient=True, **params)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert parameter in e.value.message and other in e.value.message, e.value.message
+    from focalserve.torch import RemoteFocalLoss
+    x = torch.from_numpy(np.asarray(logits, np.float32)).requires_grad_(True)
+    with pytest.raises(focalserve.FocalServeError) as e:
+        RemoteFocalLoss(client, variant, **params)(x, torch.from_numpy(np.asarray(targets)))
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and parameter in e.value.message
+    for key, value in params.items():  # each alone is accepted (Poly-1 alone on sigmoid: on logits)
+        alone_logits = X if (variant, key) == ("sigmoid_focal", "poly_epsilon") else logits
+        client.compute(alone_logits, targets, variant, **{key: value})
 
 
 def test_non_finite_allowed_propagates(client):

@@ -146,3 +146,90 @@ def test_reference_autograd_matches_the_contracts_gradient(name, variant, params
     want = refs.closed_form_gradient(variant, x64, t, **extra, **params)
     assert np.isfinite(x.grad.numpy()).all() and np.isfinite(want).all()
     assert_close(x.grad.numpy(), want, 1e-10, f"{name}: autograd of the reference vs the contract's gradient")
+
+
+POLY_CASES = [c for c in CASES if c[2].get("poly_epsilon") and not c[2].get("label_smoothing")]
+
+
+@pytest.mark.parametrize("name,variant,params,make", POLY_CASES, ids=[c[0] for c in POLY_CASES])
+def test_reference_poly1_term_matches_its_closed_form_gradient(name, variant, params, make):
+    """§5.0's Poly-1 term as refs adds it (the loss with ε_p minus the loss without), through
+    autograd, against §5.0's gradient of that term transcribed separately
+    (refs.poly_term_gradient): softmax with the row's scheduled γ, sigmoid with p_t as in §2.
+    Float64, different operations: 1e-10 as for the catalogue's check above."""
+    rng = np.random.default_rng(stable_seed(name, "poly-closed-form"))
+    x64, t, _ = make(rng)
+    x = torch.from_numpy(x64).requires_grad_(True)
+    tt = torch.from_numpy(t)
+    with_term, _ = refs.per_item(variant, x, tt, **params)
+    without, _ = refs.per_item(variant, x, tt, **dict(params, poly_epsilon=0.0))
+    (with_term - without).sum().backward()
+    want = refs.poly_term_gradient(variant, x64, t, **params)
+    assert np.abs(want).max() > 0
+    assert_close(x.grad.numpy(), want, 1e-10, f"{name}: autograd of the Poly-1 term vs its closed form")
+
+
+def test_class_balanced_alpha_reference():
+    """refs.class_balanced_alpha as §5.0 (Cui et al.'s weights, zeros at the largest weight)."""
+    a = refs.class_balanced_alpha([100, 0, 10, 1], 0.9)
+    w = (1 - 0.9) / (1 - 0.9 ** np.array([100, 10, 1]))
+    assert a.sum() == pytest.approx(4, rel=1e-15)
+    assert a[1] == pytest.approx(a[3], rel=1e-15) and a[3] == a.max()  # n = 0 takes n = 1's weight
+    np.testing.assert_allclose(a[[0, 2, 3]] / a[[0, 2, 3]].sum(), w / w.sum(), rtol=1e-14)
+    np.testing.assert_array_equal(refs.class_balanced_alpha([0, 0, 0]), np.ones(3))
+    np.testing.assert_allclose(refs.class_balanced_alpha([5, 9, 2], 0.0), np.ones(3), rtol=1e-15)
+
+
+# -- §5.0 options through the server: one option against its equivalent -----------------------
+
+def _rows_away_from(x, y, thresholds, margin=1e-3):
+    p = torch.softmax(torch.from_numpy(x).double(), dim=1).gather(1, torch.from_numpy(y).unsqueeze(1)).squeeze(1)
+    return np.abs(p.numpy()[:, None] - np.asarray(thresholds)[None, :]).min() > margin
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_counts_equal_the_alpha_they_derive(client, reduction):
+    """class_counts (zeros among them) gives the loss and gradient that sending
+    refs.class_balanced_alpha as alpha (float64 on the wire) gives: float32 kernels either way,
+    the weights equal to ~1e-15, so the results agree to float32 rounding at most."""
+    rng = np.random.default_rng(stable_seed("counts-vs-alpha", reduction))
+    x = (rng.standard_normal((40, 6)) * 3).astype(np.float32)
+    y = rng.integers(0, 6, 40)
+    counts = [1000, 0, 25, 0, 3, 7]
+    a = client.compute(x, y, "softmax_focal", reduction, compute_gradient=True, class_counts=counts,
+                       class_balance_beta=0.99)
+    b = client.compute(x, y, "softmax_focal", reduction, compute_gradient=True,
+                       alpha=list(refs.class_balanced_alpha(counts, 0.99)))
+    assert a.loss == pytest.approx(b.loss, rel=1e-6)
+    assert_close(a.gradient, b.gradient, 1e-6, "class_counts vs alpha gradient")
+    if reduction == "none":
+        assert_close(a.losses, b.losses, 1e-6, "class_counts vs alpha losses")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_equivalent_gamma_schedules_agree(client, reduction):
+    """FLSD-53 as Mukhoti et al.'s code writes it (gamma_dic {0.2: 5, 0.5: 3}, the class's γ 3)
+    and as §5.0 does (γ 3, one step (0.2, 5)) are the same loss; a single step at 1 with γ g is
+    the fixed γ g for every row (p_y < 1); a schedule with one γ everywhere is no schedule."""
+    rng = np.random.default_rng(stable_seed("schedules", reduction))
+    while True:
+        x = (rng.standard_normal((48, 5)) * 3).astype(np.float32)
+        y = rng.integers(0, 5, 48)
+        if _rows_away_from(x, y, [0.2, 0.5, 1.0]):
+            break
+
+    def run(**params):
+        return client.compute(x, y, "softmax_focal", reduction, compute_gradient=True, **params)
+
+    pairs = [(run(gamma=3.0, gamma_schedule=[(0.2, 5.0)]), run(gamma=3.0, gamma_schedule=[(0.2, 5.0), (0.5, 3.0)])),
+             (run(gamma=7.0, gamma_schedule=[(1.0, 1.5)]), run(gamma=1.5)),
+             (run(gamma=2.0, gamma_schedule=[(0.3, 2.0), (0.9, 2.0)]), run(gamma=2.0))]
+    for a, b in pairs:
+        assert a.loss == pytest.approx(b.loss, rel=1e-6)
+        assert_close(a.gradient, b.gradient, 1e-6, "equivalent schedules' gradients")
+    flsd, fixed5, fixed3 = pairs[0][0], run(gamma=5.0), run(gamma=3.0)
+    p = torch.softmax(torch.from_numpy(x).double(), 1).numpy()[np.arange(48), y]
+    if reduction == "none":  # each row is the fixed-γ loss of its band
+        want = np.where(p < 0.2, fixed5.losses, fixed3.losses)
+        assert (p < 0.2).any() and (p >= 0.2).any()
+        assert_close(flsd.losses, want, 1e-6, "FLSD-53 rows = γ 5 below 0.2, γ 3 above")

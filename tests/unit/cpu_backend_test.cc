@@ -653,6 +653,11 @@ TEST(Catalogue, LogitsFarOutKeepTheirValuesAndGradients) {
        [](Real x, Real t) { return testing::RefAsymmetric(x, t, 1, 4, 0.05L); }, Draw::kSoft},
       {"asymmetric", AsymmetricParams{0, 0.5, 0, std::nullopt},
        [](Real x, Real t) { return testing::RefAsymmetric(x, t, 0, 0.5L, 0); }, Draw::kHard},
+      // A clip so small that p - m rounds to 1 in float32 from x ≈ 17 on.
+      {"asymmetric", AsymmetricParams{0, 4, 1e-8, std::nullopt},
+       [](Real x, Real t) { return testing::RefAsymmetric(x, t, 0, 4, 1e-8L); }, Draw::kSoft},
+      {"asymmetric", AsymmetricParams{1, 0.5, 3e-8, std::nullopt},
+       [](Real x, Real t) { return testing::RefAsymmetric(x, t, 1, 0.5L, 3e-8L); }, Draw::kSoft},
       {"quality_focal", QualityFocalParams{2, std::nullopt},
        [](Real x, Real y) { return testing::RefQualityFocal(x, y, 2); }, Draw::kQuality},
       {"varifocal", VarifocalParams{0.75, 0.5, true},

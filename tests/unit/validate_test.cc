@@ -448,8 +448,18 @@ TEST(Validate, DistributionFocal) {
   const HostTensor nan = MakeTensor(DType::kFloat32, {3}, {NAN, 1, 1});
   job.targets = nan.view();
   ExpectInvalid(job, "targets[0] is nan; must be in [0, 4]");
+  // A float64 distance just above B-1 that float32 would round into range.
+  const HostTensor barely = MakeTensor(DType::kFloat64, {3}, {0, 4.0000001, 1});
+  job.targets = barely.view();
+  ExpectInvalid(job, "targets[1] is 4; must be in [0, 4]");
   job.targets = f.float_targets.view();
   ExpectInvalid(job, "targets.shape is [3, 5]; logits [3, 5] need targets [3]");
+  const int64_t too_many = ParameterLimits::kMaxDistributionBins + 1;
+  const HostTensor wide = HostTensor::Allocate(DType::kFloat32, {1, too_many}, too_many);
+  const HostTensor one_distance = MakeTensor(DType::kFloat32, {1}, {3});
+  job.logits = wide.view();
+  job.targets = one_distance.view();
+  ExpectInvalid(job, "logits.shape[1] is 16777217; distribution_focal needs B >= 2 bins");
   const HostTensor one_bin = MakeTensor(DType::kFloat32, {3, 1}, {0, 0, 0});
   job.logits = one_bin.view();
   job.targets = distances.view();
@@ -482,6 +492,8 @@ TEST(Validate, CatalogueIsFiniteAtItsLimits) {
       {FocalStarParams{ParameterLimits::kMinStarGamma, -ParameterLimits::kMaxShift, -1, std::nullopt}, &hard},
       {FocalStarParams{max_gamma, ParameterLimits::kMaxShift, 1, std::nullopt}, &hard},
       {DistributionFocalParams{}, &distances},
+      {AsymmetricParams{0, 4, 1e-8, std::nullopt}, &quality},  // p - m rounds to 1 for x ≳ 17
+      {AsymmetricParams{1, 0.5, 1e-8, std::nullopt}, &hard},
   };
   for (const auto& [params, targets] : cases) {
     SCOPED_TRACE(VariantName(params));
@@ -505,6 +517,30 @@ TEST(Validate, CatalogueIsFiniteAtItsLimits) {
   }
 }
 
+TEST(Validate, GammaScheduleIsFiniteWithGammaZeroOnSaturatedRows) {
+  // γ = 0 beside a schedule: rows at p_y = 1 (1-p_y = 0) take γ = 0, and 0^0 is 1, not NaN.
+  const HostTensor logits = MakeTensor(DType::kFloat32, {3, 2}, {1e4, -1e4, -1e4, 1e4, 3, -3});
+  const HostTensor classes = MakeTensor(DType::kInt64, {3}, {0, 0, 1});
+  const HostTensor single = MakeTensor(DType::kFloat32, {2, 1}, {0, 5});
+  const HostTensor zeros = MakeTensor(DType::kInt64, {2}, {0, 0});
+  SoftmaxFocalParams p;
+  p.gamma = 0;
+  p.gamma_schedule = {{0.2, 5}};
+  p.poly_epsilon = 1;
+  for (const auto& [x, y] : {std::pair{&logits, &classes}, std::pair{&single, &zeros}}) {
+    LossJob job;
+    job.spec.params = p;
+    job.spec.reduction = Reduction::kNone;
+    job.logits = x->view();
+    job.targets = y->view();
+    job.compute_gradient = true;
+    const auto result = CpuBackend().Compute(job);
+    ASSERT_TRUE(result.ok()) << result.status();
+    for (double v : testing::Values(result->losses->view())) EXPECT_TRUE(std::isfinite(v)) << v;
+    for (double v : testing::Values(result->gradient->view())) EXPECT_TRUE(std::isfinite(v)) << v;
+  }
+}
+
 TEST(Validate, SharedOptions) {
   Fixture f;
   SoftmaxFocalParams softmax;
@@ -523,9 +559,11 @@ TEST(Validate, SharedOptions) {
   softmax.class_counts = {1, 2, 3};
   ExpectInvalid(f.Job(softmax), "loss.class_counts has 3 values; logits have 5 classes (one value per class)");
   softmax.class_counts = {1, 2, -3, 4, 5};
-  ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is -3; must be in [0, 9.0072e+15]");
+  ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is -3; must be a whole number in [0, 2^53]");
   softmax.class_counts = {1, 2, NAN, 4, 5};
   ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is nan");
+  softmax.class_counts = {1, 2, 1e-310, 4, 5};  // 1-β^n would round to 0: α = ∞
+  ExpectInvalid(f.Job(softmax), "loss.class_counts[2] is 1e-310; must be a whole number");
   softmax.class_counts = {1, 2, 3, 4, 5};
   softmax.class_balance_beta = 1;
   ExpectInvalid(f.Job(softmax), "loss.class_balance_beta is 1; must be in [0, 1)");

@@ -502,10 +502,11 @@ absl::Status LoadClassAlpha(const Flags& flags, LossSpec& spec) {
   for (const ParameterDescription& p : described.parameters) {
     if (!p.per_class_list || !flags.Has(p.flag)) continue;
     ASSIGN_OR_RETURN(const HostTensor list, LoadTensor(flags.Get(p.flag), p.flag.c_str(), flags, nullptr));
-    if (!IsFloating(list.dtype) || list.shape.size() != 1) {
+    // Floats (α) or integers (class_counts, as NumPy's bincount gives them): values either way.
+    if (list.shape.size() != 1) {
       return absl::InvalidArgumentError(absl::StrCat("--", p.flag, " ", flags.Get(p.flag), ": holds ",
                                                      DTypeName(list.dtype), " ", ShapeString(list.shape),
-                                                     "; expected a 1-D float array of length C"));
+                                                     "; expected a 1-D array of length C"));
     }
     RETURN_IF_ERROR(SetParameterList(spec.params, p.name, list.ToDoubles()));
   }

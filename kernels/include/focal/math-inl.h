@@ -56,7 +56,11 @@ FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
 template <class V>
 struct Gamma {
   V value;
-  int whole = -1;  ///< γ when it is 0, 1, 2, 3 or 4; -1 otherwise (uniform over a job)
+  /// γ when it is 0, 1, 2, 3 or 4 (uniform over a job); kFractional otherwise; kPerLane when
+  /// each lane has its own γ (a γ schedule), which may be 0 in some lanes.
+  int whole = kFractional;
+  static constexpr int kFractional = -1;
+  static constexpr int kPerLane = -2;
 };
 
 /// Gamma for γ broadcast into the value type by `o`.
@@ -70,7 +74,8 @@ FOCAL_HD Gamma<typename Ops::V> MakeGamma(const Ops& o, double gamma) {
 
 /// (1-p)^γ from 1-p and, lazily, its log (`log_base()` runs only for a fractional γ).
 /// 0^0 = 1: with γ = 0 every variant is exactly its cross-entropy, even where 1-p underflows
-/// to 0. A fractional γ is > 0, so γ·log(1-p) never meets 0·(-∞).
+/// to 0. A fractional γ is > 0, so γ·log(1-p) never meets 0·(-∞); per-lane γs may be 0, so
+/// their lanes of γ = 0 are 1 by select.
 template <class Ops, class V, class LogBase>
 FOCAL_HD V Modulating(const Ops& o, V base, const LogBase& log_base, const Gamma<V>& gamma) {
   switch (gamma.whole) {
@@ -82,6 +87,7 @@ FOCAL_HD V Modulating(const Ops& o, V base, const LogBase& log_base, const Gamma
       const V square = base * base;
       return square * square;
     }
+    case Gamma<V>::kPerLane: return o.Select(o.Eq(gamma.value, o.Zero()), o.Set(1), o.Exp(gamma.value * log_base()));
     default: return o.Exp(gamma.value * log_base());
   }
 }
@@ -221,7 +227,7 @@ FOCAL_HD SoftmaxRowGrad<V> SoftmaxFocalRow(const Ops& o, V x_y, V max, V rest, V
                                            const Gamma<V>& gamma, const SoftmaxRowOptions& options = {}) {
   const V u_y = LogProb(o, x_y, max, LogNormalizer(o, rest));
   const Gamma<V> row_gamma =
-      options.steps > 0 ? Gamma<V>{ScheduledGamma(o, options, o.Exp(u_y), gamma.value), -1} : gamma;
+      options.steps > 0 ? Gamma<V>{ScheduledGamma(o, options, o.Exp(u_y), gamma.value), Gamma<V>::kPerLane} : gamma;
   const FocalTerm<V> term = SoftmaxFocalTerm(o, u_y, row_gamma);
   V f = alpha_y * term.f, g = alpha_y * term.g;
   if (options.poly_epsilon != 0) {
@@ -554,7 +560,13 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
     const auto active = o.Lt(zero, shifted);
     // 1 - p_m = (1-p) + m ≥ m where p > m: from 1-p, without the cancellation of 1 - p_m.
     const V one_m_shifted = o.Select(active, s.q + c.clip, one);
-    const V neg_log = o.Neg(o.Log1p(o.Neg(shifted)));  // accurate as p_m → 0, and 1-p_m ≥ m
+    // -log(1 - p_m) with one log: log1p(-p_m) by Kahan's correction while p_m < 1/2 (accurate as
+    // p_m → 0), log(q + m) above, where p - m may have rounded to 1 (x ≳ 17 with a tiny m).
+    const auto small = o.Lt(shifted, o.Set(0.5));
+    const V u = o.Select(small, one - shifted, one_m_shifted);
+    const V log_u = o.Log(u);
+    const V kahan = o.Select(o.Eq(u, one), o.Neg(shifted), log_u * (o.Neg(shifted) / (u - one)));
+    const V neg_log = o.Neg(o.Select(small, kahan, log_u));
     const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
     const V r = o.Select(active, neg_log / shifted, one);
     loss_neg = mod_neg * neg_log;

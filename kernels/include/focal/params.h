@@ -23,9 +23,12 @@ enum class Reduction : uint8_t { kMean, kSum, kNone };
 
 /// How large a parameter may be so that float32 kernels carry it. The worst product is
 /// focal_cosine's: α·xent (1e8) times grad_output over the smallest normalizer (1e14) times the
-/// normalisation's 1/max(‖x‖, 1e-12) of an all-zero row (1e12) is 1e34, below float32's
-/// 3.4e38; every other variant has less. Beyond γ = 1000, (1-p_t)^γ is below 1e-40 for every
-/// p_t ≥ 0.1: nothing is left to focus on.
+/// normalisation's 1/max(‖x‖, 1e-12) of an all-zero row (1e12) is 1e34, and a per-item weight
+/// (1e4) makes it 1e38, below float32's 3.4e38; every other variant has less (softmax_focal's
+/// class-balanced α, at most C, multiplies bounded terms). Beyond γ = 1000, (1-p_t)^γ is below
+/// 1e-40 for every p_t ≥ 0.1: nothing is left to focus on. A loss is as large as its logit
+/// (softplus(x) ≈ x), so a weighted item's loss at |x| near 3.4e38 is beyond float32 and +inf;
+/// its gradient stays finite.
 struct ParameterLimits {
   static constexpr double kMaxGamma = 1000;
   /// α (per class or scalar) and xent: weights of a loss term.
@@ -45,6 +48,8 @@ struct ParameterLimits {
   static constexpr double kMaxClassCount = 9007199254740992.0;
   /// Steps of a γ schedule (FLSD uses one or two); kernels carry them in their arguments.
   static constexpr int kMaxGammaSteps = 8;
+  /// distribution_focal's bins: a bin index must be exact in float32, where its weights are formed.
+  static constexpr int64_t kMaxDistributionBins = int64_t{1} << 24;
 };
 
 /// One step of softmax_focal's sample-dependent γ (FLSD): rows whose p_y is below `threshold`
@@ -207,6 +212,7 @@ struct Variant<SoftmaxFocalParams> {
           .In(ParameterLimits::kMinPolyEpsilon, ParameterLimits::kMaxWeight),
       MakeParam("class_counts", &P::class_counts, "examples per class n_c: α_c = (1-β)/(1-β^n_c), normalised to sum C")
           .In(0, ParameterLimits::kMaxClassCount)
+          .Rule("a whole number in [0, 2^53]")
           .Default("none"),
       MakeParam("class_balance_beta", &P::class_balance_beta, "β of the class-balanced α (with class_counts)")
           .InHalfOpen(0, 1),
@@ -227,13 +233,17 @@ struct SigmoidFocalParams {
   double poly_epsilon = 0.0;  ///< §5.0 Poly-1
 };
 
+/// The logits of sigmoid_focal and of the catalogue's variants shaped like it: float targets
+/// shaped like the logits, or class indices [N, d1..dk] with background C.
+inline constexpr const char* kSigmoidShape = "of any shape (class-index targets: [N, C, d1..dk])";
+
 template <>
 struct Variant<SigmoidFocalParams> {
   using P = SigmoidFocalParams;
   static constexpr const char* kInputs[] = {"logits", "probabilities"};
   static constexpr VariantFacts kFacts{
       "sigmoid_focal",     "binary / multi-label focal loss over a sigmoid of every logit",
-      Targets::kClassIndexOrFloat, Items::kElements, "of any shape (class-index targets: [N, C, d1..dk])",
+      Targets::kClassIndexOrFloat, Items::kElements, kSigmoidShape,
       0, std::numeric_limits<int>::max(), /*background_target=*/true};
   static constexpr auto kParams = std::make_tuple(
       MakeParam("gamma", &P::gamma, "focusing parameter γ").In(0, ParameterLimits::kMaxGamma),
@@ -292,10 +302,6 @@ struct AsymmetricParams {
   double clip = 0.05;
   std::optional<int64_t> ignore_index;  ///< only with class-index targets
 };
-
-/// The facts the sigmoid-shaped catalogue variants share with sigmoid_focal: float targets
-/// shaped like the logits or class indices [N, d1..dk] with background C, one item per logit.
-inline constexpr const char* kSigmoidShape = "of any shape (class-index targets: [N, C, d1..dk])";
 
 template <>
 struct Variant<AsymmetricParams> {
