@@ -568,9 +568,12 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
     const V kahan = o.Select(o.Eq(u, one), o.Neg(shifted), log_u * (o.Neg(shifted) / (u - one)));
     const V neg_log = o.Neg(o.Select(small, kahan, log_u));
     const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
-    const V r = o.Select(active, neg_log / shifted, one);
     loss_neg = mod_neg * neg_log;
-    grad_neg = o.IfThenElseZero(active, mod_neg * s.p * s.q * (c.gamma_neg.value * r + one / one_m_shifted));
+    // γ- r + 1/(1-p_m) over one denominator: (γ- (-log(1-p_m))(1-p_m) + p_m) / (p_m (1-p_m)),
+    // one division instead of two; both sides are ~p_m as p_m → 0 (its limit is γ- + 1).
+    const V denominator = o.Select(active, shifted * one_m_shifted, one);
+    const V bracket = o.MulAdd(c.gamma_neg.value * neg_log, one_m_shifted, shifted) / denominator;
+    grad_neg = o.IfThenElseZero(active, mod_neg * s.p * s.q * bracket);
   }
   const V u = one - t;
   return {t * loss_pos + u * loss_neg, t * grad_pos + u * grad_neg};
