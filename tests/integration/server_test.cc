@@ -1461,6 +1461,20 @@ TEST(FocalServeMetrics, CountersFollowTheRequests) {
     data_bytes += r.logits().data().size() + r.targets().data().size();
     ++ok;
   }
+  int64_t distribution_elements = 0;
+  {  // a catalogue variant gets its own label, as every variant of the table does
+    v1::ComputeRequest r;
+    r.set_request_id("m-dfl");
+    r.mutable_loss()->mutable_distribution_focal();
+    *r.mutable_logits() = testing::ToProto(MakeTensor(DType::kFloat32, {8, 17}, testing::RandomNormal(136, 1, 80)));
+    *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kFloat32, {8}, testing::RandomUniform(8, 0, 16, 81)));
+    v1::ComputeResponse response;
+    const grpc::Status status = Compute(*stub, r, &response);
+    ASSERT_TRUE(status.ok()) << Describe(status);
+    distribution_elements += NumElements(r.logits());
+    data_bytes += r.logits().data().size() + r.targets().data().size();
+    ++ok;
+  }
   for (int i = 0; i < 3; ++i) {
     v1::ComputeRequest r = SmallRequest("m-bad-" + std::to_string(i));
     *r.mutable_targets() = testing::ToProto(MakeTensor(DType::kInt64, {4}, {0, 9, 1, 0}));
@@ -1500,6 +1514,10 @@ TEST(FocalServeMetrics, CountersFollowTheRequests) {
             static_cast<double>(softmax_elements));
   EXPECT_EQ(delta(after, "focal_elements_processed_total", {{"variant", "sigmoid_focal"}}),
             static_cast<double>(sigmoid_elements));
+  EXPECT_EQ(delta(after, "focal_requests_total",
+                  {{"method", "Compute"}, {"variant", "distribution_focal"}, {"code", "OK"}}), 1);
+  EXPECT_EQ(delta(after, "focal_elements_processed_total", {{"variant", "distribution_focal"}}),
+            static_cast<double>(distribution_elements));
   EXPECT_EQ(delta(after, "focal_request_latency_seconds_count", {{"method", "Compute"}}), ok + failed);
   EXPECT_TRUE(testing::HasMetric(after, "focal_request_latency_seconds_bucket"));
   EXPECT_TRUE(testing::HasMetric(after, "focal_request_latency_seconds_sum"));
