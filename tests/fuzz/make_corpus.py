@@ -58,6 +58,35 @@ def requests():
     yield _codec.compute_request(np.array([[88.0, -100.0, 0.0]], np.float32), np.array([2]), variant="focal_cosine",
                                  compute_gradient=True, gamma=1000.0, alpha=-1e4, xent=1e4, normalizer=1e-6,
                                  grad_output=1e8)
+    # The catalogue (docs/variants.md §5): every variant, weights, scores and the §5.0 options.
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    y = np.array([0, 4, 2])  # 4 = C: background
+    soft = (rng.random((3, 4)) < 0.4).astype(np.float32)
+    quality = soft * rng.random((3, 4)).astype(np.float32)
+    weights = rng.random((3, 4)).astype(np.float32)
+    for reduction in ("mean", "none"):
+        yield _codec.compute_request(x, soft, variant="asymmetric", reduction=reduction, compute_gradient=True,
+                                     gamma_pos=1.0, gamma_neg=0.5, clip=0.05, weights=weights)
+        yield _codec.compute_request(x, y, variant="asymmetric", reduction=reduction, compute_gradient=True,
+                                     clip=1e-8, ignore_index=2)
+        yield _codec.compute_request(x, quality, variant="quality_focal", reduction=reduction, compute_gradient=True,
+                                     beta=1.0)
+        yield _codec.compute_request(x, y, variant="quality_focal", reduction=reduction, compute_gradient=True,
+                                     scores=np.array([0.5, 0.0, 1.0], np.float32))
+        yield _codec.compute_request(x, quality, variant="varifocal", reduction=reduction, compute_gradient=True,
+                                     alpha=0.75, gamma=0.5, iou_weighted=False)
+        yield _codec.compute_request(x, y, variant="focal_star", reduction=reduction, compute_gradient=True,
+                                     gamma=2.0, beta=1.0, alpha=0.25)
+        yield _codec.compute_request(rng.standard_normal((3, 17)).astype(np.float16), np.array([0, 16, 7.5], np.float32),
+                                     variant="distribution_focal", reduction=reduction, compute_gradient=True,
+                                     weights=np.array([1, 0, 2], np.float32))
+        yield _codec.compute_request(x, np.array([0, 3, 1]), variant="softmax_focal", reduction=reduction,
+                                     compute_gradient=True, gamma=3.0, gamma_schedule=[(0.2, 5.0), (0.5, 1.0)],
+                                     poly_epsilon=1.0, class_counts=[10, 0, 3, 1000])
+        yield _codec.compute_request(x, soft, variant="sigmoid_focal", reduction=reduction, compute_gradient=True,
+                                     poly_epsilon=-1.0)
+    yield _codec.compute_request(rng.standard_normal((2, 5, 3)).astype(np.float32), rng.random((2, 3)) * 4,
+                                 variant="distribution_focal", compute_gradient=True)
 
 
 def write(target: str, blobs):
