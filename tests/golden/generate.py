@@ -330,8 +330,9 @@ def focal_star_contract(x, t, p):
 def distribution_focal_reference(x, y, p):
     """mmdetection mmdet/models/losses/gfocal_loss.py distribution_focal_loss, per row;
     [N, B, *] as mmdetection's [rows, B]. Its right bin is floor(y) + 1, out of range at
-    y = B-1 (mmdetection's heads clamp targets below B-1 first): such rows get a placeholder
-    target here, and are neither compared nor written from this function."""
+    y = B-1 (mmdetection's heads clamp targets below B-1 first): it cannot express such rows,
+    so they are computed at distance 0 only to keep the call valid, and their values are
+    neither compared nor written (the files hold the contract's numbers for them)."""
     b = x.shape[1]
     rows = classes_last(x)
     dist = y.reshape(-1)
