@@ -18,6 +18,22 @@ absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view 
 
 }  // namespace
 
+absl::Status CheckRequestSize(const TensorView& logits, const RequestLimits& limits) {
+  ASSIGN_OR_RETURN(const int64_t elements, NumElements(logits.shape, "logits"));
+  if (elements > limits.max_elements) {
+    return absl::ResourceExhaustedError(absl::StrCat("logits has ", elements, " elements; this server takes at most ",
+                                                     limits.max_elements, " per request (--max-elements)"));
+  }
+  // dim 1 is the class dimension of every class-indexed layout; Evaluate sizes per-class sums
+  // from it even when dim 0 is 0, so it is bounded for every variant and every RPC.
+  if (logits.shape.size() >= 2 && logits.shape[1] > limits.max_classes) {
+    return absl::ResourceExhaustedError(absl::StrCat("logits.shape[1] is ", logits.shape[1],
+                                                     " classes; this server takes at most ", limits.max_classes,
+                                                     " per request (--max-classes)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits) {
   LossJob job;
   RETURN_IF_ERROR(wire::RejectUnknownFields(request, ""));
@@ -28,18 +44,7 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
   if (!request.has_targets()) return Invalid("targets is missing");
   ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits"));
   ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets"));
-  ASSIGN_OR_RETURN(const int64_t elements, NumElements(job.logits.shape, "logits"));
-  if (elements > limits.max_elements) {
-    return absl::ResourceExhaustedError(absl::StrCat("logits has ", elements, " elements; this server takes at most ",
-                                                     limits.max_elements, " per request (--max-elements)"));
-  }
-  // dim 1 is the class dimension of every class-indexed layout; Evaluate sizes per-class sums
-  // from it even when dim 0 is 0, so it is bounded for every variant and every RPC.
-  if (job.logits.shape.size() >= 2 && job.logits.shape[1] > limits.max_classes) {
-    return absl::ResourceExhaustedError(absl::StrCat("logits.shape[1] is ", job.logits.shape[1],
-                                                     " classes; this server takes at most ", limits.max_classes,
-                                                     " per request (--max-classes)"));
-  }
+  RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.has_num_objects()) {
     ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects"));
   }

@@ -21,6 +21,10 @@ namespace focal::server {
 /// INVALID_ARGUMENT; more logits elements or classes than `limits` allow is RESOURCE_EXHAUSTED,
 /// for every variant, before anything is sized from the shape. Shapes,
 /// byte lengths, values and parameters are checked by ValidateJob, shared by every backend.
+/// RESOURCE_EXHAUSTED when `logits` has more elements, or more classes (dim 1), than `limits`
+/// allow: every protocol's decoder checks it before anything is sized from the shape.
+absl::Status CheckRequestSize(const TensorView& logits, const RequestLimits& limits);
+
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits);
 
 /// Fills `response` from a result, moving its tensors' bytes in (no copy); `queue_micros` is

@@ -22,6 +22,7 @@
 #include "server/metrics.h"
 #include "server/options.h"
 #include "server/server_info.h"
+#include "server/kserve_service.h"
 #include "server/service.h"
 #include "server/wire.h"
 #include "server/work_queue.h"
@@ -148,6 +149,8 @@ int Run(int argc, char** argv) {
   config.debug_delay_ms = options.debug_delay_ms;
   config.info = BuildServerInfo(options, backend->backend->Name(), backend->devices);
   FocalLossServiceImpl service(std::move(config));
+  // The Open Inference Protocol on the same port, over the same admission, queue and backend.
+  KServeServiceImpl kserve_service(&service);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -155,6 +158,7 @@ int Run(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(options.listen, *credentials, &port);
   builder.RegisterService(&service);
+  builder.RegisterService(&kserve_service);
   if (!token.empty()) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
     interceptors.push_back(std::make_unique<ReflectionAuthFactory>(token));

@@ -29,7 +29,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
-  requests_ = &BuildCounter().Name("focal_requests_total").Help("Calls by method, variant and gRPC status code").Register(*registry_);
+  requests_ = &BuildCounter().Name("focal_requests_total").Help("Calls by method, protocol (focal.v1, kserve.v2), variant and gRPC status code").Register(*registry_);
   latency_ = &BuildHistogram().Name("focal_request_latency_seconds").Help("Call latency from arrival to answer").Register(*registry_);
   queue_ = &BuildHistogram().Name("focal_queue_seconds").Help("Time a computation waited for a worker").Register(*registry_);
   compute_ = &BuildHistogram().Name("focal_compute_seconds").Help("Time a backend spent on one batch").Register(*registry_);
@@ -59,18 +59,9 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& liste
 
 namespace {
 
-int MethodIndex(absl::string_view method) {
-  if (method == "Compute") return 0;
-  if (method == "ComputeStream") return 1;
-  if (method == "Evaluate") return 2;
-  return 3;  // GetServerInfo
-}
-
 /// Slot 0 is "" (the request did not decode); the table's variants follow in its order.
 int VariantSlot(absl::string_view variant) { return VariantIndex(std::string_view(variant.data(), variant.size())) + 1; }
 const char* VariantLabel(int slot) { return slot == 0 ? "" : VariantNameAt(slot - 1); }
-
-constexpr const char* kMethodNames[] = {"Compute", "ComputeStream", "Evaluate", "GetServerInfo"};
 
 int CodeIndex(absl::string_view code) {
   for (int c = 0; c <= 16; ++c) {
@@ -87,15 +78,15 @@ void Metrics::Record(const CallRecord& call) {
   MethodSeries& series = series_[m];
   if (!filled.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(series_mu_);
-    const std::string method = kMethodNames[m], variant = VariantLabel(v);
+    const std::string method = kMethods[m].name, protocol = kMethods[m].protocol, variant = VariantLabel(v);
     if (!series.latency) {
-      series.latency = &latency_->Add({{"method", method}}, SecondsBuckets());
-      series.queue = &queue_->Add({{"method", method}}, SecondsBuckets());
+      series.latency = &latency_->Add({{"method", method}, {"protocol", protocol}}, SecondsBuckets());
+      series.queue = &queue_->Add({{"method", method}, {"protocol", protocol}}, SecondsBuckets());
     }
     if (!series.compute[v]) series.compute[v] = &compute_->Add({{"method", method}, {"variant", variant}}, SecondsBuckets());
     if (!elements_series_[v]) elements_series_[v] = &elements_->Add({{"variant", variant}});
     series.requests[v][c] = &requests_->Add(
-        {{"method", method}, {"variant", variant}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c))}});
+        {{"method", method}, {"protocol", protocol}, {"variant", variant}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c))}});
     filled.store(true, std::memory_order_release);
   }
   series.requests[v][c]->Increment();

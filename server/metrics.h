@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,9 +25,31 @@ class Histogram;
 
 namespace focal::server {
 
+/// The methods calls are counted under, each with its protocol's label: focal.v1's, then the
+/// Open Inference Protocol's (kserve.v2). Method names are unique across both.
+struct MethodLabel {
+  const char* name;
+  const char* protocol;
+};
+inline constexpr MethodLabel kMethods[] = {
+    {"Compute", "focal.v1"},         {"ComputeStream", "focal.v1"},   {"Evaluate", "focal.v1"},
+    {"GetServerInfo", "focal.v1"},   {"ModelInfer", "kserve.v2"},     {"ModelStreamInfer", "kserve.v2"},
+    {"ServerLive", "kserve.v2"},     {"ServerReady", "kserve.v2"},    {"ModelReady", "kserve.v2"},
+    {"ServerMetadata", "kserve.v2"}, {"ModelMetadata", "kserve.v2"},  {"ModelStatistics", "kserve.v2"},
+};
+inline constexpr int kNumMethods = static_cast<int>(std::size(kMethods));
+
+/// The index of `method` in kMethods (a name not there counts as the last).
+inline int MethodIndex(absl::string_view method) {
+  for (int m = 0; m < kNumMethods; ++m) {
+    if (method == kMethods[m].name) return m;
+  }
+  return kNumMethods - 1;
+}
+
 /// What one finished call reports.
 struct CallRecord {
-  absl::string_view method;   ///< "Compute", "ComputeStream", "Evaluate", "GetServerInfo"
+  absl::string_view method;   ///< one of kMethods' names
   absl::string_view variant;  ///< "" when unknown (decode failed)
   absl::string_view code;     ///< gRPC status code name, "OK", "INVALID_ARGUMENT", ...
   double latency_seconds = 0;
@@ -72,7 +95,7 @@ class Metrics {
   // Series looked up once per label combination and kept: prometheus-cpp's Family::Add builds a
   // label map and takes a lock on every call, which showed on small requests. The label values
   // come from small closed sets: methods, variants (and "" for unknown), gRPC codes.
-  static constexpr int kMethods = 4, kVariants = static_cast<int>(kNumVariants) + 1, kCodes = 17;
+  static constexpr int kVariants = static_cast<int>(kNumVariants) + 1, kCodes = 17;
   struct MethodSeries {
     prometheus::Histogram* latency = nullptr;
     prometheus::Histogram* queue = nullptr;
@@ -80,9 +103,9 @@ class Metrics {
     std::array<std::array<prometheus::Counter*, kCodes>, kVariants> requests{};
   };
   std::mutex series_mu_;  ///< guards filling the tables below (reads after filling are lock-free)
-  std::array<MethodSeries, kMethods> series_{};
+  std::array<MethodSeries, kNumMethods> series_{};
   std::array<prometheus::Counter*, kVariants> elements_series_{};
-  std::array<std::atomic<bool>, kMethods * kVariants * kCodes> filled_{};
+  std::array<std::atomic<bool>, kNumMethods * kVariants * kCodes> filled_{};
 };
 
 }  // namespace focal::server

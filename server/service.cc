@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "focal/status_macros.h"
 #include "server/evaluation.h"
 #include "server/wire.h"
 
@@ -26,24 +27,16 @@ namespace {
 using Clock = FocalLossServiceImpl::Clock;
 using BatchOutcome = FocalLossServiceImpl::BatchOutcome;
 
+absl::Status InMessage(const absl::Status& status, absl::string_view what, absl::string_view request_id) {
+  return FocalLossServiceImpl::InMessage(status, what, request_id);
+}
+
 /// Requests up to this size (~64K float32 logits) compute on the gRPC thread that received them.
 constexpr int64_t kInlineRequestBytes = 256 << 10;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
-
-class RefCounted {
- public:
-  virtual ~RefCounted() = default;
-  void Ref() { refs_.fetch_add(1); }
-  void Unref() {
-    if (refs_.fetch_sub(1) == 1) delete this;
-  }
-
- private:
-  std::atomic<int> refs_{1};
-};
 
 /// What the reactors with one answer (Compute, Evaluate) keep about their call: its CallState,
 /// whether they have answered, and whether the server's shutdown cut them off before that.
@@ -59,20 +52,19 @@ struct SingleAnswer {
   std::atomic<bool> answered{false}, cut_off{false};
 };
 
-absl::Status ConcurrencyLimit() {
-  return absl::ResourceExhaustedError(
-      "the server is at its concurrency limit (--max-concurrent + --max-queue requests); retry with backoff");
-}
+}  // namespace
 
-/// "message 3 of the stream (request 'id'): <what went wrong>"; a unary call's errors (`what`
-/// empty) are the message alone: the call is the request.
-absl::Status InMessage(const absl::Status& status, absl::string_view what, absl::string_view request_id) {
+absl::Status FocalLossServiceImpl::InMessage(const absl::Status& status, absl::string_view what,
+                                             absl::string_view request_id) {
   if (status.ok() || what.empty()) return status;
   return absl::Status(status.code(), absl::StrCat(what, request_id.empty() ? "" : " (request '", Loggable(request_id),
                                                   request_id.empty() ? "" : "')", ": ", status.message()));
 }
 
-}  // namespace
+absl::Status ConcurrencyLimit() {
+  return absl::ResourceExhaustedError(
+      "the server is at its concurrency limit (--max-concurrent + --max-queue requests); retry with backoff");
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -169,8 +161,7 @@ absl::Status FocalLossServiceImpl::Admit(grpc::CallbackServerContext* context) c
 }
 
 BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
-                                            v1::ComputeRequest& request, Clock::time_point queued_at,
-                                            const std::function<absl::Status(LossJob&)>& edit) const {
+                                            Clock::time_point queued_at, const Decoder& decode) const {
   BatchOutcome out;
   out.queue_seconds = SecondsSince(queued_at);
   // The test-only delay wakes up early when the call is cancelled, as a real wait would.
@@ -184,18 +175,10 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
   // Whatever the request or the backend does, the worker thread survives: an exception
   // (bad_alloc on a huge but valid request, say) fails this call alone.
   try {
-    out.status = ParseMessage(bytes, &request, what.empty() ? "the request" : what, config_.max_message_bytes);
-    if (!out.status.ok()) return out;
-    out.request_id = request.request_id();
-    absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
+    absl::StatusOr<LossJob> job = decode(bytes, what, out);
     if (!job.ok()) {
-      out.status = InMessage(job.status(), what, out.request_id);
+      out.status = job.status();
       return out;
-    }
-    out.variant = VariantName(job->spec.params);
-    if (edit) {
-      out.status = InMessage(edit(*job), what, out.request_id);
-      if (!out.status.ok()) return out;
     }
     const Clock::time_point start = Clock::now();
     absl::StatusOr<LossResult> result = config_.backend->Compute(*job);
@@ -216,6 +199,26 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
     out.status = InMessage(absl::InternalError("the server failed computing it"), what, out.request_id);
   }
   return out;
+}
+
+absl::StatusOr<LossJob> FocalLossServiceImpl::DecodeCompute(grpc::ByteBuffer& bytes, absl::string_view what,
+                                                           v1::ComputeRequest& request, BatchOutcome& out,
+                                                           const std::function<absl::Status(LossJob&)>& edit) const {
+  RETURN_IF_ERROR(ParseMessage(bytes, &request, what.empty() ? "the request" : what, config_.max_message_bytes));
+  out.request_id = request.request_id();
+  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
+  if (!job.ok()) return InMessage(job.status(), what, out.request_id);
+  out.variant = VariantName(job->spec.params);
+  if (edit) RETURN_IF_ERROR(InMessage(edit(*job), what, out.request_id));
+  return job;
+}
+
+BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
+                                            v1::ComputeRequest& request, Clock::time_point queued_at,
+                                            const std::function<absl::Status(LossJob&)>& edit) const {
+  return RunBatch(call, bytes, what, queued_at, [&](grpc::ByteBuffer& b, absl::string_view w, BatchOutcome& out) {
+    return DecodeCompute(b, w, request, out, edit);
+  });
 }
 
 absl::Status FocalLossServiceImpl::EncodeAnswer(BatchOutcome& outcome, grpc::ByteBuffer* bytes) const {
@@ -262,8 +265,11 @@ namespace {
 class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted {
  public:
   ComputeReactor(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
-                 const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
+                 const grpc::ByteBuffer* request, grpc::ByteBuffer* response, const char* method,
+                 std::unique_ptr<FocalLossServiceImpl::UnaryCodec> codec)
       : service_(service),
+        method_(method),
+        codec_(std::move(codec)),
         call_(context->deadline()),
         request_bytes_(*request),  // shares the slices: no copy
         response_(response),
@@ -305,14 +311,23 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
 
  private:
   void Run() {
-    BatchOutcome outcome = service_->RunBatch(call_.state, request_bytes_, "", request_, started_);
-    if (outcome.status.ok()) outcome.status = service_->EncodeAnswer(outcome, response_);
+    BatchOutcome outcome = service_->RunBatch(
+        call_.state, request_bytes_, "", started_,
+        [this](grpc::ByteBuffer& bytes, absl::string_view, BatchOutcome& out) { return codec_->Decode(bytes, out); });
+    if (outcome.status.ok()) {
+      try {
+        outcome.status = codec_->Encode(outcome, response_);
+      } catch (const std::exception& e) {
+        outcome.status = absl::InternalError(absl::StrCat("the server failed encoding the answer (", e.what(), ")"));
+      }
+    }
     Complete(outcome.status, &outcome);
   }
 
   void Complete(const absl::Status& status, const BatchOutcome* outcome) {
     call_.answered = true;
-    service_->Report("Compute", outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
+    codec_->Finished(status, outcome);
+    service_->Report(method_, outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
                      status.ok() ? static_cast<int64_t>(response_->Length()) : 0);
     if (!status.ok()) response_->Clear();
     service_->CallAnswered();
@@ -320,21 +335,44 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
   }
 
   const FocalLossServiceImpl* const service_;
+  const char* const method_;
+  const std::unique_ptr<FocalLossServiceImpl::UnaryCodec> codec_;
   SingleAnswer call_;
   grpc::ByteBuffer request_bytes_;
-  v1::ComputeRequest request_;
   grpc::ByteBuffer* const response_;
   const Clock::time_point started_;
   const int64_t bytes_in_;
 };
 
+/// focal.v1's Compute: a ComputeRequest in, a ComputeResponse out.
+class ComputeCodec final : public FocalLossServiceImpl::UnaryCodec {
+ public:
+  explicit ComputeCodec(const FocalLossServiceImpl* service) : service_(service) {}
+  absl::StatusOr<LossJob> Decode(grpc::ByteBuffer& bytes, BatchOutcome& out) override {
+    return service_->DecodeCompute(bytes, "", request_, out);
+  }
+  absl::Status Encode(BatchOutcome& outcome, grpc::ByteBuffer* bytes) override {
+    return service_->EncodeAnswer(outcome, bytes);
+  }
+
+ private:
+  const FocalLossServiceImpl* const service_;
+  v1::ComputeRequest request_;
+};
+
 }  // namespace
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::ServeUnary(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request, grpc::ByteBuffer* response,
+                                                           const char* method, std::unique_ptr<UnaryCodec> codec) const {
+  auto* reactor = new ComputeReactor(this, context, request, response, method, std::move(codec));
+  reactor->Start(context);
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* FocalLossServiceImpl::Compute(grpc::CallbackServerContext* context,
                                                         const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-  auto* reactor = new ComputeReactor(this, context, request, response);
-  reactor->Start(context);
-  return reactor;
+  return ServeUnary(context, request, response, "Compute", std::make_unique<ComputeCodec>(this));
 }
 
 // ------------------------------------------------------------------------------------------

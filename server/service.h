@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -36,6 +37,23 @@ struct ServiceConfig {
 
 /// One function maps internal status to gRPC status (and caps its message's length).
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+/// RESOURCE_EXHAUSTED: the work queue is full (--max-concurrent + --max-queue).
+absl::Status ConcurrencyLimit();
+
+/// Reactors are reference counted: gRPC's reference is dropped in OnDone, and every task queued
+/// for a reactor holds one until it has run, so the last of them deletes it.
+class RefCounted {
+ public:
+  virtual ~RefCounted() = default;
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+ private:
+  std::atomic<int> refs_{1};
+};
 
 /// What a computation may ask of its call. Queued work never touches the CallbackServerContext:
 /// gRPC frees it after the reactor's OnDone, and a stream can end (a failed batch, a client that
@@ -123,14 +141,51 @@ class FocalLossServiceImpl final : public RawService {
     int64_t elements = 0;
     double queue_seconds = -1, compute_seconds = -1;
   };
-  /// On a worker: checks that the call still wants it, parses `bytes` into `request` (`what`
-  /// names the message in errors), decodes and computes. `edit` may check and change the job
-  /// first (Evaluate asks for per-item losses). Never throws: an exception is INTERNAL.
+  /// A protocol's decoder: parses `bytes` into its request (which the job's views point into, so
+  /// it must outlive the computation), sets `out.request_id` and `out.variant` once known, and
+  /// returns the job; `what` names the message in errors.
+  using Decoder = std::function<absl::StatusOr<LossJob>(grpc::ByteBuffer& bytes, absl::string_view what,
+                                                        BatchOutcome& out)>;
+  /// On a worker: checks that the call still wants it, decodes `bytes` with `decode` and
+  /// computes. Every protocol's computations go through here. Never throws: an exception is
+  /// INTERNAL.
+  BatchOutcome RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
+                        Clock::time_point queued_at, const Decoder& decode) const;
+  /// RunBatch of a focal.v1 ComputeRequest, parsed into `request`. `edit` may check and change
+  /// the job first (Evaluate asks for per-item losses).
   BatchOutcome RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
                         v1::ComputeRequest& request, Clock::time_point queued_at,
                         const std::function<absl::Status(LossJob&)>& edit = {}) const;
+  /// RunBatch's Decoder for focal.v1: parses `bytes` into `request` and decodes it; `edit` may
+  /// check and change the job (Evaluate asks for per-item losses).
+  absl::StatusOr<LossJob> DecodeCompute(grpc::ByteBuffer& bytes, absl::string_view what, v1::ComputeRequest& request,
+                                        BatchOutcome& out, const std::function<absl::Status(LossJob&)>& edit = {}) const;
+  /// `status` prefixed with where it happened: "message 3 of the stream (request 'id'): ...";
+  /// a unary call's errors (`what` empty) are the message alone.
+  static absl::Status InMessage(const absl::Status& status, absl::string_view what, absl::string_view request_id);
   /// Encodes a computed batch's answer into `bytes`, within the message size limit.
   absl::Status EncodeAnswer(BatchOutcome& outcome, grpc::ByteBuffer* bytes) const;
+
+  /// One protocol's side of a unary computation (focal.v1 Compute, KServe ModelInfer): its
+  /// request message, decoded on a worker, and its answer. The reactor owns it for the call.
+  class UnaryCodec {
+   public:
+    virtual ~UnaryCodec() = default;
+    /// RunBatch's Decoder: parses `bytes` into the codec's own request and decodes it.
+    virtual absl::StatusOr<LossJob> Decode(grpc::ByteBuffer& bytes, BatchOutcome& out) = 0;
+    /// The answer of a computed batch, within the message size limit.
+    virtual absl::Status Encode(BatchOutcome& outcome, grpc::ByteBuffer* bytes) = 0;
+    /// Called once the call's status is known, before the client sees it.
+    virtual void Finished(const absl::Status& /*status*/, const BatchOutcome* /*outcome*/) {}
+  };
+  /// Serves one unary computation: admission, the inline-or-queued run, the answer, metrics
+  /// under `method` (a string literal). Every protocol's unary computation goes through here.
+  grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response, const char* method,
+                                       std::unique_ptr<UnaryCodec> codec) const;
+
+  /// Whether the server drains (KServe's readiness says so).
+  bool draining() const { return draining_.load(); }
 
   /// Metrics and the failure log line for one finished call or stream batch.
   void Report(absl::string_view method, absl::string_view request_id, const absl::Status& status,
