@@ -26,14 +26,24 @@ absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(st
 
 struct DatatypeEntry {
   DType dtype;
-  const char* name;
+  const char* name;             ///< the protocol's datatype
+  inference::DataType config;  ///< Triton's model-configuration enum
 };
 /// The dtypes focalserve computes with, by their protocol names: one list for decoding,
-/// encoding, metadata and errors.
+/// encoding, metadata, configuration and errors.
 constexpr DatatypeEntry kDatatypes[] = {
-    {DType::kFloat32, "FP32"}, {DType::kFloat16, "FP16"}, {DType::kBFloat16, "BF16"}, {DType::kFloat64, "FP64"},
-    {DType::kInt32, "INT32"},  {DType::kInt64, "INT64"},  {DType::kUInt8, "UINT8"},
+    {DType::kFloat32, "FP32", inference::TYPE_FP32}, {DType::kFloat16, "FP16", inference::TYPE_FP16},
+    {DType::kBFloat16, "BF16", inference::TYPE_BF16}, {DType::kFloat64, "FP64", inference::TYPE_FP64},
+    {DType::kInt32, "INT32", inference::TYPE_INT32},  {DType::kInt64, "INT64", inference::TYPE_INT64},
+    {DType::kUInt8, "UINT8", inference::TYPE_UINT8},
 };
+
+inference::DataType ConfigType(DType dtype) {
+  for (const DatatypeEntry& e : kDatatypes) {
+    if (e.dtype == dtype) return e.config;
+  }
+  return inference::TYPE_INVALID;
+}
 
 std::string DatatypeNames() {
   std::vector<std::string> names;
@@ -114,7 +124,9 @@ absl::StatusOr<TypedElements> TypedContents(const InferTensorContents& c, DType 
 
 /// A view of one input's elements: raw bytes (exactly elements × size), or its typed contents
 /// (exactly `elements` values; UINT8 narrowed from uint32 into `converted`, each checked).
-absl::StatusOr<TensorView> InputView(const ModelInferRequest& request, int index, bool raw, InferCall& call) {
+/// `limits`, for the logits, are checked first: a request over them is refused for its size.
+absl::StatusOr<TensorView> InputView(const ModelInferRequest& request, int index, bool raw, const RequestLimits* limits,
+                                     InferCall& call) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(index);
   const std::string field = absl::StrCat("input '", input.name(), "'");
   TensorView view;
@@ -124,6 +136,7 @@ absl::StatusOr<TensorView> InputView(const ModelInferRequest& request, int index
   }
   view.shape.assign(input.shape().begin(), input.shape().end());
   ASSIGN_OR_RETURN(const int64_t elements, NumElements(view.shape, field));
+  if (limits) RETURN_IF_ERROR(CheckRequestSize(view, *limits));
   const size_t element_size = DTypeSize(view.dtype);
   if (raw) {
     const std::string& bytes = request.raw_input_contents(index);
@@ -306,44 +319,73 @@ absl::StatusOr<int> FindModel(absl::string_view name, absl::string_view version)
   return variant;
 }
 
-inference::ModelMetadataResponse ModelMetadata(int variant) {
+ModelSpec DescribeModel(int variant) {
   const VariantFacts& facts = FactsAt(variant);
-  inference::ModelMetadataResponse m;
-  m.set_name(facts.name);
-  m.add_versions(kModelVersion);
-  m.set_platform(kPlatform);
-  // The common layout of each tensor, every dimension variable (-1); the variant's own rules
-  // on ranks and shapes are in docs/variants.md and apply as they do to focal.v1.
-  constexpr int logits_rank = 2;  // [N, C]; a variant's further dimensions are accepted as in focal.v1
-  const bool index_targets = facts.targets == Targets::kClassIndex || facts.targets == Targets::kFloatPerRow;
-  auto add = [](auto* list, const char* name, const char* datatype, int rank) {
-    auto* t = list->Add();
-    t->set_name(name);
-    t->set_datatype(datatype);
-    for (int i = 0; i < rank; ++i) t->add_shape(-1);
-  };
+  // The common layout of each tensor, every dimension variable: logits [N, C] (a variant's
+  // further dimensions are accepted as in focal.v1, docs/variants.md), a row's values [N], an
+  // element's [N, C].
+  const std::vector<int64_t> element{-1, -1}, row{-1};
   const bool rows = facts.items == Items::kRows;
+  const bool row_targets = facts.targets == Targets::kClassIndex || facts.targets == Targets::kFloatPerRow;
+  ModelSpec m;
   for (const InputEntry& input : kInputs) {
     if (!TakesInput(facts, input)) continue;
     const std::string name = input.name;
-    if (name == "logits") add(m.mutable_inputs(), "logits", "FP32", logits_rank);
+    TensorSpec t{input.name, DType::kFloat32, rows ? row : element, /*optional=*/true};
+    if (name == "logits") t = {input.name, DType::kFloat32, element, false};
     if (name == "targets") {
-      add(m.mutable_inputs(), "targets", facts.targets == Targets::kClassIndex ? "INT64" : "FP32",
-          index_targets ? logits_rank - 1 : logits_rank);
+      t = {input.name, facts.targets == Targets::kClassIndex ? DType::kInt64 : DType::kFloat32,
+           row_targets ? row : element, false};
     }
-    if (name == "num_objects") add(m.mutable_inputs(), "num_objects", "FP32", 1);
-    if (name == "weights" || name == "grad_output") {
-      add(m.mutable_inputs(), input.name, "FP32", rows ? logits_rank - 1 : logits_rank);
-    }
-    if (name == "scores") add(m.mutable_inputs(), "scores", "FP32", logits_rank - 1);
+    if (name == "num_objects" || name == "scores") t.shape = row;
+    m.inputs.push_back(t);
   }
-  add(m.mutable_outputs(), "loss", "FP64", 0);
-  m.mutable_outputs(0)->add_shape(1);
-  add(m.mutable_outputs(), "count", "INT64", 0);
-  m.mutable_outputs(1)->add_shape(1);
-  add(m.mutable_outputs(), "losses", "FP32", rows ? logits_rank - 1 : logits_rank);
-  add(m.mutable_outputs(), "gradient", "FP32", logits_rank);
+  m.outputs = {{"loss", DType::kFloat64, {1}},
+               {"count", DType::kInt64, {1}},
+               {"losses", DType::kFloat32, rows ? row : element},
+               {"gradient", DType::kFloat32, element}};
   return m;
+}
+
+inference::ModelMetadataResponse ModelMetadata(int variant) {
+  inference::ModelMetadataResponse m;
+  m.set_name(VariantNameAt(variant));
+  m.add_versions(kModelVersion);
+  m.set_platform(kPlatform);
+  const ModelSpec spec = DescribeModel(variant);
+  for (const auto& [tensors, list] : {std::pair{&spec.inputs, m.mutable_inputs()}, {&spec.outputs, m.mutable_outputs()}}) {
+    for (const TensorSpec& t : *tensors) {
+      auto* out = list->Add();
+      out->set_name(t.name);
+      out->set_datatype(DatatypeName(t.dtype));
+      for (int64_t d : t.shape) out->add_shape(d);
+    }
+  }
+  return m;
+}
+
+inference::ModelConfigResponse ModelConfig(int variant) {
+  inference::ModelConfigResponse response;
+  inference::ModelConfig* c = response.mutable_config();
+  c->set_name(VariantNameAt(variant));
+  c->set_platform(kPlatform);
+  c->set_backend(kPlatform);
+  c->set_max_batch_size(0);
+  const ModelSpec spec = DescribeModel(variant);
+  for (const TensorSpec& t : spec.inputs) {
+    inference::ModelInput* in = c->add_input();
+    in->set_name(t.name);
+    in->set_data_type(ConfigType(t.dtype));
+    for (int64_t d : t.shape) in->add_dims(d);
+    in->set_optional(t.optional);
+  }
+  for (const TensorSpec& t : spec.outputs) {
+    inference::ModelOutput* out = c->add_output();
+    out->set_name(t.name);
+    out->set_data_type(ConfigType(t.dtype));
+    for (int64_t d : t.shape) out->add_dims(d);
+  }
+  return response;
 }
 
 absl::StatusOr<InferCall> DecodeInferRequest(const ModelInferRequest& request, const RequestLimits& limits) {
@@ -382,8 +424,8 @@ absl::StatusOr<InferCall> DecodeInferRequest(const ModelInferRequest& request, c
       return Invalid(absl::StrCat(field, " has parameter '", input.parameters().begin()->first,
                                   "'; focalserve's inputs take none (shared memory is not served)"));
     }
-    ASSIGN_OR_RETURN(views[input.name()], InputView(request, i, raw, call));
-    if (input.name() == "logits") RETURN_IF_ERROR(CheckRequestSize(views["logits"], limits));
+    ASSIGN_OR_RETURN(views[input.name()],
+                     InputView(request, i, raw, input.name() == "logits" ? &limits : nullptr, call));
   }
   for (const char* required : {"logits", "targets"}) {
     if (!views.count(required)) return Invalid(absl::StrCat("input '", required, "' is missing"));

@@ -30,8 +30,24 @@ const char* DatatypeName(DType dtype);
 /// models this server has.
 absl::StatusOr<int> FindModel(absl::string_view name, absl::string_view version);
 
+/// One input or output of a model as its metadata and configuration describe it.
+struct TensorSpec {
+  const char* name;
+  DType dtype;             ///< the usual one; docs/kserve.md lists every dtype an input takes
+  std::vector<int64_t> shape;  ///< -1 for a dimension of any size
+  bool optional = false;
+};
+struct ModelSpec {
+  std::vector<TensorSpec> inputs, outputs;
+};
+/// The inputs and outputs of the model at table index `variant`: the one description that
+/// ModelMetadata and ModelConfig report.
+ModelSpec DescribeModel(int variant);
+
 /// ModelMetadata of the model at table index `variant`.
 inference::ModelMetadataResponse ModelMetadata(int variant);
+/// Triton's ModelConfig of the model at table index `variant`.
+inference::ModelConfigResponse ModelConfig(int variant);
 
 /// The outputs a model answers with, in their default order.
 enum class Output : uint8_t { kLoss, kCount, kLosses, kGradient };

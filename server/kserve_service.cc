@@ -282,9 +282,8 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ServerMetadata(grpc::CallbackServer
   return Metadata(context, "ServerMetadata", /*admit=*/true, [&] {
     response->set_name(kserve::kPlatform);
     response->set_version(core_->config().info.version());
-    // Protocol extensions in Triton's names: request parameters, and ModelStatistics.
-    response->add_extensions("parameters");
-    response->add_extensions("statistics");
+    // Protocol extensions in Triton's names: request parameters, ModelConfig, ModelStatistics.
+    for (const char* extension : {"parameters", "model_configuration", "statistics"}) response->add_extensions(extension);
     return absl::OkStatus();
   }, response);
 }
@@ -295,6 +294,16 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ModelMetadata(grpc::CallbackServerC
   return Metadata(context, "ModelMetadata", /*admit=*/true, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(const int variant, kserve::FindModel(request->name(), request->version()));
     *response = kserve::ModelMetadata(variant);
+    return absl::OkStatus();
+  }, response);
+}
+
+grpc::ServerUnaryReactor* KServeServiceImpl::ModelConfig(grpc::CallbackServerContext* context,
+                                                         const inference::ModelConfigRequest* request,
+                                                         inference::ModelConfigResponse* response) {
+  return Metadata(context, "ModelConfig", /*admit=*/true, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(const int variant, kserve::FindModel(request->name(), request->version()));
+    *response = kserve::ModelConfig(variant);
     return absl::OkStatus();
   }, response);
 }

@@ -25,7 +25,8 @@ using KServeRawService = inference::GRPCInferenceService::WithRawCallbackMethod_
                     inference::GRPCInferenceService::WithCallbackMethod_ServerMetadata<
                         inference::GRPCInferenceService::WithCallbackMethod_ModelMetadata<
                             inference::GRPCInferenceService::WithCallbackMethod_ModelStatistics<
-                                inference::GRPCInferenceService::Service>>>>>>>>;
+                                inference::GRPCInferenceService::WithCallbackMethod_ModelConfig<
+                                    inference::GRPCInferenceService::Service>>>>>>>>>;
 
 /// Triton's cumulative statistics of one model (ModelStatistics), updated by every ModelInfer
 /// and ModelStreamInfer request for it.
@@ -53,6 +54,8 @@ class KServeServiceImpl final : public KServeRawService {
   grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
                                           const inference::ModelMetadataRequest* request,
                                           inference::ModelMetadataResponse* response) override;
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context, const inference::ModelConfigRequest* request,
+                                        inference::ModelConfigResponse* response) override;
   grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context,
                                             const inference::ModelStatisticsRequest* request,
                                             inference::ModelStatisticsResponse* response) override;

@@ -215,7 +215,7 @@ def test_startup_checks(v2, stub, server):
     assert stub.ServerReady(pb2.ServerReadyRequest(), timeout=10).ready
     meta = stub.ServerMetadata(pb2.ServerMetadataRequest(), timeout=10)
     assert meta.name == "focalserve" and meta.version
-    assert set(meta.extensions) >= {"parameters", "statistics"}
+    assert set(meta.extensions) == {"parameters", "model_configuration", "statistics"}
     for variant in VARIANTS:
         assert stub.ModelReady(pb2.ModelReadyRequest(name=variant), timeout=10).ready
         assert stub.ModelReady(pb2.ModelReadyRequest(name=variant, version="1"), timeout=10).ready
@@ -229,6 +229,14 @@ def test_startup_checks(v2, stub, server):
         outputs = {o.name: (o.datatype, list(o.shape)) for o in m.outputs}
         assert outputs["loss"] == ("FP64", [1]) and outputs["count"] == ("INT64", [1])
         assert set(outputs) == {"loss", "count", "losses", "gradient"}
+        # Triton's tools read the same description from ModelConfig.
+        c = stub.ModelConfig(pb2.ModelConfigRequest(name=variant), timeout=10).config
+        assert c.name == variant and c.platform == "focalserve" and c.max_batch_size == 0
+        assert [(i.name, pb2.DataType.Name(i.data_type), list(i.dims)) for i in c.input] == \
+            [(i.name, "TYPE_" + i.datatype, list(i.shape)) for i in m.inputs]
+        assert [i.optional for i in c.input] == [i.name not in ("logits", "targets") for i in m.inputs]
+        assert [(o.name, pb2.DataType.Name(o.data_type), list(o.dims)) for o in c.output] == \
+            [(o.name, "TYPE_" + o.datatype, list(o.shape)) for o in m.outputs]
 
 
 def test_model_statistics_count_inferences(v2, stub):
@@ -375,6 +383,7 @@ def test_metadata_errors(v2, stub):
     for call, request in ((stub.ModelMetadata, pb2.ModelMetadataRequest(name="nope")),
                           (stub.ModelReady, pb2.ModelReadyRequest(name="nope")),
                           (stub.ModelStatistics, pb2.ModelStatisticsRequest(name="nope")),
+                          (stub.ModelConfig, pb2.ModelConfigRequest(name="nope")),
                           (stub.ModelMetadata, pb2.ModelMetadataRequest(name="varifocal", version="7"))):
         with pytest.raises(grpc.RpcError) as e:
             call(request, timeout=10)
