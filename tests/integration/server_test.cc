@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "focal/v1/focal_loss.grpc.pb.h"
+#include "inference/grpc_predict_v2.grpc.pb.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/integration/client_util.h"
 #include "tests/support/server_process.h"
@@ -1533,6 +1534,348 @@ TEST(FocalServeMetrics, CountersFollowTheRequests) {
   const std::optional<testing::HttpResponse> missing = testing::HttpGet(server->metrics_address(), "/nope");
   ASSERT_TRUE(missing.has_value());
   EXPECT_EQ(missing->status, 404);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The Open Inference Protocol (KServe v2), through the stub generated from
+// proto/inference/grpc_predict_v2.proto, as a KServe or Triton client calls it. The requests
+// are VariantCases' focal.v1 requests, mapped by this test's own reading of docs/kserve.md (by
+// reflection over the variant's message, not through the server's codec); every answer must
+// be focal.v1 Compute's, byte for byte.
+
+using KServeStub = inference::GRPCInferenceService::Stub;
+
+const char* KServeDatatype(int dtype) {
+  switch (dtype) {
+    case v1::FLOAT32: return "FP32";
+    case v1::FLOAT16: return "FP16";
+    case v1::BFLOAT16: return "BF16";
+    case v1::FLOAT64: return "FP64";
+    case v1::INT32: return "INT32";
+    case v1::INT64: return "INT64";
+    case v1::UINT8: return "UINT8";
+  }
+  return "?";
+}
+
+/// Adds `t` as input `name`, raw or in its typed contents field (only dtypes that have one).
+bool AddKServeInput(inference::ModelInferRequest& r, const std::string& name, const v1::Tensor& t, bool typed) {
+  auto* in = r.add_inputs();
+  in->set_name(name);
+  in->set_datatype(KServeDatatype(t.dtype()));
+  for (int64_t d : t.shape()) in->add_shape(d);
+  if (!typed) {
+    r.add_raw_input_contents(t.data());
+    return true;
+  }
+  auto fill = [&](auto* field, auto element) {
+    using E = decltype(element);
+    const size_t n = t.data().size() / sizeof(E);
+    for (size_t i = 0; i < n; ++i) {
+      E v;
+      std::memcpy(&v, t.data().data() + i * sizeof(E), sizeof(E));
+      field->Add(v);
+    }
+  };
+  auto* c = in->mutable_contents();
+  switch (t.dtype()) {
+    case v1::FLOAT32: fill(c->mutable_fp32_contents(), float{}); return true;
+    case v1::FLOAT64: fill(c->mutable_fp64_contents(), double{}); return true;
+    case v1::INT64: fill(c->mutable_int64_contents(), int64_t{}); return true;
+    case v1::INT32: fill(c->mutable_int_contents(), int32_t{}); return true;
+    case v1::UINT8:
+      for (char b : t.data()) c->add_uint_contents(static_cast<unsigned char>(b));
+      return true;
+    default: return false;  // 16-bit floats travel raw only
+  }
+}
+
+std::string ExactNumber(double v) {
+  char text[40];
+  std::snprintf(text, sizeof text, "%.17g", v);
+  return text;
+}
+
+/// The ModelInferRequest for `r`, or nullopt when the protocol cannot say it (a gradient_dtype,
+/// typed contents of 16-bit floats).
+std::optional<inference::ModelInferRequest> ToModelInfer(const v1::ComputeRequest& r, bool typed) {
+  if (r.gradient_dtype() != v1::DATA_TYPE_UNSPECIFIED) return std::nullopt;
+  inference::ModelInferRequest out;
+  out.set_id(r.request_id());
+  const google::protobuf::Message& loss = r.loss();
+  const auto* variant_field =
+      loss.GetReflection()->GetOneofFieldDescriptor(loss, loss.GetDescriptor()->FindOneofByName("variant"));
+  out.set_model_name(variant_field->name());
+  auto& params = *out.mutable_parameters();
+  const google::protobuf::Message& p = loss.GetReflection()->GetMessage(loss, variant_field);
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  p.GetReflection()->ListFields(p, &fields);
+  using FD = google::protobuf::FieldDescriptor;
+  for (const FD* f : fields) {
+    const auto* refl = p.GetReflection();
+    std::string name = f->name();
+    if (f->is_repeated()) {
+      std::vector<std::string> items;
+      for (int i = 0; i < refl->FieldSize(p, f); ++i) {
+        if (f->cpp_type() == FD::CPPTYPE_DOUBLE) items.push_back(ExactNumber(refl->GetRepeatedDouble(p, f, i)));
+        if (f->cpp_type() == FD::CPPTYPE_FLOAT) items.push_back(ExactNumber(refl->GetRepeatedFloat(p, f, i)));
+        if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {  // a GammaStep
+          const auto& step = refl->GetRepeatedMessage(p, f, i);
+          const auto* sd = step.GetDescriptor();
+          items.push_back(ExactNumber(step.GetReflection()->GetDouble(step, sd->FindFieldByName("threshold"))) + ":" +
+                          ExactNumber(step.GetReflection()->GetDouble(step, sd->FindFieldByName("gamma"))));
+        }
+      }
+      if (name.size() > 4 && name.compare(name.size() - 4, 4, "_f64") == 0) name.resize(name.size() - 4);
+      std::string joined;
+      for (const std::string& item : items) joined += (joined.empty() ? "" : ",") + item;
+      params[name].set_string_param(joined);
+      continue;
+    }
+    switch (f->cpp_type()) {
+      case FD::CPPTYPE_DOUBLE: params[name].set_double_param(refl->GetDouble(p, f)); break;
+      case FD::CPPTYPE_FLOAT: params[name].set_double_param(refl->GetFloat(p, f)); break;
+      case FD::CPPTYPE_INT64: params[name].set_int64_param(refl->GetInt64(p, f)); break;
+      case FD::CPPTYPE_INT32: params[name].set_int64_param(refl->GetInt32(p, f)); break;
+      case FD::CPPTYPE_BOOL: params[name].set_bool_param(refl->GetBool(p, f)); break;
+      case FD::CPPTYPE_ENUM: {
+        std::string word = refl->GetEnum(p, f)->name();
+        for (char& c : word) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        params[name].set_string_param(word);
+        break;
+      }
+      default: ADD_FAILURE() << "unmapped field " << name; break;
+    }
+  }
+  const char* reductions[] = {"mean", "sum", "none"};
+  params["reduction"].set_string_param(reductions[r.loss().reduction()]);
+  if (r.loss().has_normalizer()) params["normalizer"].set_double_param(r.loss().normalizer());
+  if (r.allow_non_finite()) params["allow_non_finite"].set_bool_param(true);
+  bool ok = AddKServeInput(out, "logits", r.logits(), typed) && AddKServeInput(out, "targets", r.targets(), typed);
+  if (r.has_num_objects()) ok = ok && AddKServeInput(out, "num_objects", r.num_objects(), typed);
+  if (r.has_weights()) ok = ok && AddKServeInput(out, "weights", r.weights(), typed);
+  if (r.has_scores()) ok = ok && AddKServeInput(out, "scores", r.scores(), typed);
+  if (r.has_grad_output_tensor()) ok = ok && AddKServeInput(out, "grad_output", r.grad_output_tensor(), typed);
+  if (r.grad_output_case() == v1::ComputeRequest::kGradOutputScalar) {
+    v1::Tensor w;  // one FP64 value: [1] for mean and sum, rank 0 for none
+    w.set_dtype(v1::FLOAT64);
+    if (r.loss().reduction() != v1::NONE) w.add_shape(1);
+    const double v = r.grad_output_scalar();
+    w.set_data(&v, sizeof v);
+    ok = ok && AddKServeInput(out, "grad_output", w, typed);
+  }
+  if (!ok) return std::nullopt;
+  if (!r.compute_gradient()) {
+    out.add_outputs()->set_name("loss");
+    out.add_outputs()->set_name("count");
+    if (r.loss().reduction() == v1::NONE) out.add_outputs()->set_name("losses");
+  }
+  return out;
+}
+
+/// {name: (datatype, shape, bytes)} of a ModelInferResponse, raw or typed.
+std::map<std::string, std::tuple<std::string, std::vector<int64_t>, std::string>> KServeOutputs(
+    const inference::ModelInferResponse& response) {
+  std::map<std::string, std::tuple<std::string, std::vector<int64_t>, std::string>> out;
+  for (int i = 0; i < response.outputs_size(); ++i) {
+    const auto& o = response.outputs(i);
+    std::string bytes;
+    if (response.raw_output_contents_size() > 0) {
+      bytes = response.raw_output_contents(i);
+    } else if (o.datatype() == "FP32") {
+      bytes.assign(reinterpret_cast<const char*>(o.contents().fp32_contents().data()), 4u * o.contents().fp32_contents_size());
+    } else if (o.datatype() == "FP64") {
+      bytes.assign(reinterpret_cast<const char*>(o.contents().fp64_contents().data()), 8u * o.contents().fp64_contents_size());
+    } else if (o.datatype() == "INT64") {
+      bytes.assign(reinterpret_cast<const char*>(o.contents().int64_contents().data()), 8u * o.contents().int64_contents_size());
+    }
+    out[o.name()] = {o.datatype(), std::vector<int64_t>(o.shape().begin(), o.shape().end()), bytes};
+  }
+  return out;
+}
+
+void ExpectKServeMatchesCompute(const inference::ModelInferResponse& response, const v1::ComputeResponse& want) {
+  const auto got = KServeOutputs(response);
+  const double loss = want.loss();
+  const int64_t count = want.count();
+  ASSERT_TRUE(got.count("loss") && got.count("count"));
+  EXPECT_EQ(got.at("loss"), std::make_tuple(std::string("FP64"), std::vector<int64_t>{1},
+                                            std::string(reinterpret_cast<const char*>(&loss), sizeof loss)));
+  EXPECT_EQ(got.at("count"), std::make_tuple(std::string("INT64"), std::vector<int64_t>{1},
+                                             std::string(reinterpret_cast<const char*>(&count), sizeof count)));
+  for (const auto& [name, tensor, present] : {std::make_tuple("losses", &want.losses(), want.has_losses()),
+                                              std::make_tuple("gradient", &want.gradient(), want.has_gradient())}) {
+    ASSERT_EQ(got.count(name) == 1, present) << name;
+    if (!present) continue;
+    EXPECT_EQ(std::get<0>(got.at(name)), KServeDatatype(tensor->dtype())) << name;
+    EXPECT_EQ(std::get<1>(got.at(name)), std::vector<int64_t>(tensor->shape().begin(), tensor->shape().end())) << name;
+    EXPECT_TRUE(std::get<2>(got.at(name)) == tensor->data()) << name << " is not bit-identical to focal.v1's";
+  }
+}
+
+class KServeTest : public FocalServeTest {
+ protected:
+  void SetUp() override {
+    FocalServeTest::SetUp();
+    kserve_ = inference::GRPCInferenceService::NewStub(channel_);
+  }
+  std::unique_ptr<KServeStub> kserve_;
+};
+
+TEST_F(KServeTest, ModelInferMatchesComputeForEveryVariantCaseInBothEncodings) {
+  const std::vector<NamedRequest> cases = VariantCases();
+  int compared[2] = {0, 0};
+  for (const NamedRequest& c : cases) {
+    v1::ComputeResponse want;
+    ASSERT_TRUE(Compute(*stub_, c.request, &want).ok()) << c.name;
+    for (const bool typed : {false, true}) {
+      SCOPED_TRACE(c.name + (typed ? " typed" : " raw"));
+      const std::optional<inference::ModelInferRequest> request = ToModelInfer(c.request, typed);
+      if (!request) continue;
+      grpc::ClientContext context;
+      testing::SetTimeout(context, 10s);
+      inference::ModelInferResponse response;
+      const grpc::Status status = kserve_->ModelInfer(&context, *request, &response);
+      ASSERT_TRUE(status.ok()) << Describe(status);
+      EXPECT_EQ(response.model_name(), request->model_name());
+      EXPECT_EQ(response.id(), c.request.request_id());
+      EXPECT_EQ(response.raw_output_contents_size() > 0, !typed);
+      ExpectKServeMatchesCompute(response, want);
+      ++compared[typed];
+    }
+  }
+  EXPECT_GE(compared[0], 25);
+  EXPECT_GE(compared[1], 10);
+}
+
+TEST_F(KServeTest, EveryMetadataCallAsAClientMakesThemAtStartup) {
+  auto call = [&](auto method, const auto& request, auto* response) {
+    grpc::ClientContext context;
+    testing::SetTimeout(context, 5s);
+    return ((*kserve_).*method)(&context, request, response);
+  };
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(call(&KServeStub::ServerLive, inference::ServerLiveRequest(), &live).ok());
+  EXPECT_TRUE(live.live());
+  inference::ServerReadyResponse ready;
+  ASSERT_TRUE(call(&KServeStub::ServerReady, inference::ServerReadyRequest(), &ready).ok());
+  EXPECT_TRUE(ready.ready());
+  inference::ServerMetadataResponse server;
+  ASSERT_TRUE(call(&KServeStub::ServerMetadata, inference::ServerMetadataRequest(), &server).ok());
+  EXPECT_EQ(server.name(), "focalserve");
+  EXPECT_FALSE(server.version().empty());
+  for (int v = 0; v < static_cast<int>(kNumVariants); ++v) {
+    const std::string name = VariantNameAt(v);
+    SCOPED_TRACE(name);
+    inference::ModelReadyRequest ready_request;
+    ready_request.set_name(name);
+    inference::ModelReadyResponse model_ready;
+    ASSERT_TRUE(call(&KServeStub::ModelReady, ready_request, &model_ready).ok());
+    EXPECT_TRUE(model_ready.ready());
+    inference::ModelMetadataRequest meta_request;
+    meta_request.set_name(name);
+    meta_request.set_version("1");
+    inference::ModelMetadataResponse meta;
+    ASSERT_TRUE(call(&KServeStub::ModelMetadata, meta_request, &meta).ok());
+    EXPECT_EQ(meta.name(), name);
+    EXPECT_EQ(meta.platform(), "focalserve");
+    ASSERT_GE(meta.inputs_size(), 2);
+    EXPECT_EQ(meta.inputs(0).name(), "logits");
+    inference::ModelConfigRequest config_request;
+    config_request.set_name(name);
+    inference::ModelConfigResponse config;
+    ASSERT_TRUE(call(&KServeStub::ModelConfig, config_request, &config).ok());
+    EXPECT_EQ(config.config().input_size(), meta.inputs_size());
+    EXPECT_EQ(config.config().output_size(), 4);
+  }
+  inference::ModelMetadataRequest unknown;
+  unknown.set_name("retina");
+  inference::ModelMetadataResponse none;
+  const grpc::Status missing = call(&KServeStub::ModelMetadata, unknown, &none);
+  EXPECT_EQ(missing.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(missing);
+  inference::ModelStatisticsResponse stats;
+  ASSERT_TRUE(call(&KServeStub::ModelStatistics, inference::ModelStatisticsRequest(), &stats).ok());
+  EXPECT_EQ(stats.model_stats_size(), static_cast<int>(kNumVariants));
+}
+
+TEST_F(KServeTest, StreamInferAnswersEveryRequestInOrderAndReportsErrorsInStream) {
+  const std::vector<NamedRequest> cases = VariantCases();
+  std::vector<inference::ModelInferRequest> requests;
+  std::vector<v1::ComputeResponse> wants;
+  for (const NamedRequest& c : cases) {
+    std::optional<inference::ModelInferRequest> r = ToModelInfer(c.request, false);
+    if (!r || requests.size() >= 8) continue;
+    v1::ComputeResponse want;
+    ASSERT_TRUE(Compute(*stub_, c.request, &want).ok());
+    requests.push_back(*r);
+    wants.push_back(want);
+  }
+  inference::ModelInferRequest bad = requests[0];
+  (*bad.mutable_parameters())["gamma"].set_double_param(-3);
+  requests.insert(requests.begin() + 2, bad);
+  grpc::ClientContext context;
+  testing::SetTimeout(context, 20s);
+  auto stream = kserve_->ModelStreamInfer(&context);
+  for (const auto& r : requests) ASSERT_TRUE(stream->Write(r));
+  ASSERT_TRUE(stream->WritesDone());
+  std::vector<inference::ModelStreamInferResponse> answers;
+  inference::ModelStreamInferResponse answer;
+  while (stream->Read(&answer)) answers.push_back(answer);
+  const grpc::Status status = stream->Finish();
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  ASSERT_EQ(answers.size(), requests.size());
+  for (size_t i = 0, w = 0; i < answers.size(); ++i) {
+    EXPECT_EQ(answers[i].infer_response().id(), requests[i].id());
+    if (i == 2) {
+      EXPECT_NE(answers[i].error_message().find("INVALID_ARGUMENT: message 3 of the stream"), std::string::npos)
+          << answers[i].error_message();
+      EXPECT_NE(answers[i].error_message().find("gamma is -3"), std::string::npos) << answers[i].error_message();
+      continue;
+    }
+    EXPECT_EQ(answers[i].error_message(), "");
+    ExpectKServeMatchesCompute(answers[i].infer_response(), wants[w++]);
+  }
+}
+
+TEST(KServeServer, MetricsAreLabelledByProtocolAndStreamsDrain) {
+  std::string error;
+  auto server = Launch({"--backend=cpu", "--drain-grace=0", "--drain-timeout=5"}, &error);
+  ASSERT_NE(server, nullptr) << error;
+  auto channel = testing::MakeChannel(server->address());
+  auto kserve = inference::GRPCInferenceService::NewStub(channel);
+  const std::optional<inference::ModelInferRequest> request = ToModelInfer(SmallRequest("m1"), false);
+  ASSERT_TRUE(request.has_value());
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext context;
+    inference::ModelInferResponse response;
+    ASSERT_TRUE(kserve->ModelInfer(&context, *request, &response).ok());
+  }
+  const std::optional<testing::HttpResponse> http = testing::HttpGet(server->metrics_address(), "/metrics");
+  ASSERT_TRUE(http.has_value());
+  const auto samples = testing::ParseMetrics(http->body);
+  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total",
+                               {{"method", "ModelInfer"}, {"protocol", "kserve.v2"}, {"code", "OK"}}),
+            3);
+  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total", {{"protocol", "focal.v1"}}), 0);
+
+  // A stream that answered one request, then the server drains: the stream ends UNAVAILABLE
+  // saying so, and the server exits cleanly.
+  grpc::ClientContext context;
+  testing::SetTimeout(context, 20s);
+  auto stream = kserve->ModelStreamInfer(&context);
+  ASSERT_TRUE(stream->Write(*request));
+  inference::ModelStreamInferResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.error_message(), "");
+  server->Signal(SIGTERM);
+  while (stream->Read(&answer)) {
+  }
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << Describe(status);
+  EXPECT_NE(status.error_message().find("all 1 requests it read from this stream were answered"), std::string::npos)
+      << Describe(status);
+  EXPECT_EQ(server->WaitForExit(10s), std::optional<int>(0)) << server->Stderr();
 }
 
 }  // namespace
