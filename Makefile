@@ -29,7 +29,7 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-o
 # Leaks: gRPC and prometheus-cpp keep process-lifetime singletons; the server exits with _Exit.
 SAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 FUZZ_SECONDS ?= 60
-FUZZERS := compute_request_fuzzer evaluate_stream_fuzzer
+FUZZERS := compute_request_fuzzer evaluate_stream_fuzzer model_infer_fuzzer
 
 .PHONY: all deps configure build run test test-fast test-deploy test-sanitize fuzz bench golden clean
 

@@ -1,7 +1,8 @@
 #include "server/kserve_codec.h"
 
 #include <cstring>
-#include <map>
+#include <iterator>
+#include <optional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -55,7 +56,7 @@ absl::StatusOr<DType> DtypeOf(absl::string_view datatype, absl::string_view fiel
   for (const DatatypeEntry& e : kDatatypes) {
     if (datatype == e.name) return e.dtype;
   }
-  return Invalid(absl::StrCat(field, " has datatype '", datatype, "'; expected one of ", DatatypeNames()));
+  return Invalid(absl::StrCat(field, " has datatype '", Loggable(datatype), "'; expected one of ", DatatypeNames()));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -70,6 +71,7 @@ constexpr InputEntry kInputs[] = {
     {"logits", nullptr}, {"targets", nullptr},         {"num_objects", &VariantFacts::num_objects},
     {"weights", nullptr}, {"scores", &VariantFacts::scores}, {"grad_output", nullptr},
 };
+enum : size_t { kLogits, kTargets, kNumObjects, kWeights, kScores, kGradOutput };
 
 const VariantFacts& FactsAt(int variant) { return FactsOf(*DefaultParams(VariantNameAt(variant))); }
 
@@ -128,7 +130,7 @@ absl::StatusOr<TypedElements> TypedContents(const InferTensorContents& c, DType 
 absl::StatusOr<TensorView> InputView(const ModelInferRequest& request, int index, bool raw, const RequestLimits* limits,
                                      InferCall& call) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(index);
-  const std::string field = absl::StrCat("input '", input.name(), "'");
+  const std::string field = absl::StrCat("input '", Loggable(input.name()), "'");
   TensorView view;
   ASSIGN_OR_RETURN(view.dtype, DtypeOf(input.datatype(), field));
   if (input.shape_size() > kMaxRank) {
@@ -192,7 +194,7 @@ absl::StatusOr<double> NumberParameter(const InferParameter& p, absl::string_vie
   ASSIGN_OR_RETURN(const std::string text, ParameterText(p, field));
   double v;
   if (p.parameter_choice_case() == InferParameter::kBoolParam || !absl::SimpleAtod(text, &v)) {
-    return Invalid(absl::StrCat(field, " is '", text, "'; expected a number"));
+    return Invalid(absl::StrCat(field, " is '", Loggable(text), "'; expected a number"));
   }
   return v;
 }
@@ -206,13 +208,13 @@ absl::StatusOr<std::vector<double>> ListParameter(const InferParameter& p, absl:
   }
   absl::string_view text = absl::StripAsciiWhitespace(p.string_param());
   if (absl::ConsumePrefix(&text, "[") != absl::ConsumeSuffix(&text, "]")) {
-    return Invalid(absl::StrCat(field, " is '", p.string_param(), "': unbalanced brackets"));
+    return Invalid(absl::StrCat(field, " is '", Loggable(p.string_param()), "': unbalanced brackets"));
   }
   std::vector<double> values;
   for (absl::string_view item : absl::StrSplit(text, absl::ByAnyChar(", \t\n"), absl::SkipEmpty())) {
     double v;
     if (!absl::SimpleAtod(item, &v)) {
-      return Invalid(absl::StrCat(field, " holds '", item, "', not a number"));
+      return Invalid(absl::StrCat(field, " holds '", Loggable(item), "', not a number"));
     }
     values.push_back(v);
   }
@@ -221,7 +223,7 @@ absl::StatusOr<std::vector<double>> ListParameter(const InferParameter& p, absl:
 
 absl::Status SetRequestParameter(LossSpec& spec, bool& allow_non_finite, const std::string& name,
                                  const InferParameter& value) {
-  const std::string field = absl::StrCat("parameter '", name, "'");
+  const std::string field = absl::StrCat("parameter '", Loggable(name), "'");
   if (name == "reduction") {
     ASSIGN_OR_RETURN(const std::string text, ParameterText(value, field));
     const std::string lower = absl::AsciiStrToLower(text);
@@ -233,7 +235,7 @@ absl::Status SetRequestParameter(LossSpec& spec, bool& allow_non_finite, const s
         return absl::OkStatus();
       }
     }
-    return Invalid(absl::StrCat(field, " is '", text, "'; expected \"mean\", \"sum\" or \"none\""));
+    return Invalid(absl::StrCat(field, " is '", Loggable(text), "'; expected \"mean\", \"sum\" or \"none\""));
   }
   if (name == "normalizer") {
     ASSIGN_OR_RETURN(spec.normalizer, NumberParameter(value, field));
@@ -242,7 +244,7 @@ absl::Status SetRequestParameter(LossSpec& spec, bool& allow_non_finite, const s
   if (name == "allow_non_finite") {
     ASSIGN_OR_RETURN(const std::string text, ParameterText(value, field));
     if (!absl::SimpleAtob(text, &allow_non_finite) || value.parameter_choice_case() == InferParameter::kDoubleParam) {
-      return Invalid(absl::StrCat(field, " is '", text, "'; expected true or false"));
+      return Invalid(absl::StrCat(field, " is '", Loggable(text), "'; expected true or false"));
     }
     return absl::OkStatus();
   }
@@ -253,6 +255,13 @@ absl::Status SetRequestParameter(LossSpec& spec, bool& allow_non_finite, const s
       return SetParameterList(spec.params, name, std::move(values));
     }
     ASSIGN_OR_RETURN(const std::string text, ParameterText(value, field));
+    // focal/variant_text.h repeats a value it cannot read in its message: printable text only,
+    // so that no client's bytes forge a log line.
+    for (const char c : text) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
+        return Invalid(absl::StrCat(field, " is '", Loggable(text), "': not printable text"));
+      }
+    }
     return SetParameterFromText(spec.params, name, text);
   }
   std::vector<std::string> names = {"reduction", "normalizer", "allow_non_finite"};
@@ -272,7 +281,7 @@ absl::StatusOr<std::vector<Output>> RequestedOutputs(const ModelInferRequest& re
     return outputs;
   }
   for (const auto& requested : request.outputs()) {
-    const std::string field = absl::StrCat("output '", requested.name(), "'");
+    const std::string field = absl::StrCat("output '", Loggable(requested.name()), "'");
     int found = -1;
     for (int i = 0; i < static_cast<int>(std::size(kOutputNames)); ++i) {
       if (requested.name() == kOutputNames[i]) found = i;
@@ -289,7 +298,7 @@ absl::StatusOr<std::vector<Output>> RequestedOutputs(const ModelInferRequest& re
       return Invalid(absl::StrCat(field, " exists only with parameter 'reduction' = \"none\""));
     }
     if (!requested.parameters().empty()) {
-      return Invalid(absl::StrCat(field, " has parameter '", requested.parameters().begin()->first,
+      return Invalid(absl::StrCat(field, " has parameter '", Loggable(requested.parameters().begin()->first),
                                   "'; focalserve's outputs take none"));
     }
     outputs.push_back(output);
@@ -405,38 +414,38 @@ absl::StatusOr<InferCall> DecodeInferRequest(const ModelInferRequest& request, c
                                 request.inputs_size(), " inputs; it needs one per input, in their order"));
   }
   call.typed = !raw;
-  std::map<std::string, TensorView> views;
+  // The inputs given, by their index in kInputs.
+  std::optional<TensorView> views[std::size(kInputs)];
   for (int i = 0; i < request.inputs_size(); ++i) {
     const auto& input = request.inputs(i);
-    const std::string field = absl::StrCat("input '", input.name(), "'");
-    const InputEntry* entry = nullptr;
-    for (const InputEntry& e : kInputs) {
-      if (input.name() == e.name && TakesInput(facts, e)) entry = &e;
+    const std::string field = absl::StrCat("input '", Loggable(input.name()), "'");
+    size_t entry = std::size(kInputs);
+    for (size_t e = 0; e < std::size(kInputs); ++e) {
+      if (input.name() == kInputs[e].name && TakesInput(facts, kInputs[e])) entry = e;
     }
-    if (!entry) {
+    if (entry == std::size(kInputs)) {
       return Invalid(absl::StrCat(field, " is not an input of ", facts.name, "; it takes ", InputNames(facts)));
     }
-    if (views.count(input.name())) return Invalid(absl::StrCat(field, " is given twice"));
+    if (views[entry]) return Invalid(absl::StrCat(field, " is given twice"));
     if (raw && input.has_contents()) {
       return Invalid(absl::StrCat(field, " has contents while the request uses raw_input_contents; use one or the other"));
     }
     if (!input.parameters().empty()) {
-      return Invalid(absl::StrCat(field, " has parameter '", input.parameters().begin()->first,
+      return Invalid(absl::StrCat(field, " has parameter '", Loggable(input.parameters().begin()->first),
                                   "'; focalserve's inputs take none (shared memory is not served)"));
     }
-    ASSIGN_OR_RETURN(views[input.name()],
-                     InputView(request, i, raw, input.name() == "logits" ? &limits : nullptr, call));
+    ASSIGN_OR_RETURN(views[entry], InputView(request, i, raw, entry == kLogits ? &limits : nullptr, call));
   }
-  for (const char* required : {"logits", "targets"}) {
-    if (!views.count(required)) return Invalid(absl::StrCat("input '", required, "' is missing"));
+  for (size_t required : {kLogits, kTargets}) {
+    if (!views[required]) return Invalid(absl::StrCat("input '", kInputs[required].name, "' is missing"));
   }
-  job.logits = views["logits"];
-  job.targets = views["targets"];
-  if (views.count("num_objects")) job.num_objects = views["num_objects"];
-  if (views.count("weights")) job.weights = views["weights"];
-  if (views.count("scores")) job.scores = views["scores"];
-  if (auto it = views.find("grad_output"); it != views.end()) {
-    const TensorView& w = it->second;
+  job.logits = *views[kLogits];
+  job.targets = *views[kTargets];
+  job.num_objects = views[kNumObjects];
+  job.weights = views[kWeights];
+  job.scores = views[kScores];
+  if (views[kGradOutput]) {
+    const TensorView& w = *views[kGradOutput];
     // MEAN and SUM take one upstream scalar (a tensor of one element carries it); NONE takes a
     // tensor shaped like the losses, or a scalar as a tensor of rank 0.
     if (job.spec.reduction != Reduction::kNone || w.shape.empty()) {

@@ -89,6 +89,50 @@ def requests():
                                  variant="distribution_focal", compute_gradient=True)
 
 
+def kserve_module():
+    """The Open Inference Protocol's messages, generated into a temporary folder."""
+    import importlib
+    import subprocess
+    import tempfile
+    out = tempfile.mkdtemp(prefix="focal-kserve-stubs.")
+    subprocess.run(["/usr/bin/protoc", f"-I{REPO / 'proto'}", f"--python_out={out}",
+                    str(REPO / "proto" / "inference" / "grpc_predict_v2.proto")], check=True)
+    sys.path.insert(0, out)
+    return importlib.import_module("inference.grpc_predict_v2_pb2")
+
+
+KSERVE_DATATYPES = {1: "FP32", 2: "FP16", 3: "BF16", 4: "FP64", 5: "INT32", 6: "INT64", 7: "UINT8"}
+
+
+def infer_request(pb2, r):
+    """A focal.v1 ComputeRequest as the ModelInferRequest of docs/kserve.md (raw contents)."""
+    variant = r.loss.WhichOneof("variant")
+    out = pb2.ModelInferRequest(model_name=variant, id=r.request_id)
+    for field, value in getattr(r.loss, variant).ListFields():
+        name = field.name.removesuffix("_f64")
+        if field.label == field.LABEL_REPEATED:
+            items = [f"{v.threshold!r}:{v.gamma!r}" if hasattr(v, "gamma") else repr(v) for v in value]
+            out.parameters[name].string_param = ",".join(items)
+        elif field.type == field.TYPE_ENUM:
+            out.parameters[name].string_param = field.enum_type.values_by_number[value].name.lower()
+        elif field.type == field.TYPE_BOOL:
+            out.parameters[name].bool_param = value
+        elif field.type in (field.TYPE_INT64, field.TYPE_INT32):
+            out.parameters[name].int64_param = value
+        else:
+            out.parameters[name].double_param = value
+    out.parameters["reduction"].string_param = ("mean", "sum", "none")[r.loss.reduction]
+    for name in ("logits", "targets", "num_objects", "weights", "scores", "grad_output_tensor"):
+        if r.HasField(name):
+            t = getattr(r, name)
+            out.inputs.add(name=name.removesuffix("_tensor"), datatype=KSERVE_DATATYPES[t.dtype], shape=list(t.shape))
+            out.raw_input_contents.append(t.data)
+    if not r.compute_gradient:
+        for name in ("loss", "count"):
+            out.outputs.add(name=name)
+    return out
+
+
 def write(target: str, blobs):
     folder = OUT / target
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +154,10 @@ def main():
     streams += [stream(singles[i], singles[i]) for i in range(0, len(singles), 5)]  # the same variant twice
     streams += [stream(singles[0], singles[1])]  # two variants: refused
     write("evaluate_stream_fuzzer", streams)
+
+    pb2 = kserve_module()
+    write("model_infer_fuzzer", [infer_request(pb2, r).SerializeToString() for r in requests()
+                                 if not r.gradient_dtype and not r.HasField("grad_output_scalar")])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // focal_loadgen: a closed-loop gRPC load generator for FocalServe and its baselines.
 //
-//   focal_loadgen --target HOST:PORT [--rpc compute|info|echo] [--concurrency N] [--channels K]
+//   focal_loadgen --target HOST:PORT [--rpc compute|infer|info|echo] [--concurrency N] [--channels K]
 //                 [--duration S] [--warmup S] [--shape 64,80] [--variant sigmoid_focal|softmax_focal]
 //                 [--targets float|index] [--gradient 0|1] [--reduction mean|sum|none]
 //                 [--decode 0|1] [--timeout S] [--seed N]
@@ -12,8 +12,9 @@
 // response bytes, 10^6 bytes per MB), then one JSON line with the same figures.
 //
 // Every RPC goes through grpc::GenericStub with the request serialized once into a ByteBuffer,
-// whichever the method: `compute` calls /focal.v1.FocalLossService/Compute, `info`
-// /focal.v1.FocalLossService/GetServerInfo, `echo` /focal.bench.Echo/Echo (focal_echo_server,
+// whichever the method: `compute` calls /focal.v1.FocalLossService/Compute, `infer` the same
+// computation as the Open Inference Protocol's /inference.GRPCInferenceService/ModelInfer
+// (raw contents, as tritonclient sends them), `info` /focal.v1.FocalLossService/GetServerInfo, `echo` /focal.bench.Echo/Echo (focal_echo_server,
 // the byte-echo ceiling) with the same serialized ComputeRequest. The client does the same work
 // per call for all three, so ratios between them measure the servers, not the client. Responses
 // are kept as bytes (--decode 1 parses each into its message, as a real client would, and
@@ -46,6 +47,7 @@
 
 #include "focal/v1/focal_loss.grpc.pb.h"
 #include "focal/v1/focal_loss.pb.h"
+#include "inference/grpc_predict_v2.grpc.pb.h"
 
 namespace {
 
@@ -54,7 +56,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int kMaxMessageBytes = 1 << 30;
 constexpr char kEchoMethod[] = "/focal.bench.Echo/Echo";
 
-enum class Rpc { kCompute, kInfo, kEcho };
+enum class Rpc { kCompute, kInfer, kInfo, kEcho };
 
 struct LoadgenOptions {
   std::string target;
@@ -77,7 +79,7 @@ struct LoadgenOptions {
 [[noreturn]] void Usage(const std::string& error) {
   std::fprintf(stderr,
                "focal_loadgen: %s\n"
-               "usage: focal_loadgen --target HOST:PORT [--rpc compute|info|echo] "
+               "usage: focal_loadgen --target HOST:PORT [--rpc compute|infer|info|echo] "
                "[--concurrency N] [--channels K] [--duration S] [--warmup S] [--shape 64,80] "
                "[--variant sigmoid_focal|softmax_focal] [--targets float|index] "
                "[--gradient 0|1] [--reduction mean|sum|none] [--decode 0|1] [--timeout S] "
@@ -146,12 +148,14 @@ LoadgenOptions ParseFlags(int argc, char** argv) {
       o.rpc_name = value;
       if (value == "compute") {
         o.rpc = Rpc::kCompute;
+      } else if (value == "infer") {
+        o.rpc = Rpc::kInfer;
       } else if (value == "info") {
         o.rpc = Rpc::kInfo;
       } else if (value == "echo") {
         o.rpc = Rpc::kEcho;
       } else {
-        Usage("--rpc wants compute, info or echo, got '" + value + "'");
+        Usage("--rpc wants compute, infer, info or echo, got '" + value + "'");
       }
     } else if (flag == "--concurrency") {
       o.concurrency = static_cast<int>(ParseInt(flag, value, 1));
@@ -263,11 +267,37 @@ focal::v1::ComputeRequest BuildComputeRequest(const LoadgenOptions& o) {
   return request;
 }
 
+/// The same computation as a KServe v2 ModelInferRequest (docs/kserve.md): the model named as
+/// the variant, the tensors' bytes as raw contents, the reduction as a parameter, and only the
+/// loss and count asked for when no gradient is.
+inference::ModelInferRequest BuildInferRequest(const LoadgenOptions& o, const focal::v1::ComputeRequest& compute) {
+  inference::ModelInferRequest request;
+  request.set_model_name(o.variant);
+  request.set_id(compute.request_id());
+  (*request.mutable_parameters())["reduction"].set_string_param(o.reduction);
+  auto add = [&](const char* name, const focal::v1::Tensor& t) {
+    auto* in = request.add_inputs();
+    in->set_name(name);
+    in->set_datatype(t.dtype() == focal::v1::FLOAT32 ? "FP32" : "INT64");
+    for (int64_t d : t.shape()) in->add_shape(d);
+    request.add_raw_input_contents(t.data());
+  };
+  add("logits", compute.logits());
+  add("targets", compute.targets());
+  if (!o.gradient) {
+    request.add_outputs()->set_name("loss");
+    request.add_outputs()->set_name("count");
+  }
+  return request;
+}
+
 std::string MethodFor(Rpc rpc) {
   const std::string service = std::string("/") + focal::v1::FocalLossService::service_full_name();
   switch (rpc) {
     case Rpc::kCompute:
       return service + "/Compute";
+    case Rpc::kInfer:
+      return std::string("/") + inference::GRPCInferenceService::service_full_name() + "/ModelInfer";
     case Rpc::kInfo:
       return service + "/GetServerInfo";
     case Rpc::kEcho:
@@ -384,6 +414,22 @@ bool CheckFirstResponse(const LoadgenOptions& o, const std::string& request_byte
       }
       return true;
     }
+    case Rpc::kInfer: {
+      inference::ModelInferResponse response;
+      if (!Parse(&result->response, &response)) {
+        std::fprintf(stderr, "focal_loadgen: cannot parse the ModelInferResponse\n");
+        return false;
+      }
+      bool gradient = false;
+      for (const auto& out : response.outputs()) gradient |= out.name() == "gradient";
+      std::printf("first response: model=%s outputs=%d raw=%d\n", response.model_name().c_str(),
+                  response.outputs_size(), response.raw_output_contents_size());
+      if (o.gradient && !gradient) {
+        std::fprintf(stderr, "focal_loadgen: asked for a gradient and got none\n");
+        return false;
+      }
+      return true;
+    }
     case Rpc::kInfo: {
       focal::v1::ServerInfo info;
       if (!Parse(&result->response, &info)) {
@@ -458,8 +504,12 @@ int main(int argc, char** argv) {
     request = Serialize(focal::v1::GetServerInfoRequest());
   } else {
     focal::v1::ComputeRequest compute = BuildComputeRequest(o);
-    request_bytes = compute.SerializeAsString();
-    request = Serialize(compute);
+    if (o.rpc == Rpc::kInfer) {
+      request = Serialize(BuildInferRequest(o, compute));
+    } else {
+      request_bytes = compute.SerializeAsString();
+      request = Serialize(compute);
+    }
   }
   const std::string method = MethodFor(o.rpc);
   const size_t request_size = request.Length();
@@ -513,6 +563,7 @@ int main(int argc, char** argv) {
       focal::v1::ComputeResponse compute_response;
       focal::v1::ServerInfo info_response;
       focal::v1::ComputeRequest echo_response;
+      inference::ModelInferResponse infer_response;
       while (true) {
         const Clock::time_point t0 = Clock::now();
         if (t0 >= stop) break;
@@ -520,6 +571,7 @@ int main(int argc, char** argv) {
         const size_t got = result.response.Length();
         if (result.status.ok() && o.decode) {
           bool parsed = o.rpc == Rpc::kCompute ? Parse(&result.response, &compute_response)
+                        : o.rpc == Rpc::kInfer ? Parse(&result.response, &infer_response)
                         : o.rpc == Rpc::kInfo  ? Parse(&result.response, &info_response)
                                                : Parse(&result.response, &echo_response);
           if (!parsed) result.status = grpc::Status(grpc::StatusCode::INTERNAL, "bad response");

@@ -22,11 +22,13 @@
 #
 # Cases (float32 logits, sigmoid_focal, MEAN, with the gradient):
 #   small  [64,80]      concurrency 8, SMALL_S:  focalserve Compute, focalserve GetServerInfo,
-#                                                 baseline Compute (float one-hot targets)
+#                                                 baseline Compute (float one-hot targets), and
+#                                                 the same computation as KServe v2 ModelInfer
 #   large  [262144,80]  concurrency 2, LARGE_S:  with class-index targets, focalserve Compute
 #                       against an echo of the same request (80 MiB each way); with float
 #                       one-hot targets (160 MiB in, 80 MiB out), focalserve against the
-#                       baseline, which only takes float targets.
+#                       baseline, which only takes float targets; and ModelInfer of the
+#                       index-target request beside its Compute.
 # Throughput is counted in request + response bytes for every case.
 #
 # Heap: on this kind of VM a freshly mapped page faults in at well under 1 GB/s, which swamps
@@ -166,8 +168,10 @@ echo "== small: [64,80] float32 sigmoid_focal + gradient, concurrency 8 (and 1),
 for round in $(seq "$ROUNDS"); do
   run small_focal_compute "$round" "$FOCAL_ADDR" compute "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL[@]}"
   run small_focal_info "$round" "$FOCAL_ADDR" info "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL[@]}"
+  run small_focal_infer "$round" "$FOCAL_ADDR" infer "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL[@]}"
   run small_baseline_compute "$round" "$BASE_ADDR" compute "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL[@]}"
   run small1_focal_compute "$round" "$FOCAL_ADDR" compute "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL1[@]}"
+  run small1_focal_infer "$round" "$FOCAL_ADDR" infer "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL1[@]}"
   run small1_focal_info "$round" "$FOCAL_ADDR" info "$SMALL_S" "$SMALL_WARMUP_S" "${SMALL1[@]}"
 done
 
@@ -175,11 +179,13 @@ echo
 echo "== large: [262144,80] float32 sigmoid_focal + gradient, concurrency 2, ${LARGE_S} s each =="
 echo "   (priming each server with one untimed call per worker)"
 prime "$FOCAL_ADDR" compute "${LARGE_INDEX[@]}"
+prime "$FOCAL_ADDR" infer "${LARGE_INDEX[@]}"
 prime "$ECHO_ADDR" echo "${LARGE_INDEX[@]}"
 prime "$FOCAL_ADDR" compute "${LARGE[@]}"
 prime "$BASE_ADDR" compute "${LARGE[@]}"
 for round in $(seq "$ROUNDS"); do
   run large_focal_compute_index "$round" "$FOCAL_ADDR" compute "$LARGE_S" "$LARGE_WARMUP_S" "${LARGE_INDEX[@]}"
+  run large_focal_infer_index "$round" "$FOCAL_ADDR" infer "$LARGE_S" "$LARGE_WARMUP_S" "${LARGE_INDEX[@]}"
   run large_echo "$round" "$ECHO_ADDR" echo "$LARGE_S" "$LARGE_WARMUP_S" "${LARGE_INDEX[@]}"
   run large_focal_compute "$round" "$FOCAL_ADDR" compute "$LARGE_S" "$LARGE_WARMUP_S" "${LARGE[@]}"
   run large_baseline_compute "$round" "$BASE_ADDR" compute "$LARGE_S" "$LARGE_WARMUP_S" "${LARGE[@]}"
@@ -194,10 +200,13 @@ out_dir, strict = sys.argv[1], sys.argv[2] == "1"
 CASES = [
     ("small_focal_compute", "small", "focalserve", "Compute"),
     ("small_focal_info", "small", "focalserve", "GetServerInfo"),
+    ("small_focal_infer", "small", "focalserve", "ModelInfer"),
     ("small_baseline_compute", "small", "torch baseline", "Compute"),
     ("small1_focal_compute", "small, concurrency 1", "focalserve", "Compute"),
     ("small1_focal_info", "small, concurrency 1", "focalserve", "GetServerInfo"),
+    ("small1_focal_infer", "small, concurrency 1", "focalserve", "ModelInfer"),
     ("large_focal_compute_index", "large, index targets", "focalserve", "Compute"),
+    ("large_focal_infer_index", "large, index targets", "focalserve", "ModelInfer"),
     ("large_echo", "large, index targets", "echo server", "Echo"),
     ("large_focal_compute", "large, float targets", "focalserve", "Compute"),
     ("large_baseline_compute", "large, float targets", "torch baseline", "Compute"),
@@ -247,6 +256,19 @@ TARGETS = [
      ratio(get("small_focal_compute", "p99_ms"), get("small_baseline_compute", "p99_ms")), "<=", 0.2, "x"),
     ("large: focalserve MB/s / baseline MB/s",
      ratio(get("large_focal_compute", "mb_per_s"), get("large_baseline_compute", "mb_per_s")), ">=", 2.0, "x"),
+    # The Open Inference Protocol costs no more than focal.v1 for the same computation.
+    ("small, concurrency 8: ModelInfer req/s / Compute req/s",
+     ratio(get("small_focal_infer", "rps"), get("small_focal_compute", "rps")), ">=", 0.9, "x"),
+    ("small, concurrency 8: ModelInfer p50 / Compute p50",
+     ratio(get("small_focal_infer", "p50_ms"), get("small_focal_compute", "p50_ms")), "<=", 1.1, "x"),
+    ("small, concurrency 1: ModelInfer req/s / Compute req/s",
+     ratio(get("small1_focal_infer", "rps"), get("small1_focal_compute", "rps")), ">=", 0.9, "x"),
+    ("small, concurrency 1: ModelInfer p50 / Compute p50",
+     ratio(get("small1_focal_infer", "p50_ms"), get("small1_focal_compute", "p50_ms")), "<=", 1.1, "x"),
+    ("large: ModelInfer req/s / Compute req/s",
+     ratio(get("large_focal_infer_index", "rps"), get("large_focal_compute_index", "rps")), ">=", 0.9, "x"),
+    ("large: ModelInfer p50 / Compute p50",
+     ratio(get("large_focal_infer_index", "p50_ms"), get("large_focal_compute_index", "p50_ms")), "<=", 1.1, "x"),
 ]
 print()
 print("| target | measured | wanted | |")
