@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -159,7 +160,7 @@ absl::StatusOr<TensorView> InputView(const ModelInferRequest& request, int index
                                 " elements; its contents hold ", typed.count));
   }
   view.size_bytes = static_cast<size_t>(elements) * element_size;
-  if (typed.data) {
+  if (view.dtype != DType::kUInt8) {
     view.data = typed.data;
     return view;
   }
@@ -255,14 +256,15 @@ absl::Status SetRequestParameter(LossSpec& spec, bool& allow_non_finite, const s
       return SetParameterList(spec.params, name, std::move(values));
     }
     ASSIGN_OR_RETURN(const std::string text, ParameterText(value, field));
-    // focal/variant_text.h repeats a value it cannot read in its message: printable text only,
-    // so that no client's bytes forge a log line.
-    for (const char c : text) {
-      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-        return Invalid(absl::StrCat(field, " is '", Loggable(text), "': not printable text"));
-      }
+    const absl::Status set = SetParameterFromText(spec.params, name, text);
+    if (set.ok()) return set;
+    // focal/variant_text.h says "<name> is '<text>'; expected ...": said again here with the
+    // client's text escaped and cut (Loggable), so that no request forges a log line.
+    const std::string echoed = absl::StrCat(name, " is '", text, "'; ");
+    if (absl::StartsWith(set.message(), echoed)) {
+      return Invalid(absl::StrCat(field, " is '", Loggable(text), "'; ", set.message().substr(echoed.size())));
     }
-    return SetParameterFromText(spec.params, name, text);
+    return set;
   }
   std::vector<std::string> names = {"reduction", "normalizer", "allow_non_finite"};
   for (const ParameterDescription& p : DescribeVariant(spec.params).parameters) names.push_back(p.name);
@@ -297,9 +299,12 @@ absl::StatusOr<std::vector<Output>> RequestedOutputs(const ModelInferRequest& re
     if (output == Output::kLosses && spec.reduction != Reduction::kNone) {
       return Invalid(absl::StrCat(field, " exists only with parameter 'reduction' = \"none\""));
     }
-    if (!requested.parameters().empty()) {
-      return Invalid(absl::StrCat(field, " has parameter '", Loggable(requested.parameters().begin()->first),
-                                  "'; focalserve's outputs take none"));
+    for (const auto& [key, value] : requested.parameters()) {
+      // binary_data (the HTTP protocol's, which some clients send on gRPC too) asks for raw
+      // bytes: what a raw request gets anyway.
+      if (key == "binary_data" && value.parameter_choice_case() == InferParameter::kBoolParam) continue;
+      return Invalid(absl::StrCat(field, " has parameter '", Loggable(key),
+                                  "'; focalserve's outputs take only binary_data"));
     }
     outputs.push_back(output);
   }
@@ -430,11 +435,18 @@ absl::StatusOr<InferCall> DecodeInferRequest(const ModelInferRequest& request, c
     if (raw && input.has_contents()) {
       return Invalid(absl::StrCat(field, " has contents while the request uses raw_input_contents; use one or the other"));
     }
-    if (!input.parameters().empty()) {
-      return Invalid(absl::StrCat(field, " has parameter '", Loggable(input.parameters().begin()->first),
-                                  "'; focalserve's inputs take none (shared memory is not served)"));
-    }
     ASSIGN_OR_RETURN(views[entry], InputView(request, i, raw, entry == kLogits ? &limits : nullptr, call));
+    for (const auto& [key, value] : input.parameters()) {
+      // binary_data_size (the HTTP protocol's, which some clients send on gRPC too) is the
+      // tensor's byte length: accepted when it says exactly that.
+      if (key == "binary_data_size" && value.parameter_choice_case() == InferParameter::kInt64Param &&
+          value.int64_param() == static_cast<int64_t>(views[entry]->size_bytes)) {
+        continue;
+      }
+      return Invalid(absl::StrCat(field, " has parameter '", Loggable(key),
+                                  "'; focalserve's inputs take only binary_data_size, their byte length "
+                                  "(shared memory is not served)"));
+    }
   }
   for (size_t required : {kLogits, kTargets}) {
     if (!views[required]) return Invalid(absl::StrCat("input '", kInputs[required].name, "' is missing"));

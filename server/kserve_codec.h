@@ -53,8 +53,16 @@ inference::ModelConfigResponse ModelConfig(int variant);
 enum class Output : uint8_t { kLoss, kCount, kLosses, kGradient };
 
 /// A decoded ModelInferRequest: the job (views into the request, or into `converted`), the
-/// outputs to answer with in order, and their encoding.
+/// outputs to answer with in order, and their encoding. The request must stay where it is while
+/// the call lives (the views point into its fields); the call itself moves but does not copy
+/// (a copy's views would point into the original's `converted`).
 struct InferCall {
+  InferCall() = default;
+  InferCall(InferCall&&) = default;
+  InferCall& operator=(InferCall&&) = default;
+  InferCall(const InferCall&) = delete;
+  InferCall& operator=(const InferCall&) = delete;
+
   int variant = -1;
   LossJob job;
   std::vector<Output> outputs;

@@ -23,8 +23,11 @@ double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(
 
 uint64_t Nanos(double seconds) { return seconds > 0 ? static_cast<uint64_t>(seconds * 1e9) : 0; }
 
-/// Whether the server computes: not draining, and its backend healthy.
-bool Ready(const FocalLossServiceImpl& core) { return !core.draining() && core.config().backend->Healthy(); }
+/// Whether the server computes: serving (its health says SERVING: not in the drain's grace),
+/// not draining, and its backend healthy.
+bool Ready(const FocalLossServiceImpl& core) {
+  return core.serving() && !core.draining() && core.config().backend->Healthy();
+}
 
 /// One ModelInferRequest: parsed from its bytes, decoded (kserve_codec.h), answered.
 class InferCodec final : public FocalLossServiceImpl::UnaryCodec {
@@ -77,58 +80,76 @@ class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer
   StreamInferReactor(const KServeServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), core_(service->core()), context_(context), state_(context->deadline()) {
     core_.CallStarted();
-    std::lock_guard<std::mutex> lock(mu_);
     if (absl::Status admitted = core_.Admit(context); !admitted.ok()) {
       core_.Report("ModelStreamInfer", "", admitted, nullptr, Clock::now(), 0, 0);
+      std::lock_guard<std::mutex> lock(mu_);
       FinishLocked(admitted);
       return;
     }
+    // Without the lock: a server already draining calls Drain from here.
     core_.AddDrainable(this);
     registered_ = true;
-    StartRead(&bytes_);
+    ReadWhenRoom();
   }
 
   void OnReadDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!ok) {
-      // The client half-closed (every request it sent is answered: one at a time), or the call
-      // failed (cancelled, or a message over gRPC's own limits).
-      if (context_->IsCancelled()) {
-        state_.Cancel(core_.Canceller());
-        FinishLocked(absl::CancelledError("the call was cancelled"));
-      } else {
-        FinishLocked(absl::OkStatus());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!ok) {
+        // The client half-closed (every request it sent is answered: one at a time), or the
+        // call failed (cancelled, or a message over gRPC's own limits).
+        if (context_->IsCancelled()) {
+          state_.Cancel(core_.Canceller());
+          FinishLocked(absl::CancelledError("the call was cancelled"));
+        } else {
+          FinishLocked(absl::OkStatus());
+        }
+        return;
       }
-      return;
+      if (finished_) return;
+      busy_ = true;
+      ++received_;
+      started_ = Clock::now();
+      bytes_in_ = static_cast<int64_t>(bytes_.Length());
+      // What the request holds counts against --max-buffered-bytes from the moment it is read:
+      // the request until computed, then its answer until written (as ComputeStream's do).
+      held_ = bytes_in_;
     }
-    if (finished_) return;
-    busy_ = true;
-    ++received_;
-    started_ = Clock::now();
-    bytes_in_ = static_cast<int64_t>(bytes_.Length());
+    core_.Hold(bytes_in_);
     Ref();
-    if (!core_.config().queue->TrySubmit([this] { Compute(); })) {
+    if (!core_.config().queue->TrySubmit([this] {
+          Compute();
+          Unref();
+        })) {
       Unref();
       bytes_.Clear();
-      WriteLocked(ConcurrencyLimit(), nullptr, nullptr);
+      Answer(FocalLossServiceImpl::InMessage(ConcurrencyLimit(), What(), ""), nullptr, nullptr);
     }
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    busy_ = false;
-    answer_.Clear();
-    if (!ok) {  // the client went away
-      state_.Cancel(CallState::Ender::kClient);
-      FinishLocked(absl::CancelledError("the client stopped reading"));
-      return;
+    int64_t released = 0;
+    bool read = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
+      answer_.Clear();
+      released = held_;
+      held_ = 0;
+      if (!ok) {  // the client went away
+        state_.Cancel(CallState::Ender::kClient);
+        FinishLocked(absl::CancelledError("the client stopped reading"));
+      } else {
+        ++answered_;
+        if (draining_) {
+          FinishDrainedLocked();
+        } else {
+          read = true;
+        }
+      }
     }
-    ++answered_;
-    if (draining_) {
-      FinishDrainedLocked();
-      return;
-    }
-    StartRead(&bytes_);
+    core_.Release(released);
+    if (read) ReadWhenRoom();
   }
 
   void OnCancel() override {
@@ -146,60 +167,88 @@ class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer
 
   void OnDone() override {
     if (registered_) core_.RemoveDrainable(this);
+    int64_t held;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held = held_;
+      held_ = 0;
+    }
+    core_.Release(held);
     core_.CallEnded(cut_off_);
     Unref();
   }
 
  private:
-  void Compute() {
-    InferCodec codec(service_);
-    const std::string what = absl::StrCat("message ", received_, " of the stream");
-    BatchOutcome outcome = core_.RunBatch(
-        state_, bytes_, what, started_,
-        [&codec](grpc::ByteBuffer& bytes, absl::string_view w, BatchOutcome& out) { return codec.Decode(bytes, w, out); });
-    codec.Finished(outcome.status, &outcome);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      WriteLocked(outcome.status, &outcome, &codec);
-    }
-    Unref();
+  /// "message N of the stream", for errors.
+  std::string What() const { return absl::StrCat("message ", received_, " of the stream"); }
+
+  /// Reads the next request once the answers of all streams fit --max-buffered-bytes.
+  void ReadWhenRoom() {
+    Ref();
+    core_.WhenRoom([this] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!finished_ && !draining_) StartRead(&bytes_);
+      }
+      Unref();
+    });
   }
 
-  /// Answers the request just computed (or refused): its response, or its error message.
-  void WriteLocked(absl::Status status, BatchOutcome* outcome, InferCodec* codec) {
+  void Compute() {
+    InferCodec codec(service_);
+    BatchOutcome outcome = core_.RunBatch(
+        state_, bytes_, What(), started_,
+        [&codec](grpc::ByteBuffer& bytes, absl::string_view w, BatchOutcome& out) { return codec.Decode(bytes, w, out); });
+    Answer(outcome.status, &outcome, &codec);
+  }
+
+  /// Answers the request just computed (or refused) with its response or its error message.
+  /// Only the stream's one busy request gets here, so answer_ is built without the lock; the
+  /// lock covers the hand-over to gRPC.
+  void Answer(absl::Status status, BatchOutcome* outcome, InferCodec* codec) {
     inference::ModelStreamInferResponse answer;
-    inference::ModelInferResponse* response = answer.mutable_infer_response();
     if (status.ok()) {
       try {
-        status = kserve::EncodeInferResponse(std::move(outcome->result), codec->call(), outcome->request_id, response);
+        status = kserve::EncodeInferResponse(std::move(outcome->result), codec->call(), outcome->request_id,
+                                             answer.mutable_infer_response());
       } catch (const std::exception& e) {
         status = absl::InternalError(absl::StrCat("the server failed encoding the answer (", e.what(), ")"));
       }
     }
+    if (status.ok()) status = SerializeMessage(answer, core_.config().max_message_bytes, &answer_);
     if (!status.ok()) {
-      answer.Clear();
-      answer.set_error_message(absl::StrCat(absl::StatusCodeToString(status.code()), ": ", CapMessage(status).message()));
+      // The error in the stream, with the request's id and model so that a client can match it.
+      inference::ModelStreamInferResponse failed;
+      failed.set_error_message(absl::StrCat(absl::StatusCodeToString(status.code()), ": ", CapMessage(status).message()));
       if (codec) {
-        answer.mutable_infer_response()->set_id(codec->request().id());
-        answer.mutable_infer_response()->set_model_name(codec->request().model_name());
-        answer.mutable_infer_response()->set_model_version(codec->request().model_version());
+        inference::ModelInferResponse* r = failed.mutable_infer_response();
+        r->set_id(codec->request().id());
+        r->set_model_name(codec->request().model_name());
+        r->set_model_version(codec->request().model_version());
       }
+      // Small (the message is capped): it fits any --max-message-bytes the flags allow.
+      (void)SerializeMessage(failed, core_.config().max_message_bytes, &answer_);
     }
-    absl::Status sent = SerializeMessage(answer, core_.config().max_message_bytes, &answer_);
-    if (!sent.ok()) {
-      // Too large to send: the answer says so instead.
-      status = sent;
-      inference::ModelStreamInferResponse refused;
-      refused.set_error_message(absl::StrCat(absl::StatusCodeToString(sent.code()), ": ", sent.message()));
-      sent = SerializeMessage(refused, core_.config().max_message_bytes, &answer_);
-    }
+    if (codec) codec->Finished(status, outcome);
     core_.Report("ModelStreamInfer", outcome ? outcome->request_id : "", status, outcome, started_, bytes_in_,
                  status.ok() ? static_cast<int64_t>(answer_.Length()) : 0);
-    if (finished_) {
-      answer_.Clear();
-      return;
+    const int64_t answer_bytes = static_cast<int64_t>(answer_.Length());
+    int64_t released = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) {
+        answer_.Clear();
+        released = held_;
+        held_ = 0;
+      } else {
+        // The request's share of the budget becomes the answer's.
+        core_.Hold(answer_bytes);
+        released = held_;
+        held_ = answer_bytes;
+        StartWrite(&answer_);
+      }
     }
-    StartWrite(&answer_);
+    core_.Release(released);
   }
 
   void FinishDrainedLocked() {
@@ -226,6 +275,7 @@ class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer
   grpc::ByteBuffer answer_;  ///< the answer being written
   Clock::time_point started_;
   int64_t received_ = 0, answered_ = 0, bytes_in_ = 0;
+  int64_t held_ = 0;  ///< bytes counted against --max-buffered-bytes: the request, then its answer
   bool busy_ = false, finished_ = false, draining_ = false;
 };
 
@@ -269,9 +319,9 @@ grpc::ServerUnaryReactor* KServeServiceImpl::ServerReady(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KServeServiceImpl::ModelReady(grpc::CallbackServerContext* context,
                                                         const inference::ModelReadyRequest* request,
                                                         inference::ModelReadyResponse* response) {
-  return Metadata(context, "ModelReady", /*admit=*/true, [&]() -> absl::Status {
-    RETURN_IF_ERROR(kserve::FindModel(request->name(), request->version()).status());
-    response->set_ready(Ready(*core_));
+  // As Triton answers it: a name or version that is not a model is not ready (OK, ready false).
+  return Metadata(context, "ModelReady", /*admit=*/true, [&] {
+    response->set_ready(kserve::FindModel(request->name(), request->version()).ok() && Ready(*core_));
     return absl::OkStatus();
   }, response);
 }

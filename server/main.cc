@@ -196,8 +196,13 @@ int Run(int argc, char** argv) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)")));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  health->SetServingStatus(kServiceName, true);
+  // Health and the Open Inference Protocol's readiness say the same thing at every moment.
+  const auto set_serving = [&](bool serving) {
+    health->SetServingStatus("", serving);
+    health->SetServingStatus(kServiceName, serving);
+    service.SetServing(serving);
+  };
+  set_serving(true);
 
   const std::string address = absl::StrCat(options.listen.substr(0, options.listen.rfind(':')), ":", port);
   std::printf("focalserve %s listening on %s | backend %s | devices %s | metrics %s | limits: message %lld B, "
@@ -224,8 +229,7 @@ int Run(int argc, char** argv) {
     if (!reported_unhealthy && !backend->backend->Healthy()) {
       reported_unhealthy = true;
       std::fprintf(stderr, "focalserve: backend %s is unhealthy; health NOT_SERVING\n", backend->backend->Name().c_str());
-      health->SetServingStatus("", false);
-      health->SetServingStatus(kServiceName, false);
+      set_serving(false);
     }
     const auto now = std::chrono::steady_clock::now();
     if (service.InFlight() > 0 || service.CallsStarted() != calls_seen) {
@@ -245,8 +249,7 @@ int Run(int argc, char** argv) {
                "focalserve: %s: health NOT_SERVING; serving on for the %llds grace, then draining for up to %llds\n",
                strsignal(signal_number), static_cast<long long>(options.drain_grace_seconds),
                static_cast<long long>(options.drain_timeout_seconds));
-  health->SetServingStatus("", false);
-  health->SetServingStatus(kServiceName, false);
+  set_serving(false);
   const timespec grace{static_cast<time_t>(options.drain_grace_seconds), 0};
   if (options.drain_grace_seconds > 0 && sigtimedwait(&stop_signals, nullptr, &grace) > 0) {
     std::fprintf(stderr, "focalserve: second signal: grace cut short\n");

@@ -186,6 +186,10 @@ class FocalLossServiceImpl final : public RawService {
 
   /// Whether the server drains (KServe's readiness says so).
   bool draining() const { return draining_.load(); }
+  /// What health says (main.cc sets both): NOT_SERVING from the signal on, through the drain's
+  /// grace, and when the backend turns unhealthy. KServe's readiness follows it.
+  void SetServing(bool serving) { serving_ = serving; }
+  bool serving() const { return serving_.load(); }
 
   /// Metrics and the failure log line for one finished call or stream batch.
   void Report(absl::string_view method, absl::string_view request_id, const absl::Status& status,
@@ -208,7 +212,7 @@ class FocalLossServiceImpl final : public RawService {
 
  private:
   ServiceConfig config_;
-  std::atomic<bool> draining_{false}, cutting_off_{false};
+  std::atomic<bool> draining_{false}, cutting_off_{false}, serving_{true};
   mutable std::atomic<int> in_flight_{0}, cut_off_{0};
   mutable std::atomic<int64_t> calls_started_{0};
   mutable std::atomic<int64_t> buffered_bytes_{0};

@@ -37,6 +37,14 @@ inline void CheckClientError(const absl::Status& status) {
     std::fprintf(stderr, "error message of %zu bytes\n", status.message().size());
     std::abort();
   }
+  // Whatever a client sent reaches messages escaped (server/wire.h's Loggable): no control
+  // character, so no forged log line.
+  for (const char c : status.message()) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      std::fprintf(stderr, "control character 0x%02x in an error message\n", static_cast<unsigned char>(c));
+      std::abort();
+    }
+  }
 }
 
 /// Aborts when a computed answer is inconsistent with its job.

@@ -133,6 +133,24 @@ def infer_request(pb2, r):
     return out
 
 
+TYPED_FIELDS = {"FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64),
+                "INT64": ("int64_contents", np.int64), "INT32": ("int_contents", np.int32),
+                "UINT8": ("uint_contents", np.uint8)}
+
+
+def typed_infer_request(raw):
+    """The same request with typed contents, or None when an input is 16-bit (raw only)."""
+    typed = type(raw)()
+    typed.CopyFrom(raw)
+    del typed.raw_input_contents[:]
+    for tensor, data in zip(typed.inputs, raw.raw_input_contents):
+        if tensor.datatype not in TYPED_FIELDS:
+            return None
+        field, dtype = TYPED_FIELDS[tensor.datatype]
+        getattr(tensor.contents, field).extend(np.frombuffer(data, dtype).tolist())
+    return typed
+
+
 def write(target: str, blobs):
     folder = OUT / target
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,8 +174,9 @@ def main():
     write("evaluate_stream_fuzzer", streams)
 
     pb2 = kserve_module()
-    write("model_infer_fuzzer", [infer_request(pb2, r).SerializeToString() for r in requests()
-                                 if not r.gradient_dtype and not r.HasField("grad_output_scalar")])
+    infer = [infer_request(pb2, r) for r in requests() if not r.gradient_dtype and not r.HasField("grad_output_scalar")]
+    write("model_infer_fuzzer", [r.SerializeToString() for r in infer] +
+          [typed.SerializeToString() for typed in map(typed_infer_request, infer) if typed is not None])
 
 
 if __name__ == "__main__":

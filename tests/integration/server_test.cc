@@ -1789,6 +1789,11 @@ TEST_F(KServeTest, EveryMetadataCallAsAClientMakesThemAtStartup) {
     EXPECT_EQ(config.config().input_size(), meta.inputs_size());
     EXPECT_EQ(config.config().output_size(), 4);
   }
+  inference::ModelReadyRequest no_model;
+  no_model.set_name("retina");
+  inference::ModelReadyResponse not_ready;
+  ASSERT_TRUE(call(&KServeStub::ModelReady, no_model, &not_ready).ok());  // as Triton: OK, not ready
+  EXPECT_FALSE(not_ready.ready());
   inference::ModelMetadataRequest unknown;
   unknown.set_name("retina");
   inference::ModelMetadataResponse none;
@@ -1851,13 +1856,19 @@ TEST(KServeServer, MetricsAreLabelledByProtocolAndStreamsDrain) {
     inference::ModelInferResponse response;
     ASSERT_TRUE(kserve->ModelInfer(&context, *request, &response).ok());
   }
+  v1::ComputeResponse computed;
+  const grpc::Status compute_status = Compute(*MakeStub(server->address()), SmallRequest("v1"), &computed);
   const std::optional<testing::HttpResponse> http = testing::HttpGet(server->metrics_address(), "/metrics");
   ASSERT_TRUE(http.has_value());
   const auto samples = testing::ParseMetrics(http->body);
+  ASSERT_TRUE(compute_status.ok()) << Describe(compute_status);
   EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total",
                                {{"method", "ModelInfer"}, {"protocol", "kserve.v2"}, {"code", "OK"}}),
             3);
-  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total", {{"protocol", "focal.v1"}}), 0);
+  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total", {{"protocol", "focal.v1"}}), 1);
+  EXPECT_EQ(testing::SumMetric(samples, "focal_requests_total",
+                               {{"method", "Compute"}, {"protocol", "focal.v1"}, {"code", "OK"}}),
+            1);
 
   // A stream that answered one request, then the server drains: the stream ends UNAVAILABLE
   // saying so, and the server exits cleanly.

@@ -5,8 +5,12 @@ bit-identical to focal.v1 Compute of the same request."""
 from __future__ import annotations
 
 import importlib
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -242,6 +246,7 @@ def test_startup_checks(v2, stub, server):
 def test_model_statistics_count_inferences(v2, stub):
     pb2 = v2[0]
     before = stub.ModelStatistics(pb2.ModelStatisticsRequest(name="focal_star"), timeout=10).model_stats[0]
+    started_ms = int(time.time() * 1000)
     x = np.zeros((4, 3), np.float32)
     ok = infer_request(pb2, "focal_star", x, np.zeros((4, 3), np.float32), {}, "mean", {})
     bad = infer_request(pb2, "focal_star", x, np.full((4, 3), 0.5, np.float32), {}, "mean", {})  # not 0/1
@@ -254,7 +259,7 @@ def test_model_statistics_count_inferences(v2, stub):
     assert after.inference_stats.success.count - before.inference_stats.success.count == 2
     assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
     assert after.inference_count - before.inference_count == 2
-    assert after.last_inference >= before.last_inference > 0 or after.last_inference > 0
+    assert after.last_inference >= max(before.last_inference, started_ms)
     every = stub.ModelStatistics(pb2.ModelStatisticsRequest(), timeout=10)
     assert [m.name for m in every.model_stats] == VARIANTS
 
@@ -313,21 +318,23 @@ ERRORS = [
     ("raw and typed", lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 12),
      grpc.StatusCode.INVALID_ARGUMENT, "input 'logits' has contents while the request uses raw_input_contents"),
     ("negative dim", lambda r: r.inputs[0].shape.__setitem__(0, -4), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'logits'"),
+     "input 'logits'.shape[0] is -4; dimensions must be >= 0"),
     ("huge shape", lambda r: r.inputs[0].shape.extend([1 << 40, 1 << 40]), grpc.StatusCode.INVALID_ARGUMENT,
-     "input 'logits'"),
+     "input 'logits'.shape overflows int64 at dimension 3"),
     ("unknown parameter", lambda r: setattr(r.parameters["gama"], "double_param", 2.0), grpc.StatusCode.INVALID_ARGUMENT,
      "parameter 'gama' is not a parameter of softmax_focal"),
     ("name that would forge a log line", lambda r: setattr(r.parameters["gam\nma"], "double_param", 2.0),
      grpc.StatusCode.INVALID_ARGUMENT, "parameter 'gam\\x0ama' is not a parameter"),
     ("value that would forge a log line", lambda r: setattr(r.parameters["gamma"], "string_param", "2\nERROR x"),
-     grpc.StatusCode.INVALID_ARGUMENT, "parameter 'gamma' is '2\\x0aERROR x': not printable text"),
+     grpc.StatusCode.INVALID_ARGUMENT, "parameter 'gamma' is '2\\x0aERROR x'; expected a number"),
+    ("value too long to repeat", lambda r: setattr(r.parameters["gamma"], "string_param", "9" * 5000 + "x"),
+     grpc.StatusCode.INVALID_ARGUMENT, "...(5001 bytes)'; expected a number"),
     ("bad reduction", lambda r: setattr(r.parameters["reduction"], "string_param", "average"),
      grpc.StatusCode.INVALID_ARGUMENT, "parameter 'reduction' is 'average'"),
     ("parameter out of range", lambda r: setattr(r.parameters["gamma"], "double_param", -1.0),
      grpc.StatusCode.INVALID_ARGUMENT, "gamma is -1"),
     ("parameter not a number", lambda r: setattr(r.parameters["gamma"], "string_param", "two"),
-     grpc.StatusCode.INVALID_ARGUMENT, "gamma is 'two'"),
+     grpc.StatusCode.INVALID_ARGUMENT, "parameter 'gamma' is 'two'; expected a number"),
     ("list as a number", lambda r: setattr(r.parameters["alpha"], "double_param", 0.25),
      grpc.StatusCode.INVALID_ARGUMENT, "parameter 'alpha' is a list of one value per class"),
     ("list with a word", lambda r: setattr(r.parameters["alpha"], "string_param", "1,x,2"),
@@ -340,6 +347,11 @@ ERRORS = [
      grpc.StatusCode.INVALID_ARGUMENT, "output 'loss' is requested twice"),
     ("input parameter", lambda r: setattr(r.inputs[0].parameters["shared_memory_region"], "string_param", "r"),
      grpc.StatusCode.INVALID_ARGUMENT, "input 'logits' has parameter 'shared_memory_region'"),
+    ("binary_data_size that is not the size", lambda r: setattr(r.inputs[0].parameters["binary_data_size"],
+                                                                "int64_param", 47),
+     grpc.StatusCode.INVALID_ARGUMENT, "input 'logits' has parameter 'binary_data_size'"),
+    ("output parameter", lambda r: setattr(r.outputs.add(name="loss").parameters["classification"], "int64_param", 3),
+     grpc.StatusCode.INVALID_ARGUMENT, "output 'loss' has parameter 'classification'"),
     ("target out of range", lambda r: r.raw_input_contents.__setitem__(1, np.array([0, 1, 9, 1]).tobytes()),
      grpc.StatusCode.INVALID_ARGUMENT, "targets[2]"),
     ("grad_output not a scalar", lambda r: (r.inputs.add(name="grad_output", datatype="FP32", shape=[2]),
@@ -382,10 +394,30 @@ def test_typed_errors(v2, stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "holds 1 values in contents.fp64_contents" in details
 
 
+def test_clients_binary_data_parameters_are_accepted_when_true(v2, stub, client):
+    """binary_data_size on inputs (their byte length) and binary_data on outputs, which clients
+    written for the HTTP protocol send on gRPC too."""
+    pb2 = v2[0]
+    x = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1])
+    r = infer_request(pb2, "softmax_focal", x, y, {}, "sum", {}, outputs=["loss", "count"])
+    r.inputs[0].parameters["binary_data_size"].int64_param = x.nbytes
+    r.inputs[1].parameters["binary_data_size"].int64_param = y.nbytes
+    r.outputs[0].parameters["binary_data"].bool_param = True
+    got = output_arrays(stub.ModelInfer(r, timeout=10))
+    assert got["loss"][2] == np.array([v1_compute(client, "softmax_focal", x, y, {}, "sum", {}).loss]).tobytes()
+
+
+def test_model_ready_of_a_name_that_is_no_model_is_false(v2, stub):
+    """As Triton answers it: OK and ready false (tritonclient's is_model_ready returns False)."""
+    pb2 = v2[0]
+    assert not stub.ModelReady(pb2.ModelReadyRequest(name="nope"), timeout=10).ready
+    assert not stub.ModelReady(pb2.ModelReadyRequest(name="softmax_focal", version="2"), timeout=10).ready
+
+
 def test_metadata_errors(v2, stub):
     pb2 = v2[0]
     for call, request in ((stub.ModelMetadata, pb2.ModelMetadataRequest(name="nope")),
-                          (stub.ModelReady, pb2.ModelReadyRequest(name="nope")),
                           (stub.ModelStatistics, pb2.ModelStatisticsRequest(name="nope")),
                           (stub.ModelConfig, pb2.ModelConfigRequest(name="nope")),
                           (stub.ModelMetadata, pb2.ModelMetadataRequest(name="varifocal", version="7"))):
@@ -409,8 +441,69 @@ def test_auth_applies(v2, tmp_path):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, timeout=10)
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            list(s.ModelStreamInfer(iter([request]), timeout=10))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answer = s.ModelInfer(request, timeout=10, metadata=[("authorization", "Bearer s3cret")])
         assert [o.name for o in answer.outputs] == ["loss", "count", "gradient"]
+        answers = list(s.ModelStreamInfer(iter([request]), timeout=10, metadata=[("authorization", "Bearer s3cret")]))
+        assert len(answers) == 1 and answers[0].error_message == ""
+        channel.close()
+    finally:
+        assert proc.stop() == 0
+
+
+def test_readiness_follows_health_through_the_drain(v2):
+    """From SIGTERM on, through the drain's grace, ServerReady and ModelReady say false while
+    calls are still served; once draining, calls are UNAVAILABLE."""
+    from conftest import ServerProcess
+    pb2 = v2[0]
+    proc = ServerProcess("--drain-grace", "3")
+    try:
+        channel = grpc.insecure_channel(proc.target)
+        s = v2[1].GRPCInferenceServiceStub(channel)
+        assert s.ServerReady(pb2.ServerReadyRequest(), timeout=10).ready
+        assert s.ModelReady(pb2.ModelReadyRequest(name="varifocal"), timeout=10).ready
+        proc.proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + 2
+        while s.ServerReady(pb2.ServerReadyRequest(), timeout=10).ready and time.time() < deadline:
+            time.sleep(0.02)
+        assert not s.ServerReady(pb2.ServerReadyRequest(), timeout=10).ready
+        assert not s.ModelReady(pb2.ModelReadyRequest(name="varifocal"), timeout=10).ready
+        assert s.ServerLive(pb2.ServerLiveRequest(), timeout=10).live
+        request = infer_request(pb2, "softmax_focal", np.zeros((2, 3), np.float32), np.array([0, 2]), {}, "mean", {})
+        assert s.ModelInfer(request, timeout=10).outputs  # still served in the grace
+        channel.close()
+    finally:
+        assert proc.stop() == 0
+
+
+def test_stream_drain_answers_the_request_in_flight_then_ends_unavailable(v2):
+    from conftest import ServerProcess
+    pb2 = v2[0]
+    proc = ServerProcess("--debug-delay-ms", "600")
+    try:
+        channel = grpc.insecure_channel(proc.target)
+        s = v2[1].GRPCInferenceServiceStub(channel)
+        requests: "queue.Queue" = queue.Queue()
+
+        def sent():
+            while (r := requests.get()) is not None:
+                yield r
+
+        request = infer_request(pb2, "softmax_focal", np.zeros((2, 3), np.float32), np.array([0, 2]), {}, "mean", {})
+        answers = s.ModelStreamInfer(sent(), timeout=20)
+        requests.put(request)
+        time.sleep(0.2)  # computing (600 ms) when the drain starts
+        proc.proc.send_signal(signal.SIGTERM)
+        got = []
+        with pytest.raises(grpc.RpcError) as e:
+            for a in answers:
+                got.append(a)
+        requests.put(None)
+        assert len(got) == 1 and got[0].error_message == "", got
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "all 1 requests it read from this stream were answered" in e.value.details()
         channel.close()
     finally:
         assert proc.stop() == 0

@@ -4,6 +4,7 @@
 // moves or copies the result's bytes as its encoding says.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -44,7 +45,9 @@ ModelInferRequest SoftmaxInfer() {
 
 TEST(KServeCodec, DecodesRawInputsInPlaceWithTheDefaultOutputs) {
   ModelInferRequest r = SoftmaxInfer();
-  (*r.mutable_parameters())["gamma"].set_double_param(0.1);
+  // A double that 15 significant digits do not carry: set to its last bit.
+  const double gamma = std::nextafter(0.1, 1.0);
+  (*r.mutable_parameters())["gamma"].set_double_param(gamma);
   (*r.mutable_parameters())["reduction"].set_string_param("SUM");
   const auto call = DecodeInferRequest(r, {});
   ASSERT_TRUE(call.ok()) << call.status();
@@ -52,7 +55,7 @@ TEST(KServeCodec, DecodesRawInputsInPlaceWithTheDefaultOutputs) {
   EXPECT_EQ(call->job.logits.data, r.raw_input_contents(0).data());  // a view, not a copy
   EXPECT_EQ(call->job.logits.shape, (Shape{2, 3}));
   EXPECT_EQ(call->job.targets.dtype, DType::kInt64);
-  EXPECT_EQ(std::get<SoftmaxFocalParams>(call->job.spec.params).gamma, 0.1);  // every bit of the double
+  EXPECT_EQ(std::get<SoftmaxFocalParams>(call->job.spec.params).gamma, gamma);
   EXPECT_EQ(call->job.spec.reduction, Reduction::kSum);
   EXPECT_TRUE(call->job.compute_gradient);
   EXPECT_EQ(call->outputs, (std::vector<Output>{Output::kLoss, Output::kCount, Output::kGradient}));
@@ -141,7 +144,7 @@ TEST(KServeCodec, TypedContentsAreViewsOrCheckedNarrowing) {
   y->set_datatype("UINT8");
   y->add_shape(2);
   y->mutable_contents()->add_uint_contents(1);
-  y->mutable_contents()->add_uint_contents(0);
+  y->mutable_contents()->add_uint_contents(200);
   auto call = DecodeInferRequest(r, {});
   ASSERT_TRUE(call.ok()) << call.status();
   EXPECT_TRUE(call->typed);
@@ -151,7 +154,8 @@ TEST(KServeCodec, TypedContentsAreViewsOrCheckedNarrowing) {
   EXPECT_EQ(static_cast<const uint8_t*>(call->job.targets.data)[0], 1);
   // The narrowed bytes survive moving the call (they live in a list).
   const InferCall moved = std::move(*call);
-  EXPECT_EQ(static_cast<const uint8_t*>(moved.job.targets.data)[1], 0);
+  EXPECT_EQ(static_cast<const uint8_t*>(moved.job.targets.data)[0], 1);
+  EXPECT_EQ(static_cast<const uint8_t*>(moved.job.targets.data)[1], 200);
 
   y->mutable_contents()->set_uint_contents(0, 256);
   const auto bad = DecodeInferRequest(r, {});
@@ -176,12 +180,16 @@ TEST(KServeCodec, LimitsAndHostileShapesAreCheckedBeforeAnythingIsSized) {
   ModelInferRequest r = SoftmaxInfer();
   r.mutable_inputs(0)->set_shape(0, int64_t{1} << 62);
   r.mutable_inputs(0)->set_shape(1, int64_t{1} << 62);
-  expect(r, absl::StatusCode::kInvalidArgument, "input 'logits'");
+  expect(r, absl::StatusCode::kInvalidArgument, "input 'logits'.shape overflows int64 at dimension 1");
+  r.mutable_inputs(0)->set_shape(0, -2);
+  expect(r, absl::StatusCode::kInvalidArgument, "input 'logits'.shape[0] is -2; dimensions must be >= 0");
+  // 2^62 FP32 elements are 2^64 bytes: a product that wraps to the 0 bytes sent.
   r = SoftmaxInfer();
-  r.mutable_inputs(0)->set_shape(0, int64_t{1} << 61);  // elements × 4 bytes overflows
-  r.mutable_inputs(0)->set_shape(1, 1);
+  r.mutable_inputs(0)->clear_shape();
+  r.mutable_inputs(0)->add_shape(int64_t{1} << 62);
+  r.set_raw_input_contents(0, "");
   expect(r, absl::StatusCode::kResourceExhausted, "(--max-elements)");
-  expect(r, absl::StatusCode::kInvalidArgument, "raw_input_contents[0] has 24", RequestLimits{int64_t{1} << 62});
+  expect(r, absl::StatusCode::kInvalidArgument, "raw_input_contents[0] has 0", RequestLimits{int64_t{1} << 62});
   r = SoftmaxInfer();
   for (int i = 0; i < 17; ++i) r.mutable_inputs(1)->add_shape(1);
   expect(r, absl::StatusCode::kInvalidArgument, "input 'targets' has 18 dimensions; at most 16");
@@ -203,6 +211,10 @@ TEST(KServeCodec, LimitsAndHostileShapesAreCheckedBeforeAnythingIsSized) {
   r = SoftmaxInfer();
   (*r.mutable_parameters())["gamma"];  // present, no value
   expect(r, absl::StatusCode::kInvalidArgument, "parameter 'gamma' has no value");
+  r = SoftmaxInfer();
+  (*r.mutable_parameters())["gamma"].set_string_param("1'\n" + std::string(300, '7'));
+  expect(r, absl::StatusCode::kInvalidArgument, "parameter 'gamma' is '1\\x27\\x0a777");
+  expect(r, absl::StatusCode::kInvalidArgument, "...(303 bytes)'; expected a number");
 }
 
 TEST(KServeCodec, EncodesRawByMovingAndTypedByCopying) {
