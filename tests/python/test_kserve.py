@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -505,5 +506,29 @@ def test_stream_drain_answers_the_request_in_flight_then_ends_unavailable(v2):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "all 1 requests it read from this stream were answered" in e.value.details()
         channel.close()
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_applies(v2, tmp_path):
+    from conftest import ServerProcess
+    pb2 = v2[0]
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    proc = ServerProcess("--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        secure = grpc.secure_channel(proc.target, grpc.ssl_channel_credentials(cert.read_bytes()))
+        request = infer_request(pb2, "sigmoid_focal", np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), {},
+                                "sum", {})
+        assert v2[1].GRPCInferenceServiceStub(secure).ModelInfer(request, timeout=10).outputs
+        plaintext = grpc.insecure_channel(proc.target)
+        with pytest.raises(grpc.RpcError) as e:
+            v2[1].GRPCInferenceServiceStub(plaintext).ServerLive(pb2.ServerLiveRequest(), timeout=3)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        secure.close()
+        plaintext.close()
     finally:
         assert proc.stop() == 0
