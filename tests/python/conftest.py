@@ -69,6 +69,15 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def make_test_certificate(folder: Path) -> "tuple[Path, Path]":
+    """A self-signed certificate for 127.0.0.1 and localhost, valid one day: (cert, key)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 @pytest.fixture(scope="session")
 def server():
     proc = ServerProcess()

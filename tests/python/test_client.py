@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import focalserve
-from conftest import ServerProcess
+from conftest import ServerProcess, make_test_certificate
 
 RNG = np.random.default_rng(11)
 X = (RNG.standard_normal((12, 5)) * 2).astype(np.float32)
@@ -598,10 +598,7 @@ def test_bearer_token(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = make_test_certificate(tmp_path)
     proc = ServerProcess("--tls-cert", str(cert), "--tls-key", str(key))
     try:
         with focalserve.Client(proc.target, timeout=10, tls_root_certs=str(cert)) as c:  # a path

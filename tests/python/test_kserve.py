@@ -512,12 +512,9 @@ def test_stream_drain_answers_the_request_in_flight_then_ends_unavailable(v2):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_applies(v2, tmp_path):
-    from conftest import ServerProcess
+    from conftest import ServerProcess, make_test_certificate
     pb2 = v2[0]
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = make_test_certificate(tmp_path)
     proc = ServerProcess("--tls-cert", str(cert), "--tls-key", str(key))
     try:
         secure = grpc.secure_channel(proc.target, grpc.ssl_channel_credentials(cert.read_bytes()))
