@@ -93,21 +93,13 @@ absl::Status EvaluationTotals::Add(const LossJob& job, const LossResult& result)
     // Float32 losses (every logits dtype but float64) go through integer buckets, ~10x
     // cheaper per item than ExactSum; per class too while that stays small in memory.
     ExactFloat32Sum batch_total;
-    if (channels <= kBucketedClasses) {
-      std::vector<ExactFloat32Sum> batch_classes(channels);
-      ForEachItem(job, losses, [&](int64_t cls, double loss) {
-        batch_total.Add(static_cast<float>(loss));
-        batch_classes[cls].Add(static_cast<float>(loss));
-        ++class_counts_[cls];
-      });
-      for (int64_t c = 0; c < channels; ++c) batch_classes[c].AddTo(class_sums_[c]);
-    } else {
-      ForEachItem(job, losses, [&](int64_t cls, double loss) {
-        batch_total.Add(static_cast<float>(loss));
-        class_sums_[cls].Add(loss);
-        ++class_counts_[cls];
-      });
-    }
+    BatchSums batch_classes(class_sums_, static_cast<size_t>(channels));
+    ForEachItem(job, losses, [&](int64_t cls, double loss) {
+      batch_total.Add(static_cast<float>(loss));
+      batch_classes.Add(static_cast<size_t>(cls), static_cast<float>(loss));
+      ++class_counts_[cls];
+    });
+    batch_classes.Flush();
     batch_total.AddTo(total_);
   } else {
     ForEachItem(job, losses, [&](int64_t cls, double loss) {

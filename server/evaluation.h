@@ -42,9 +42,6 @@ class EvaluationTotals {
   v1::EvaluateResponse ToResponse() const;
 
  private:
-  /// Up to this many classes, per-class sums use ExactFloat32Sum (2 KB each).
-  static constexpr int64_t kBucketedClasses = 1024;
-
   ExactSum total_;
   int64_t count_ = 0;
   std::vector<ExactSum> class_sums_;

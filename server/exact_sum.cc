@@ -92,4 +92,13 @@ void ExactFloat32Sum::Spill() {
   adds_ = 0;
 }
 
+BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n) : totals_(totals), bucketed_(n <= kBucketed) {
+  if (bucketed_) buckets_.resize(n);
+}
+
+void BatchSums::Flush() {
+  for (size_t i = 0; i < buckets_.size(); ++i) buckets_[i].AddTo(totals_[i]);
+  buckets_.assign(buckets_.size(), ExactFloat32Sum());
+}
+
 }  // namespace focal::server

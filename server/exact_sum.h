@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +44,34 @@ class ExactFloat32Sum {
   int64_t adds_ = 0;                    ///< since the last spill (bounds each bucket < 2^62)
   ExactSum spilled_;
   double non_finite_ = 0;  ///< NaN and ±Inf (allow_non_finite) propagate as in plain addition
+};
+
+}  // namespace focal::server
+
+namespace focal::server {
+
+/// `n` exact sums of float32 terms for one batch, added into `totals` (n of them) by Flush:
+/// through integer buckets (ExactFloat32Sum, 2 KiB each) while `n` is small, into the ExactSums
+/// directly otherwise, so that memory stays bounded whatever the sizes.
+class BatchSums {
+ public:
+  BatchSums(std::vector<ExactSum>& totals, size_t n);
+  void Add(size_t i, float term) {
+    if (bucketed_) {
+      buckets_[i].Add(term);
+    } else {
+      totals_[i].Add(term);
+    }
+  }
+  void Flush();
+
+  /// Up to this many sums go through buckets.
+  static constexpr size_t kBucketed = 1024;
+
+ private:
+  std::vector<ExactSum>& totals_;
+  bool bucketed_;
+  std::vector<ExactFloat32Sum> buckets_;
 };
 
 }  // namespace focal::server

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "focal/status_macros.h"
+#include "server/analyses.h"
 #include "server/evaluation.h"
 #include "server/wire.h"
 
@@ -206,6 +207,10 @@ absl::StatusOr<LossJob> FocalLossServiceImpl::DecodeCompute(grpc::ByteBuffer& by
                                                            const std::function<absl::Status(LossJob&)>& edit) const {
   RETURN_IF_ERROR(ParseMessage(bytes, &request, what.empty() ? "the request" : what, config_.max_message_bytes));
   out.request_id = request.request_id();
+  if (request.has_evaluate() && !edit) {
+    return InMessage(absl::InvalidArgumentError("evaluate is set; EvaluateOptions are for the Evaluate RPC"), what,
+                     out.request_id);
+  }
   absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
   if (!job.ok()) return InMessage(job.status(), what, out.request_id);
   out.variant = VariantName(job->spec.params);
@@ -677,6 +682,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
  private:
   absl::Status Answer() {
     v1::EvaluateResponse response = totals_.ToResponse();
+    analyses_.ToResponse(&response);
     response.set_backend(service_->config().backend->Name());
     return SerializeMessage(response, service_->config().max_message_bytes, response_);
   }
@@ -684,10 +690,11 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   void Accumulate(Clock::time_point queued_at) {
     LossJob job;
     const std::string what = absl::StrCat("message ", totals_.batches() + 1, " of the evaluation");
-    auto outcome = service_->RunBatch(call_.state, bytes_, what, request_, queued_at, [&job](LossJob& j) {
-      const absl::Status prepared = PrepareForEvaluation(j);
+    auto outcome = service_->RunBatch(call_.state, bytes_, what, request_, queued_at, [&](LossJob& j) {
+      RETURN_IF_ERROR(PrepareForEvaluation(j));
+      RETURN_IF_ERROR(analyses_.Check(request_.evaluate(), j));
       job = j;
-      return prepared;
+      return absl::OkStatus();
     });
     if (!outcome.status.ok()) {
       Complete(outcome.status);
@@ -698,6 +705,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
     absl::Status added;
     try {
       added = InMessage(totals_.Add(job, outcome.result), what, outcome.request_id);
+      if (added.ok()) added = InMessage(analyses_.Add(job), what, outcome.request_id);
     } catch (const std::exception& e) {
       added = InMessage(absl::InternalError(absl::StrCat("the server failed accumulating it (", e.what(), ")")), what,
                         outcome.request_id);
@@ -730,6 +738,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
   grpc::ByteBuffer bytes_;
   v1::ComputeRequest request_;
   EvaluationTotals totals_;
+  EvaluationAnalyses analyses_;
   int64_t elements_ = 0, bytes_in_ = 0;
 };
 

@@ -156,8 +156,9 @@ class FocalLossServiceImpl final : public RawService {
   BatchOutcome RunBatch(const CallState& call, grpc::ByteBuffer& bytes, absl::string_view what,
                         v1::ComputeRequest& request, Clock::time_point queued_at,
                         const std::function<absl::Status(LossJob&)>& edit = {}) const;
-  /// RunBatch's Decoder for focal.v1: parses `bytes` into `request` and decodes it; `edit` may
-  /// check and change the job (Evaluate asks for per-item losses).
+  /// RunBatch's Decoder for focal.v1: parses `bytes` into `request` and decodes it; `edit` is
+  /// Evaluate's, which may check and change the job (it asks for per-item losses): only with it
+  /// may a request carry EvaluateOptions.
   absl::StatusOr<LossJob> DecodeCompute(grpc::ByteBuffer& bytes, absl::string_view what, v1::ComputeRequest& request,
                                         BatchOutcome& out, const std::function<absl::Status(LossJob&)>& edit = {}) const;
   /// `status` prefixed with where it happened: "message 3 of the stream (request 'id'): ...";

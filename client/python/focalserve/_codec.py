@@ -354,17 +354,30 @@ def batch_fields(i: int, batch: Any) -> "dict[str, Any]":
     return fields
 
 
-def batch_request(i: int, batch: Any, spec: pb.LossSpec, allow_non_finite: bool) -> pb.ComputeRequest:
-    """Evaluate's request for batch `i` (request_id 'batch-<i>'; see batch_fields for the forms)."""
+def batch_request(i: int, batch: Any, spec: pb.LossSpec, allow_non_finite: bool,
+                  evaluate: Optional[pb.EvaluateOptions] = None) -> pb.ComputeRequest:
+    """Evaluate's request for batch `i` (request_id 'batch-<i>'; see batch_fields for the forms),
+    carrying the evaluation's options when there are any."""
     fields = batch_fields(i, batch)
-    return compute_request(fields.pop("logits"), fields.pop("targets"), spec=spec,
-                           allow_non_finite=allow_non_finite, request_id=f"batch-{i}", **fields)
+    request = compute_request(fields.pop("logits"), fields.pop("targets"), spec=spec,
+                              allow_non_finite=allow_non_finite, request_id=f"batch-{i}", **fields)
+    if evaluate is not None:
+        request.evaluate.CopyFrom(evaluate)
+    return request
 
 
-def batch_requests(batches: Iterable[Any], spec: pb.LossSpec, allow_non_finite: bool):
+def batch_requests(batches: Iterable[Any], spec: pb.LossSpec, allow_non_finite: bool,
+                   evaluate: Optional[pb.EvaluateOptions] = None):
     """ComputeRequests for Evaluate, built lazily, one per batch."""
     for i, batch in enumerate(batches):
-        yield batch_request(i, batch, spec, allow_non_finite)
+        yield batch_request(i, batch, spec, allow_non_finite, evaluate)
+
+
+def evaluate_options(gamma_sweep: Any = None, calibration_bins: Optional[int] = None,
+                     pt_bins: Optional[int] = None) -> Optional[pb.EvaluateOptions]:
+    """Evaluate's options message for the analyses asked for (None for none)."""
+    from . import analyses
+    return analyses.options(gamma_sweep, calibration_bins, pt_bins, pb.EvaluateOptions)
 
 
 class CapturingIterator:
@@ -466,11 +479,13 @@ class EvaluateResult:
 
     total_loss, count, mean; class_loss_sums (float64 array) and class_counts (int64 array)
     by target class (row variants) or by class channel (variants whose items are logits);
-    batches, backend, timing; response (the EvaluateResponse message).
+    batches, backend, timing; sweep (focalserve.analyses.GammaSweep) and calibration
+    (focalserve.analyses.Calibration) when they were asked for, else None; response (the
+    EvaluateResponse message).
     """
 
     __slots__ = ("total_loss", "count", "mean", "class_loss_sums", "class_counts", "batches", "backend",
-                 "timing", "response")
+                 "timing", "sweep", "calibration", "response")
 
     def __init__(self, response: pb.EvaluateResponse):
         self.response = response
@@ -482,6 +497,10 @@ class EvaluateResult:
         self.batches = response.batches
         self.backend = response.backend
         self.timing = Timing(response.timing.queue_micros, response.timing.compute_micros)
+        from . import analyses
+        self.sweep = analyses.GammaSweep.from_proto(response.sweep) if response.HasField("sweep") else None
+        self.calibration = (analyses.Calibration.from_proto(response.calibration)
+                            if response.HasField("calibration") else None)
 
     def __repr__(self) -> str:
         return (f"EvaluateResult(mean={self.mean!r}, total_loss={self.total_loss!r}, count={self.count}, "

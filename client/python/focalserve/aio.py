@@ -56,18 +56,21 @@ class AsyncClient(_Base):
         return _codec.ComputeResult(response)
 
     async def evaluate(self, batches: Any, variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
-                       timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
-        """See Client.evaluate (the same batch forms); `batches` may also be an async iterable."""
+                       timeout: Optional[float] = None, gamma_sweep: Any = None,
+                       calibration_bins: Optional[int] = None, pt_bins: Optional[int] = None,
+                       **params: Any) -> _codec.EvaluateResult:
+        """See Client.evaluate (the same batch forms and analyses); `batches` may also be an async iterable."""
         spec = _codec.loss_spec(variant, "none", **params)
+        options = _codec.evaluate_options(gamma_sweep, calibration_bins, pt_bins)
         if hasattr(batches, "__aiter__"):
             async def requests():
                 i = 0
                 async for batch in batches:
-                    yield _codec.batch_request(i, batch, spec, allow_non_finite)
+                    yield _codec.batch_request(i, batch, spec, allow_non_finite, options)
                     i += 1
             request_iterator = requests()
         else:
-            request_iterator = _codec.batch_requests(batches, spec, allow_non_finite)
+            request_iterator = _codec.batch_requests(batches, spec, allow_non_finite, options)
         request_iterator = _codec.CapturingIterator(request_iterator)
         try:
             response = await self.stub.Evaluate(request_iterator, timeout=self._timeout(timeout),

@@ -168,7 +168,8 @@ class Client(_Base):
         return _codec.ComputeResult(response)
 
     def evaluate(self, batches: Iterable[Any], variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
-                 timeout: Optional[float] = None, **params: Any) -> _codec.EvaluateResult:
+                 timeout: Optional[float] = None, gamma_sweep: Any = None, calibration_bins: Optional[int] = None,
+                 pt_bins: Optional[int] = None, **params: Any) -> _codec.EvaluateResult:
         """A whole dataset streamed batch by batch; exact totals and per-class sums come back.
 
         batches is any iterable of batches, each one of
@@ -180,9 +181,18 @@ class Client(_Base):
         with the per-item tensors as compute() takes them. It is consumed lazily, one batch
         encoded at a time as gRPC's flow control asks for it. With weights, total_loss, mean and
         class_loss_sums are of the weighted losses; count is what MEAN divides by, as in compute().
+
+        Analyses in the same pass (softmax_focal and sigmoid_focal, hard targets; docs/evaluation.md):
+        gamma_sweep        γ values (at most 64): result.sweep holds per γ and class the loss sums
+                           of positives and negatives apart, so that any α is exact afterwards
+                           (result.sweep.loss(alpha=...)), and the loss mass by p_t
+        pt_bins            p_t bins of that mass (default 20)
+        calibration_bins   confidence bins of a reliability histogram (15 is usual): result.calibration
+                           holds it with ECE, MCE, accuracy, NLL, Brier and per-class recall/precision
         """
         spec = _codec.loss_spec(variant, "none", **params)
-        requests = _codec.CapturingIterator(_codec.batch_requests(batches, spec, allow_non_finite))
+        options = _codec.evaluate_options(gamma_sweep, calibration_bins, pt_bins)
+        requests = _codec.CapturingIterator(_codec.batch_requests(batches, spec, allow_non_finite, options))
         try:
             response = self.stub.Evaluate(requests, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as e:

@@ -1,0 +1,66 @@
+// Evaluate's analyses beyond the loss sums (EvaluateOptions, docs/evaluation.md): the γ sweep
+// (per γ and class the focal terms of the positive and the negative items apart, without α,
+// and the loss mass by p_t) and calibration (a reliability histogram, accuracy, NLL, Brier,
+// per-class counts of the argmax). Computed on the host from the batch's logits and targets,
+// each item's terms rounded once to float32 and summed exactly, so that the totals do not
+// depend on how the dataset was split into batches. No gRPC here, as in evaluation.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "focal/job.h"
+#include "focal/v1/focal_loss.pb.h"
+#include "server/exact_sum.h"
+
+namespace focal::server {
+
+/// Most γ values one sweep takes.
+inline constexpr int kMaxSweepGammas = 64;
+/// Most bins of the p_t histograms and of the reliability histogram.
+inline constexpr int kMaxAnalysisBins = 1000;
+/// The p_t bins of a sweep that does not say.
+inline constexpr int kDefaultPtBins = 20;
+/// Most γ × class cells of a sweep: its answer stays ~64 MiB at most.
+inline constexpr int64_t kMaxSweepCells = int64_t{1} << 22;
+
+class EvaluationAnalyses {
+ public:
+  /// Checks one batch's options and job: the same options as the first batch, a variant and
+  /// parameters the analyses decompose (INVALID_ARGUMENT saying why not), the sizes within
+  /// the limits above (RESOURCE_EXHAUSTED). Call before the batch is computed.
+  absl::Status Check(const v1::EvaluateOptions& options, const LossJob& job);
+  /// Adds a checked batch, once computed (so validated): INVALID_ARGUMENT for float targets
+  /// that are not 0 or 1, which have no p_t.
+  absl::Status Add(const LossJob& job);
+  /// Fills the response's sweep and calibration, when asked for.
+  void ToResponse(v1::EvaluateResponse* response) const;
+
+  bool active() const { return !gammas_.empty() || bins_ > 0; }
+
+ private:
+  void Resize(int64_t classes);
+  template <class Item>
+  void AddItems(const LossJob& job, const Item& item);
+
+  bool started_ = false;
+  v1::EvaluateOptions options_;
+  std::vector<double> gammas_;
+  int pt_bins_ = kDefaultPtBins;
+  int bins_ = 0;
+  bool rows_ = false;  ///< softmax_focal (rows) or sigmoid_focal (elements)
+  int64_t classes_ = 0;
+
+  // The sweep: [K, C] and [K, B], γ-major; counts [C].
+  std::vector<ExactSum> positive_sums_, negative_sums_, positive_mass_, negative_mass_;
+  std::vector<int64_t> positive_counts_, negative_counts_;
+  // Calibration: [bins]; per class [C].
+  std::vector<int64_t> bin_counts_, bin_correct_;
+  std::vector<ExactSum> bin_confidence_;
+  std::vector<int64_t> class_targets_, class_predicted_, class_true_positives_;
+  int64_t count_ = 0, correct_ = 0;
+  ExactSum nll_, brier_;
+};
+
+}  // namespace focal::server

@@ -1,0 +1,374 @@
+// Evaluate's analyses (server/analyses.h) against references written plainly here in long
+// double: the γ sweep's sums per class and side and its p_t mass, α recombined against the
+// backend's own loss, calibration (reliability histogram, ECE, MCE, accuracy, NLL, Brier, the
+// per-class counts), split-independence, and every refusal.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "server/analyses.h"
+#include "tests/unit/test_util.h"
+
+namespace focal::server {
+namespace {
+
+using testing::MakeTensor;
+using LD = long double;
+
+/// A batch: its tensors and the job viewing them.
+struct Batch {
+  HostTensor logits, targets;
+  LossJob job;
+};
+
+Batch MakeBatch(VariantParams params, DType logits_dtype, Shape shape, const std::vector<double>& x,
+                DType targets_dtype, Shape target_shape, const std::vector<double>& t) {
+  Batch b{MakeTensor(logits_dtype, std::move(shape), x), MakeTensor(targets_dtype, std::move(target_shape), t), {}};
+  b.job.spec.params = std::move(params);
+  b.job.spec.reduction = Reduction::kNone;
+  b.job.logits = b.logits.view();
+  b.job.targets = b.targets.view();
+  return b;
+}
+
+std::vector<double> Binary(size_t n, uint32_t seed) {
+  std::vector<double> t = testing::RandomUniform(n, 0, 1, seed);
+  for (double& v : t) v = v < 0.3 ? 1.0 : 0.0;
+  return t;
+}
+
+v1::EvaluateOptions Options(std::vector<double> gammas, int calibration_bins, int pt_bins = 0) {
+  v1::EvaluateOptions o;
+  for (double g : gammas) o.add_gamma_sweep(g);
+  o.set_calibration_bins(calibration_bins);
+  o.set_pt_bins(pt_bins);
+  return o;
+}
+
+v1::EvaluateResponse Analyse(const v1::EvaluateOptions& options, const std::vector<const Batch*>& batches) {
+  EvaluationAnalyses analyses;
+  for (const Batch* b : batches) {
+    EXPECT_TRUE(analyses.Check(options, b->job).ok());
+    EXPECT_TRUE(analyses.Add(b->job).ok());
+  }
+  v1::EvaluateResponse response;
+  analyses.ToResponse(&response);
+  return response;
+}
+
+LD Sigmoid(LD x) { return 1 / (1 + std::exp(-x)); }
+
+/// One term of the sweep as the contract defines it: (1-p)^γ · (-log p), with 0^0 = 1.
+LD Term(LD p, LD gamma) { return (gamma == 0 ? 1 : std::pow(1 - p, gamma)) * -std::log(p); }
+
+/// Each term is rounded once to float32 (half an ulp, 2^-24 relative) and the sum of these
+/// positive terms is exact: the sum's relative error is at most 2^-24, plus the double-precision
+/// evaluation of each term (~1e-15). 2^-23 leaves a factor of two.
+constexpr double kSumRtol = 1.0 / (1 << 23);
+
+void ExpectNear(double got, LD want, double rtol, const std::string& what) {
+  EXPECT_LE(std::abs(static_cast<LD>(got) - want), rtol * std::abs(want) + 1e-300) << what << ": " << got << " vs "
+                                                                                   << static_cast<double>(want);
+}
+
+TEST(Analyses, SigmoidSweepMatchesThePlainDefinitionPerClassSideAndPtBin) {
+  const int64_t N = 37, C = 5;
+  const std::vector<double> x = testing::RandomNormal(N * C, 3, 11), t = Binary(N * C, 12);
+  const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
+  const std::vector<double> gammas = {0, 0.5, 1, 2, 3.7};
+  const int B = 8;
+  const v1::EvaluateResponse r = Analyse(Options(gammas, 0, B), {&b});
+  ASSERT_TRUE(r.has_sweep());
+  const v1::GammaSweep& s = r.sweep();
+  ASSERT_EQ(s.positive_sums_size(), static_cast<int>(gammas.size() * C));
+  ASSERT_EQ(s.positive_mass_size(), static_cast<int>(gammas.size() * B));
+  EXPECT_EQ(s.classes(), C);
+  EXPECT_EQ(s.pt_bins(), B);
+  for (size_t k = 0; k < gammas.size(); ++k) {
+    std::vector<LD> pos(C, 0), neg(C, 0), pos_mass(B, 0), neg_mass(B, 0);
+    std::vector<int64_t> pos_n(C, 0), neg_n(C, 0);
+    for (int64_t i = 0; i < N * C; ++i) {
+      const int64_t c = i % C;
+      const bool positive = t[i] == 1;
+      // x as the float32 the batch holds.
+      const LD xf = static_cast<float>(x[i]);
+      const LD p = Sigmoid(positive ? xf : -xf);
+      const LD term = Term(p, gammas[k]);
+      (positive ? pos : neg)[c] += term;
+      (positive ? pos_n : neg_n)[c] += 1;
+      const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p * B)));
+      (positive ? pos_mass : neg_mass)[bin] += term;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      ExpectNear(s.positive_sums(static_cast<int>(k * C + c)), pos[c], kSumRtol, "S+");
+      ExpectNear(s.negative_sums(static_cast<int>(k * C + c)), neg[c], kSumRtol, "S-");
+      if (k == 0) {
+        EXPECT_EQ(s.positive_counts(static_cast<int>(c)), pos_n[c]);
+        EXPECT_EQ(s.negative_counts(static_cast<int>(c)), neg_n[c]);
+      }
+    }
+    for (int bin = 0; bin < B; ++bin) {
+      ExpectNear(s.positive_mass(static_cast<int>(k * B + bin)), pos_mass[bin], kSumRtol, "mass+");
+      ExpectNear(s.negative_mass(static_cast<int>(k * B + bin)), neg_mass[bin], kSumRtol, "mass-");
+    }
+  }
+}
+
+TEST(Analyses, AnyAlphaRecombinesToTheBackendsLoss) {
+  // sigmoid_focal's loss at (γ, α) is α S⁺(γ) + (1-α) S⁻(γ), summed over classes; softmax_focal's
+  // is Σ_c α_c S_c(γ). The backend computes each item in float32 through the variant's own
+  // formulas, so the two differ by the float32 arithmetic of those formulas: the project's
+  // tolerance for float32 results (2e-5, tests/python/helpers.py) bounds it.
+  const CpuBackend backend(CpuBackendOptions{1});
+  const int64_t N = 40, C = 6;
+  const std::vector<double> x = testing::RandomNormal(N * C, 2.5, 21), t = Binary(N * C, 22);
+  const std::vector<double> gammas = {0, 1, 2, 4.5};
+  const Batch sig = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
+  const v1::GammaSweep s = Analyse(Options(gammas, 0), {&sig}).sweep();
+  for (size_t k = 0; k < gammas.size(); ++k) {
+    for (double alpha : {0.25, 0.5, 0.9, -1.0}) {
+      LD recombined = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const double a = alpha < 0 ? 1 : alpha, b = alpha < 0 ? 1 : 1 - alpha;
+        recombined += a * static_cast<LD>(s.positive_sums(static_cast<int>(k * C + c))) +
+                      b * static_cast<LD>(s.negative_sums(static_cast<int>(k * C + c)));
+      }
+      LossJob job = sig.job;
+      job.spec.reduction = Reduction::kSum;
+      SigmoidFocalParams p;
+      p.gamma = gammas[k];
+      p.alpha = alpha;
+      job.spec.params = p;
+      const auto direct = backend.Compute(job);
+      ASSERT_TRUE(direct.ok()) << direct.status();
+      ExpectNear(direct->loss, recombined, 2e-5, "sigmoid α=" + std::to_string(alpha) + " γ=" + std::to_string(gammas[k]));
+    }
+  }
+  const std::vector<double> y = testing::RandomClasses(N, C, 23);
+  const Batch soft = MakeBatch(SoftmaxFocalParams{}, DType::kFloat32, {N, C}, x, DType::kInt64, {N}, y);
+  const v1::GammaSweep r = Analyse(Options(gammas, 0), {&soft}).sweep();
+  EXPECT_EQ(r.negative_sums_size(), 0);
+  const std::vector<double> alpha = {0.5, 1, 2, 0.25, 3, 1.5};
+  for (size_t k = 0; k < gammas.size(); ++k) {
+    LD recombined = 0;
+    for (int64_t c = 0; c < C; ++c) recombined += alpha[c] * static_cast<LD>(r.positive_sums(static_cast<int>(k * C + c)));
+    LossJob job = soft.job;
+    job.spec.reduction = Reduction::kSum;
+    SoftmaxFocalParams p;
+    p.gamma = gammas[k];
+    p.alpha = alpha;
+    job.spec.params = p;
+    const auto direct = backend.Compute(job);
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    ExpectNear(direct->loss, recombined, 2e-5, "softmax γ=" + std::to_string(gammas[k]));
+  }
+}
+
+TEST(Analyses, SoftmaxCalibrationMatchesAPlainReference) {
+  const int64_t N = 300, C = 4, S = 2;  // [N, C, S]: rows are (n, s)
+  const std::vector<double> x = testing::RandomNormal(N * C * S, 2, 31);
+  std::vector<double> y = testing::RandomClasses(N * S, C, 32);
+  for (size_t i = 0; i < y.size(); i += 7) y[i] = -100;  // ignored
+  SoftmaxFocalParams params;
+  params.ignore_index = -100;
+  const Batch b = MakeBatch(params, DType::kFloat64, {N, C, S}, x, DType::kInt64, {N, S}, y);
+  const int B = 10;
+  const v1::Calibration cal = Analyse(Options({}, B), {&b}).calibration();
+  std::vector<int64_t> counts(B, 0), correct(B, 0), targets(C, 0), predicted(C, 0), tp(C, 0);
+  std::vector<LD> confidence(B, 0);
+  LD nll = 0, brier = 0;
+  int64_t n_items = 0, n_correct = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t target = static_cast<int64_t>(y[n * S + s]);
+      if (target == -100) continue;
+      std::vector<LD> p(C);
+      LD z = 0;
+      for (int64_t c = 0; c < C; ++c) z += p[c] = std::exp(static_cast<LD>(x[(n * C + c) * S + s]));
+      int64_t argmax = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        p[c] /= z;
+        if (p[c] > p[argmax]) argmax = c;
+      }
+      const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p[argmax] * B)));
+      ++counts[bin];
+      confidence[bin] += p[argmax];
+      correct[bin] += argmax == target;
+      n_correct += argmax == target;
+      ++n_items;
+      nll += -std::log(p[target]);
+      for (int64_t c = 0; c < C; ++c) brier += (p[c] - (c == target)) * (p[c] - (c == target));
+      ++targets[target];
+      ++predicted[argmax];
+      tp[target] += argmax == target;
+    }
+  }
+  EXPECT_EQ(cal.bins(), B);
+  EXPECT_EQ(cal.count(), n_items);
+  EXPECT_EQ(cal.correct(), n_correct);
+  EXPECT_DOUBLE_EQ(cal.accuracy(), static_cast<double>(n_correct) / n_items);
+  LD ece = 0, mce = 0;
+  for (int b2 = 0; b2 < B; ++b2) {
+    EXPECT_EQ(cal.bin_counts(b2), counts[b2]);
+    EXPECT_EQ(cal.bin_correct(b2), correct[b2]);
+    ExpectNear(cal.bin_confidence_sums(b2), confidence[b2], kSumRtol, "confidence");
+    if (counts[b2] == 0) continue;
+    const LD gap = std::abs(static_cast<LD>(correct[b2]) / counts[b2] - confidence[b2] / counts[b2]);
+    ece += static_cast<LD>(counts[b2]) / n_items * gap;
+    mce = std::max(mce, gap);
+  }
+  // ECE and MCE from exact counts and confidence sums good to 2^-24: differences of rates near
+  // each other lose that relative accuracy, so compare absolutely at 1e-6.
+  EXPECT_NEAR(cal.ece(), static_cast<double>(ece), 1e-6);
+  EXPECT_NEAR(cal.mce(), static_cast<double>(mce), 1e-6);
+  ExpectNear(cal.nll(), nll / n_items, kSumRtol, "nll");
+  // Brier terms are sums of squares computed as Σp² - 2p_y + 1: cancellation near p_y = 1
+  // costs digits relative to the term, not to the mean, so 1e-6 relative to the mean.
+  ExpectNear(cal.brier(), brier / n_items, 1e-6, "brier");
+  for (int64_t c = 0; c < C; ++c) {
+    EXPECT_EQ(cal.class_targets(static_cast<int>(c)), targets[c]);
+    EXPECT_EQ(cal.class_predicted(static_cast<int>(c)), predicted[c]);
+    EXPECT_EQ(cal.class_true_positives(static_cast<int>(c)), tp[c]);
+  }
+}
+
+TEST(Analyses, SigmoidCalibrationWithClassIndexTargetsMatchesAPlainReference) {
+  const int64_t N = 120, C = 3;
+  const std::vector<double> x = testing::RandomNormal(N * C, 2, 41);
+  std::vector<double> y = testing::RandomClasses(N, C + 1, 42);  // C: background
+  for (size_t i = 0; i < y.size(); i += 9) y[i] = -1;              // ignored rows
+  SigmoidFocalParams params;
+  params.ignore_index = -1;
+  const Batch b = MakeBatch(params, DType::kFloat32, {N, C}, x, DType::kInt32, {N}, y);
+  const int B = 15;
+  const v1::EvaluateResponse r = Analyse(Options({2}, B), {&b});
+  const v1::Calibration& cal = r.calibration();
+  std::vector<int64_t> counts(B, 0), positives(B, 0), targets(C, 0), predicted(C, 0), tp(C, 0);
+  LD nll = 0, brier = 0;
+  int64_t items = 0, right = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (y[n] == -1) continue;
+    for (int64_t c = 0; c < C; ++c) {
+      const LD p = Sigmoid(static_cast<float>(x[n * C + c]));
+      const bool t = y[n] == c;
+      const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p * B)));
+      ++counts[bin];
+      positives[bin] += t;
+      ++items;
+      right += (p >= 0.5) == t;
+      nll += -std::log(t ? p : 1 - p);
+      brier += (p - t) * (p - t);
+      targets[c] += t;
+      predicted[c] += p >= 0.5;
+      tp[c] += t && p >= 0.5;
+    }
+  }
+  EXPECT_EQ(cal.count(), items);
+  EXPECT_EQ(cal.correct(), right);
+  for (int b2 = 0; b2 < B; ++b2) {
+    EXPECT_EQ(cal.bin_counts(b2), counts[b2]);
+    EXPECT_EQ(cal.bin_correct(b2), positives[b2]);
+  }
+  ExpectNear(cal.nll(), nll / items, kSumRtol, "nll");
+  ExpectNear(cal.brier(), brier / items, kSumRtol, "brier");
+  for (int64_t c = 0; c < C; ++c) {
+    EXPECT_EQ(cal.class_targets(static_cast<int>(c)), targets[c]);
+    EXPECT_EQ(cal.class_predicted(static_cast<int>(c)), predicted[c]);
+    EXPECT_EQ(cal.class_true_positives(static_cast<int>(c)), tp[c]);
+  }
+  // Ignored rows count on neither side of the sweep.
+  int64_t sides = 0;
+  for (int64_t c = 0; c < C; ++c) sides += r.sweep().positive_counts(static_cast<int>(c)) + r.sweep().negative_counts(static_cast<int>(c));
+  EXPECT_EQ(sides, items);
+}
+
+TEST(Analyses, TheSameDatasetInOneBatchOrThirtySevenGivesBitIdenticalAnswers) {
+  const int64_t N = 370, C = 7;
+  const std::vector<double> x = testing::RandomNormal(N * C, 3, 51), y = testing::RandomClasses(N, C, 52);
+  const v1::EvaluateOptions options = Options({0, 0.5, 2, 5}, 15, 20);
+  const Batch whole = MakeBatch(SoftmaxFocalParams{}, DType::kFloat32, {N, C}, x, DType::kInt64, {N}, y);
+  std::vector<Batch> parts;
+  for (int64_t i = 0; i < 37; ++i) {
+    const int64_t rows = N / 37;
+    parts.push_back(MakeBatch(SoftmaxFocalParams{}, DType::kFloat32, {rows, C},
+                              std::vector<double>(x.begin() + i * rows * C, x.begin() + (i + 1) * rows * C),
+                              DType::kInt64, {rows}, std::vector<double>(y.begin() + i * rows, y.begin() + (i + 1) * rows)));
+  }
+  std::vector<const Batch*> pointers;
+  for (const Batch& p : parts) pointers.push_back(&p);
+  const v1::EvaluateResponse one = Analyse(options, {&whole}), many = Analyse(options, pointers);
+  EXPECT_EQ(one.SerializeAsString(), many.SerializeAsString());
+  EXPECT_GT(one.sweep().positive_sums(3), 0);
+  EXPECT_GT(one.calibration().count(), 0);
+}
+
+TEST(Analyses, RefusalsNameTheFieldAndTheReason) {
+  const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {2, 2}, {1, -1, 2, 0}, DType::kFloat32, {2, 2},
+                            {1, 0, 0, 1});
+  auto refused = [](const v1::EvaluateOptions& options, const LossJob& job, const std::string& fragment,
+                    absl::StatusCode code = absl::StatusCode::kInvalidArgument) {
+    EvaluationAnalyses analyses;
+    const absl::Status status = analyses.Check(options, job);
+    EXPECT_EQ(status.code(), code) << status;
+    EXPECT_NE(status.message().find(fragment), std::string::npos) << status;
+  };
+  refused(Options({1, -1}, 0), b.job, "evaluate.gamma_sweep[1] is -1; must be in [0, 1000]");
+  refused(Options({NAN}, 0), b.job, "evaluate.gamma_sweep[0] is nan");
+  refused(Options({1001}, 0), b.job, "evaluate.gamma_sweep[0] is 1001");
+  refused(Options(std::vector<double>(65, 1.0), 0), b.job, "evaluate.gamma_sweep has 65 values; at most 64");
+  refused(Options({}, 0, 10), b.job, "evaluate.pt_bins is set without evaluate.gamma_sweep");
+  refused(Options({1}, 0, 1001), b.job, "evaluate.pt_bins is 1001; must be in [1, 1000]");
+  refused(Options({}, -1), b.job, "evaluate.calibration_bins is -1");
+  refused(Options({}, 1001), b.job, "evaluate.calibration_bins is 1001");
+  LossJob cosine = b.job;
+  cosine.spec.params = FocalCosineParams{};
+  refused(Options({1}, 0), cosine, "evaluate.gamma_sweep is set for focal_cosine; the analyses are defined for "
+                                   "softmax_focal and sigmoid_focal");
+  refused(Options({}, 15), cosine, "evaluate.calibration_bins is set for focal_cosine");
+  LossJob smoothed = b.job;
+  SigmoidFocalParams smoothing;
+  smoothing.label_smoothing = 0.1;
+  smoothed.spec.params = smoothing;
+  refused(Options({1}, 0), smoothed, "evaluate.gamma_sweep is set with label_smoothing");
+  EvaluationAnalyses calibration_only;  // calibration does not need the decomposition
+  EXPECT_TRUE(calibration_only.Check(Options({}, 15), smoothed).ok());
+  LossJob probabilities = b.job;
+  SigmoidFocalParams input_p;
+  input_p.input = SigmoidInput::kProbabilities;
+  probabilities.spec.params = input_p;
+  refused(Options({}, 15), probabilities, "input PROBABILITIES; it takes logits");
+  SoftmaxFocalParams scheduled;
+  scheduled.gamma_schedule = {{0.2, 5}};
+  LossJob schedule = b.job;
+  schedule.spec.params = scheduled;
+  refused(Options({1}, 0), schedule, "a gamma_schedule sets γ per row");
+  const Batch wide = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {1, 70000}, std::vector<double>(70000, 0),
+                               DType::kFloat32, {1, 70000}, std::vector<double>(70000, 0));
+  refused(Options(std::vector<double>(64, 1.0), 0), wide.job, "at most 4194304 values × classes",
+          absl::StatusCode::kResourceExhausted);
+
+  EvaluationAnalyses analyses;
+  ASSERT_TRUE(analyses.Check(Options({1}, 0), b.job).ok());
+  EXPECT_NE(analyses.Check(Options({2}, 0), b.job).message().find("evaluate differs from the first batch's"),
+            std::string::npos);
+  const Batch three = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {1, 3}, {1, 2, 3}, DType::kFloat32, {1, 3},
+                                {0, 1, 0});
+  EXPECT_NE(analyses.Check(Options({1}, 0), three.job).message().find("logits.shape[1] is 3, but the evaluation "
+                                                                       "started with 2 classes"),
+            std::string::npos);
+  const Batch soft = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {2, 2}, {1, -1, 2, 0}, DType::kFloat32, {2, 2},
+                               {1, 0, 0.5, 1});
+  EvaluationAnalyses soft_targets;
+  ASSERT_TRUE(soft_targets.Check(Options({1}, 0), soft.job).ok());
+  const absl::Status added = soft_targets.Add(soft.job);
+  EXPECT_NE(added.message().find("targets element 2 is 0.5; the sweep and calibration need targets of 0 or 1"),
+            std::string::npos)
+      << added;
+}
+
+}  // namespace
+}  // namespace focal::server
