@@ -25,6 +25,8 @@ test_packages=(
   openssl
   # python side: golden files, parity, the Python client and the torch baseline
   python3-numpy python3-torch python3-torchvision python3-pytest python3-grpcio python3-yaml
+  # the evaluation report: its figures (matplotlib) and its test, a render in headless Chromium
+  python3-matplotlib chromium
   # tests/deploy: the image built and run with Podman (as root, with runc) on a base made by
   # debootstrap; replicas in network namespaces (iproute2) behind a DNS name (dnsmasq); the
   # manifests rendered by kubectl kustomize and checked by an npm validator

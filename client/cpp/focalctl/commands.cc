@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -18,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "focal/npy.h"
 #include "focal/status_macros.h"
 #include "focal/variant_text.h"
@@ -296,6 +298,64 @@ class Progress {
   Clock::time_point start_;
 };
 
+/// Writes `text` to `path` (--json).
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream file(path, std::ios::binary);
+  file << text;
+  file.close();
+  if (!file) return absl::UnavailableError(absl::StrCat("--json ", path, ": cannot write the file"));
+  return absl::OkStatus();
+}
+
+/// --gamma-sweep 0,0.5,1,2 --pt-bins N --calibration-bins N: Evaluate's analyses.
+absl::StatusOr<EvaluateOptions> ParseEvaluateOptions(const Flags& flags) {
+  EvaluateOptions o;
+  if (flags.Has("gamma-sweep")) {
+    for (absl::string_view item : absl::StrSplit(flags.Get("gamma-sweep"), ',', absl::SkipWhitespace())) {
+      double g;
+      if (!absl::SimpleAtod(item, &g)) {
+        return absl::InvalidArgumentError(absl::StrCat("--gamma-sweep holds '", item, "', not a number"));
+      }
+      o.gamma_sweep.push_back(g);
+    }
+  }
+  ASSIGN_OR_RETURN(const std::optional<int64_t> pt_bins, flags.GetInt("pt-bins", 1));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> bins, flags.GetInt("calibration-bins", 1));
+  // Range checks are the server's (its message names the field); the cast only needs int.
+  o.pt_bins = static_cast<int>(std::min<int64_t>(pt_bins.value_or(0), INT32_MAX));
+  o.calibration_bins = static_cast<int>(std::min<int64_t>(bins.value_or(0), INT32_MAX));
+  return o;
+}
+
+/// The sweep as a table: the dataset's loss at each γ with the loss's own α (sigmoid_focal:
+/// α S⁺ + (1-α) S⁻, none when α < 0; softmax_focal: Σ_c α_c S_c, ones when absent).
+void PrintSweep(const SweepOutput& s, const LossSpec& spec) {
+  const size_t C = static_cast<size_t>(s.classes);
+  std::vector<double> positive(C, 1.0), negative(C, 1.0);
+  std::string alpha_text = "none";
+  if (const auto* p = std::get_if<SigmoidFocalParams>(&spec.params); p && p->alpha >= 0) {
+    positive.assign(C, p->alpha);
+    negative.assign(C, 1 - p->alpha);
+    alpha_text = absl::StrCat(p->alpha);
+  } else if (const auto* q = std::get_if<SoftmaxFocalParams>(&spec.params); q && q->alpha.size() == C) {
+    positive = q->alpha;
+    alpha_text = "per class (--class-alpha)";
+  }
+  int64_t items = 0;
+  for (int64_t n : s.positive_counts) items += n;
+  for (int64_t n : s.negative_counts) items += n;
+  std::printf("\ngamma sweep: the dataset's loss at each gamma, alpha %s\n%-10s %22s %22s\n", alpha_text.c_str(),
+              "gamma", "total", "mean");
+  for (size_t k = 0; k < s.gammas.size(); ++k) {
+    double total = 0;
+    for (size_t c = 0; c < C; ++c) {
+      total += positive[c] * s.positive_sums[k * C + c];
+      if (!s.negative_sums.empty()) total += negative[c] * s.negative_sums[k * C + c];
+    }
+    std::printf("%-10g %22.10g %22.10g\n", s.gammas[k], total, items > 0 ? total / static_cast<double>(items) : 0.0);
+  }
+}
+
 int RunEval(const Flags& flags) {
   const std::string cmd = "eval";
   absl::StatusOr<ClientSetup> setup = ParseClientFlags(flags);
@@ -335,6 +395,9 @@ int RunEval(const Flags& flags) {
                             absl::StrCat(counts, "; batches are paired in sorted order, so the counts must be equal")));
   }
 
+  absl::StatusOr<EvaluateOptions> options = ParseEvaluateOptions(flags);
+  if (!options.ok()) return UsageError(cmd, options.status());
+
   if (!setup->timeout_given) setup->options.stream_deadline = absl::InfiniteDuration();
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(*std::move(setup));
   if (!client.ok()) return Failure(cmd, client.status());
@@ -358,7 +421,7 @@ int RunEval(const Flags& flags) {
     batch.request_id = (*logits)[next];
     ++next;
     return true;
-  });
+  }, *options);
   progress.End();
   const double millis = MillisSince(start);
   if (!out.ok()) return Failure(cmd, out.status());
@@ -376,6 +439,17 @@ int RunEval(const Flags& flags) {
     if (n == 0) continue;
     const double sum = c < out->class_loss_sums.size() ? out->class_loss_sums[c] : 0.0;
     std::printf("%-8zu %12lld %22.10g %22.10g\n", c, static_cast<long long>(n), sum, sum / static_cast<double>(n));
+  }
+  if (out->sweep) PrintSweep(*out->sweep, *spec);
+  if (out->calibration) {
+    const CalibrationOutput& c = *out->calibration;
+    std::printf("\ncalibration (%d bins): ECE %.6f  MCE %.6f  accuracy %.6f  NLL %.6f  Brier %.6f  over %lld items\n",
+                c.bins, c.ece, c.mce, c.accuracy, c.nll, c.brier, static_cast<long long>(c.count));
+  }
+  if (flags.Has("json")) {
+    const std::string json = absl::StrCat("{\"loss\": ", out->loss_json, ",\n \"evaluation\": ", out->response_json, "}\n");
+    if (absl::Status written = WriteFile(flags.Get("json"), json); !written.ok()) return Failure(cmd, written);
+    std::printf("\njson     %s\n", flags.Get("json").c_str());
   }
   return kExitOk;
 }
@@ -620,7 +694,11 @@ const std::vector<Command>& Commands() {
                 {"targets-dtype", "DTYPE", "send float targets as DTYPE ('<u2' files: bfloat16 bits)"},
                 {"num-objects-dtype", "DTYPE", "send num_objects as DTYPE"},
                 {"weights-dtype", "DTYPE", "send the weights as DTYPE"},
-                {"scores-dtype", "DTYPE", "send the scores as DTYPE"}}}),
+                {"scores-dtype", "DTYPE", "send the scores as DTYPE"},
+                {"gamma-sweep", "LIST", "softmax_focal, sigmoid_focal: gamma values to sweep in the same pass, e.g. 0,0.5,1,2,3,5"},
+                {"pt-bins", "N", "p_t bins of the sweep's loss mass (default 20)"},
+                {"calibration-bins", "N", "softmax_focal, sigmoid_focal: reliability histogram bins, ECE, accuracy, NLL, Brier (15 is usual)"},
+                {"json", "FILE", "write the whole answer as JSON (the input of python3 -m focalserve.report)"}}}),
        RunEval},
       {"bench", "load test: latency percentiles and requests/s, like ghz",
        "bench --variant NAME [--concurrency N] [--duration D] [--shape DIMS] [flags]",

@@ -1,5 +1,7 @@
 #include "focal/client.h"
 
+#include <google/protobuf/util/json_util.h>
+
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -268,13 +270,19 @@ absl::StatusOr<std::vector<ComputeOutput>> Client::ComputeMany(const std::vector
   return outputs;
 }
 
-absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next) const {
+absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next, const EvaluateOptions& options) const {
+  v1::EvaluateOptions wire_options;
+  for (double g : options.gamma_sweep) wire_options.add_gamma_sweep(g);
+  wire_options.set_pt_bins(options.pt_bins);
+  wire_options.set_calibration_bins(options.calibration_bins);
+  const bool analyses = wire_options.ByteSizeLong() > 0;
   grpc::ClientContext context;
   impl_->Prepare(context, options_.stream_deadline);
   v1::EvaluateResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::ComputeRequest>> writer = impl_->stub->Evaluate(&context, &response);
   absl::Status source_error;
   int64_t sent = 0;
+  v1::LossSpec first_loss;
   for (;;) {
     ComputeCall batch;
     absl::StatusOr<bool> more = next(batch);
@@ -289,7 +297,10 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next) const {
     }
     // The server reads the next batch only once the previous one is accumulated, so this
     // blocks as flow control fills: at most about one batch is in flight.
-    if (!writer->Write(EncodeRequest(std::move(batch)))) break;  // the call has ended; Finish says why
+    v1::ComputeRequest request = EncodeRequest(std::move(batch));
+    if (analyses) *request.mutable_evaluate() = wire_options;
+    if (sent == 0) first_loss = request.loss();
+    if (!writer->Write(request)) break;  // the call has ended; Finish says why
     ++sent;
   }
   const grpc::Status status = writer->Finish();
@@ -310,6 +321,44 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next) const {
   out.backend = response.backend();
   out.queue_micros = response.timing().queue_micros();
   out.compute_micros = response.timing().compute_micros();
+  auto copy = [](const auto& from, auto& to) { to.assign(from.begin(), from.end()); };
+  if (response.has_sweep()) {
+    const v1::GammaSweep& w = response.sweep();
+    SweepOutput& s = out.sweep.emplace();
+    copy(w.gammas(), s.gammas);
+    s.classes = w.classes();
+    copy(w.positive_sums(), s.positive_sums);
+    copy(w.negative_sums(), s.negative_sums);
+    copy(w.positive_counts(), s.positive_counts);
+    copy(w.negative_counts(), s.negative_counts);
+    s.pt_bins = w.pt_bins();
+    copy(w.positive_mass(), s.positive_mass);
+    copy(w.negative_mass(), s.negative_mass);
+  }
+  if (response.has_calibration()) {
+    const v1::Calibration& w = response.calibration();
+    CalibrationOutput& c = out.calibration.emplace();
+    c.bins = w.bins();
+    copy(w.bin_counts(), c.bin_counts);
+    copy(w.bin_correct(), c.bin_correct);
+    copy(w.bin_confidence_sums(), c.bin_confidence_sums);
+    c.ece = w.ece();
+    c.mce = w.mce();
+    c.accuracy = w.accuracy();
+    c.nll = w.nll();
+    c.brier = w.brier();
+    c.count = w.count();
+    c.correct = w.correct();
+    copy(w.class_targets(), c.class_targets);
+    copy(w.class_predicted(), c.class_predicted);
+    copy(w.class_true_positives(), c.class_true_positives);
+  }
+  google::protobuf::util::JsonPrintOptions json;
+  json.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(response, &out.response_json, json).ok() ||
+      !google::protobuf::util::MessageToJsonString(first_loss, &out.loss_json, json).ok()) {
+    return absl::InternalError("the answer does not convert to JSON");
+  }
   return out;
 }
 

@@ -90,6 +90,35 @@ struct ComputeOutput {
   int64_t compute_micros = 0;
 };
 
+/// Evaluate's analyses to run in the same pass (docs/evaluation.md; softmax_focal and
+/// sigmoid_focal on logits with hard targets). Empty: none.
+struct EvaluateOptions {
+  std::vector<double> gamma_sweep;  ///< γ values, at most 64
+  int pt_bins = 0;                  ///< p_t bins of the sweep's loss mass (0: 20)
+  int calibration_bins = 0;         ///< confidence bins of the reliability histogram (0: none)
+};
+
+/// The γ sweep (focal.v1.GammaSweep): per γ and class the focal terms without α, positives and
+/// negatives apart ([K, C], γ-major), and the loss mass by p_t ([K, pt_bins]).
+struct SweepOutput {
+  std::vector<double> gammas;
+  int64_t classes = 0;
+  std::vector<double> positive_sums, negative_sums;
+  std::vector<int64_t> positive_counts, negative_counts;
+  int pt_bins = 0;
+  std::vector<double> positive_mass, negative_mass;
+};
+
+/// Calibration (focal.v1.Calibration): the reliability histogram and quality metrics.
+struct CalibrationOutput {
+  int bins = 0;
+  std::vector<int64_t> bin_counts, bin_correct;
+  std::vector<double> bin_confidence_sums;
+  double ece = 0, mce = 0, accuracy = 0, nll = 0, brier = 0;
+  int64_t count = 0, correct = 0;
+  std::vector<int64_t> class_targets, class_predicted, class_true_positives;
+};
+
 /// A whole dataset's totals, summed exactly by the server.
 struct EvaluateOutput {
   double total_loss = 0.0;
@@ -101,6 +130,13 @@ struct EvaluateOutput {
   std::string backend;
   int64_t queue_micros = 0;
   int64_t compute_micros = 0;
+  std::optional<SweepOutput> sweep;              ///< when EvaluateOptions asked for a sweep
+  std::optional<CalibrationOutput> calibration;  ///< when EvaluateOptions asked for calibration bins
+  /// The answer as protobuf's JSON mapping of focal.v1.EvaluateResponse (field names as in the
+  /// .proto), and the first batch's focal.v1.LossSpec the same way: what `focalctl eval --json`
+  /// writes and `python3 -m focalserve.report` reads.
+  std::string response_json;
+  std::string loss_json;
 };
 
 /// The server's description of itself (focal.v1.ServerInfo).
@@ -179,8 +215,8 @@ class Client {
   /// Computes `calls` over one ComputeStream (a writer thread keeps the pipeline full) and
   /// returns the answers in order, or the first error.
   absl::StatusOr<std::vector<ComputeOutput>> ComputeMany(const std::vector<ComputeCall>& calls) const;
-  /// Streams every batch `next` produces into one Evaluate call.
-  absl::StatusOr<EvaluateOutput> Evaluate(const BatchSource& next) const;
+  /// Streams every batch `next` produces into one Evaluate call, with `options`' analyses.
+  absl::StatusOr<EvaluateOutput> Evaluate(const BatchSource& next, const EvaluateOptions& options = {}) const;
   /// Streams the batches [begin, end) (ComputeCall values) into one Evaluate call.
   template <typename Iterator>
   absl::StatusOr<EvaluateOutput> Evaluate(Iterator begin, Iterator end) const {
