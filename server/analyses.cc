@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
+#include <thread>
 #include <variant>
 
 #include "absl/strings/str_cat.h"
@@ -132,6 +134,165 @@ void EvaluationAnalyses::Resize(int64_t classes) {
   class_true_positives_.assign(C, 0);
 }
 
+/// One thread's share of a batch: its own exact sums (through buckets) and counts, merged into
+/// the totals once it is done. Exact sums do not depend on the order of their terms, so neither
+/// does the answer on how the rows were shared out.
+struct EvaluationAnalyses::Partial {
+  Partial(size_t sweep_cells, size_t mass_cells, bool rows, size_t bins, size_t classes)
+      : pos_sums(sweep_cells), neg_sums(rows ? 0 : sweep_cells), pos_mass(mass_cells), neg_mass(rows ? 0 : mass_cells),
+        confidence_sums(bins), quality_sums(2),
+        pos(pos_sums, pos_sums.size()), neg(neg_sums, neg_sums.size()), pos_m(pos_mass, pos_mass.size()),
+        neg_m(neg_mass, neg_mass.size()), confidence(confidence_sums, bins), quality(quality_sums, 2),
+        positive_counts(classes), negative_counts(rows ? 0 : classes), bin_counts(bins), bin_correct(bins),
+        class_targets(classes), class_predicted(classes), class_true_positives(classes) {}
+
+  void Flush() {
+    for (BatchSums* b : {&pos, &neg, &pos_m, &neg_m, &confidence, &quality}) b->Flush();
+  }
+
+  std::vector<ExactSum> pos_sums, neg_sums, pos_mass, neg_mass, confidence_sums, quality_sums;
+  BatchSums pos, neg, pos_m, neg_m, confidence, quality;
+  std::vector<int64_t> positive_counts, negative_counts, bin_counts, bin_correct;
+  std::vector<int64_t> class_targets, class_predicted, class_true_positives;
+  int64_t count = 0, correct = 0;
+};
+
+namespace {
+
+/// Elements [begin, begin + n) of a floating view as doubles, one dtype switch for all.
+void LoadDoubles(const TensorView& view, int64_t begin, int64_t n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  switch (view.dtype) {
+    case DType::kFloat32: {
+      const float* p = view.As<float>() + begin;
+      for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = p[i];
+      return;
+    }
+    case DType::kFloat64: {
+      const double* p = view.As<double>() + begin;
+      std::copy(p, p + n, out.begin());
+      return;
+    }
+    default:
+      for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = LoadAsDouble(view, begin + i);
+  }
+}
+
+/// Threads for one batch's analyses: the machine's cores, at most one per 64 rows' worth of work
+/// and at most 8.
+int AnalysisThreads(int64_t rows, int64_t per_row) {
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t by_work = std::max<int64_t>(1, rows * per_row / (int64_t{1} << 16));
+  return static_cast<int>(std::min<int64_t>({cores, by_work, 8, std::max<int64_t>(rows, 1)}));
+}
+
+}  // namespace
+
+void EvaluationAnalyses::AddRows(const LossJob& job, int64_t row_begin, int64_t row_end, Partial& acc) const {
+  const size_t C = static_cast<size_t>(classes_), K = gammas_.size(), B = static_cast<size_t>(pt_bins_);
+  const bool sweep = K > 0, calibrate = bins_ > 0;
+  // The sweep's terms of one item: (1-p_t)^γ · (-log p_t) for every γ, one exp each; γ = 0 is
+  // the cross-entropy itself, even where 1 - p_t is 0.
+  auto add_sweep = [&](const Item& item) {
+    const size_t bin = BinOf(item.pt, pt_bins_);
+    BatchSums& sums = item.positive ? acc.pos : acc.neg;
+    BatchSums& mass = item.positive ? acc.pos_m : acc.neg_m;
+    const size_t cls = static_cast<size_t>(item.cls);
+    for (size_t k = 0; k < K; ++k) {
+      const double weight = gammas_[k] == 0 ? 1.0 : std::exp(gammas_[k] * item.log_1m_pt);
+      const float term = static_cast<float>(weight * -item.log_pt);
+      sums.Add(k * C + cls, term);
+      mass.Add(k * B + bin, term);
+    }
+    ++(item.positive ? acc.positive_counts : acc.negative_counts)[cls];
+  };
+
+  const Shape& shape = job.logits.shape;
+  int64_t inner = 1;
+  for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
+  const std::optional<int64_t> ignore = IgnoreIndex(job.spec.params);
+  const ScalarOps<double> o;
+  std::vector<double> xs, ts;  // one row's logits [C, S] (and float targets), as doubles
+  const int64_t row_elements = classes_ * inner;
+  if (rows_) {
+    std::vector<double> e(C);
+    for (int64_t n = row_begin; n < row_end; ++n) {
+      LoadDoubles(job.logits, n * row_elements, row_elements, xs);
+      for (int64_t s = 0; s < inner; ++s) {
+        const int64_t y = LoadAsInt64(job.targets, n * inner + s);
+        if (ignore && y == *ignore) continue;
+        // A row (n, s) of classes c: its softmax about the maximum, once.
+        auto x = [&](int64_t c) { return xs[static_cast<size_t>(c * inner + s)]; };
+        int64_t argmax = 0;
+        double max = x(0);
+        for (int64_t c = 1; c < classes_; ++c) {
+          if (x(c) > max) max = x(c), argmax = c;
+        }
+        double sum = 0, others = 0, squares = 0;  // Σ e_j, Σ_{j≠y} e_j, Σ e_j², e_j = e^(x_j - max)
+        for (int64_t c = 0; c < classes_; ++c) {
+          const double ec = std::exp(x(c) - max);
+          sum += ec;
+          squares += ec * ec;
+          if (c != y) others += ec;
+          e[static_cast<size_t>(c)] = ec;
+        }
+        const double log_sum = std::log(sum);
+        const Item item{y, true, (x(y) - max) - log_sum, std::log(others) - log_sum, e[static_cast<size_t>(y)] / sum};
+        if (sweep) add_sweep(item);
+        if (calibrate) {
+          const double top = 1 / sum;  // the maximum's e is 1
+          const size_t bin = BinOf(top, bins_);
+          ++acc.bin_counts[bin];
+          acc.confidence.Add(bin, static_cast<float>(top));
+          const bool right = argmax == y;
+          acc.bin_correct[bin] += right;
+          acc.correct += right;
+          ++acc.count;
+          acc.quality.Add(0, static_cast<float>(-item.log_pt));
+          // Σ_j (p_j - [j = y])² = Σ p_j² - 2 p_y + 1.
+          acc.quality.Add(1, static_cast<float>(squares / (sum * sum) - 2 * item.pt + 1));
+          ++acc.class_targets[static_cast<size_t>(y)];
+          ++acc.class_predicted[static_cast<size_t>(argmax)];
+          acc.class_true_positives[static_cast<size_t>(y)] += right;
+        }
+      }
+    }
+    return;
+  }
+  const bool index_targets = IsInteger(job.targets.dtype);
+  for (int64_t n = row_begin; n < row_end; ++n) {
+    LoadDoubles(job.logits, n * row_elements, row_elements, xs);
+    if (!index_targets) LoadDoubles(job.targets, n * row_elements, row_elements, ts);
+    for (int64_t s = 0; s < inner; ++s) {
+      const int64_t y = index_targets ? LoadAsInt64(job.targets, n * inner + s) : -1;
+      if (index_targets && ignore && y == *ignore) continue;
+      for (int64_t c = 0; c < classes_; ++c) {
+        const size_t i = static_cast<size_t>(c * inner + s);
+        const bool positive = index_targets ? y == c : ts[i] == 1.0;
+        const double x = xs[i];
+        const math::SigmoidParts<double> t = math::Sigmoid(o, positive ? x : -x);  // of x_t
+        const Item item{c, positive, t.log_p, t.log_q, t.p};
+        if (sweep) add_sweep(item);
+        if (calibrate) {
+          const double p = positive ? t.p : t.q;  // σ(x)
+          const size_t bin = BinOf(p, bins_);
+          ++acc.bin_counts[bin];
+          acc.confidence.Add(bin, static_cast<float>(p));
+          acc.bin_correct[bin] += positive;
+          const bool predicted = x >= 0;  // p ≥ 0.5
+          acc.correct += predicted == positive;
+          ++acc.count;
+          acc.quality.Add(0, static_cast<float>(-t.log_p));
+          acc.quality.Add(1, static_cast<float>(t.q * t.q));  // (p - t)² = (1 - p_t)²
+          acc.class_targets[static_cast<size_t>(c)] += positive;
+          acc.class_predicted[static_cast<size_t>(c)] += predicted;
+          acc.class_true_positives[static_cast<size_t>(c)] += positive && predicted;
+        }
+      }
+    }
+  }
+}
+
 absl::Status EvaluationAnalyses::Add(const LossJob& job) {
   if (!active()) return absl::OkStatus();
   if (!rows_ && IsFloating(job.targets.dtype)) {
@@ -142,115 +303,49 @@ absl::Status EvaluationAnalyses::Add(const LossJob& job) {
                                   "; the sweep and calibration need targets of 0 or 1 (p_t is not defined otherwise)"));
     }
   }
-  const size_t C = static_cast<size_t>(classes_), K = gammas_.size(), B = static_cast<size_t>(pt_bins_);
-  BatchSums pos(positive_sums_, K * C), neg(negative_sums_, rows_ ? 0 : K * C);
-  BatchSums pos_mass(positive_mass_, K * B), neg_mass(negative_mass_, rows_ ? 0 : K * B);
-  BatchSums confidence(bin_confidence_, static_cast<size_t>(bins_));
-  std::vector<ExactSum> nll_brier(2);
-  BatchSums quality(nll_brier, 2);
-  const bool sweep = K > 0, calibrate = bins_ > 0;
-
-  // The sweep's terms of one item: (1-p_t)^γ · (-log p_t) for every γ, one exp each; γ = 0 is
-  // the cross-entropy itself, even where 1 - p_t is 0.
-  auto add_sweep = [&](const Item& item) {
-    const size_t bin = BinOf(item.pt, pt_bins_);
-    BatchSums& sums = item.positive ? pos : neg;
-    BatchSums& mass = item.positive ? pos_mass : neg_mass;
-    for (size_t k = 0; k < K; ++k) {
-      const double weight = gammas_[k] == 0 ? 1.0 : std::exp(gammas_[k] * item.log_1m_pt);
-      const float term = static_cast<float>(weight * -item.log_pt);
-      sums.Add(k * C + static_cast<size_t>(item.cls), term);
-      mass.Add(k * B + bin, term);
-    }
-    ++(item.positive ? positive_counts_ : negative_counts_)[static_cast<size_t>(item.cls)];
-  };
-
   const Shape& shape = job.logits.shape;
   const int64_t rows = shape.empty() ? 1 : shape[0];
   int64_t inner = 1;
   for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
-  const std::optional<int64_t> ignore = IgnoreIndex(job.spec.params);
-  const ScalarOps<double> o;
-  if (rows_) {
-    // A row (n, s) of classes c: its softmax about the maximum, once.
-    for (int64_t n = 0; n < rows; ++n) {
-      for (int64_t s = 0; s < inner; ++s) {
-        const int64_t y = LoadAsInt64(job.targets, n * inner + s);
-        if (ignore && y == *ignore) continue;
-        auto x = [&](int64_t c) { return LoadAsDouble(job.logits, (n * classes_ + c) * inner + s); };
-        int64_t argmax = 0;
-        double max = x(0);
-        for (int64_t c = 1; c < classes_; ++c) {
-          if (x(c) > max) max = x(c), argmax = c;
-        }
-        double sum = 0, others = 0, squares = 0;  // Σ e_j, Σ_{j≠y} e_j, Σ e_j², e_j = e^(x_j - max)
-        for (int64_t c = 0; c < classes_; ++c) {
-          const double e = std::exp(x(c) - max);
-          sum += e;
-          squares += e * e;
-          if (c != y) others += e;
-        }
-        const double log_sum = std::log(sum);
-        const Item item{y, true, (x(y) - max) - log_sum, std::log(others) - log_sum, std::exp(x(y) - max) / sum};
-        if (sweep) add_sweep(item);
-        if (calibrate) {
-          const double top = 1 / sum;  // the maximum's e is 1
-          const size_t bin = BinOf(top, bins_);
-          ++bin_counts_[bin];
-          confidence.Add(bin, static_cast<float>(top));
-          const bool right = argmax == y;
-          bin_correct_[bin] += right;
-          correct_ += right;
-          ++count_;
-          quality.Add(0, static_cast<float>(-item.log_pt));
-          // Σ_j (p_j - [j = y])² = Σ p_j² - 2 p_y + 1.
-          quality.Add(1, static_cast<float>(squares / (sum * sum) - 2 * item.pt + 1));
-          ++class_targets_[static_cast<size_t>(y)];
-          ++class_predicted_[static_cast<size_t>(argmax)];
-          class_true_positives_[static_cast<size_t>(y)] += right;
-        }
-      }
-    }
-  } else {
-    const bool index_targets = IsInteger(job.targets.dtype);
-    for (int64_t n = 0; n < rows; ++n) {
-      for (int64_t s = 0; s < inner; ++s) {
-        const int64_t y = index_targets ? LoadAsInt64(job.targets, n * inner + s) : -1;
-        if (index_targets && ignore && y == *ignore) continue;
-        for (int64_t c = 0; c < classes_; ++c) {
-          const int64_t i = (n * classes_ + c) * inner + s;
-          const bool positive = index_targets ? y == c : LoadAsDouble(job.targets, i) == 1.0;
-          const double x = LoadAsDouble(job.logits, i);
-          const math::SigmoidParts<double> t = math::Sigmoid(o, positive ? x : -x);  // of x_t
-          const Item item{c, positive, t.log_p, t.log_q, t.p};
-          if (sweep) add_sweep(item);
-          if (calibrate) {
-            const double p = positive ? t.p : t.q;  // σ(x)
-            const size_t bin = BinOf(p, bins_);
-            ++bin_counts_[bin];
-            confidence.Add(bin, static_cast<float>(p));
-            bin_correct_[bin] += positive;
-            const bool predicted = x >= 0;  // p ≥ 0.5
-            correct_ += predicted == positive;
-            ++count_;
-            quality.Add(0, static_cast<float>(-t.log_p));
-            quality.Add(1, static_cast<float>(t.q * t.q));  // (p - t)² = (1 - p_t)²
-            class_targets_[static_cast<size_t>(c)] += positive;
-            class_predicted_[static_cast<size_t>(c)] += predicted;
-            class_true_positives_[static_cast<size_t>(c)] += positive && predicted;
-          }
-        }
-      }
-    }
+  const size_t C = static_cast<size_t>(classes_), K = gammas_.size(), B = static_cast<size_t>(pt_bins_);
+  const int threads = AnalysisThreads(rows, classes_ * inner * static_cast<int64_t>(std::max<size_t>(K, 1)));
+  std::vector<std::unique_ptr<Partial>> partials;
+  for (int t = 0; t < threads; ++t) {
+    partials.push_back(std::make_unique<Partial>(K * C, K * B, rows_, static_cast<size_t>(bins_), C));
   }
-  pos.Flush();
-  neg.Flush();
-  pos_mass.Flush();
-  neg_mass.Flush();
-  confidence.Flush();
-  quality.Flush();
-  nll_.Merge(nll_brier[0]);
-  brier_.Merge(nll_brier[1]);
+  auto run = [&](int t) {
+    AddRows(job, rows * t / threads, rows * (t + 1) / threads, *partials[static_cast<size_t>(t)]);
+    partials[static_cast<size_t>(t)]->Flush();
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (std::thread& th : pool) th.join();
+
+  auto merge = [](std::vector<ExactSum>& into, const std::vector<ExactSum>& from) {
+    for (size_t i = 0; i < from.size(); ++i) into[i].Merge(from[i]);
+  };
+  auto add = [](std::vector<int64_t>& into, const std::vector<int64_t>& from) {
+    for (size_t i = 0; i < from.size(); ++i) into[i] += from[i];
+  };
+  for (const auto& p : partials) {
+    merge(positive_sums_, p->pos_sums);
+    merge(negative_sums_, p->neg_sums);
+    merge(positive_mass_, p->pos_mass);
+    merge(negative_mass_, p->neg_mass);
+    merge(bin_confidence_, p->confidence_sums);
+    nll_.Merge(p->quality_sums[0]);
+    brier_.Merge(p->quality_sums[1]);
+    add(positive_counts_, p->positive_counts);
+    add(negative_counts_, p->negative_counts);
+    add(bin_counts_, p->bin_counts);
+    add(bin_correct_, p->bin_correct);
+    add(class_targets_, p->class_targets);
+    add(class_predicted_, p->class_predicted);
+    add(class_true_positives_, p->class_true_positives);
+    count_ += p->count;
+    correct_ += p->correct;
+  }
   return absl::OkStatus();
 }
 

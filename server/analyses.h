@@ -40,9 +40,10 @@ class EvaluationAnalyses {
   bool active() const { return !gammas_.empty() || bins_ > 0; }
 
  private:
+  struct Partial;
   void Resize(int64_t classes);
-  template <class Item>
-  void AddItems(const LossJob& job, const Item& item);
+  /// Rows [row_begin, row_end) of a checked batch into one thread's partial sums.
+  void AddRows(const LossJob& job, int64_t row_begin, int64_t row_end, Partial& acc) const;
 
   bool started_ = false;
   v1::EvaluateOptions options_;

@@ -48,21 +48,6 @@ double ExactSum::Value() const {
 
 namespace focal::server {
 
-void ExactFloat32Sum::Add(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  const uint32_t exponent = (bits >> 23) & 0xffu;
-  if (exponent == 0xffu) {
-    non_finite_ += value;
-    return;
-  }
-  // Normal: (2^23 + fraction) · 2^(e - 150); subnormal: fraction · 2^(1 - 150).
-  const int64_t mantissa = exponent == 0 ? (bits & 0x7fffffu) : ((bits & 0x7fffffu) | 0x800000u);
-  buckets_[exponent == 0 ? 1 : exponent] += (bits >> 31) ? -mantissa : mantissa;
-  // Each add moves a bucket by < 2^24: spilling every 2^38 adds keeps it under 2^62.
-  if (++adds_ == (int64_t{1} << 38)) Spill();
-}
-
 void ExactFloat32Sum::AddTo(ExactSum& sum) const {
   sum.Merge(spilled_);
   for (int e = 1; e < 255; ++e) {
@@ -99,6 +84,7 @@ BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n) : totals_(totals),
 void BatchSums::Flush() {
   for (size_t i = 0; i < buckets_.size(); ++i) buckets_[i].AddTo(totals_[i]);
   buckets_.assign(buckets_.size(), ExactFloat32Sum());
+  adds_ = 0;
 }
 
 }  // namespace focal::server

@@ -6,6 +6,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace focal::server {
@@ -32,14 +33,34 @@ namespace focal::server {
 /// are float32 for every logits dtype but float64.
 class ExactFloat32Sum {
  public:
-  void Add(float value);
+  void Add(float value) {
+    AddUncounted(value);
+    // Each add moves a bucket by < 2^24: spilling every 2^38 adds keeps it under 2^62.
+    if (++adds_ == kAddsPerSpill) Spill();
+  }
+  /// Add without counting: for a caller that counts the adds of many sums together and calls
+  /// Spill on all of them within kAddsPerSpill adds (BatchSums), which saves touching this
+  /// sum's counter, a cache line of its own, on every term.
+  void AddUncounted(float value) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    const uint32_t exponent = (bits >> 23) & 0xffu;
+    if (exponent == 0xffu) {
+      non_finite_ += value;
+      return;
+    }
+    // Normal: (2^23 + fraction) · 2^(e - 150); subnormal: fraction · 2^(1 - 150).
+    const int64_t mantissa = exponent == 0 ? (bits & 0x7fffffu) : ((bits & 0x7fffffu) | 0x800000u);
+    buckets_[exponent == 0 ? 1 : exponent] += (bits >> 31) ? -mantissa : mantissa;
+  }
+  /// Moves the buckets into the exact partials, emptying them.
+  void Spill();
+  static constexpr int64_t kAddsPerSpill = int64_t{1} << 38;
   /// Adds every term into `sum`, exactly.
   void AddTo(ExactSum& sum) const;
   double Value() const;
 
  private:
-  void Spill();
-
   std::array<int64_t, 256> buckets_{};  ///< by biased exponent; value = bucket · 2^(e - 150)
   int64_t adds_ = 0;                    ///< since the last spill (bounds each bucket < 2^62)
   ExactSum spilled_;
@@ -58,7 +79,12 @@ class BatchSums {
   BatchSums(std::vector<ExactSum>& totals, size_t n);
   void Add(size_t i, float term) {
     if (bucketed_) {
-      buckets_[i].Add(term);
+      buckets_[i].AddUncounted(term);
+      // One count for all the buckets bounds each of them.
+      if (++adds_ == ExactFloat32Sum::kAddsPerSpill) {
+        for (ExactFloat32Sum& b : buckets_) b.Spill();
+        adds_ = 0;
+      }
     } else {
       totals_[i].Add(term);
     }
@@ -72,6 +98,7 @@ class BatchSums {
  private:
   std::vector<ExactSum>& totals_;
   bool bucketed_;
+  int64_t adds_ = 0;  ///< into the buckets since the last spill
   std::vector<ExactFloat32Sum> buckets_;
 };
 
