@@ -124,6 +124,14 @@ TEST(Analyses, AnyAlphaRecombinesToTheBackendsLoss) {
   // formulas, so the two differ by the float32 arithmetic of those formulas: the project's
   // tolerance for float32 results (2e-5, tests/python/helpers.py) bounds it.
   const CpuBackend backend(CpuBackendOptions{1});
+  // The backend's SUM of `job` with the loss `params`.
+  auto summed = [&backend](LossJob job, VariantParams params) {
+    job.spec.reduction = Reduction::kSum;
+    job.spec.params = std::move(params);
+    const auto direct = backend.Compute(job);
+    EXPECT_TRUE(direct.ok()) << direct.status();
+    return direct.ok() ? direct->loss : 0.0;
+  };
   const int64_t N = 40, C = 6;
   const std::vector<double> x = testing::RandomNormal(N * C, 2.5, 21), t = Binary(N * C, 22);
   const std::vector<double> gammas = {0, 1, 2, 4.5};
@@ -137,15 +145,10 @@ TEST(Analyses, AnyAlphaRecombinesToTheBackendsLoss) {
         recombined += a * static_cast<LD>(s.positive_sums(static_cast<int>(k * C + c))) +
                       b * static_cast<LD>(s.negative_sums(static_cast<int>(k * C + c)));
       }
-      LossJob job = sig.job;
-      job.spec.reduction = Reduction::kSum;
       SigmoidFocalParams p;
       p.gamma = gammas[k];
       p.alpha = alpha;
-      job.spec.params = p;
-      const auto direct = backend.Compute(job);
-      ASSERT_TRUE(direct.ok()) << direct.status();
-      ExpectNear(direct->loss, recombined, 2e-5, "sigmoid α=" + std::to_string(alpha) + " γ=" + std::to_string(gammas[k]));
+      ExpectNear(summed(sig.job, p), recombined, 2e-5, "sigmoid α=" + std::to_string(alpha) + " γ=" + std::to_string(gammas[k]));
     }
   }
   const std::vector<double> y = testing::RandomClasses(N, C, 23);
@@ -156,15 +159,10 @@ TEST(Analyses, AnyAlphaRecombinesToTheBackendsLoss) {
   for (size_t k = 0; k < gammas.size(); ++k) {
     LD recombined = 0;
     for (int64_t c = 0; c < C; ++c) recombined += alpha[c] * static_cast<LD>(r.positive_sums(static_cast<int>(k * C + c)));
-    LossJob job = soft.job;
-    job.spec.reduction = Reduction::kSum;
     SoftmaxFocalParams p;
     p.gamma = gammas[k];
     p.alpha = alpha;
-    job.spec.params = p;
-    const auto direct = backend.Compute(job);
-    ASSERT_TRUE(direct.ok()) << direct.status();
-    ExpectNear(direct->loss, recombined, 2e-5, "softmax γ=" + std::to_string(gammas[k]));
+    ExpectNear(summed(soft.job, p), recombined, 2e-5, "softmax γ=" + std::to_string(gammas[k]));
   }
 }
 

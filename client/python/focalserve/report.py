@@ -25,7 +25,8 @@ import numpy as np
 from ._proto import pb
 from .analyses import Calibration, GammaSweep
 
-TOP_CLASSES = 8  # classes drawn in the per-class γ figure: the heaviest by loss share
+TOP_CLASSES = 8  # classes drawn in the per-class γ figure: the heaviest by loss share,
+WORST_CLASSES = 4  # and, when there are more, the rest's highest mean losses
 
 
 def _pyplot():
@@ -111,15 +112,20 @@ def dataset_gamma_figure(plt, s: GammaSweep, user_alpha, user_gamma: Optional[fl
     return _svg(fig)
 
 
-def class_gamma_figure(plt, s: GammaSweep, user_alpha, classes: Sequence[int]) -> str:
+def class_gamma_figure(plt, s: GammaSweep, user_alpha, heaviest: Sequence[int], worst: Sequence[int]) -> str:
+    """Per-class mean loss against γ: the classes holding most of the loss (solid) and, when
+    there are more classes than fit, the ones with the highest mean loss among the rest (dashed)."""
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
     loss = s.class_loss(user_alpha)
     items = s.positive_counts + s.negative_counts
-    for c in classes:
-        ax.plot(s.gammas, loss[:, c] / max(int(items[c]), 1), marker="o", markersize=3.5, label=f"class {c}")
+    for classes, style, kind in ((heaviest, "-", "share"), (worst, "--", "mean")):
+        for c in classes:
+            ax.plot(s.gammas, loss[:, c] / max(int(items[c]), 1), linestyle=style, marker="o", markersize=3.5,
+                    label=f"class {c}" + (" (worst mean)" if kind == "mean" else ""))
     ax.set_xlabel("γ")
     ax.set_ylabel("mean loss per item of the class")
-    ax.set_title(f"Heaviest {len(classes)} classes against γ")
+    title = f"Heaviest {len(heaviest)} classes against γ"
+    ax.set_title(title + (f", and the {len(worst)} worst of the rest" if worst else ""))
     ax.legend(frameon=False, fontsize=8, ncol=2)
     return _svg(fig)
 
@@ -221,10 +227,15 @@ def render(response: pb.EvaluateResponse, loss: pb.LossSpec, title: str = "Focal
         figures.append(("gamma-dataset", dataset_gamma_figure(plt, sweep, user_alpha, user_gamma),
                         "Mean loss per item at each swept γ, recombined exactly for each α from one pass. "
                         "The bold curve is the α of the evaluated loss; the dotted line its γ."))
-        heavy = [int(c) for c in np.argsort(-share)[:TOP_CLASSES] if counts[c] > 0]
-        figures.append(("gamma-classes", class_gamma_figure(plt, sweep, user_alpha, heavy),
-                        f"The {len(heavy)} classes with the largest share of the loss, each class's mean loss "
-                        "against γ at the loss's α: a class whose curve stays high keeps its weight as γ grows."))
+        heavy = [int(c) for c in np.argsort(-share, kind="stable")[:TOP_CLASSES] if counts[c] > 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
+        worst = [int(c) for c in np.argsort(-mean, kind="stable") if counts[c] > 0 and int(c) not in heavy][:WORST_CLASSES]
+        figures.append(("gamma-classes", class_gamma_figure(plt, sweep, user_alpha, heavy, worst),
+                        f"The {len(heavy)} classes with the largest share of the loss (solid) "
+                        + (f"and the {len(worst)} others with the highest mean loss (dashed), " if worst else "")
+                        + "each class's mean loss against γ at the loss's α: a class whose curve stays high keeps "
+                        "its weight as γ grows."))
         figures.append(("pt-mass", mass_figure(plt, sweep),
                         "Cumulative share of the loss against p_t, one curve per γ (Lin et al. 2017, Fig. 4): the "
                         "higher γ, the more of the loss comes from hard items (small p_t) and the less from the "
