@@ -4,6 +4,8 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <variant>
 
@@ -87,7 +89,17 @@ absl::Status EvaluationAnalyses::Check(const v1::EvaluateOptions& options, const
   if (!active()) return absl::OkStatus();
 
   const char* field = gammas_.empty() ? "evaluate.calibration_bins" : "evaluate.gamma_sweep";
+  if (job.allow_non_finite) {
+    return Invalid(absl::StrCat(field, " is set with allow_non_finite; the analyses need finite logits"));
+  }
+  if (job.weights) {
+    return Invalid(absl::StrCat(field, " is set with weights; the analyses count every item once, unweighted"));
+  }
   const VariantParams& params = job.spec.params;
+  if (!variant_.empty() && variant_ != VariantName(params)) {
+    return Invalid(absl::StrCat("loss.variant is ", VariantName(params), ", but the evaluation started with ",
+                                variant_, "; one Evaluate call evaluates one loss"));
+  }
   const bool softmax = std::holds_alternative<SoftmaxFocalParams>(params);
   if (!softmax && !std::holds_alternative<SigmoidFocalParams>(params)) {
     return Invalid(absl::StrCat(field, " is set for ", VariantName(params),
@@ -100,6 +112,7 @@ absl::Status EvaluationAnalyses::Check(const v1::EvaluateOptions& options, const
     }
   }
   rows_ = softmax;
+  variant_ = VariantName(params);
   const int64_t classes = job.logits.shape.size() >= 2 ? job.logits.shape[1] : 1;
   if (classes_ == 0) {
     if (static_cast<int64_t>(gammas_.size()) * classes > kMaxSweepCells) {
@@ -117,40 +130,77 @@ absl::Status EvaluationAnalyses::Check(const v1::EvaluateOptions& options, const
 
 void EvaluationAnalyses::Resize(int64_t classes) {
   classes_ = classes;
+  // Only what is asked for is held: the sweep's sums and counts, the calibration's bins and
+  // per-class counts.
   const size_t C = static_cast<size_t>(classes), K = gammas_.size(), B = static_cast<size_t>(pt_bins_);
+  const size_t sweep_classes = K > 0 ? C : 0, calibration_classes = bins_ > 0 ? C : 0;
   positive_sums_.assign(K * C, ExactSum());
   positive_mass_.assign(K * B, ExactSum());
-  positive_counts_.assign(C, 0);
+  positive_counts_.assign(sweep_classes, 0);
   if (!rows_) {
     negative_sums_.assign(K * C, ExactSum());
     negative_mass_.assign(K * B, ExactSum());
-    negative_counts_.assign(C, 0);
+    negative_counts_.assign(sweep_classes, 0);
   }
   bin_counts_.assign(static_cast<size_t>(bins_), 0);
   bin_correct_.assign(static_cast<size_t>(bins_), 0);
   bin_confidence_.assign(static_cast<size_t>(bins_), ExactSum());
-  class_targets_.assign(C, 0);
-  class_predicted_.assign(C, 0);
-  class_true_positives_.assign(C, 0);
+  class_targets_.assign(calibration_classes, 0);
+  class_predicted_.assign(calibration_classes, 0);
+  class_true_positives_.assign(calibration_classes, 0);
 }
 
-/// One thread's share of a batch: its own exact sums (through buckets) and counts, merged into
-/// the totals once it is done. Exact sums do not depend on the order of their terms, so neither
-/// does the answer on how the rows were shared out.
+/// One thread's share of a batch: integer buckets for the sums (BatchSums) and its own counts,
+/// added into the totals under the analyses' lock once its rows are done. Exact sums do not
+/// depend on the order of their terms, so neither does the answer on how rows were shared out.
+/// A set of sums too large for buckets adds into the totals directly: then one thread runs.
 struct EvaluationAnalyses::Partial {
-  Partial(size_t sweep_cells, size_t mass_cells, bool rows, size_t bins, size_t classes)
-      : pos_sums(sweep_cells), neg_sums(rows ? 0 : sweep_cells), pos_mass(mass_cells), neg_mass(rows ? 0 : mass_cells),
-        confidence_sums(bins), quality_sums(2),
-        pos(pos_sums, pos_sums.size()), neg(neg_sums, neg_sums.size()), pos_m(pos_mass, pos_mass.size()),
-        neg_m(neg_mass, neg_mass.size()), confidence(confidence_sums, bins), quality(quality_sums, 2),
-        positive_counts(classes), negative_counts(rows ? 0 : classes), bin_counts(bins), bin_correct(bins),
-        class_targets(classes), class_predicted(classes), class_true_positives(classes) {}
+  explicit Partial(EvaluationAnalyses& a)
+      : pos(a.positive_sums_, a.positive_sums_.size()), neg(a.negative_sums_, a.negative_sums_.size()),
+        pos_m(a.positive_mass_, a.positive_mass_.size()), neg_m(a.negative_mass_, a.negative_mass_.size()),
+        confidence(a.bin_confidence_, a.bin_confidence_.size()), quality(a.quality_, 2),
+        positive_counts(a.positive_counts_.size()), negative_counts(a.negative_counts_.size()),
+        bin_counts(a.bin_counts_.size()), bin_correct(a.bin_correct_.size()),
+        class_targets(a.class_targets_.size()), class_predicted(a.class_predicted_.size()),
+        class_true_positives(a.class_true_positives_.size()) {}
+  Partial(const Partial&) = delete;
+  Partial& operator=(const Partial&) = delete;
 
-  void Flush() {
+  /// Adds everything into `a`'s totals (the caller holds the lock).
+  void AddTo(EvaluationAnalyses& a) {
     for (BatchSums* b : {&pos, &neg, &pos_m, &neg_m, &confidence, &quality}) b->Flush();
+    auto add = [](std::vector<int64_t>& into, const std::vector<int64_t>& from) {
+      for (size_t i = 0; i < from.size(); ++i) into[i] += from[i];
+    };
+    add(a.positive_counts_, positive_counts);
+    add(a.negative_counts_, negative_counts);
+    add(a.bin_counts_, bin_counts);
+    add(a.bin_correct_, bin_correct);
+    add(a.class_targets_, class_targets);
+    add(a.class_predicted_, class_predicted);
+    add(a.class_true_positives_, class_true_positives);
+    a.count_ += count;
+    a.correct_ += correct;
   }
 
-  std::vector<ExactSum> pos_sums, neg_sums, pos_mass, neg_mass, confidence_sums, quality_sums;
+  /// Bytes one Partial holds for `a` (buckets and counts), to size the thread count.
+  static size_t Bytes(const EvaluationAnalyses& a) {
+    size_t bytes = 0;
+    for (const std::vector<ExactSum>* v : {&a.positive_sums_, &a.negative_sums_, &a.positive_mass_, &a.negative_mass_,
+                                           &a.bin_confidence_}) {
+      if (v->size() <= BatchSums::kBucketed) bytes += v->size() * sizeof(ExactFloat32Sum);
+    }
+    return bytes + (2 * a.positive_counts_.size() + 3 * a.class_targets_.size()) * sizeof(int64_t);
+  }
+  /// Whether every set of sums fits buckets (else its adds go to the totals: one thread only).
+  static bool Bucketed(const EvaluationAnalyses& a) {
+    for (const std::vector<ExactSum>* v : {&a.positive_sums_, &a.negative_sums_, &a.positive_mass_, &a.negative_mass_,
+                                           &a.bin_confidence_}) {
+      if (v->size() > BatchSums::kBucketed) return false;
+    }
+    return true;
+  }
+
   BatchSums pos, neg, pos_m, neg_m, confidence, quality;
   std::vector<int64_t> positive_counts, negative_counts, bin_counts, bin_correct;
   std::vector<int64_t> class_targets, class_predicted, class_true_positives;
@@ -178,13 +228,8 @@ void LoadDoubles(const TensorView& view, int64_t begin, int64_t n, std::vector<d
   }
 }
 
-/// Threads for one batch's analyses: the machine's cores, at most one per 64 rows' worth of work
-/// and at most 8.
-int AnalysisThreads(int64_t rows, int64_t per_row) {
-  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t by_work = std::max<int64_t>(1, rows * per_row / (int64_t{1} << 16));
-  return static_cast<int>(std::min<int64_t>({cores, by_work, 8, std::max<int64_t>(rows, 1)}));
-}
+/// What one batch's threads may hold for their partial sums, all together.
+constexpr size_t kPartialBudgetBytes = size_t{64} << 20;
 
 }  // namespace
 
@@ -228,15 +273,19 @@ void EvaluationAnalyses::AddRows(const LossJob& job, int64_t row_begin, int64_t 
         for (int64_t c = 1; c < classes_; ++c) {
           if (x(c) > max) max = x(c), argmax = c;
         }
-        double sum = 0, others = 0, squares = 0;  // Σ e_j, Σ_{j≠y} e_j, Σ e_j², e_j = e^(x_j - max)
+        // e_j = e^(x_j - max); rest = Σ_{j≠argmax} e_j, so that Σ e_j = 1 + rest and its log is
+        // log1p(rest), accurate as p → 1 (the kernels' form); others = Σ_{j≠y} e_j for 1 - p_y.
+        double rest = 0, others = 0, others_squares = 0;
         for (int64_t c = 0; c < classes_; ++c) {
           const double ec = std::exp(x(c) - max);
-          sum += ec;
-          squares += ec * ec;
-          if (c != y) others += ec;
+          if (c != argmax) rest += ec;
+          if (c != y) {
+            others += ec;
+            others_squares += ec * ec;
+          }
           e[static_cast<size_t>(c)] = ec;
         }
-        const double log_sum = std::log(sum);
+        const double sum = 1 + rest, log_sum = std::log1p(rest);
         const Item item{y, true, (x(y) - max) - log_sum, std::log(others) - log_sum, e[static_cast<size_t>(y)] / sum};
         if (sweep) add_sweep(item);
         if (calibrate) {
@@ -249,8 +298,9 @@ void EvaluationAnalyses::AddRows(const LossJob& job, int64_t row_begin, int64_t 
           acc.correct += right;
           ++acc.count;
           acc.quality.Add(0, static_cast<float>(-item.log_pt));
-          // Σ_j (p_j - [j = y])² = Σ p_j² - 2 p_y + 1.
-          acc.quality.Add(1, static_cast<float>(squares / (sum * sum) - 2 * item.pt + 1));
+          // Σ_j (p_j - [j = y])² = (1 - p_y)² + Σ_{j≠y} p_j², each part ≥ 0 (no cancellation).
+          const double miss = others / sum;
+          acc.quality.Add(1, static_cast<float>(miss * miss + others_squares / (sum * sum)));
           ++acc.class_targets[static_cast<size_t>(y)];
           ++acc.class_predicted[static_cast<size_t>(argmax)];
           acc.class_true_positives[static_cast<size_t>(y)] += right;
@@ -307,44 +357,35 @@ absl::Status EvaluationAnalyses::Add(const LossJob& job) {
   const int64_t rows = shape.empty() ? 1 : shape[0];
   int64_t inner = 1;
   for (size_t d = 2; d < shape.size(); ++d) inner *= shape[d];
-  const size_t C = static_cast<size_t>(classes_), K = gammas_.size(), B = static_cast<size_t>(pt_bins_);
-  const int threads = AnalysisThreads(rows, classes_ * inner * static_cast<int64_t>(std::max<size_t>(K, 1)));
-  std::vector<std::unique_ptr<Partial>> partials;
-  for (int t = 0; t < threads; ++t) {
-    partials.push_back(std::make_unique<Partial>(K * C, K * B, rows_, static_cast<size_t>(bins_), C));
-  }
-  auto run = [&](int t) {
-    AddRows(job, rows * t / threads, rows * (t + 1) / threads, *partials[static_cast<size_t>(t)]);
-    partials[static_cast<size_t>(t)]->Flush();
+  // Threads: the machine's cores (at most 8, or max_threads_), one per 2^16 items' worth of
+  // work, within the memory budget, and one alone when a set of sums is too large for buckets.
+  const int64_t work = rows * classes_ * inner * static_cast<int64_t>(std::max<size_t>(gammas_.size(), 1));
+  int64_t threads = std::min<int64_t>({max_threads_ > 0 ? max_threads_ : std::max(1u, std::thread::hardware_concurrency()),
+                                       8, std::max<int64_t>(1, work >> 16), std::max<int64_t>(rows, 1)});
+  threads = std::min<int64_t>(threads, std::max<size_t>(1, kPartialBudgetBytes / std::max<size_t>(1, Partial::Bytes(*this))));
+  if (!Partial::Bucketed(*this)) threads = 1;
+  std::mutex totals_mu;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  auto run = [&](int64_t t) {
+    try {
+      Partial partial(*this);
+      AddRows(job, rows * t / threads, rows * (t + 1) / threads, partial);
+      std::lock_guard<std::mutex> lock(totals_mu);
+      partial.AddTo(*this);
+    } catch (...) {
+      errors[static_cast<size_t>(t)] = std::current_exception();
+    }
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(run, t);
-  run(0);
+  try {
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  } catch (...) {
+    errors[0] = std::current_exception();  // no thread to be had: the call fails, after a join
+  }
+  if (!errors[0]) run(0);
   for (std::thread& th : pool) th.join();
-
-  auto merge = [](std::vector<ExactSum>& into, const std::vector<ExactSum>& from) {
-    for (size_t i = 0; i < from.size(); ++i) into[i].Merge(from[i]);
-  };
-  auto add = [](std::vector<int64_t>& into, const std::vector<int64_t>& from) {
-    for (size_t i = 0; i < from.size(); ++i) into[i] += from[i];
-  };
-  for (const auto& p : partials) {
-    merge(positive_sums_, p->pos_sums);
-    merge(negative_sums_, p->neg_sums);
-    merge(positive_mass_, p->pos_mass);
-    merge(negative_mass_, p->neg_mass);
-    merge(bin_confidence_, p->confidence_sums);
-    nll_.Merge(p->quality_sums[0]);
-    brier_.Merge(p->quality_sums[1]);
-    add(positive_counts_, p->positive_counts);
-    add(negative_counts_, p->negative_counts);
-    add(bin_counts_, p->bin_counts);
-    add(bin_correct_, p->bin_correct);
-    add(class_targets_, p->class_targets);
-    add(class_predicted_, p->class_predicted);
-    add(class_true_positives_, p->class_true_positives);
-    count_ += p->count;
-    correct_ += p->correct;
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);  // RunBatch's caller turns it into this call's INTERNAL
   }
   return absl::OkStatus();
 }
@@ -383,8 +424,8 @@ void EvaluationAnalyses::ToResponse(v1::EvaluateResponse* response) const {
     c->set_correct(correct_);
     const double n = count_ > 0 ? static_cast<double>(count_) : 1.0;
     c->set_accuracy(count_ > 0 ? static_cast<double>(correct_) / n : 0.0);
-    c->set_nll(count_ > 0 ? nll_.Value() / n : 0.0);
-    c->set_brier(count_ > 0 ? brier_.Value() / n : 0.0);
+    c->set_nll(count_ > 0 ? quality_[0].Value() / n : 0.0);
+    c->set_brier(count_ > 0 ? quality_[1].Value() / n : 0.0);
     for (size_t k = 0; k < class_targets_.size(); ++k) {
       c->add_class_targets(class_targets_[k]);
       c->add_class_predicted(class_predicted_[k]);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,11 +23,14 @@ inline constexpr int kMaxSweepGammas = 64;
 inline constexpr int kMaxAnalysisBins = 1000;
 /// The p_t bins of a sweep that does not say.
 inline constexpr int kDefaultPtBins = 20;
-/// Most γ × class cells of a sweep: its answer stays ~64 MiB at most.
-inline constexpr int64_t kMaxSweepCells = int64_t{1} << 22;
+/// Most γ × class cells of a sweep: its totals and its answer stay near 16 MiB each.
+inline constexpr int64_t kMaxSweepCells = int64_t{1} << 20;
 
 class EvaluationAnalyses {
  public:
+  /// `max_threads` bounds the threads one batch uses (0: the machine's cores, at most 8).
+  explicit EvaluationAnalyses(int max_threads = 0) : max_threads_(max_threads) {}
+
   /// Checks one batch's options and job: the same options as the first batch, a variant and
   /// parameters the analyses decompose (INVALID_ARGUMENT saying why not), the sizes within
   /// the limits above (RESOURCE_EXHAUSTED). Call before the batch is computed.
@@ -45,7 +49,9 @@ class EvaluationAnalyses {
   /// Rows [row_begin, row_end) of a checked batch into one thread's partial sums.
   void AddRows(const LossJob& job, int64_t row_begin, int64_t row_end, Partial& acc) const;
 
+  int max_threads_ = 0;
   bool started_ = false;
+  std::string variant_;  ///< the first analysed batch's
   v1::EvaluateOptions options_;
   std::vector<double> gammas_;
   int pt_bins_ = kDefaultPtBins;
@@ -61,7 +67,7 @@ class EvaluationAnalyses {
   std::vector<ExactSum> bin_confidence_;
   std::vector<int64_t> class_targets_, class_predicted_, class_true_positives_;
   int64_t count_ = 0, correct_ = 0;
-  ExactSum nll_, brier_;
+  std::vector<ExactSum> quality_ = std::vector<ExactSum>(2);  ///< Σ NLL, Σ Brier
 };
 
 }  // namespace focal::server

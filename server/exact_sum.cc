@@ -6,6 +6,10 @@
 namespace focal::server {
 
 void ExactSum::Add(double x) {
+  if (!std::isfinite(x)) {
+    non_finite_ += x;
+    return;
+  }
   // Each partial keeps the rounding error of the additions before it (two-sum), so nothing is
   // lost; partials that become 0 are dropped.
   size_t kept = 0;
@@ -22,9 +26,15 @@ void ExactSum::Add(double x) {
 
 void ExactSum::Merge(const ExactSum& other) {
   for (double p : other.partials_) Add(p);
+  non_finite_ += other.non_finite_;
 }
 
 double ExactSum::Value() const {
+  if (non_finite_ != 0 || std::isnan(non_finite_)) return non_finite_;  // inf, -inf or NaN whatever the rest
+  return FiniteValue();
+}
+
+double ExactSum::FiniteValue() const {
   // Sum from the largest partial down, then correct the last rounding when it was a tie
   // (math.fsum's final step): the result is the exact sum correctly rounded.
   if (partials_.empty()) return 0.0;

@@ -20,7 +20,12 @@ class ExactSum {
   void Merge(const ExactSum& other);
 
  private:
+  double FiniteValue() const;
+
   std::vector<double> partials_;  ///< non-overlapping, increasing magnitude; their sum is exact
+  /// ±inf and NaN terms, summed apart as plain addition would (as math.fsum does): in the
+  /// partials, inf - inf in the two-sum would turn an infinite sum into NaN.
+  double non_finite_ = 0;
 };
 
 }  // namespace focal::server

@@ -3,11 +3,15 @@
 // --help. Also the .npy reader and writer themselves.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
+
 #include <sys/stat.h>
 
 #include <random>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -509,6 +513,57 @@ TEST_F(FocalctlServerTest, EvalStreamsBatchesAndPrintsPerClassTable) {
   // Not a terminal: one plain progress line per batch, no carriage returns.
   EXPECT_NE(r.err.find("batch 4/4"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find('\r'), std::string::npos);
+}
+
+TEST_F(FocalctlServerTest, EvalSweepsGammaAndCalibratesAndWritesTheReportsJson) {
+  ASSERT_EQ(mkdir(Path("sweep").c_str(), 0700), 0);
+  std::vector<ComputeCall> batches;
+  for (int i = 0; i < 3; ++i) {
+    ComputeCall call;
+    call.loss.params = SoftmaxFocalParams{};
+    call.logits = HostTensor::Float32({10, 4}, Normal(40, 50 + static_cast<uint32_t>(i)));
+    call.targets = HostTensor::Int64({10}, Classes(10, 4, 60 + static_cast<uint32_t>(i)));
+    Write(absl::StrCat("sweep/", i, "_logits.npy"), call.logits);
+    Write(absl::StrCat("sweep/", i, "_targets.npy"), call.targets);
+    batches.push_back(std::move(call));
+  }
+  ClientOptions options;
+  options.target = server_->address();
+  EvaluateOptions analyses;
+  analyses.gamma_sweep = {0, 2};
+  analyses.calibration_bins = 5;
+  std::vector<ComputeCall> copy = batches;
+  absl::StatusOr<EvaluateOutput> expected =
+      (*Client::Create(options))->Evaluate(BatchSource([&, i = size_t{0}](ComputeCall& b) mutable -> absl::StatusOr<bool> {
+        if (i == copy.size()) return false;
+        b = copy[i++];
+        return true;
+      }), analyses);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  ASSERT_TRUE(expected->sweep.has_value() && expected->calibration.has_value());
+  const RunResult r = Focalctl({"eval", "--variant", "softmax_focal", "--logits", "sweep/*_logits.npy", "--targets",
+                                "sweep/*_targets.npy", "--gamma-sweep", "0,2", "--calibration-bins", "5", "--json",
+                                Path("out.json")});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  // The sweep at γ = 2 without α is the evaluation's own total (the default γ), within float32
+  // rounding of each item: the row "2  <total>  <mean>".
+  double swept = 0;
+  const size_t table = r.out.find("gamma sweep");
+  ASSERT_NE(table, std::string::npos) << r.out;
+  ASSERT_TRUE(absl::SimpleAtod(Field(r.out.substr(table), "2"), &swept)) << r.out;
+  EXPECT_NEAR(swept, expected->total_loss, 2e-5 * expected->total_loss);
+  EXPECT_NE(r.out.find(absl::StrFormat("calibration (5 bins): ECE %.6f", expected->calibration->ece)), std::string::npos)
+      << r.out;
+  std::ifstream json(Path("out.json"));
+  const std::string text((std::istreambuf_iterator<char>(json)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text.rfind("{\"loss\": {\"softmax_focal\"", 0), 0u) << text.substr(0, 200);
+  EXPECT_NE(text.find("\"sweep\":{\"gammas\":[0,2]"), std::string::npos) << text.substr(0, 400);
+  EXPECT_NE(text.find("\"calibration\":{\"bins\":5"), std::string::npos);
+
+  const RunResult bad = Focalctl({"eval", "--variant", "softmax_focal", "--logits", "sweep/*_logits.npy", "--targets",
+                                  "sweep/*_targets.npy", "--gamma-sweep", "0,x"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--gamma-sweep holds 'x', not a number"), std::string::npos) << bad.err;
 }
 
 TEST_F(FocalctlServerTest, EvalCarriesWeightsAndScoresPerBatch) {

@@ -49,8 +49,9 @@ v1::EvaluateOptions Options(std::vector<double> gammas, int calibration_bins, in
   return o;
 }
 
-v1::EvaluateResponse Analyse(const v1::EvaluateOptions& options, const std::vector<const Batch*>& batches) {
-  EvaluationAnalyses analyses;
+v1::EvaluateResponse Analyse(const v1::EvaluateOptions& options, const std::vector<const Batch*>& batches,
+                             int threads = 0) {
+  EvaluationAnalyses analyses(threads);
   for (const Batch* b : batches) {
     EXPECT_TRUE(analyses.Check(options, b->job).ok());
     EXPECT_TRUE(analyses.Add(b->job).ok());
@@ -304,6 +305,38 @@ TEST(Analyses, TheSameDatasetInOneBatchOrThirtySevenGivesBitIdenticalAnswers) {
   EXPECT_GT(one.calibration().count(), 0);
 }
 
+TEST(Analyses, ManyThreadsGiveTheAnswerOfOne) {
+  // 2048 rows × 16 classes × 8 γ is work for 4 threads (one per 2^16 terms); the rows are shared
+  // out, each thread sums into buckets of its own, and exact sums make the order irrelevant.
+  const int64_t N = 2048, C = 16;
+  const std::vector<double> x = testing::RandomNormal(N * C, 3, 61), t = Binary(N * C, 62);
+  const std::vector<double> y = testing::RandomClasses(N, C, 63);
+  const Batch sig = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
+  const Batch soft = MakeBatch(SoftmaxFocalParams{}, DType::kBFloat16, {N, C}, x, DType::kInt64, {N}, y);
+  const v1::EvaluateOptions options = Options({0, 0.25, 0.5, 1, 2, 3, 4, 5}, 15, 20);
+  for (const Batch* b : {&sig, &soft}) {
+    const v1::EvaluateResponse one = Analyse(options, {b}, 1), four = Analyse(options, {b}, 4);
+    EXPECT_EQ(one.SerializeAsString(), four.SerializeAsString());
+    EXPECT_GT(one.calibration().count(), 0);
+  }
+}
+
+TEST(Analyses, SweepsTooLargeForBucketsSumTheSameIntoExactSums) {
+  // 64 γ × 80 classes = 5120 cells: past BatchSums::kBucketed, the terms go straight into the
+  // ExactSums (one thread); the first 4 γ's cells equal a bucketed 4-γ sweep of the same data.
+  const int64_t N = 30, C = 80;
+  const std::vector<double> x = testing::RandomNormal(N * C, 3, 71), t = Binary(N * C, 72);
+  const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
+  std::vector<double> gammas = {0, 0.5, 2, 7};
+  for (int k = 4; k < 64; ++k) gammas.push_back(0.1 * k);
+  const v1::GammaSweep big = Analyse(Options(gammas, 0), {&b}).sweep();
+  const v1::GammaSweep small = Analyse(Options({0, 0.5, 2, 7}, 0), {&b}).sweep();
+  for (int i = 0; i < 4 * C; ++i) {
+    EXPECT_EQ(big.positive_sums(i), small.positive_sums(i)) << i;
+    EXPECT_EQ(big.negative_sums(i), small.negative_sums(i)) << i;
+  }
+}
+
 TEST(Analyses, RefusalsNameTheFieldAndTheReason) {
   const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {2, 2}, {1, -1, 2, 0}, DType::kFloat32, {2, 2},
                             {1, 0, 0, 1});
@@ -344,13 +377,35 @@ TEST(Analyses, RefusalsNameTheFieldAndTheReason) {
   LossJob schedule = b.job;
   schedule.spec.params = scheduled;
   refused(Options({1}, 0), schedule, "a gamma_schedule sets γ per row");
-  const Batch wide = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {1, 70000}, std::vector<double>(70000, 0),
-                               DType::kFloat32, {1, 70000}, std::vector<double>(70000, 0));
-  refused(Options(std::vector<double>(64, 1.0), 0), wide.job, "at most 4194304 values × classes",
+  SoftmaxFocalParams poly, counted, smoothed_rows;
+  poly.poly_epsilon = 1;
+  counted.class_counts = {10, 20};
+  smoothed_rows.label_smoothing = 0.1;
+  for (const auto& [params, reason] : {std::pair<SoftmaxFocalParams, const char*>{poly, "Poly-1's term is not a focal term"},
+                                       {counted, "class_counts sets α"},
+                                       {smoothed_rows, "label_smoothing spreads each row's loss"}}) {
+    LossJob job = b.job;
+    job.spec.params = params;
+    refused(Options({1}, 0), job, reason);
+  }
+  LossJob non_finite = b.job;
+  non_finite.allow_non_finite = true;
+  refused(Options({}, 15), non_finite, "evaluate.calibration_bins is set with allow_non_finite; the analyses need finite");
+  const HostTensor weights = MakeTensor(DType::kFloat32, {2, 2}, {1, 1, 1, 1});
+  LossJob weighted = b.job;
+  weighted.weights = weights.view();
+  refused(Options({1}, 0), weighted, "evaluate.gamma_sweep is set with weights; the analyses count every item once");
+  const Batch wide = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {1, 17000}, std::vector<double>(17000, 0),
+                               DType::kFloat32, {1, 17000}, std::vector<double>(17000, 0));
+  refused(Options(std::vector<double>(64, 1.0), 0), wide.job, "at most 1048576 values × classes",
           absl::StatusCode::kResourceExhausted);
 
   EvaluationAnalyses analyses;
   ASSERT_TRUE(analyses.Check(Options({1}, 0), b.job).ok());
+  LossJob other_variant = b.job;
+  other_variant.spec.params = SoftmaxFocalParams{};
+  EXPECT_NE(analyses.Check(Options({1}, 0), other_variant).message().find("but the evaluation started with sigmoid_focal"),
+            std::string::npos);
   EXPECT_NE(analyses.Check(Options({2}, 0), b.job).message().find("evaluate differs from the first batch's"),
             std::string::npos);
   const Batch three = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {1, 3}, {1, 2, 3}, DType::kFloat32, {1, 3},

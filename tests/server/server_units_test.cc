@@ -180,6 +180,17 @@ TEST(ExactSum, IsCorrectlyRoundedAndOrderIndependent) {
   EXPECT_NEAR(forward.Value(), static_cast<double>(reference), 1e-9 * std::fabs(static_cast<double>(reference)) + 1e-12);
 }
 
+TEST(ExactSum, InfiniteTermsPropagateAsInPlainAddition) {
+  ExactSum inf, nan, both;
+  for (double v : {1.0, HUGE_VAL, 2.5}) inf.Add(v);
+  EXPECT_EQ(inf.Value(), HUGE_VAL);  // not NaN from inf - inf inside the partials
+  for (double v : {HUGE_VAL, -HUGE_VAL, 3.0}) nan.Add(v);
+  EXPECT_TRUE(std::isnan(nan.Value()));
+  both.Merge(inf);
+  both.Add(-1e308);
+  EXPECT_EQ(both.Value(), HUGE_VAL);
+}
+
 TEST(ExactFloat32Sum, EqualsExactSumForAnyFloat32Values) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> mag(-140, 100);

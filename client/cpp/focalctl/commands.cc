@@ -447,8 +447,9 @@ int RunEval(const Flags& flags) {
                 c.bins, c.ece, c.mce, c.accuracy, c.nll, c.brier, static_cast<long long>(c.count));
   }
   if (flags.Has("json")) {
-    const std::string json = absl::StrCat("{\"loss\": ", out->loss_json, ",\n \"evaluation\": ", out->response_json, "}\n");
-    if (absl::Status written = WriteFile(flags.Get("json"), json); !written.ok()) return Failure(cmd, written);
+    absl::StatusOr<std::string> json = EvaluationJson(*out);
+    if (!json.ok()) return Failure(cmd, json.status());
+    if (absl::Status written = WriteFile(flags.Get("json"), *json); !written.ok()) return Failure(cmd, written);
     std::printf("\njson     %s\n", flags.Get("json").c_str());
   }
   return kExitOk;

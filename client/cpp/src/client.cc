@@ -353,13 +353,25 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next, const E
     copy(w.class_predicted(), c.class_predicted);
     copy(w.class_true_positives(), c.class_true_positives);
   }
-  google::protobuf::util::JsonPrintOptions json;
-  json.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(response, &out.response_json, json).ok() ||
-      !google::protobuf::util::MessageToJsonString(first_loss, &out.loss_json, json).ok()) {
+  out.response_bytes = response.SerializeAsString();
+  out.loss_bytes = first_loss.SerializeAsString();
+  return out;
+}
+
+absl::StatusOr<std::string> EvaluationJson(const EvaluateOutput& out) {
+  v1::EvaluateResponse response;
+  v1::LossSpec loss;
+  if (!response.ParseFromString(out.response_bytes) || !loss.ParseFromString(out.loss_bytes)) {
+    return absl::InvalidArgumentError("the EvaluateOutput holds no answer to convert (not from Client::Evaluate?)");
+  }
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string response_json, loss_json;
+  if (!google::protobuf::util::MessageToJsonString(response, &response_json, options).ok() ||
+      !google::protobuf::util::MessageToJsonString(loss, &loss_json, options).ok()) {
     return absl::InternalError("the answer does not convert to JSON");
   }
-  return out;
+  return absl::StrCat("{\"loss\": ", loss_json, ",\n \"evaluation\": ", response_json, "}\n");
 }
 
 absl::StatusOr<ServerInfoOutput> Client::ServerInfo() const {

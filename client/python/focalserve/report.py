@@ -48,14 +48,23 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG goes inline
 
 
-def _variant(loss: pb.LossSpec) -> str:
-    return loss.WhichOneof("variant") or "softmax_focal"
+def _variant(loss: pb.LossSpec, response: Optional[pb.EvaluateResponse] = None) -> str:
+    """The loss's variant; without one, what the answer shows (a sweep with negatives is
+    sigmoid_focal's), else softmax_focal."""
+    named = loss.WhichOneof("variant")
+    if named:
+        return named
+    if response is not None and response.HasField("sweep") and len(response.sweep.negative_counts):
+        return "sigmoid_focal"
+    return "softmax_focal"
 
 
 def _user_alpha(loss: pb.LossSpec, classes: int):
     """The α the evaluation's loss names: sigmoid_focal's scalar (None when disabled), softmax_focal's
     per-class vector (None when absent)."""
-    variant = _variant(loss)
+    variant = loss.WhichOneof("variant")
+    if variant is None:
+        return None
     params = getattr(loss, variant)
     if variant == "sigmoid_focal":
         alpha = params.alpha if params.HasField("alpha") else 0.25
@@ -65,7 +74,9 @@ def _user_alpha(loss: pb.LossSpec, classes: int):
 
 
 def _user_gamma(loss: pb.LossSpec) -> Optional[float]:
-    params = getattr(loss, _variant(loss))
+    if loss.WhichOneof("variant") is None:
+        return None
+    params = getattr(loss, loss.WhichOneof("variant"))
     return float(params.gamma) if params.HasField("gamma") else 2.0
 
 
@@ -97,6 +108,8 @@ def dataset_gamma_figure(plt, s: GammaSweep, user_alpha, user_gamma: Optional[fl
     if s.rows:
         curves = [("the loss's α" if user_alpha is not None else "no α (all ones)", user_alpha, True)]
     else:
+        if not isinstance(user_alpha, float):  # a sigmoid sweep takes one α (or none)
+            user_alpha = None
         alphas = sorted({0.25, 0.5, 0.75} | ({user_alpha} if user_alpha is not None else set()))
         curves = [(f"α = {a:g}" + (" (the loss's)" if a == user_alpha else ""), a, a == user_alpha) for a in alphas]
         curves.append(("no α" + (" (the loss's)" if user_alpha is None else ""), None, user_alpha is None))
@@ -200,7 +213,7 @@ def _fmt(v, digits=4) -> str:
 def render(response: pb.EvaluateResponse, loss: pb.LossSpec, title: str = "FocalServe evaluation") -> str:
     """The report's HTML for an EvaluateResponse and the loss it evaluated."""
     plt = _pyplot()
-    variant = _variant(loss)
+    variant = _variant(loss, response)
     classes = len(response.class_counts)
     sweep = GammaSweep.from_proto(response.sweep) if response.HasField("sweep") else None
     calibration = Calibration.from_proto(response.calibration) if response.HasField("calibration") else None
@@ -255,7 +268,7 @@ def render(response: pb.EvaluateResponse, loss: pb.LossSpec, title: str = "Focal
         if recall is not None:
             cells += [(_fmt(float(recall[c]), 3), recall[c] if np.isfinite(recall[c]) else -1),
                       (_fmt(float(precision[c]), 3), precision[c] if np.isfinite(precision[c]) else -1)]
-        tds = "".join(f'<td data-v="{float(v):.10g}">{text}</td>' for text, v in cells)
+        tds = "".join(f'<td data-v="{float(v) if np.isfinite(v) else -1:.10g}">{text}</td>' for text, v in cells)
         rows.append(f'<tr data-search="class {c}">{tds}</tr>')
     headers = ["class", "items", "mean loss", "loss share"] + (["recall", "precision"] if recall is not None else [])
 

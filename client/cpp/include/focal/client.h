@@ -132,12 +132,14 @@ struct EvaluateOutput {
   int64_t compute_micros = 0;
   std::optional<SweepOutput> sweep;              ///< when EvaluateOptions asked for a sweep
   std::optional<CalibrationOutput> calibration;  ///< when EvaluateOptions asked for calibration bins
-  /// The answer as protobuf's JSON mapping of focal.v1.EvaluateResponse (field names as in the
-  /// .proto), and the first batch's focal.v1.LossSpec the same way: what `focalctl eval --json`
-  /// writes and `python3 -m focalserve.report` reads.
-  std::string response_json;
-  std::string loss_json;
+  /// The wire answer and the first batch's focal.v1.LossSpec, serialized: for EvaluationJson.
+  std::string response_bytes, loss_bytes;
 };
+
+/// `out` as the report's input: {"loss": LossSpec, "evaluation": EvaluateResponse} in
+/// protobuf's JSON mapping with the .proto's field names — what `focalctl eval --json` writes
+/// and `python3 -m focalserve.report` reads (focalserve.report.to_json writes the same).
+absl::StatusOr<std::string> EvaluationJson(const EvaluateOutput& out);
 
 /// The server's description of itself (focal.v1.ServerInfo).
 struct ServerInfoOutput {
