@@ -171,6 +171,16 @@ def main():
     streams = [stream(s) for s in singles if len(s) < 65536]
     streams += [stream(singles[i], singles[i]) for i in range(0, len(singles), 5)]  # the same variant twice
     streams += [stream(singles[0], singles[1])]  # two variants: refused
+    # The analyses: softmax and sigmoid batches with a γ sweep and calibration, twice each.
+    analysed = []
+    for r in requests():
+        variant = r.loss.WhichOneof("variant")
+        if variant in ("softmax_focal", "sigmoid_focal") and not r.allow_non_finite and not r.HasField("weights"):
+            r.evaluate.gamma_sweep.extend([0, 0.5, 2, 5])
+            r.evaluate.pt_bins = 10
+            r.evaluate.calibration_bins = 15
+            analysed.append(r.SerializeToString())
+    streams += [stream(m, m) for m in analysed if len(m) < 32768]
     write("evaluate_stream_fuzzer", streams)
 
     pb2 = kserve_module()
