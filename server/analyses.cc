@@ -1,6 +1,7 @@
 #include "server/analyses.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <optional>
@@ -183,19 +184,21 @@ struct EvaluationAnalyses::Partial {
     a.correct_ += correct;
   }
 
+  /// The sets of sums a Partial buckets (the quality pair is always small).
+  static std::array<const std::vector<ExactSum>*, 5> SumSets(const EvaluationAnalyses& a) {
+    return {&a.positive_sums_, &a.negative_sums_, &a.positive_mass_, &a.negative_mass_, &a.bin_confidence_};
+  }
   /// Bytes one Partial holds for `a` (buckets and counts), to size the thread count.
   static size_t Bytes(const EvaluationAnalyses& a) {
     size_t bytes = 0;
-    for (const std::vector<ExactSum>* v : {&a.positive_sums_, &a.negative_sums_, &a.positive_mass_, &a.negative_mass_,
-                                           &a.bin_confidence_}) {
+    for (const std::vector<ExactSum>* v : SumSets(a)) {
       if (v->size() <= BatchSums::kBucketed) bytes += v->size() * sizeof(ExactFloat32Sum);
     }
     return bytes + (2 * a.positive_counts_.size() + 3 * a.class_targets_.size()) * sizeof(int64_t);
   }
   /// Whether every set of sums fits buckets (else its adds go to the totals: one thread only).
   static bool Bucketed(const EvaluationAnalyses& a) {
-    for (const std::vector<ExactSum>* v : {&a.positive_sums_, &a.negative_sums_, &a.positive_mass_, &a.negative_mass_,
-                                           &a.bin_confidence_}) {
+    for (const std::vector<ExactSum>* v : SumSets(a)) {
       if (v->size() > BatchSums::kBucketed) return false;
     }
     return true;
