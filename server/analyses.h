@@ -36,7 +36,7 @@ class EvaluationAnalyses {
   /// the limits above (RESOURCE_EXHAUSTED). Call before the batch is computed.
   absl::Status Check(const v1::EvaluateOptions& options, const LossJob& job);
   /// Adds a checked batch, once computed (so validated): INVALID_ARGUMENT for float targets
-  /// that are not 0 or 1, which have no p_t.
+  /// that are not 0 or 1, which have no p_t (the totals are then partly added: the call fails).
   absl::Status Add(const LossJob& job);
   /// Fills the response's sweep and calibration, when asked for.
   void ToResponse(v1::EvaluateResponse* response) const;
@@ -45,9 +45,20 @@ class EvaluationAnalyses {
 
  private:
   struct Partial;
+  template <typename T>
+  struct ItemBlock;
   void Resize(int64_t classes);
-  /// Rows [row_begin, row_end) of a checked batch into one thread's partial sums.
+  /// Rows [row_begin, row_end) of a checked batch into one thread's partial sums, computed in
+  /// the logits' compute type T (double for float64 logits, else float, as the kernels).
   void AddRows(const LossJob& job, int64_t row_begin, int64_t row_end, Partial& acc) const;
+  template <typename T>
+  void AddRowsAs(const LossJob& job, int64_t row_begin, int64_t row_end, Partial& acc) const;
+  /// A block of sigmoid items (logits, classes, sides): their parts, sweep and calibration.
+  template <typename T>
+  void AddElements(ItemBlock<T>& block, Partial& acc) const;
+  /// A block of items in log form into the sweep's sums, counts and p_t mass.
+  template <typename T>
+  void AddSweep(ItemBlock<T>& block, Partial& acc) const;
 
   int max_threads_ = 0;
   bool started_ = false;
@@ -59,8 +70,9 @@ class EvaluationAnalyses {
   bool rows_ = false;  ///< softmax_focal (rows) or sigmoid_focal (elements)
   int64_t classes_ = 0;
 
-  // The sweep: [K, C] and [K, B], γ-major; counts [C].
-  std::vector<ExactSum> positive_sums_, negative_sums_, positive_mass_, negative_mass_;
+  // The sweep: [side][K][C] and [side][K][B], positive side first (rows: that side alone);
+  // counts [C].
+  std::vector<ExactSum> sums_, mass_;
   std::vector<int64_t> positive_counts_, negative_counts_;
   // Calibration: [bins]; per class [C].
   std::vector<int64_t> bin_counts_, bin_correct_;

@@ -58,17 +58,19 @@ double ExactSum::FiniteValue() const {
 
 namespace focal::server {
 
+void ExactFloat32Sum::AddBucketTo(int64_t value, uint32_t bucket, ExactSum& sum) {
+  if (value == 0) return;
+  // value = high · 2^32 + low with |high| < 2^31 and 0 <= low < 2^32: both exact as doubles.
+  const int64_t high = value >> 32;
+  const int64_t low = value - high * (int64_t{1} << 32);
+  const int unit = static_cast<int>(bucket << kExponentsPerBucketLog2) - 150;
+  sum.Add(std::ldexp(static_cast<double>(high), unit + 32));
+  sum.Add(std::ldexp(static_cast<double>(low), unit));
+}
+
 void ExactFloat32Sum::AddTo(ExactSum& sum) const {
   sum.Merge(spilled_);
-  for (int e = 1; e < 255; ++e) {
-    const int64_t b = buckets_[e];
-    if (b == 0) continue;
-    // b = high · 2^32 + low with |high| < 2^31 and 0 <= low < 2^32: both exact as doubles.
-    const int64_t high = b >> 32;
-    const int64_t low = b - high * (int64_t{1} << 32);
-    sum.Add(std::ldexp(static_cast<double>(high), e - 150 + 32));
-    sum.Add(std::ldexp(static_cast<double>(low), e - 150));
-  }
+  for (uint32_t b = 0; b < kBuckets; ++b) AddBucketTo(buckets_[b], b, sum);
   if (non_finite_ != 0 || std::isnan(non_finite_)) sum.Add(non_finite_);
 }
 
@@ -79,21 +81,21 @@ double ExactFloat32Sum::Value() const {
 }
 
 void ExactFloat32Sum::Spill() {
-  ExactFloat32Sum copy = *this;
-  copy.spilled_ = ExactSum();
-  copy.non_finite_ = 0;
-  copy.AddTo(spilled_);
+  for (uint32_t b = 0; b < kBuckets; ++b) AddBucketTo(buckets_[b], b, spilled_);
   buckets_.fill(0);
   adds_ = 0;
 }
 
-BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n) : totals_(totals), bucketed_(n <= kBucketed) {
-  if (bucketed_) buckets_.resize(n);
+BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n) : totals_(totals), bucketed_(Fits(n)), stride_(n | 1) {
+  if (bucketed_) buckets_.resize(ExactFloat32Sum::kBuckets * stride_);
 }
 
 void BatchSums::Flush() {
-  for (size_t i = 0; i < buckets_.size(); ++i) buckets_[i].AddTo(totals_[i]);
-  buckets_.assign(buckets_.size(), ExactFloat32Sum());
+  for (size_t j = 0; j < buckets_.size(); ++j) {
+    if (buckets_[j] == 0) continue;
+    ExactFloat32Sum::AddBucketTo(buckets_[j], static_cast<uint32_t>(j / stride_), totals_[j % stride_]);
+    buckets_[j] = 0;
+  }
   adds_ = 0;
 }
 

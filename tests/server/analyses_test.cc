@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/analysis_kernels.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/analyses.h"
 #include "tests/unit/test_util.h"
@@ -66,10 +68,30 @@ LD Sigmoid(LD x) { return 1 / (1 + std::exp(-x)); }
 /// One term of the sweep as the contract defines it: (1-p)^γ · (-log p), with 0^0 = 1.
 LD Term(LD p, LD gamma) { return (gamma == 0 ? 1 : std::pow(1 - p, gamma)) * -std::log(p); }
 
-/// Each term is rounded once to float32 (half an ulp, 2^-24 relative) and the sum of these
-/// positive terms is exact: the sum's relative error is at most 2^-24, plus the double-precision
-/// evaluation of each term (~1e-15). 2^-23 leaves a factor of two.
+/// float64 logits: each term is computed in double, rounded once to float32 (half an ulp, 2^-24
+/// relative), and the sum of these positive terms is exact: the sum's relative error is at most
+/// 2^-24, plus the double-precision evaluation of each term (~1e-15). 2^-23 leaves a factor of
+/// two.
 constexpr double kSumRtol = 1.0 / (1 << 23);
+
+/// float32 (and 16-bit) logits: each term is computed in float32, as the kernels compute, then
+/// summed exactly, so a sum of positive terms keeps the worst term's relative error. With
+/// ε = 2^-24: -log p_t is within (4 + 2C)ε (math::Sigmoid's exp, log and division; a softmax
+/// row's sum of C exps adds 2Cε, C = 1 for sigmoid items); (1-p_t)^γ within γ(4 + 2C)·max(1, L)ε,
+/// L = max |log(1-p_t)| (the error of log(1-p_t), times γ in the exponent; a whole γ's product
+/// of 1-p_t factors is within that too); the product and the rounding add 4ε. Twice the bound.
+double Float32TermRtol(double gamma, LD log_q_max, int64_t classes = 1) {
+  const double l = std::max(1.0, static_cast<double>(log_q_max));
+  return 2 * ((4 + 2 * static_cast<double>(classes)) * (1 + gamma * l) + 4) / (1 << 24);
+}
+
+/// The float32 items' probabilities differ from the exact ones by a few ulps: a bin count is
+/// exact only for data whose probabilities lie clear of the bin edges, which this checks.
+void ExpectClearOfBinEdges(LD p, int bins) {
+  const LD scaled = p * bins;
+  EXPECT_GT(std::abs(scaled - std::round(scaled)), 1e-5L) << "p " << static_cast<double>(p)
+                                                          << " lies on a bin edge: choose other test data";
+}
 
 void ExpectNear(double got, LD want, double rtol, const std::string& what) {
   EXPECT_LE(std::abs(static_cast<LD>(got) - want), rtol * std::abs(want) + 1e-300) << what << ": " << got << " vs "
@@ -79,42 +101,52 @@ void ExpectNear(double got, LD want, double rtol, const std::string& what) {
 TEST(Analyses, SigmoidSweepMatchesThePlainDefinitionPerClassSideAndPtBin) {
   const int64_t N = 37, C = 5;
   const std::vector<double> x = testing::RandomNormal(N * C, 3, 11), t = Binary(N * C, 12);
-  const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
   const std::vector<double> gammas = {0, 0.5, 1, 2, 3.7};
   const int B = 8;
-  const v1::EvaluateResponse r = Analyse(Options(gammas, 0, B), {&b});
-  ASSERT_TRUE(r.has_sweep());
-  const v1::GammaSweep& s = r.sweep();
-  ASSERT_EQ(s.positive_sums_size(), static_cast<int>(gammas.size() * C));
-  ASSERT_EQ(s.positive_mass_size(), static_cast<int>(gammas.size() * B));
-  EXPECT_EQ(s.classes(), C);
-  EXPECT_EQ(s.pt_bins(), B);
-  for (size_t k = 0; k < gammas.size(); ++k) {
-    std::vector<LD> pos(C, 0), neg(C, 0), pos_mass(B, 0), neg_mass(B, 0);
-    std::vector<int64_t> pos_n(C, 0), neg_n(C, 0);
+  // float64 logits compute in double, the others in float32 (of the logits as float32).
+  for (const DType dtype : {DType::kFloat64, DType::kFloat32}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    const Batch b = MakeBatch(SigmoidFocalParams{}, dtype, {N, C}, x, DType::kFloat32, {N, C}, t);
+    const v1::EvaluateResponse r = Analyse(Options(gammas, 0, B), {&b});
+    ASSERT_TRUE(r.has_sweep());
+    const v1::GammaSweep& s = r.sweep();
+    ASSERT_EQ(s.positive_sums_size(), static_cast<int>(gammas.size() * C));
+    ASSERT_EQ(s.positive_mass_size(), static_cast<int>(gammas.size() * B));
+    EXPECT_EQ(s.classes(), C);
+    EXPECT_EQ(s.pt_bins(), B);
+    auto logit = [&](int64_t i) { return dtype == DType::kFloat64 ? static_cast<LD>(x[i]) : static_cast<float>(x[i]); };
+    LD log_q_max = 0;
     for (int64_t i = 0; i < N * C; ++i) {
-      const int64_t c = i % C;
-      const bool positive = t[i] == 1;
-      // x as the float32 the batch holds.
-      const LD xf = static_cast<float>(x[i]);
-      const LD p = Sigmoid(positive ? xf : -xf);
-      const LD term = Term(p, gammas[k]);
-      (positive ? pos : neg)[c] += term;
-      (positive ? pos_n : neg_n)[c] += 1;
-      const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p * B)));
-      (positive ? pos_mass : neg_mass)[bin] += term;
+      const LD p = Sigmoid(t[i] == 1 ? logit(i) : -logit(i));
+      log_q_max = std::max(log_q_max, -std::log1p(-p));
+      ExpectClearOfBinEdges(p, B);
     }
-    for (int64_t c = 0; c < C; ++c) {
-      ExpectNear(s.positive_sums(static_cast<int>(k * C + c)), pos[c], kSumRtol, "S+");
-      ExpectNear(s.negative_sums(static_cast<int>(k * C + c)), neg[c], kSumRtol, "S-");
-      if (k == 0) {
-        EXPECT_EQ(s.positive_counts(static_cast<int>(c)), pos_n[c]);
-        EXPECT_EQ(s.negative_counts(static_cast<int>(c)), neg_n[c]);
+    for (size_t k = 0; k < gammas.size(); ++k) {
+      const double rtol = dtype == DType::kFloat64 ? kSumRtol : Float32TermRtol(gammas[k], log_q_max);
+      std::vector<LD> pos(C, 0), neg(C, 0), pos_mass(B, 0), neg_mass(B, 0);
+      std::vector<int64_t> pos_n(C, 0), neg_n(C, 0);
+      for (int64_t i = 0; i < N * C; ++i) {
+        const int64_t c = i % C;
+        const bool positive = t[i] == 1;
+        const LD p = Sigmoid(positive ? logit(i) : -logit(i));
+        const LD term = Term(p, gammas[k]);
+        (positive ? pos : neg)[c] += term;
+        (positive ? pos_n : neg_n)[c] += 1;
+        const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p * B)));
+        (positive ? pos_mass : neg_mass)[bin] += term;
       }
-    }
-    for (int bin = 0; bin < B; ++bin) {
-      ExpectNear(s.positive_mass(static_cast<int>(k * B + bin)), pos_mass[bin], kSumRtol, "mass+");
-      ExpectNear(s.negative_mass(static_cast<int>(k * B + bin)), neg_mass[bin], kSumRtol, "mass-");
+      for (int64_t c = 0; c < C; ++c) {
+        ExpectNear(s.positive_sums(static_cast<int>(k * C + c)), pos[c], rtol, "S+");
+        ExpectNear(s.negative_sums(static_cast<int>(k * C + c)), neg[c], rtol, "S-");
+        if (k == 0) {
+          EXPECT_EQ(s.positive_counts(static_cast<int>(c)), pos_n[c]);
+          EXPECT_EQ(s.negative_counts(static_cast<int>(c)), neg_n[c]);
+        }
+      }
+      for (int bin = 0; bin < B; ++bin) {
+        ExpectNear(s.positive_mass(static_cast<int>(k * B + bin)), pos_mass[bin], rtol, "mass+");
+        ExpectNear(s.negative_mass(static_cast<int>(k * B + bin)), neg_mass[bin], rtol, "mass-");
+      }
     }
   }
 }
@@ -253,6 +285,7 @@ TEST(Analyses, SigmoidCalibrationWithClassIndexTargetsMatchesAPlainReference) {
     if (y[n] == -1) continue;
     for (int64_t c = 0; c < C; ++c) {
       const LD p = Sigmoid(static_cast<float>(x[n * C + c]));
+      ExpectClearOfBinEdges(p, B);
       const bool t = y[n] == c;
       const int bin = std::min<int>(B - 1, static_cast<int>(std::floor(p * B)));
       ++counts[bin];
@@ -272,8 +305,9 @@ TEST(Analyses, SigmoidCalibrationWithClassIndexTargetsMatchesAPlainReference) {
     EXPECT_EQ(cal.bin_counts(b2), counts[b2]);
     EXPECT_EQ(cal.bin_correct(b2), positives[b2]);
   }
-  ExpectNear(cal.nll(), nll / items, kSumRtol, "nll");
-  ExpectNear(cal.brier(), brier / items, kSumRtol, "brier");
+  // float32 logits: NLL's terms are γ = 0 focal terms; Brier's (1 - p_t)² doubles 1 - p_t's error.
+  ExpectNear(cal.nll(), nll / items, Float32TermRtol(0, 0), "nll");
+  ExpectNear(cal.brier(), brier / items, 2 * Float32TermRtol(0, 0), "brier");
   for (int64_t c = 0; c < C; ++c) {
     EXPECT_EQ(cal.class_targets(static_cast<int>(c)), targets[c]);
     EXPECT_EQ(cal.class_predicted(static_cast<int>(c)), predicted[c]);
@@ -322,9 +356,10 @@ TEST(Analyses, ManyThreadsGiveTheAnswerOfOne) {
 }
 
 TEST(Analyses, SweepsTooLargeForBucketsSumTheSameIntoExactSums) {
-  // 64 γ × 80 classes = 5120 cells: past BatchSums::kBucketed, the terms go straight into the
+  // 64 γ × 300 classes = 19,200 cells: past BatchSums::kBucketed, the terms go straight into the
   // ExactSums (one thread); the first 4 γ's cells equal a bucketed 4-γ sweep of the same data.
-  const int64_t N = 30, C = 80;
+  const int64_t N = 30, C = 300;
+  static_assert(64 * C > BatchSums::kBucketed && 4 * C <= BatchSums::kBucketed);
   const std::vector<double> x = testing::RandomNormal(N * C, 3, 71), t = Binary(N * C, 72);
   const Batch b = MakeBatch(SigmoidFocalParams{}, DType::kFloat32, {N, C}, x, DType::kFloat32, {N, C}, t);
   std::vector<double> gammas = {0, 0.5, 2, 7};
@@ -334,6 +369,64 @@ TEST(Analyses, SweepsTooLargeForBucketsSumTheSameIntoExactSums) {
   for (int i = 0; i < 4 * C; ++i) {
     EXPECT_EQ(big.positive_sums(i), small.positive_sums(i)) << i;
     EXPECT_EQ(big.negative_sums(i), small.negative_sums(i)) << i;
+  }
+}
+
+TEST(Analyses, BucketPlacesSplitEveryFloatAsExactFloat32SumDoes) {
+  // Every exponent (subnormals, normals, the largest), both signs, zero: the vector split into
+  // bucket places and shifted mantissas is ExactFloat32Sum::PlaceOf, lane for lane.
+  std::vector<float> terms;
+  for (uint32_t e = 0; e < 255; ++e) {
+    for (uint32_t fraction : {0u, 1u, 0x2aaaaau, 0x7fffffu}) {
+      for (uint32_t sign : {0u, 1u}) {
+        const uint32_t bits = sign << 31 | e << 23 | fraction;
+        float v;
+        std::memcpy(&v, &bits, sizeof v);
+        terms.push_back(v);
+      }
+    }
+  }
+  const int64_t n = static_cast<int64_t>(terms.size());
+  std::vector<uint32_t> base_a(terms.size()), base_b(terms.size()), places_a(terms.size()), places_b(terms.size());
+  for (size_t j = 0; j < terms.size(); ++j) base_a[j] = static_cast<uint32_t>(j % 7), base_b[j] = static_cast<uint32_t>(j % 3);
+  std::vector<int32_t> mantissas(terms.size());
+  ASSERT_TRUE(cpu::analysis::BucketPlaces(terms.data(), n, ExactFloat32Sum::kExponentsPerBucketLog2,
+                                          {base_a.data(), 10, 17, places_a.data()}, {base_b.data(), 2, 5, places_b.data()},
+                                          mantissas.data()));
+  for (size_t j = 0; j < terms.size(); ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, &terms[j], sizeof bits);
+    const ExactFloat32Sum::Place place = ExactFloat32Sum::PlaceOf(bits);
+    EXPECT_EQ(mantissas[j], place.mantissa) << terms[j];
+    EXPECT_EQ(places_a[j], place.bucket * 17 + base_a[j] + 10) << terms[j];
+    EXPECT_EQ(places_b[j], place.bucket * 5 + base_b[j] + 2) << terms[j];
+  }
+  for (float bad : {HUGE_VALF, -HUGE_VALF, std::nanf("")}) {
+    std::vector<float> with_bad = terms;
+    with_bad[13] = bad;
+    EXPECT_FALSE(cpu::analysis::BucketPlaces(with_bad.data(), n, ExactFloat32Sum::kExponentsPerBucketLog2,
+                                             {base_a.data(), 0, 17, places_a.data()},
+                                             {base_b.data(), 0, 5, places_b.data()}, mantissas.data()));
+  }
+}
+
+TEST(Analyses, SigmoidSidesFindTheFirstTargetNeitherZeroNorOne) {
+  for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{37}}) {  // a partial vector, whole ones and a tail
+    std::vector<float> t(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = i % 3 == 0 ? 1.0f : 0.0f;
+    std::vector<float> sign(t.size());
+    std::vector<double> sign64(t.size());
+    std::vector<uint8_t> positive(t.size());
+    EXPECT_EQ(cpu::analysis::SigmoidSides(t.data(), n, sign.data(), positive.data()), -1);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(positive[static_cast<size_t>(i)], i % 3 == 0);
+      EXPECT_EQ(sign[static_cast<size_t>(i)], i % 3 == 0 ? 1.0f : -1.0f);
+    }
+    t.back() = 0.5f;
+    if (n > 3) t[3] = std::nanf("");
+    const int64_t first = n > 3 ? 3 : n - 1;
+    EXPECT_EQ(cpu::analysis::SigmoidSides(t.data(), n, sign.data(), positive.data()), first);
+    EXPECT_EQ(cpu::analysis::SigmoidSides(t.data(), n, sign64.data(), positive.data()), first);
   }
 }
 

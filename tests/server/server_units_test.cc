@@ -210,6 +210,19 @@ TEST(ExactFloat32Sum, EqualsExactSumForAnyFloat32Values) {
   ExactSum merged;
   buckets.AddTo(merged);
   EXPECT_EQ(merged.Value(), reference.Value());
+  // The largest floats and many adds into one bucket: its integer must not overflow, and a
+  // spill in between changes nothing.
+  ExactFloat32Sum large, spilled;
+  ExactSum large_reference;
+  for (int i = 0; i < 100000; ++i) {
+    const float v = i % 2 ? 3.4028235e38f : 3.0e38f;
+    large.Add(v);
+    spilled.Add(v);
+    large_reference.Add(v);
+    if (i == 4321) spilled.Spill();
+  }
+  EXPECT_EQ(large.Value(), large_reference.Value());
+  EXPECT_EQ(spilled.Value(), large_reference.Value());
   ExactFloat32Sum with_nan;
   with_nan.Add(1.0f);
   with_nan.Add(std::nanf(""));
