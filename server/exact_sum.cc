@@ -86,8 +86,18 @@ void ExactFloat32Sum::Spill() {
   adds_ = 0;
 }
 
-BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n) : totals_(totals), bucketed_(Fits(n)), stride_(n | 1) {
+BatchSums::BatchSums(std::vector<ExactSum>& totals, size_t n)
+    : totals_(totals), n_(n), bucketed_(Fits(n)), stride_(n | 1) {
   if (bucketed_) buckets_.resize(ExactFloat32Sum::kBuckets * stride_);
+}
+
+void BatchSums::Spill() {
+  for (size_t j = 0; j < buckets_.size(); ++j) {
+    if (buckets_[j] == 0) continue;
+    ExactFloat32Sum::AddBucketTo(buckets_[j], static_cast<uint32_t>(j / stride_), SpilledAt(j % stride_));
+    buckets_[j] = 0;
+  }
+  adds_ = 0;
 }
 
 void BatchSums::Flush() {
@@ -96,6 +106,8 @@ void BatchSums::Flush() {
     ExactFloat32Sum::AddBucketTo(buckets_[j], static_cast<uint32_t>(j / stride_), totals_[j % stride_]);
     buckets_[j] = 0;
   }
+  for (size_t i = 0; i < spilled_.size(); ++i) totals_[i].Merge(spilled_[i]);
+  spilled_.clear();
   adds_ = 0;
 }
 

@@ -109,14 +109,18 @@ class BatchSums {
   /// For a block of adds, counted once ahead: Reserve(n), then up to n adds uncounted. Saves the
   /// count per term, which the compiler must keep in memory (it may alias the buckets).
   void Reserve(int64_t n) {
-    if (adds_ + n > ExactFloat32Sum::kAddsPerSpill) Flush();
+    if (adds_ + n > ExactFloat32Sum::kAddsPerSpill) Spill();
     adds_ += n;
   }
   void AddUncounted(size_t i, float term) {
     uint32_t bits;
     std::memcpy(&bits, &term, sizeof bits);
-    if (!bucketed_ || !ExactFloat32Sum::IsFinite(bits)) {
-      totals_[i].Add(term);
+    if (!bucketed_) {
+      totals_[i].Add(term);  // too many sums for buckets: one thread at a time has the totals
+      return;
+    }
+    if (!ExactFloat32Sum::IsFinite(bits)) {
+      SpilledAt(i).Add(term);
       return;
     }
     const ExactFloat32Sum::Place place = ExactFloat32Sum::PlaceOf(bits);
@@ -134,11 +138,14 @@ class BatchSums {
     int64_t* const buckets = buckets_.data();
     for (int64_t j = 0; j < n; ++j) buckets[places[j]] += mantissas[j];
   }
-  /// Adds the buckets into the totals and empties them.
+  /// Adds the buckets (and what they spilled) into the totals and empties them. The totals may
+  /// be shared: the caller holds their lock, and only Flush touches them.
   void Flush();
 
-  /// Up to this many sums go through buckets (4 MiB): a γ sweep of 64 values over 80 classes,
-  /// both sides, is 10,240; beyond, ExactSum's ~10x cost per term is the price of bounded memory.
+  /// Up to this many sums go through buckets (4 MiB); beyond, the adds go into the totals
+  /// directly, so only one BatchSums may add into those totals at a time: a γ sweep of 64 values over 80 classes,
+  /// (ExactSum's ~10x cost per term is the price of bounded memory). A γ sweep of 64 values over
+  /// 80 classes, both sides, is 10,240.
   static constexpr size_t kBucketed = 16384;
   /// Whether n sums go through buckets, and the bytes their buckets take.
   static bool Fits(size_t n) { return n <= kBucketed; }
@@ -146,10 +153,21 @@ class BatchSums {
 
  private:
   std::vector<ExactSum>& totals_;
+  /// Moves the buckets into spilled_, before they could overflow.
+  void Spill();
+  ExactSum& SpilledAt(size_t i) {
+    if (spilled_.empty()) spilled_.resize(n_);
+    return spilled_[i];
+  }
+
+  size_t n_;
   bool bucketed_;
   size_t stride_;
-  int64_t adds_ = 0;  ///< into the buckets since the last flush
+  int64_t adds_ = 0;  ///< into the buckets since the last spill
   std::vector<int64_t> buckets_;
+  /// What Spill moved out of the buckets, and non-finite terms: n sums once there is any, so
+  /// that only Flush touches the totals.
+  std::vector<ExactSum> spilled_;
 };
 
 }  // namespace focal::server

@@ -229,6 +229,25 @@ TEST(ExactFloat32Sum, EqualsExactSumForAnyFloat32Values) {
   EXPECT_TRUE(std::isnan(with_nan.Value()));
 }
 
+TEST(BatchSums, SpillsMidBatchAndNonFiniteTermsReachTheTotalsOnlyAtFlush) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> unit(-1, 1);
+  std::vector<ExactSum> totals(5), reference(5);
+  BatchSums sums(totals, 5);
+  for (int i = 0; i < 3000; ++i) {
+    const size_t k = static_cast<size_t>(i) % 5;
+    const float v = std::ldexp(unit(rng), i % 60 - 30);
+    if (i == 1000) sums.Reserve(ExactFloat32Sum::kAddsPerSpill);  // the next add spills first
+    sums.Add(k, v);
+    reference[k].Add(v);
+  }
+  sums.Add(3, HUGE_VALF);
+  reference[3].Add(HUGE_VALF);
+  for (const ExactSum& t : totals) EXPECT_EQ(t.Value(), 0.0);  // nothing before the flush
+  sums.Flush();
+  for (size_t k = 0; k < 5; ++k) EXPECT_EQ(totals[k].Value(), reference[k].Value()) << k;
+}
+
 TEST(WorkQueue, RunsTasksAndRefusesBeyondItsBound) {
   // Declared before the queue, whose destructor runs the last task: they must outlive it.
   std::atomic<bool> release{false};
