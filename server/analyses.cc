@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "focal/math.h"
 #include "focal/math_ops.h"
 #include "focal/status_macros.h"
@@ -360,8 +361,17 @@ void EvaluationAnalyses::AddRowsAs(const LossJob& job, int64_t row_begin, int64_
         } else {
           LoadAs(job.targets, begin, len, ts.data());
         }
-        // p_t is defined for targets 0 and 1 alone; the first other one fails the batch.
-        const int64_t bad = cpu::analysis::SigmoidSides(t, len, block.sign.data(), block.positive.data());
+        // p_t is defined for targets 0 and 1 alone; the first other one fails the batch. A
+        // float64 target is checked as it is, before float32 could round it to 0 or 1 (16-bit
+        // floats widen exactly).
+        int64_t bad = cpu::analysis::SigmoidSides(t, len, block.sign.data(), block.positive.data());
+        if (job.targets.dtype == DType::kFloat64) {
+          const double* wide = job.targets.As<double>() + begin;
+          bad = -1;
+          for (int64_t j = 0; j < len && bad < 0; ++j) {
+            if (wide[j] != 0.0 && wide[j] != 1.0) bad = j;
+          }
+        }
         if (bad >= 0 && acc.bad_target < 0) acc.bad_target = begin + bad;
         if (inner == 1) {
           std::copy(cycle.begin() + c, cycle.begin() + c + len, block.cls.begin());
@@ -510,7 +520,9 @@ absl::Status EvaluationAnalyses::Add(const LossJob& job) {
     if (e) std::rethrow_exception(e);  // RunBatch's caller turns it into this call's INTERNAL
   }
   if (bad_target >= 0) {
-    return Invalid(absl::StrCat("targets element ", bad_target, " is ", LoadAsDouble(job.targets, bad_target),
+    // All the digits: a float64 a hair from 1 would print as 1 in six.
+    return Invalid(absl::StrCat("targets element ", bad_target, " is ",
+                                absl::StrFormat("%.17g", LoadAsDouble(job.targets, bad_target)),
                                 "; the sweep and calibration need targets of 0 or 1 (p_t is not defined otherwise)"));
   }
   return absl::OkStatus();

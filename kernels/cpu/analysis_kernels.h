@@ -26,6 +26,8 @@ void SigmoidItemParts(const double* x, const double* sign, int64_t n, const Item
 
 /// Sigmoid items' sides from float targets t: positive_i = (t_i == 1), sign_i = ±1 to match
 /// (SigmoidItemParts). Returns the first i whose t_i is neither 0 nor 1 (no p_t), or -1.
+/// Targets of other dtypes are checked before they are rounded to float32 (a float64 near 1
+/// is not 1).
 int64_t SigmoidSides(const float* t, int64_t n, float* sign, uint8_t* positive);
 int64_t SigmoidSides(const float* t, int64_t n, double* sign, uint8_t* positive);
 

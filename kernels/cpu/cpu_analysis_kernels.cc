@@ -82,7 +82,7 @@ int64_t SigmoidSidesImpl(const float* t, int64_t n, T* sign, uint8_t* positive) 
     // The flags as int32 lanes, then bytes (Highway 1.0 demotes to bytes from int32 only).
     const auto flags_t = hn::IfThenElseZero(one, hn::Set(d, T(1)));
     hn::Vec<decltype(di)> flags;
-    if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>) {
       flags = hn::ConvertTo(di, flags_t);
     } else {
       flags = hn::DemoteTo(di, flags_t);
@@ -145,15 +145,17 @@ analysis::SoftmaxRowParts SoftmaxRowImpl(const T* x, int64_t n, int64_t y) {
   V top = hn::Set(d, -HUGE_VAL);
   ForEachVector(d, n, [&](int64_t i, int64_t count) { top = hn::Max(top, LoadPart(d, x + i, count, -HUGE_VAL)); });
   const V max = hn::MaxOfLanes(d, top);
-  // Σ over the classes below the maximum of e and of e², and the ties at it, whose e is 1.
-  V rest = hn::Zero(d), squares = hn::Zero(d), ties = hn::Zero(d);
+  // Σ over the classes below the maximum of e and of e² (in blocks joined in float64, as the
+  // kernels' row sums), and the ties at it, whose e is 1.
+  RowSum<decltype(d)> rest(d), squares(d);
+  V ties = hn::Zero(d);
   analysis::SoftmaxRowParts r{hn::GetLane(max), -1, 0, 0, 0, 0};
   ForEachVector(d, n, [&](int64_t i, int64_t count) {
     // Padding lanes are -inf: e = 0 and never the maximum, so they add nothing.
     const V v = LoadPart(d, x + i, count, -HUGE_VAL);
     const V below = math::RestTerm(o, v, max);
-    rest = rest + below;
-    squares = hn::MulAdd(below, below, squares);
+    rest.Add(below);
+    squares.MulAdd(below, below);
     ties = ties + math::TieTerm(o, v, max);
     if (r.argmax < 0) {
       const intptr_t first = hn::FindFirstTrue(d, hn::Eq(v, max));
@@ -163,8 +165,8 @@ analysis::SoftmaxRowParts SoftmaxRowImpl(const T* x, int64_t n, int64_t y) {
   // One tie is the maximum itself, whose e = 1 log1p leaves out: rest = Σ e - 1, and the same
   // of the squares.
   const double extra_ties = static_cast<double>(SumLanes(d, ties)) - 1;
-  r.rest = static_cast<double>(SumLanes(d, rest)) + extra_ties;
-  const double squares_rest = static_cast<double>(SumLanes(d, squares)) + extra_ties;
+  r.rest = static_cast<double>(rest.Total()) + extra_ties;
+  const double squares_rest = static_cast<double>(squares.Total()) + extra_ties;
   // e_y as the vectors compute it; the sums without y from those with: y the first maximum
   // leaves exactly the rest, and any other y leaves 1 + rest - e_y ≥ 1, so no cancellation.
   r.e_y = hn::GetLane(math::ExpAboutMax(o, hn::Set(d, x[y]), max));
