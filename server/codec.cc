@@ -1,5 +1,7 @@
 #include "server/codec.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "focal/status_macros.h"
 
@@ -8,12 +10,50 @@ namespace {
 
 absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(std::move(message)); }
 
-/// A view of a request tensor, at most kMaxRank dimensions.
-absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view field) {
+constexpr absl::string_view kSharedMemoryOff =
+    "this server takes no shared memory (start focalserve with --shared-memory, on the clients' host)";
+
+/// A reference of the request resolved into `shm`'s registry.
+absl::StatusOr<SharedMemorySpan> ResolveRef(const v1::SharedMemoryRef& ref, absl::string_view field,
+                                            const SharedMemoryUse* shm) {
+  if (shm == nullptr || shm->registry == nullptr) return Invalid(absl::StrCat(field, " is set, but ", kSharedMemoryOff));
+  return shm->registry->Resolve(ref, field);
+}
+
+/// A view of a request tensor, at most kMaxRank dimensions: its bytes in place, in the request
+/// or in a shared-memory region (then held by `shm`).
+absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view field, SharedMemoryUse* shm) {
   if (t.shape_size() > kMaxRank) {
     return Invalid(absl::StrCat(field, ".shape has ", t.shape_size(), " dimensions; at most ", kMaxRank));
   }
-  return wire::TensorViewFromProto(t, field);
+  ASSIGN_OR_RETURN(TensorView view, wire::TensorViewFromProto(t, field));
+  if (!t.has_shared_memory()) return view;
+  if (!t.data().empty()) return Invalid(absl::StrCat(field, ".data and ", field, ".shared_memory are both set"));
+  ASSIGN_OR_RETURN(SharedMemorySpan span, ResolveRef(t.shared_memory(), absl::StrCat(field, ".shared_memory"), shm));
+  view.data = span.data;
+  view.size_bytes = static_cast<size_t>(span.byte_size);
+  shm->inputs.push_back(std::move(span));
+  return view;
+}
+
+absl::Status Broken(const SharedMemoryRegion& region) {
+  return absl::FailedPreconditionError(absl::StrCat("shared-memory region '", region.info().name(),
+                                                    "' shrank while the request used it (its object was truncated): "
+                                                    "register it again"));
+}
+
+/// A result's bytes into its shared-memory place, and the response's tensor as the reference.
+absl::Status ToSharedMemory(HostTensor&& tensor, const SharedMemorySpan& span, const v1::SharedMemoryRef& ref,
+                            absl::string_view field, v1::Tensor* out) {
+  if (tensor.bytes.size() != span.byte_size) {
+    return Invalid(absl::StrCat(field, ".byte_size is ", span.byte_size, "; the result has ", tensor.bytes.size(),
+                                " bytes (", DTypeName(tensor.dtype), ")"));
+  }
+  std::memcpy(span.data, tensor.bytes.data(), tensor.bytes.size());
+  out->set_dtype(ToProto(tensor.dtype));
+  out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
+  *out->mutable_shared_memory() = ref;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -34,7 +74,8 @@ absl::Status CheckRequestSize(const TensorView& logits, const RequestLimits& lim
   return absl::OkStatus();
 }
 
-absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits) {
+absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits,
+                                             SharedMemoryUse* shm) {
   LossJob job;
   RETURN_IF_ERROR(wire::RejectUnknownFields(request, ""));
   if (!request.has_loss()) return Invalid("loss is missing; it names the variant and its parameters");
@@ -42,23 +83,23 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
 
   if (!request.has_logits()) return Invalid("logits is missing");
   if (!request.has_targets()) return Invalid("targets is missing");
-  ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits"));
-  ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets"));
+  ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits", shm));
+  ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets", shm));
   RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.has_num_objects()) {
-    ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects"));
+    ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects", shm));
   }
   if (request.has_weights()) {
-    ASSIGN_OR_RETURN(job.weights, RequestTensor(request.weights(), "weights"));
+    ASSIGN_OR_RETURN(job.weights, RequestTensor(request.weights(), "weights", shm));
   }
   if (request.has_scores()) {
-    ASSIGN_OR_RETURN(job.scores, RequestTensor(request.scores(), "scores"));
+    ASSIGN_OR_RETURN(job.scores, RequestTensor(request.scores(), "scores", shm));
   }
   job.compute_gradient = request.compute_gradient();
   switch (request.grad_output_case()) {
     case v1::ComputeRequest::kGradOutputScalar: job.grad_output = request.grad_output_scalar(); break;
     case v1::ComputeRequest::kGradOutputTensor: {
-      ASSIGN_OR_RETURN(job.grad_output, RequestTensor(request.grad_output_tensor(), "grad_output"));
+      ASSIGN_OR_RETURN(job.grad_output, RequestTensor(request.grad_output_tensor(), "grad_output", shm));
       break;
     }
     case v1::ComputeRequest::GRAD_OUTPUT_NOT_SET: break;
@@ -67,19 +108,54 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
     ASSIGN_OR_RETURN(job.output_dtype, wire::DTypeFromProto(request.gradient_dtype(), "gradient_dtype"));
   }
   job.allow_non_finite = request.allow_non_finite();
+  if (request.has_gradient_output()) {
+    if (!job.compute_gradient) return Invalid("gradient_output is set without compute_gradient");
+    ASSIGN_OR_RETURN(shm->gradient, ResolveRef(request.gradient_output(), "gradient_output", shm));
+    shm->gradient_ref = request.gradient_output();
+  }
+  if (request.has_losses_output()) {
+    if (job.spec.reduction != Reduction::kNone) return Invalid("losses_output is set, but only reduction NONE has losses");
+    ASSIGN_OR_RETURN(shm->losses, ResolveRef(request.losses_output(), "losses_output", shm));
+    shm->losses_ref = request.losses_output();
+  }
   return job;
 }
 
-void EncodeComputeResponse(LossResult&& result, absl::string_view request_id, int64_t queue_micros,
-                           v1::ComputeResponse* response) {
+absl::Status EncodeComputeResponse(LossResult&& result, absl::string_view request_id, int64_t queue_micros,
+                                   v1::ComputeResponse* response, const SharedMemoryUse* shm) {
   response->set_request_id(std::string(request_id));
   response->set_loss(result.loss);
   response->set_count(result.count);
   response->set_backend(result.backend);
-  if (result.losses) wire::TensorToProto(std::move(*result.losses), response->mutable_losses());
-  if (result.gradient) wire::TensorToProto(std::move(*result.gradient), response->mutable_gradient());
+  if (result.losses) {
+    if (shm != nullptr && shm->losses.region) {
+      RETURN_IF_ERROR(ToSharedMemory(std::move(*result.losses), shm->losses, shm->losses_ref, "losses_output",
+                                     response->mutable_losses()));
+    } else {
+      wire::TensorToProto(std::move(*result.losses), response->mutable_losses());
+    }
+  }
+  if (result.gradient) {
+    if (shm != nullptr && shm->gradient.region) {
+      RETURN_IF_ERROR(ToSharedMemory(std::move(*result.gradient), shm->gradient, shm->gradient_ref, "gradient_output",
+                                     response->mutable_gradient()));
+    } else {
+      wire::TensorToProto(std::move(*result.gradient), response->mutable_gradient());
+    }
+  }
   response->mutable_timing()->set_queue_micros(queue_micros);
   response->mutable_timing()->set_compute_micros(result.compute_micros);
+  return shm != nullptr ? SharedMemoryIntact(*shm) : absl::OkStatus();
+}
+
+absl::Status SharedMemoryIntact(const SharedMemoryUse& shm) {
+  for (const SharedMemorySpan* span : {&shm.gradient, &shm.losses}) {
+    if (span->region && span->region->broken()) return Broken(*span->region);
+  }
+  for (const SharedMemorySpan& span : shm.inputs) {
+    if (span.region->broken()) return Broken(*span.region);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace focal::server

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -12,6 +13,7 @@
 #include "focal/v1/focal_loss.pb.h"
 #include "focal/wire.h"
 #include "server/limits.h"
+#include "server/shared_memory.h"
 
 namespace focal::server {
 
@@ -25,12 +27,31 @@ namespace focal::server {
 /// allow: every protocol's decoder checks it before anything is sized from the shape.
 absl::Status CheckRequestSize(const TensorView& logits, const RequestLimits& limits);
 
-absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits);
+/// A request's use of shared memory (server/shared_memory.h): the registry that resolves its
+/// references (none: a reference is refused), the regions its tensors are read from, held
+/// mapped until the answer is made, and where its results go.
+struct SharedMemoryUse {
+  const SharedMemoryRegistry* registry = nullptr;
+  std::vector<SharedMemorySpan> inputs;
+  SharedMemorySpan gradient, losses;  ///< region null: into the response
+  v1::SharedMemoryRef gradient_ref, losses_ref;
+};
+
+/// With `shm`, tensors may be shared-memory references and results may go to shared memory;
+/// the views then point into the mapped regions, which `shm` holds.
+absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits,
+                                             SharedMemoryUse* shm = nullptr);
 
 /// Fills `response` from a result, moving its tensors' bytes in (no copy); `queue_micros` is
-/// the time the request waited for a slot.
-void EncodeComputeResponse(LossResult&& result, absl::string_view request_id,
-                           int64_t queue_micros, v1::ComputeResponse* response);
+/// the time the request waited for a slot. Results that `shm` sends to shared memory are
+/// copied there (INVALID_ARGUMENT when a reference's byte_size is not the result's), and a
+/// region the client shrank while the request used it is FAILED_PRECONDITION.
+absl::Status EncodeComputeResponse(LossResult&& result, absl::string_view request_id, int64_t queue_micros,
+                                   v1::ComputeResponse* response, const SharedMemoryUse* shm = nullptr);
+
+/// FAILED_PRECONDITION when a region `shm` used shrank under its mapping (its object was
+/// truncated): what was read there was zeros, what was written was lost.
+absl::Status SharedMemoryIntact(const SharedMemoryUse& shm);
 
 /// Wire dtype of a core dtype: the wire library's, named here for the server's other encoders.
 using wire::ToProto;

@@ -146,6 +146,11 @@ int Run(int argc, char** argv) {
   config.limits = options.limits;
   config.max_message_bytes = options.max_message_bytes;
   config.auth_token = token;
+  std::unique_ptr<SharedMemoryRegistry> shared_memory;
+  if (options.shared_memory) {
+    shared_memory = std::make_unique<SharedMemoryRegistry>();
+    config.shared_memory = shared_memory.get();
+  }
   config.debug_delay_ms = options.debug_delay_ms;
   config.info = BuildServerInfo(options, backend->backend->Name(), backend->devices);
   FocalLossServiceImpl service(std::move(config));

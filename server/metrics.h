@@ -33,7 +33,8 @@ struct MethodLabel {
 };
 inline constexpr MethodLabel kMethods[] = {
     {"Compute", "focal.v1"},         {"ComputeStream", "focal.v1"},   {"Evaluate", "focal.v1"},
-    {"GetServerInfo", "focal.v1"},   {"ModelInfer", "kserve.v2"},     {"ModelStreamInfer", "kserve.v2"},
+    {"GetServerInfo", "focal.v1"},   {"RegisterSharedMemory", "focal.v1"}, {"UnregisterSharedMemory", "focal.v1"},
+    {"ListSharedMemory", "focal.v1"}, {"ModelInfer", "kserve.v2"},    {"ModelStreamInfer", "kserve.v2"},
     {"ServerLive", "kserve.v2"},     {"ServerReady", "kserve.v2"},    {"ModelReady", "kserve.v2"},
     {"ServerMetadata", "kserve.v2"}, {"ModelMetadata", "kserve.v2"},  {"ModelConfig", "kserve.v2"},
     {"ModelStatistics", "kserve.v2"},

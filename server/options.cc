@@ -86,6 +86,14 @@ const std::map<std::string, Flag>& Flags() {
                          [](const std::string& v, ServerOptions& o) { o.tls.client_ca_file = v; return !v.empty(); }}},
       {"auth-token-file", {"file holding a bearer token every call must send as 'authorization: Bearer <token>' (health stays open)",
                            [](const std::string& v, ServerOptions& o) { o.auth_token_file = v; return !v.empty(); }}},
+      {"shared-memory", {"on: same-host clients may register POSIX shared-memory regions for tensors and results "
+                         "(RegisterSharedMemory; the server maps any object its user may open, so only where clients are "
+                         "trusted with that) (default off)",
+                         [](const std::string& v, ServerOptions& o) {
+                           if (v != "on" && v != "off") return false;
+                           o.shared_memory = v == "on";
+                           return true;
+                         }}},
       {"http2-window-bytes", {"fixed HTTP/2 window per stream, bounding what a client that never reads makes the "
                               "transport buffer; 0 = gRPC's BDP-sized windows (faster small calls, no bound) "
                               "(default 4194304)",

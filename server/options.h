@@ -41,6 +41,9 @@ struct ServerOptions {
   std::string metrics_listen = "127.0.0.1:9464";  ///< Prometheus /metrics; empty disables
   TlsOptions tls;
   std::string auth_token_file;  ///< bearer token required on every call but health
+  /// Same-host clients may register POSIX shared-memory regions (RegisterSharedMemory). Off by
+  /// default: the server then maps any shared-memory object its user may open, at a client's word.
+  bool shared_memory = false;
   KeepaliveOptions keepalive;
   /// Fixed HTTP/2 window per stream (at 4 MiB a 1 ms round trip still carries 4 GB/s), which
   /// bounds what a client that never reads makes the transport buffer; 0: gRPC sizes windows by

@@ -211,7 +211,13 @@ absl::StatusOr<LossJob> FocalLossServiceImpl::DecodeCompute(grpc::ByteBuffer& by
     return InMessage(absl::InvalidArgumentError("evaluate is set; EvaluateOptions are for the Evaluate RPC"), what,
                      out.request_id);
   }
-  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits);
+  if (edit && (request.has_gradient_output() || request.has_losses_output())) {
+    return InMessage(absl::InvalidArgumentError(absl::StrCat(request.has_gradient_output() ? "gradient_output" : "losses_output",
+                                                             " is set; Evaluate answers with sums alone")),
+                     what, out.request_id);
+  }
+  out.shm.registry = config_.shared_memory;
+  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits, &out.shm);
   if (!job.ok()) return InMessage(job.status(), what, out.request_id);
   out.variant = VariantName(job->spec.params);
   if (edit) RETURN_IF_ERROR(InMessage(edit(*job), what, out.request_id));
@@ -229,8 +235,9 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
 absl::Status FocalLossServiceImpl::EncodeAnswer(BatchOutcome& outcome, grpc::ByteBuffer* bytes) const {
   try {
     v1::ComputeResponse response;
-    EncodeComputeResponse(std::move(outcome.result), outcome.request_id,
-                          static_cast<int64_t>(outcome.queue_seconds * 1e6), &response);
+    RETURN_IF_ERROR(EncodeComputeResponse(std::move(outcome.result), outcome.request_id,
+                                          static_cast<int64_t>(outcome.queue_seconds * 1e6), &response, &outcome.shm));
+    outcome.shm = SharedMemoryUse();  // the regions are let go once the answer is made
     return SerializeMessage(response, config_.max_message_bytes, bytes);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("the server failed encoding the answer (", e.what(), ")"));
@@ -706,6 +713,7 @@ class EvaluateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer>, 
     try {
       added = InMessage(totals_.Add(job, outcome.result), what, outcome.request_id);
       if (added.ok()) added = InMessage(analyses_.Add(job), what, outcome.request_id);
+      if (added.ok()) added = InMessage(SharedMemoryIntact(outcome.shm), what, outcome.request_id);
     } catch (const std::exception& e) {
       added = InMessage(absl::InternalError(absl::StrCat("the server failed accumulating it (", e.what(), ")")), what,
                         outcome.request_id);
@@ -750,6 +758,134 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* FocalLossServiceImpl::Evaluate(grpc::
 }
 
 // ------------------------------------------------------------------------------------------
+
+// ------------------------------------------------------------------------------------------
+// Shared memory: a region lives as long as its RegisterSharedMemory call (a lease), which the
+// server answers once, when the region is mapped, and keeps open until the client cancels it or
+// disconnects, UnregisterSharedMemory removes the region, or the server drains.
+
+namespace {
+
+absl::Status SharedMemoryOff() {
+  return absl::FailedPreconditionError(
+      "this server takes no shared memory: start focalserve with --shared-memory=on, on the clients' host");
+}
+
+class SharedMemoryLease final : public grpc::ServerWriteReactor<v1::SharedMemoryRegion>, public Drainable {
+ public:
+  SharedMemoryLease(const FocalLossServiceImpl* service, grpc::CallbackServerContext* context,
+                    const v1::RegisterSharedMemoryRequest* request)
+      : service_(service), started_(FocalLossServiceImpl::Clock::now()), name_(request->name()) {
+    service_->CallStarted();
+    control_->reactor = this;  // before the registry can call back (another call's Unregister)
+    absl::Status status = service_->Admit(context);
+    SharedMemoryRegistry* registry = service_->config().shared_memory;
+    if (status.ok() && registry == nullptr) status = SharedMemoryOff();
+    if (status.ok()) {
+      // UnregisterSharedMemory ends the lease with OK; the control block outlives this reactor.
+      std::weak_ptr<Control> control = control_;
+      absl::StatusOr<std::shared_ptr<SharedMemoryRegion>> region = registry->Register(*request, [control] {
+        if (const std::shared_ptr<Control> c = control.lock()) c->End(absl::OkStatus());
+      });
+      if (region.ok()) {
+        region_ = std::move(*region);
+      } else {
+        status = region.status();
+      }
+    }
+    service_->Report("RegisterSharedMemory", "", status, nullptr, started_, 0, 0);
+    if (!status.ok()) {
+      control_->End(status);
+      return;
+    }
+    service_->AddDrainable(this);
+    registered_ = true;
+    answer_ = region_->info();
+    StartWrite(&answer_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) control_->End(absl::CancelledError("the client went away"));
+  }
+  void OnCancel() override { control_->End(absl::CancelledError("the client cancelled the lease")); }
+  void Drain() override { control_->End(absl::UnavailableError("the server is shutting down")); }
+  void OnDone() override {
+    if (registered_) service_->RemoveDrainable(this);
+    if (region_) service_->config().shared_memory->UnregisterIf(name_, region_.get());
+    {
+      std::lock_guard<std::mutex> lock(control_->mu);
+      control_->reactor = nullptr;
+    }
+    service_->CallEnded(false);
+    delete this;
+  }
+
+ private:
+  /// Finishes the call once, from whichever of the client, the unregistration, the drain or a
+  /// refused registration comes first: what the registry's callback reaches, without the
+  /// reactor's lifetime.
+  struct Control {
+    std::mutex mu;
+    SharedMemoryLease* reactor = nullptr;  ///< null after OnDone
+    bool finished = false;
+    void End(const absl::Status& status) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (finished || reactor == nullptr) return;
+      finished = true;
+      reactor->service_->CallAnswered();
+      reactor->Finish(ToGrpcStatus(status));
+    }
+  };
+
+  const FocalLossServiceImpl* const service_;
+  const FocalLossServiceImpl::Clock::time_point started_;
+  const std::string name_;
+  std::shared_ptr<Control> control_ = std::make_shared<Control>();
+  std::shared_ptr<SharedMemoryRegion> region_;
+  v1::SharedMemoryRegion answer_;
+  bool registered_ = false;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::SharedMemoryRegion>* FocalLossServiceImpl::RegisterSharedMemory(
+    grpc::CallbackServerContext* context, const v1::RegisterSharedMemoryRequest* request) {
+  return new SharedMemoryLease(this, context, request);
+}
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::UnregisterSharedMemory(grpc::CallbackServerContext* context,
+                                                                       const v1::UnregisterSharedMemoryRequest* request,
+                                                                       v1::UnregisterSharedMemoryResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Clock::time_point started = Clock::now();
+  CallStarted();
+  absl::Status status = Admit(context);
+  if (status.ok() && config_.shared_memory == nullptr) status = SharedMemoryOff();
+  if (status.ok()) status = config_.shared_memory->Unregister(request->name());
+  Report("UnregisterSharedMemory", "", status, nullptr, started, 0, 0);
+  CallAnswered();
+  CallEnded(false);
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::ListSharedMemory(grpc::CallbackServerContext* context,
+                                                                 const v1::ListSharedMemoryRequest* /*request*/,
+                                                                 v1::ListSharedMemoryResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Clock::time_point started = Clock::now();
+  CallStarted();
+  absl::Status status = Admit(context);
+  if (status.ok() && config_.shared_memory == nullptr) status = SharedMemoryOff();
+  if (status.ok()) {
+    for (v1::SharedMemoryRegion& region : config_.shared_memory->List()) *response->add_regions() = std::move(region);
+  }
+  Report("ListSharedMemory", "", status, nullptr, started, 0, 0);
+  CallAnswered();
+  CallEnded(false);
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* FocalLossServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
                                                               const v1::GetServerInfoRequest* /*request*/,

@@ -31,6 +31,8 @@ struct ServiceConfig {
   RequestLimits limits;
   int64_t max_message_bytes = int64_t{1} << 30;  ///< answers larger than this are RESOURCE_EXHAUSTED
   std::string auth_token;  ///< empty: no authentication
+  /// Same-host clients' shared memory (--shared-memory); null: refused.
+  SharedMemoryRegistry* shared_memory = nullptr;
   int64_t debug_delay_ms = 0;
   v1::ServerInfo info;
 };
@@ -86,7 +88,9 @@ class Drainable {
 
 using RawService = v1::FocalLossService::WithRawCallbackMethod_Compute<
     v1::FocalLossService::WithRawCallbackMethod_ComputeStream<v1::FocalLossService::WithRawCallbackMethod_Evaluate<
-        v1::FocalLossService::WithCallbackMethod_GetServerInfo<v1::FocalLossService::Service>>>>;
+        v1::FocalLossService::WithCallbackMethod_GetServerInfo<v1::FocalLossService::WithCallbackMethod_RegisterSharedMemory<
+            v1::FocalLossService::WithCallbackMethod_UnregisterSharedMemory<
+                v1::FocalLossService::WithCallbackMethod_ListSharedMemory<v1::FocalLossService::Service>>>>>>>;
 
 class FocalLossServiceImpl final : public RawService {
  public:
@@ -114,6 +118,14 @@ class FocalLossServiceImpl final : public RawService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
+  grpc::ServerWriteReactor<v1::SharedMemoryRegion>* RegisterSharedMemory(
+      grpc::CallbackServerContext* context, const v1::RegisterSharedMemoryRequest* request) override;
+  grpc::ServerUnaryReactor* UnregisterSharedMemory(grpc::CallbackServerContext* context,
+                                                   const v1::UnregisterSharedMemoryRequest* request,
+                                                   v1::UnregisterSharedMemoryResponse* response) override;
+  grpc::ServerUnaryReactor* ListSharedMemory(grpc::CallbackServerContext* context,
+                                             const v1::ListSharedMemoryRequest* request,
+                                             v1::ListSharedMemoryResponse* response) override;
 
   // Shared by the reactors (public so that they need not be friends).
   using Clock = std::chrono::steady_clock;
@@ -140,6 +152,7 @@ class FocalLossServiceImpl final : public RawService {
     std::string variant;
     int64_t elements = 0;
     double queue_seconds = -1, compute_seconds = -1;
+    SharedMemoryUse shm;  ///< the shared memory the request reads and writes, held until its answer
   };
   /// A protocol's decoder: parses `bytes` into its request (which the job's views point into, so
   /// it must outlive the computation), sets `out.request_id` and `out.variant` once known, and

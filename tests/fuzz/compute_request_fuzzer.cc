@@ -23,6 +23,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   fuzz::CheckResult(*job, *result);
   v1::ComputeResponse response;
-  server::EncodeComputeResponse(std::move(*result), request.request_id(), 0, &response);
+  if (!server::EncodeComputeResponse(std::move(*result), request.request_id(), 0, &response).ok()) __builtin_trap();
   return response.ByteSizeLong() > 0 ? 0 : 0;
 }

@@ -147,7 +147,7 @@ TEST(Codec, EncodesEveryField) {
   const uint16_t g[2] = {0x3c00, 0xc000};
   std::memcpy(result.gradient->data(), g, sizeof g);
   v1::ComputeResponse response;
-  EncodeComputeResponse(std::move(result), "abc", 34, &response);
+  ASSERT_TRUE(EncodeComputeResponse(std::move(result), "abc", 34, &response).ok());
   EXPECT_EQ(response.request_id(), "abc");
   EXPECT_EQ(response.loss(), 1.5);
   EXPECT_EQ(response.count(), 7);

@@ -11,9 +11,11 @@ from ._codec import BFloat16, ComputeResult, EvaluateResult, Timing, bfloat16_to
 from ._errors import FocalServeError
 from ._memory import keep_freed_memory
 from ._proto import VARIANTS, pb, rpc
+from ._shm import SharedMemoryRegion, SharedTensor
 from .aio import AsyncClient
 from .client import Client
 
 __version__ = "0.1.0"
-__all__ = ["AsyncClient", "BFloat16", "Client", "ComputeResult", "EvaluateResult", "FocalServeError", "Timing",
+__all__ = ["AsyncClient", "BFloat16", "Client", "ComputeResult", "EvaluateResult", "FocalServeError",
+           "SharedMemoryRegion", "SharedTensor", "Timing",
            "VARIANTS", "bfloat16_to_float32", "keep_freed_memory", "pb", "rpc"]

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from ._proto import DEFAULT_VARIANT, VARIANTS, pb
+from ._shm import SharedTensor
 
 # wire enum <-> NumPy dtype (explicitly little-endian; bfloat16 as its uint16 bit patterns)
 _NP_OF_WIRE = {
@@ -144,7 +145,15 @@ _FAST_WIRE = {np.dtype(k): v for k, v in (("<f4", pb.FLOAT32), ("<f2", pb.FLOAT1
 
 
 def to_tensor(x: Any, field: str, out: Optional[pb.Tensor] = None) -> pb.Tensor:
-    """A Tensor message (new, or written into `out`) holding x's bytes."""
+    """A Tensor message (new, or written into `out`) holding x's bytes, or, for a SharedTensor,
+    its shared-memory reference."""
+    if isinstance(x, SharedTensor):
+        out = pb.Tensor() if out is None else out
+        out.dtype = wire_dtype(x.dtype)
+        del out.shape[:]
+        out.shape.extend(x.shape)
+        out.shared_memory.CopyFrom(x.ref)
+        return out
     wire = _FAST_WIRE.get(x.dtype) if type(x) is np.ndarray and x.flags.c_contiguous else None
     if wire is not None:
         arr = x
@@ -159,11 +168,19 @@ def to_tensor(x: Any, field: str, out: Optional[pb.Tensor] = None) -> pb.Tensor:
     return out
 
 
-def from_tensor(t: pb.Tensor) -> np.ndarray:
-    """A read-only NumPy view of a response tensor's bytes (bfloat16 as uint16 bits)."""
+def from_tensor(t: pb.Tensor, shared: Optional["SharedTensor"] = None) -> np.ndarray:
+    """A read-only NumPy view of a response tensor's bytes (bfloat16 as uint16 bits); for one the
+    server wrote into shared memory, the view of `shared`, the place the request named."""
     dtype = _NP_OF_WIRE.get(t.dtype)
     if dtype is None:
         raise ValueError(f"the server sent a tensor of unknown dtype {t.dtype}")
+    if t.HasField("shared_memory"):
+        if shared is None or t.shared_memory != shared.ref:
+            raise ValueError("the server answered with a shared-memory tensor the request did not ask for")
+        nbytes = int(np.prod(tuple(t.shape), dtype=np.int64)) * np.dtype(dtype).itemsize
+        if shared.array.dtype == dtype and shared.array.shape == tuple(t.shape):
+            return shared.array
+        return shared.array.reshape(-1).view(np.uint8)[:nbytes].view(dtype).reshape(tuple(t.shape))
     return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
 
 
@@ -288,7 +305,8 @@ def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT
                     compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                     num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                     request_id: str = "", spec: Optional[pb.LossSpec] = None, weights: Any = None,
-                    scores: Any = None, **params: Any) -> pb.ComputeRequest:
+                    scores: Any = None, gradient_output: Optional["SharedTensor"] = None,
+                    losses_output: Optional["SharedTensor"] = None, **params: Any) -> pb.ComputeRequest:
     """Builds a ComputeRequest (see Client.compute for the arguments)."""
     if spec is None:
         spec = loss_spec(variant, reduction, normalizer, **params)
@@ -311,6 +329,12 @@ def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT
             req.grad_output_scalar = float(grad_output)
         else:
             to_tensor(grad_output, "grad_output", req.grad_output_tensor)
+    for field, place in (("gradient_output", gradient_output), ("losses_output", losses_output)):
+        if place is None:
+            continue
+        if not isinstance(place, SharedTensor):
+            raise TypeError(f"{field} must be a SharedTensor (region.empty(...)), not {type(place).__name__}")
+        getattr(req, field).CopyFrom(place.ref)
     return req
 
 
@@ -439,7 +463,8 @@ class ComputeResult:
     __slots__ = ("loss", "count", "losses", "gradient", "losses_dtype", "gradient_dtype", "backend", "timing",
                  "request_id", "response")
 
-    def __init__(self, response: pb.ComputeResponse):
+    def __init__(self, response: pb.ComputeResponse, gradient_output: Optional["SharedTensor"] = None,
+                 losses_output: Optional["SharedTensor"] = None):
         self.response = response
         self.loss = response.loss
         self.count = response.count
@@ -449,10 +474,10 @@ class ComputeResult:
         self.losses = self.losses_dtype = self.gradient = self.gradient_dtype = None
         if response.HasField("losses"):
             t = response.losses
-            self.losses, self.losses_dtype = from_tensor(t), _DTYPE_NAMES.get(t.dtype)
+            self.losses, self.losses_dtype = from_tensor(t, losses_output), _DTYPE_NAMES.get(t.dtype)
         if response.HasField("gradient"):
             t = response.gradient
-            self.gradient, self.gradient_dtype = from_tensor(t), _DTYPE_NAMES.get(t.dtype)
+            self.gradient, self.gradient_dtype = from_tensor(t, gradient_output), _DTYPE_NAMES.get(t.dtype)
 
     def __repr__(self) -> str:
         parts = [f"loss={self.loss!r}", f"count={self.count}", f"backend={self.backend!r}"]

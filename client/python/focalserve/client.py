@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, Iterable, Optional
 
 import grpc
@@ -10,6 +11,7 @@ import grpc
 from . import _codec, _health
 from ._errors import FocalServeError
 from ._proto import DEFAULT_VARIANT, pb, rpc
+from ._shm import SharedMemoryRegion, SharedTensor
 
 _INT32_MAX = 2**31 - 1
 
@@ -80,13 +82,14 @@ class _Base:
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                       request_id: str = "", *, weights: Any = None, scores: Any = None,
-                      **params: Any) -> pb.ComputeRequest:
+                      gradient_output: Any = None, losses_output: Any = None, **params: Any) -> pb.ComputeRequest:
         """The ComputeRequest `compute` would send (to keep, edit and send with `compute_request`)."""
         return _codec.compute_request(logits, targets, variant=variant, reduction=reduction,
                                       compute_gradient=compute_gradient, grad_output=grad_output,
                                       gradient_dtype=gradient_dtype, num_objects=num_objects,
                                       allow_non_finite=allow_non_finite, normalizer=normalizer,
-                                      request_id=request_id, weights=weights, scores=scores, **params)
+                                      request_id=request_id, weights=weights, scores=scores,
+                                      gradient_output=gradient_output, losses_output=losses_output, **params)
 
 
 class Client(_Base):
@@ -130,7 +133,7 @@ class Client(_Base):
                 compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                 num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                 *, weights: Any = None, scores: Any = None, timeout: Optional[float] = None, request_id: str = "",
-                **params: Any) -> _codec.ComputeResult:
+                gradient_output: Any = None, losses_output: Any = None, **params: Any) -> _codec.ComputeResult:
         """One batch. Returns a ComputeResult (loss, count, losses, gradient, backend, timing).
 
         logits, targets   arrays (NumPy or torch; see focalserve._codec for dtypes and bfloat16)
@@ -150,22 +153,29 @@ class Client(_Base):
                           quality score in [0, 1] per row, float, shaped like the targets
         allow_non_finite  let NaN/Inf propagate instead of INVALID_ARGUMENT
         normalizer        replaces MEAN's count as the denominator
+        gradient_output,  (keyword only) SharedTensors of a shared_memory() region for the server to
+        losses_output     write the gradient and 'none' losses into; the result's gradient/losses are
+                          then their arrays. Any array argument may be a SharedTensor too
         **params          the variant's parameters as in docs/variants.md, named as the fields of its
                           focal.v1 message; a per-class list (alpha=) goes at full precision, in
                           its `_f64` field; None = default
         """
         request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
                                      gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
-                                     weights=weights, scores=scores, **params)
-        return self.compute_request(request, timeout=timeout)
+                                     weights=weights, scores=scores, gradient_output=gradient_output,
+                                     losses_output=losses_output, **params)
+        return self.compute_request(request, timeout=timeout, gradient_output=gradient_output,
+                                    losses_output=losses_output)
 
-    def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None) -> _codec.ComputeResult:
-        """Sends a prepared ComputeRequest (see build_request)."""
+    def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None,
+                        gradient_output: Any = None, losses_output: Any = None) -> _codec.ComputeResult:
+        """Sends a prepared ComputeRequest (see build_request); gradient_output/losses_output are
+        the SharedTensors its shared-memory outputs name, for the result's arrays."""
         try:
             response = self.stub.Compute(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise FocalServeError.from_rpc_error(e, "Compute") from None
-        return _codec.ComputeResult(response)
+        return _codec.ComputeResult(response, gradient_output, losses_output)
 
     def evaluate(self, batches: Iterable[Any], variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
                  timeout: Optional[float] = None, gamma_sweep: Any = None, calibration_bins: Optional[int] = None,
@@ -208,6 +218,47 @@ class Client(_Base):
                                            metadata=self._metadata)
         except grpc.RpcError as e:
             raise FocalServeError.from_rpc_error(e, "GetServerInfo") from None
+
+    # -- shared memory (same host; the server's --shared-memory=on) ---------------------------
+
+    def shared_memory(self, byte_size: int, name: Optional[str] = None, *,
+                      timeout: Optional[float] = None) -> SharedMemoryRegion:
+        """A new POSIX shared-memory object of `byte_size` bytes, registered with the server until
+        the region is closed (use it as a context manager); see focalserve._shm."""
+        return SharedMemoryRegion(self, byte_size, name, timeout=timeout)
+
+    def _register_shared_memory(self, request: pb.RegisterSharedMemoryRequest, timeout: Optional[float]):
+        """Starts the registration call and waits for the server to map the region; the call
+        (to cancel) is the lease."""
+        lease = self.stub.RegisterSharedMemory(request, metadata=self._metadata)
+        waited = threading.Event()
+        timer = None
+        if self._timeout(timeout) is not None:  # a deadline for the answer only, not for the lease
+            timer = threading.Timer(self._timeout(timeout), lambda: waited.is_set() or lease.cancel())
+            timer.start()
+        try:
+            next(lease)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "RegisterSharedMemory") from None
+        finally:
+            waited.set()
+            if timer is not None:
+                timer.cancel()
+        return lease
+
+    def unregister_shared_memory(self, name: str, *, timeout: Optional[float] = None) -> None:
+        try:
+            self.stub.UnregisterSharedMemory(pb.UnregisterSharedMemoryRequest(name=name),
+                                             timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "UnregisterSharedMemory") from None
+
+    def list_shared_memory(self, *, timeout: Optional[float] = None) -> "list[pb.SharedMemoryRegion]":
+        try:
+            return list(self.stub.ListSharedMemory(pb.ListSharedMemoryRequest(), timeout=self._timeout(timeout),
+                                                   metadata=self._metadata).regions)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "ListSharedMemory") from None
 
     def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
         """grpc.health.v1 Check: 'SERVING', 'NOT_SERVING', ... ('' = the whole server;
