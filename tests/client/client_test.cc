@@ -508,6 +508,53 @@ TEST(ClientServerFlagsTest, BearerTokenIsSentAndChecked) {
   EXPECT_TRUE(client->Evaluate(batches.begin(), batches.end()).ok());
 }
 
+TEST(ClientServerFlagsTest, SharedMemoryGivesTheSameBytesAndReleasesItsRegion) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--shared-memory=on"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions options;
+  options.target = (*server)->address();
+  std::unique_ptr<Client> client = *Client::Create(options);
+  ComputeCall call = SoftmaxCall(6, 5, 500);
+  call.compute_gradient = true;
+  call.loss.reduction = Reduction::kNone;
+  const ComputeOutput plain = *client->Compute(call);
+  {
+    absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> region = client->CreateSharedMemory(1 << 16, "cpp-region");
+    ASSERT_TRUE(region.ok()) << region.status();
+    EXPECT_EQ(*client->ListSharedMemory(), std::vector<std::string>{"cpp-region"});
+    ComputeCall shared = call;
+    shared.shared_logits = *(*region)->Put(call.logits, 0);
+    shared.shared_targets = *(*region)->Put(call.targets, 4096);
+    shared.logits = HostTensor();
+    shared.targets = HostTensor();
+    shared.gradient_output = *(*region)->Place(plain.gradient->dtype, plain.gradient->shape, 8192);
+    shared.losses_output = *(*region)->Place(plain.losses->dtype, plain.losses->shape, 16384);
+    EXPECT_EQ((*region)->Place(DType::kFloat32, {1 << 15}, 0).status().code(), absl::StatusCode::kInvalidArgument);
+    absl::StatusOr<ComputeOutput> out = client->Compute(shared);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->loss, plain.loss);
+    EXPECT_FALSE(out->gradient.has_value());
+    ASSERT_TRUE(out->shared_gradient.has_value() && out->shared_losses.has_value());
+    EXPECT_EQ(out->shared_gradient->offset, 8192u);
+    EXPECT_EQ((*region)->Read(*out->shared_gradient)->bytes, plain.gradient->bytes);
+    EXPECT_EQ((*region)->Read(*out->shared_losses)->bytes, plain.losses->bytes);
+    // A reference past the region is the server's INVALID_ARGUMENT, naming the field.
+    ComputeCall outside = shared;
+    outside.shared_logits->offset = (1 << 16) - 8;
+    const absl::Status refused = client->Compute(outside).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.message().find("logits.shared_memory: offset"), std::string::npos) << refused;
+  }
+  EXPECT_TRUE(client->ListSharedMemory()->empty());  // the region unregistered itself
+  // A server without the flag refuses, saying which flag.
+  absl::StatusOr<std::unique_ptr<ServerProcess>> plain_server = StartServer();
+  ASSERT_TRUE(plain_server.ok());
+  options.target = (*plain_server)->address();
+  const absl::Status off = (*Client::Create(options))->CreateSharedMemory(4096).status();
+  EXPECT_EQ(off.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(off.message().find("--shared-memory=on"), std::string::npos) << off;
+}
+
 TEST(ClientServerFlagsTest, DeadlineExceeded) {
   absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--debug-delay-ms", "3000"});
   ASSERT_TRUE(server.ok()) << server.status();

@@ -4,8 +4,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <climits>
+#include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +40,22 @@ int ClampToInt(int64_t v) { return static_cast<int>(std::min<int64_t>(v, INT_MAX
 // ------------------------------------------------------------------------------------------
 // ComputeCall → focal.v1.ComputeRequest
 
+v1::SharedMemoryRef RefOf(const SharedTensor& t) {
+  v1::SharedMemoryRef ref;
+  ref.set_region(t.region);
+  ref.set_offset(t.offset);
+  ref.set_byte_size(t.ByteSize());
+  return ref;
+}
+
+/// A tensor message naming shared memory: dtype, shape and the reference, no data.
+void SharedTensorToProto(const SharedTensor& t, v1::Tensor* out) {
+  out->Clear();
+  out->set_dtype(wire::ToProto(t.dtype));
+  out->mutable_shape()->Assign(t.shape.begin(), t.shape.end());
+  *out->mutable_shared_memory() = RefOf(t);
+}
+
 /// Takes `call` by value so that callers who are done with a batch can move its bytes in.
 v1::ComputeRequest EncodeRequest(ComputeCall call) {
   v1::ComputeRequest request;
@@ -49,6 +73,10 @@ v1::ComputeRequest EncodeRequest(ComputeCall call) {
   }
   if (call.gradient_dtype) request.set_gradient_dtype(wire::ToProto(*call.gradient_dtype));
   request.set_allow_non_finite(call.allow_non_finite);
+  if (call.shared_logits) SharedTensorToProto(*call.shared_logits, request.mutable_logits());
+  if (call.shared_targets) SharedTensorToProto(*call.shared_targets, request.mutable_targets());
+  if (call.gradient_output) *request.mutable_gradient_output() = RefOf(*call.gradient_output);
+  if (call.losses_output) *request.mutable_losses_output() = RefOf(*call.losses_output);
   return request;
 }
 
@@ -77,11 +105,28 @@ absl::StatusOr<ComputeOutput> DecodeResponse(v1::ComputeResponse* response) {
   out.request_id = std::move(*response->mutable_request_id());
   out.loss = response->loss();
   out.count = response->count();
+  // A result the server wrote into shared memory comes back as its place.
+  auto shared = [](const v1::Tensor& t, absl::string_view field) -> absl::StatusOr<SharedTensor> {
+    SharedTensor place;
+    place.region = t.shared_memory().region();
+    place.offset = t.shared_memory().offset();
+    ASSIGN_OR_RETURN(place.dtype, DTypeFromServer(t.dtype(), field));
+    place.shape.assign(t.shape().begin(), t.shape().end());
+    return place;
+  };
   if (response->has_losses()) {
-    ASSIGN_OR_RETURN(out.losses, TensorFromServer(response->mutable_losses(), "losses"));
+    if (response->losses().has_shared_memory()) {
+      ASSIGN_OR_RETURN(out.shared_losses, shared(response->losses(), "losses.dtype"));
+    } else {
+      ASSIGN_OR_RETURN(out.losses, TensorFromServer(response->mutable_losses(), "losses"));
+    }
   }
   if (response->has_gradient()) {
-    ASSIGN_OR_RETURN(out.gradient, TensorFromServer(response->mutable_gradient(), "gradient"));
+    if (response->gradient().has_shared_memory()) {
+      ASSIGN_OR_RETURN(out.shared_gradient, shared(response->gradient(), "gradient.dtype"));
+    } else {
+      ASSIGN_OR_RETURN(out.gradient, TensorFromServer(response->mutable_gradient(), "gradient"));
+    }
   }
   out.backend = std::move(*response->mutable_backend());
   out.queue_micros = response->timing().queue_micros();
@@ -229,6 +274,137 @@ Client::Client(ClientOptions options, std::unique_ptr<Impl> impl)
     : options_(std::move(options)), impl_(std::move(impl)) {}
 
 Client::~Client() = default;
+
+// ------------------------------------------------------------------------------------------
+// Shared memory
+
+uint64_t SharedTensor::ByteSize() const {
+  uint64_t n = DTypeSize(dtype);
+  for (int64_t d : shape) n *= static_cast<uint64_t>(std::max<int64_t>(d, 0));
+  return n;
+}
+
+struct SharedMemoryRegion::Impl {
+  std::string name, key;
+  uint8_t* data = nullptr;
+  uint64_t size = 0;
+  std::shared_ptr<grpc::Channel> channel;  ///< kept: the region may outlive its Client
+  std::unique_ptr<v1::FocalLossService::Stub> stub;
+  std::string authorization;
+  grpc::ClientContext lease_context;  // declared before the lease: it must outlive it
+  std::unique_ptr<grpc::ClientReader<v1::SharedMemoryRegion>> lease;
+
+  void Authorize(grpc::ClientContext& context) const {
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+  }
+  ~Impl() {
+    if (lease) {
+      // Unregistering ends the lease with OK; if that fails (the lease has ended already, or the
+      // server is gone) the lease is cancelled.
+      grpc::ClientContext context;
+      Authorize(context);
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      v1::UnregisterSharedMemoryRequest request;
+      request.set_name(name);
+      v1::UnregisterSharedMemoryResponse response;
+      if (!stub->UnregisterSharedMemory(&context, request, &response).ok()) lease_context.TryCancel();
+      v1::SharedMemoryRegion ignored;
+      while (lease->Read(&ignored)) {
+      }
+      (void)lease->Finish();
+    }
+    if (data != nullptr) munmap(data, size);
+    if (!key.empty()) shm_unlink(key.c_str());
+  }
+};
+
+SharedMemoryRegion::SharedMemoryRegion(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SharedMemoryRegion::~SharedMemoryRegion() = default;
+const std::string& SharedMemoryRegion::name() const { return impl_->name; }
+uint8_t* SharedMemoryRegion::data() const { return impl_->data; }
+uint64_t SharedMemoryRegion::size() const { return impl_->size; }
+
+absl::StatusOr<SharedTensor> SharedMemoryRegion::Place(DType dtype, Shape shape, uint64_t offset) const {
+  SharedTensor place{impl_->name, offset, dtype, std::move(shape)};
+  for (int64_t d : place.shape) {
+    if (d < 0) return absl::InvalidArgumentError("a shared tensor's shape has a negative dimension");
+  }
+  const uint64_t bytes = place.ByteSize();
+  if (offset > impl_->size || bytes > impl_->size - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(bytes, " bytes at offset ", offset, " do not fit the region's ",
+                                                   impl_->size));
+  }
+  return place;
+}
+
+absl::StatusOr<SharedTensor> SharedMemoryRegion::Put(const HostTensor& tensor, uint64_t offset) {
+  if (!tensor.SizeMatchesShape()) return absl::InvalidArgumentError("the tensor's bytes do not match its shape");
+  ASSIGN_OR_RETURN(SharedTensor place, Place(tensor.dtype, tensor.shape, offset));
+  std::memcpy(impl_->data + offset, tensor.bytes.data(), tensor.bytes.size());
+  return place;
+}
+
+absl::StatusOr<HostTensor> SharedMemoryRegion::Read(const SharedTensor& place) const {
+  if (place.region != impl_->name) {
+    return absl::InvalidArgumentError(absl::StrCat("the place is in region '", place.region, "', not '", impl_->name, "'"));
+  }
+  RETURN_IF_ERROR(Place(place.dtype, place.shape, place.offset).status());
+  HostTensor out;
+  out.dtype = place.dtype;
+  out.shape = place.shape;
+  out.bytes.assign(reinterpret_cast<const char*>(impl_->data + place.offset), place.ByteSize());
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> Client::CreateSharedMemory(uint64_t bytes, std::string name) const {
+  if (bytes == 0) return absl::InvalidArgumentError("a shared-memory region has at least one byte");
+  static std::atomic<uint64_t> counter{0};
+  auto impl = std::make_unique<SharedMemoryRegion::Impl>();
+  const std::string own = absl::StrCat("focal-", getpid(), "-", counter++, "-",
+                                       std::chrono::steady_clock::now().time_since_epoch().count() % 1000000007);
+  impl->name = name.empty() ? own : std::move(name);
+  const std::string key = "/" + own;
+  const int fd = shm_open(key.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return absl::InternalError(absl::StrCat("shm_open ", key, ": ", std::strerror(errno)));
+  impl->key = key;  // from here the object is removed with the region
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    const int error = errno;
+    close(fd);
+    return absl::ResourceExhaustedError(absl::StrCat("sizing ", key, " to ", bytes, " bytes: ", std::strerror(error)));
+  }
+  void* mapping = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int map_error = errno;
+  close(fd);
+  if (mapping == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mapping ", key, ": ", std::strerror(map_error)));
+  impl->data = static_cast<uint8_t*>(mapping);
+  impl->size = bytes;
+  impl->channel = impl_->channel;
+  impl->stub = v1::FocalLossService::NewStub(impl_->channel);
+  impl->authorization = impl_->authorization;
+  impl->Authorize(impl->lease_context);
+  v1::RegisterSharedMemoryRequest request;
+  request.set_name(impl->name);
+  request.set_key(key);
+  request.set_byte_size(bytes);
+  impl->lease = impl->stub->RegisterSharedMemory(&impl->lease_context, request);
+  v1::SharedMemoryRegion mapped;
+  if (!impl->lease->Read(&mapped)) {  // refused: the call's status says why
+    const absl::Status status = FromGrpc(impl->lease->Finish());
+    impl->lease.reset();
+    return status.ok() ? absl::InternalError("the server ended the registration without an answer") : status;
+  }
+  return std::unique_ptr<SharedMemoryRegion>(new SharedMemoryRegion(std::move(impl)));
+}
+
+absl::StatusOr<std::vector<std::string>> Client::ListSharedMemory() const {
+  grpc::ClientContext context;
+  impl_->Prepare(context, options_.deadline);
+  v1::ListSharedMemoryResponse response;
+  RETURN_IF_ERROR(FromGrpc(impl_->stub->ListSharedMemory(&context, v1::ListSharedMemoryRequest(), &response)));
+  std::vector<std::string> names;
+  for (const v1::SharedMemoryRegion& r : response.regions()) names.push_back(r.name());
+  return names;
+}
 
 absl::StatusOr<ComputeOutput> Client::Compute(const ComputeCall& call) const { return Compute(ComputeCall(call)); }
 

@@ -58,6 +58,16 @@ struct ClientOptions {
   int64_t retry_buffer_bytes = int64_t{64} << 20;
 };
 
+/// A tensor's place in a shared-memory region registered with the server (SharedMemoryRegion;
+/// docs/shared-memory.md): `region` names it, and the tensor's bytes are at `offset`.
+struct SharedTensor {
+  std::string region;
+  uint64_t offset = 0;
+  DType dtype = DType::kFloat32;
+  Shape shape;
+  uint64_t ByteSize() const;
+};
+
 /// One batch to compute: the variant with its parameters, the tensors and the options of
 /// focal.v1.ComputeRequest.
 struct ComputeCall {
@@ -76,6 +86,11 @@ struct ComputeCall {
   std::optional<DType> gradient_dtype;
   bool allow_non_finite = false;
   std::string request_id;  ///< echoed back and named in the server's log on failure
+  /// Same host (docs/shared-memory.md): the logits and targets read from a registered region
+  /// instead of the tensors above (then left empty), and the gradient and NONE's losses written
+  /// into one instead of the answer.
+  std::optional<SharedTensor> shared_logits, shared_targets;
+  std::optional<SharedTensor> gradient_output, losses_output;
 };
 
 /// What the server answered for one batch.
@@ -88,6 +103,9 @@ struct ComputeOutput {
   std::string backend;                 ///< "cpu", "cuda:0"
   int64_t queue_micros = 0;
   int64_t compute_micros = 0;
+  /// Where the server wrote the gradient and losses when the call named gradient_output and
+  /// losses_output (`gradient` and `losses` are then absent).
+  std::optional<SharedTensor> shared_gradient, shared_losses;
 };
 
 /// Evaluate's analyses to run in the same pass (docs/evaluation.md; softmax_focal and
@@ -198,6 +216,35 @@ class ComputeStream {
   std::unique_ptr<Impl> impl_;
 };
 
+class Client;
+
+/// A POSIX shared-memory object made for this process and registered with the server (on the
+/// same host, started with --shared-memory=on) for as long as this object lives: tensors Put
+/// here go to Compute as SharedTensors, and the server writes results into Place-d tensors.
+/// The registration is a call the server keeps open, so a process that dies releases it too.
+class SharedMemoryRegion {
+ public:
+  ~SharedMemoryRegion();  ///< unregisters (calls using it finish first), unmaps, removes the object
+  SharedMemoryRegion(const SharedMemoryRegion&) = delete;
+  SharedMemoryRegion& operator=(const SharedMemoryRegion&) = delete;
+
+  const std::string& name() const;
+  uint8_t* data() const;
+  uint64_t size() const;
+  /// The place of a `dtype` tensor of `shape` at `offset` (INVALID_ARGUMENT if it does not fit).
+  absl::StatusOr<SharedTensor> Place(DType dtype, Shape shape, uint64_t offset) const;
+  /// Copies `tensor` to `offset` and returns its place.
+  absl::StatusOr<SharedTensor> Put(const HostTensor& tensor, uint64_t offset);
+  /// The bytes of a place as a tensor (a copy), e.g. a gradient the server wrote.
+  absl::StatusOr<HostTensor> Read(const SharedTensor& place) const;
+
+ private:
+  friend class Client;
+  struct Impl;
+  explicit SharedMemoryRegion(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 /// A client of one target (one server, or many behind round_robin). Thread-safe: share one
 /// across threads; every call is independent.
 class Client {
@@ -231,6 +278,11 @@ class Client {
   }
   /// Variants, dtypes, limits, backend and version.
   absl::StatusOr<ServerInfoOutput> ServerInfo() const;
+  /// A new shared-memory object of `bytes` bytes registered with the server under `name`
+  /// (default: one of its own). The region holds the channel: it may outlive this client.
+  absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> CreateSharedMemory(uint64_t bytes, std::string name = "") const;
+  /// The names of the server's registered regions.
+  absl::StatusOr<std::vector<std::string>> ListSharedMemory() const;
   /// grpc.health.v1.Health/Check of `service` ("" = the whole server).
   absl::StatusOr<ServingStatus> Health(const std::string& service = "") const;
 
