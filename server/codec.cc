@@ -127,21 +127,22 @@ absl::Status EncodeComputeResponse(LossResult&& result, absl::string_view reques
   response->set_loss(result.loss);
   response->set_count(result.count);
   response->set_backend(result.backend);
-  if (result.losses) {
-    if (shm != nullptr && shm->losses.region) {
-      RETURN_IF_ERROR(ToSharedMemory(std::move(*result.losses), shm->losses, shm->losses_ref, "losses_output",
-                                     response->mutable_losses()));
-    } else {
-      wire::TensorToProto(std::move(*result.losses), response->mutable_losses());
+  // Each result into the answer, or into the shared memory the request named for it.
+  auto put = [shm](HostTensor&& tensor, const SharedMemorySpan SharedMemoryUse::*span,
+                   const v1::SharedMemoryRef SharedMemoryUse::*ref, const char* field, v1::Tensor* out) {
+    if (shm == nullptr || !(shm->*span).region) {
+      wire::TensorToProto(std::move(tensor), out);
+      return absl::OkStatus();
     }
+    return ToSharedMemory(std::move(tensor), shm->*span, shm->*ref, field, out);
+  };
+  if (result.losses) {
+    RETURN_IF_ERROR(put(std::move(*result.losses), &SharedMemoryUse::losses, &SharedMemoryUse::losses_ref,
+                        "losses_output", response->mutable_losses()));
   }
   if (result.gradient) {
-    if (shm != nullptr && shm->gradient.region) {
-      RETURN_IF_ERROR(ToSharedMemory(std::move(*result.gradient), shm->gradient, shm->gradient_ref, "gradient_output",
-                                     response->mutable_gradient()));
-    } else {
-      wire::TensorToProto(std::move(*result.gradient), response->mutable_gradient());
-    }
+    RETURN_IF_ERROR(put(std::move(*result.gradient), &SharedMemoryUse::gradient, &SharedMemoryUse::gradient_ref,
+                        "gradient_output", response->mutable_gradient()));
   }
   response->mutable_timing()->set_queue_micros(queue_micros);
   response->mutable_timing()->set_compute_micros(result.compute_micros);

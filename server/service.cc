@@ -853,53 +853,46 @@ grpc::ServerWriteReactor<v1::SharedMemoryRegion>* FocalLossServiceImpl::Register
   return new SharedMemoryLease(this, context, request);
 }
 
-grpc::ServerUnaryReactor* FocalLossServiceImpl::UnregisterSharedMemory(grpc::CallbackServerContext* context,
-                                                                       const v1::UnregisterSharedMemoryRequest* request,
-                                                                       v1::UnregisterSharedMemoryResponse* /*response*/) {
+grpc::ServerUnaryReactor* FocalLossServiceImpl::AnswerAtOnce(grpc::CallbackServerContext* context, const char* method,
+                                                             const std::function<absl::Status()>& answer,
+                                                             const google::protobuf::Message& response) const {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Clock::time_point started = Clock::now();
   CallStarted();
   absl::Status status = Admit(context);
-  if (status.ok() && config_.shared_memory == nullptr) status = SharedMemoryOff();
-  if (status.ok()) status = config_.shared_memory->Unregister(request->name());
-  Report("UnregisterSharedMemory", "", status, nullptr, started, 0, 0);
+  if (status.ok()) status = answer();
+  Report(method, "", status, nullptr, started, 0, status.ok() ? static_cast<int64_t>(response.ByteSizeLong()) : 0);
   CallAnswered();
   CallEnded(false);
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
+}
+
+grpc::ServerUnaryReactor* FocalLossServiceImpl::UnregisterSharedMemory(grpc::CallbackServerContext* context,
+                                                                       const v1::UnregisterSharedMemoryRequest* request,
+                                                                       v1::UnregisterSharedMemoryResponse* response) {
+  return AnswerAtOnce(context, "UnregisterSharedMemory", [&] {
+    return config_.shared_memory == nullptr ? SharedMemoryOff() : config_.shared_memory->Unregister(request->name());
+  }, *response);
 }
 
 grpc::ServerUnaryReactor* FocalLossServiceImpl::ListSharedMemory(grpc::CallbackServerContext* context,
                                                                  const v1::ListSharedMemoryRequest* /*request*/,
                                                                  v1::ListSharedMemoryResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Clock::time_point started = Clock::now();
-  CallStarted();
-  absl::Status status = Admit(context);
-  if (status.ok() && config_.shared_memory == nullptr) status = SharedMemoryOff();
-  if (status.ok()) {
+  return AnswerAtOnce(context, "ListSharedMemory", [&] {
+    if (config_.shared_memory == nullptr) return SharedMemoryOff();
     for (v1::SharedMemoryRegion& region : config_.shared_memory->List()) *response->add_regions() = std::move(region);
-  }
-  Report("ListSharedMemory", "", status, nullptr, started, 0, 0);
-  CallAnswered();
-  CallEnded(false);
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+    return absl::OkStatus();
+  }, *response);
 }
 
 grpc::ServerUnaryReactor* FocalLossServiceImpl::GetServerInfo(grpc::CallbackServerContext* context,
                                                               const v1::GetServerInfoRequest* /*request*/,
                                                               v1::ServerInfo* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Clock::time_point started = Clock::now();
-  CallStarted();
-  absl::Status status = Admit(context);
-  if (status.ok()) *response = config_.info;
-  Report("GetServerInfo", "", status, nullptr, started, 0, status.ok() ? static_cast<int64_t>(response->ByteSizeLong()) : 0);
-  CallAnswered();
-  CallEnded(false);
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+  return AnswerAtOnce(context, "GetServerInfo", [&] {
+    *response = config_.info;
+    return absl::OkStatus();
+  }, *response);
 }
 
 }  // namespace focal::server

@@ -132,6 +132,11 @@ class FocalLossServiceImpl final : public RawService {
 
   /// Authentication and draining, before anything is parsed or queued.
   absl::Status Admit(grpc::CallbackServerContext* context) const;
+  /// A small unary call answered on gRPC's thread: admitted, then `answer` fills `response`,
+  /// then reported and finished.
+  grpc::ServerUnaryReactor* AnswerAtOnce(grpc::CallbackServerContext* context, const char* method,
+                                         const std::function<absl::Status()>& answer,
+                                         const google::protobuf::Message& response) const;
   /// Bookkeeping of one call: its start; its answer (just before Finish: from then on the
   /// client may see it, so metrics no longer count it in flight); and its end, at OnDone, after
   /// which gRPC frees it (drain waits for that; `cut_off` when the server's shutdown ended it

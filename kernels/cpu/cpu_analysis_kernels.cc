@@ -36,6 +36,16 @@ HWY_INLINE hn::Vec<D> LoadPart(D d, const T* p, int64_t count, double pad = 0) {
   return hn::Load(d, lanes);
 }
 
+/// LoadPart of S values into D's lanes, promoted from S (float) where D's lanes are wider.
+template <class D, typename S>
+HWY_INLINE hn::Vec<D> LoadPartAs(D d, const S* p, int64_t count) {
+  if constexpr (std::is_same_v<hn::TFromD<D>, S>) {
+    return LoadPart(d, p, count);
+  } else {
+    return hn::PromoteTo(d, LoadPart(hn::Rebind<S, D>(), p, count));
+  }
+}
+
 template <class D, typename T>
 HWY_INLINE void StorePart(D d, hn::Vec<D> v, T* p, int64_t count) {
   if (count == static_cast<int64_t>(hn::Lanes(d))) return hn::StoreU(v, d, p);
@@ -60,17 +70,11 @@ void SigmoidItemPartsImpl(const T* x, const T* sign, int64_t n, const analysis::
 template <typename T>
 int64_t SigmoidSidesImpl(const float* t, int64_t n, T* sign, uint8_t* positive) {
   const hn::ScalableTag<T> d;
-  const hn::Rebind<float, decltype(d)> df;  // as many float lanes as T lanes
   const hn::Rebind<int32_t, decltype(d)> di;
   const hn::Rebind<uint8_t, decltype(d)> d8;
   int64_t first_bad = -1;
   ForEachVector(d, n, [&](int64_t i, int64_t count) {
-    hn::Vec<decltype(d)> target;
-    if constexpr (std::is_same_v<T, float>) {
-      target = LoadPart(d, t + i, count);
-    } else {
-      target = hn::PromoteTo(d, LoadPart(df, t + i, count));
-    }
+    const auto target = LoadPartAs(d, t + i, count);
     const auto one = hn::Eq(target, hn::Set(d, T(1)));
     if (first_bad < 0) {
       const auto bad = hn::And(hn::FirstN(d, static_cast<size_t>(count)),
@@ -97,19 +101,13 @@ void SweepPlacesImpl(const T* pt, int64_t n, int bins, uint32_t KC, uint32_t KB,
   // In double lanes: p·bins is exact for a float p (24 + 10 bits) and rounds as BinOf's for a
   // double one; the truncation to int32 is the floor of a value ≥ 0.
   const hn::ScalableTag<double> dd;
-  const hn::Rebind<T, decltype(dd)> dt;
   const hn::Rebind<int32_t, decltype(dd)> di;
   const hn::Rebind<uint32_t, decltype(dd)> du;
   const hn::Rebind<uint8_t, decltype(dd)> d8;
   const auto scale = hn::Set(dd, static_cast<double>(bins)), last = hn::Set(dd, static_cast<double>(bins - 1));
   const auto kc = hn::Set(du, KC), kb = hn::Set(du, KB);
   ForEachVector(dd, n, [&](int64_t i, int64_t count) {
-    hn::Vec<decltype(dd)> p;
-    if constexpr (std::is_same_v<T, double>) {
-      p = LoadPart(dd, pt + i, count);
-    } else {
-      p = hn::PromoteTo(dd, LoadPart(dt, pt + i, count));
-    }
+    const auto p = LoadPartAs(dd, pt + i, count);
     const auto scaled = hn::Max(hn::Min(hn::Mul(p, scale), last), hn::Zero(dd));  // NaN never: finite logits
     const auto bin = hn::BitCast(du, hn::DemoteTo(di, scaled));
     const auto side = hn::Sub(hn::Set(du, 1u), hn::PromoteTo(du, LoadPart(d8, items.positive + i, count)));
