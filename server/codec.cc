@@ -42,9 +42,16 @@ absl::Status Broken(const SharedMemoryRegion& region) {
                                                     "register it again"));
 }
 
-/// A result's bytes into its shared-memory place, and the response's tensor as the reference.
-absl::Status ToSharedMemory(HostTensor&& tensor, const SharedMemorySpan& span, const v1::SharedMemoryRef& ref,
-                            absl::string_view field, v1::Tensor* out) {
+/// A result's bytes into its shared-memory place (unless the backend wrote them there:
+/// `in_place`), and the response's tensor as the reference.
+absl::Status ToSharedMemory(HostTensor&& tensor, bool in_place, const SharedMemorySpan& span,
+                            const v1::SharedMemoryRef& ref, absl::string_view field, v1::Tensor* out) {
+  if (in_place) {
+    out->set_dtype(ToProto(tensor.dtype));
+    out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
+    *out->mutable_shared_memory() = ref;
+    return absl::OkStatus();
+  }
   if (tensor.bytes.size() != span.byte_size) {
     return Invalid(absl::StrCat(field, ".byte_size is ", span.byte_size, "; the result has ", tensor.bytes.size(),
                                 " bytes (", DTypeName(tensor.dtype), ")"));
@@ -112,6 +119,15 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
     if (!job.compute_gradient) return Invalid("gradient_output is set without compute_gradient");
     ASSIGN_OR_RETURN(shm->gradient, ResolveRef(request.gradient_output(), "gradient_output", shm));
     shm->gradient_ref = request.gradient_output();
+    // Known before computing: the backend may then write the gradient there itself.
+    ASSIGN_OR_RETURN(const int64_t elements, NumElements(job.logits.shape, "logits"));
+    const uint64_t bytes = static_cast<uint64_t>(elements) * DTypeSize(job.output_dtype.value_or(job.logits.dtype));
+    if (shm->gradient.byte_size != bytes) {
+      return Invalid(absl::StrCat("gradient_output.byte_size is ", shm->gradient.byte_size, "; the gradient has ", bytes,
+                                  " bytes (", DTypeName(job.output_dtype.value_or(job.logits.dtype)), ")"));
+    }
+    job.gradient_into = shm->gradient.data;
+    job.gradient_into_bytes = static_cast<size_t>(bytes);
   }
   if (request.has_losses_output()) {
     if (job.spec.reduction != Reduction::kNone) return Invalid("losses_output is set, but only reduction NONE has losses");
@@ -128,21 +144,21 @@ absl::Status EncodeComputeResponse(LossResult&& result, absl::string_view reques
   response->set_count(result.count);
   response->set_backend(result.backend);
   // Each result into the answer, or into the shared memory the request named for it.
-  auto put = [shm](HostTensor&& tensor, const SharedMemorySpan SharedMemoryUse::*span,
+  auto put = [shm](HostTensor&& tensor, bool in_place, const SharedMemorySpan SharedMemoryUse::*span,
                    const v1::SharedMemoryRef SharedMemoryUse::*ref, const char* field, v1::Tensor* out) {
     if (shm == nullptr || !(shm->*span).region) {
       wire::TensorToProto(std::move(tensor), out);
       return absl::OkStatus();
     }
-    return ToSharedMemory(std::move(tensor), shm->*span, shm->*ref, field, out);
+    return ToSharedMemory(std::move(tensor), in_place, shm->*span, shm->*ref, field, out);
   };
   if (result.losses) {
-    RETURN_IF_ERROR(put(std::move(*result.losses), &SharedMemoryUse::losses, &SharedMemoryUse::losses_ref,
+    RETURN_IF_ERROR(put(std::move(*result.losses), false, &SharedMemoryUse::losses, &SharedMemoryUse::losses_ref,
                         "losses_output", response->mutable_losses()));
   }
   if (result.gradient) {
-    RETURN_IF_ERROR(put(std::move(*result.gradient), &SharedMemoryUse::gradient, &SharedMemoryUse::gradient_ref,
-                        "gradient_output", response->mutable_gradient()));
+    RETURN_IF_ERROR(put(std::move(*result.gradient), result.gradient_in_place, &SharedMemoryUse::gradient,
+                        &SharedMemoryUse::gradient_ref, "gradient_output", response->mutable_gradient()));
   }
   response->mutable_timing()->set_queue_micros(queue_micros);
   response->mutable_timing()->set_compute_micros(result.compute_micros);

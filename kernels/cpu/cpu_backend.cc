@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <chrono>
 #include <vector>
 
@@ -40,8 +41,17 @@ absl::StatusOr<LossResult> CpuBackend::Compute(const LossJob& job) const {
     a.losses = result.losses->data();
   }
   if (job.compute_gradient) {
-    result.gradient = OwnedTensor::Allocate(plan.output_dtype, job.logits.shape, plan.num_elements);
-    a.gradient = result.gradient->data();
+    const size_t bytes = static_cast<size_t>(plan.num_elements) * DTypeSize(plan.output_dtype);
+    if (job.gradient_into != nullptr && job.gradient_into_bytes == bytes) {
+      // Straight into the caller's memory, zeroed first as a buffer of our own would be.
+      result.gradient = OwnedTensor{plan.output_dtype, job.logits.shape, {}};
+      std::memset(job.gradient_into, 0, bytes);
+      a.gradient = job.gradient_into;
+      result.gradient_in_place = true;
+    } else {
+      result.gradient = OwnedTensor::Allocate(plan.output_dtype, job.logits.shape, plan.num_elements);
+      a.gradient = result.gradient->data();
+    }
   }
   std::vector<float> widened_weights, widened_loss_weights;
   a.item_weights = ItemWeightsAsFloat32(job, widened_weights);

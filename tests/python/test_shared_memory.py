@@ -69,6 +69,22 @@ def test_results_are_bit_identical_to_plain_compute(shm_client, dtype):
             assert mixed.loss == reference.loss and mixed.gradient.tobytes() == reference.gradient.tobytes()
 
 
+def test_a_gradient_written_in_place_leaves_nothing_of_what_was_there(shm_client):
+    # The CPU backend writes the gradient straight into the region: ignored rows, which the
+    # kernels leave to the zeroed buffer, must come out 0 whatever the region held before.
+    x, _, y = batch(7)
+    y[::3] = -100
+    with shm_client.shared_memory(1 << 20) as region:
+        X, Y = region.put(x), region.put(y)
+        G = region.empty(x.shape, np.float32)
+        G.array[...] = np.nan
+        r = shm_client.compute(X, Y, "softmax_focal", "sum", compute_gradient=True, ignore_index=-100,
+                               gradient_output=G)
+        plain = shm_client.compute(x, y, "softmax_focal", "sum", compute_gradient=True, ignore_index=-100)
+        assert r.gradient.tobytes() == plain.gradient.tobytes()
+        assert not np.any(r.gradient[::3])
+
+
 def test_evaluate_reads_shared_memory_and_refuses_shared_outputs(shm_client):
     x, t, _ = batch(2)
     with shm_client.shared_memory(1 << 20) as region:
@@ -109,7 +125,7 @@ def test_every_reference_is_checked_against_its_region(shm_client):
         refused(lambda r: setattr(r.logits.shared_memory, "byte_size", x.nbytes - 4),
                 f"has {x.nbytes - 4} bytes; shape [48, 10] of float32 needs {x.nbytes}")
         small = region.empty((4,), np.float32)
-        refused(lambda r: r.gradient_output.CopyFrom(small.ref), "gradient_output.byte_size is 16; the result has 1920")
+        refused(lambda r: r.gradient_output.CopyFrom(small.ref), "gradient_output.byte_size is 16; the gradient has 1920 bytes (float32)")
         refused(lambda r: (r.gradient_output.CopyFrom(small.ref), setattr(r, "compute_gradient", False)),
                 "gradient_output is set without compute_gradient")
         refused(lambda r: (r.losses_output.CopyFrom(small.ref), setattr(r.loss, "reduction", pb.MEAN)),

@@ -29,6 +29,11 @@ struct LossJob {
   /// dtype of the gradient and of NONE's per-item losses; absent means the logits' dtype.
   std::optional<DType> output_dtype;
   bool allow_non_finite = false;
+  /// Where the gradient may be written instead of a buffer of the backend's own (a client's
+  /// shared memory: docs/shared-memory.md), exactly its bytes long; null: the backend allocates.
+  /// A backend that writes there says so (LossResult::gradient_in_place).
+  void* gradient_into = nullptr;
+  size_t gradient_into_bytes = 0;
 };
 
 /// What a backend returns for a LossJob.
@@ -40,6 +45,8 @@ struct LossResult {
   int64_t count = 0;
   std::optional<OwnedTensor> losses;    ///< NONE only
   std::optional<OwnedTensor> gradient;  ///< when compute_gradient
+  /// The gradient went to job.gradient_into: `gradient` has its dtype and shape, no bytes.
+  bool gradient_in_place = false;
   std::string backend;                  ///< "cpu", "cuda:0"
   int64_t compute_micros = 0;
 };
