@@ -441,7 +441,9 @@ void EvaluationAnalyses::AddRowsAs(const LossJob& job, int64_t row_begin, int64_
         // The kernels' form: e_j = e^(x_j - max), Σ e_j = 1 + rest and its log log1p(rest),
         // accurate as p → 1; 1 - p_y from the other classes' e_j, without cancellation.
         const cpu::analysis::SoftmaxRowParts r = cpu::analysis::SoftmaxRow(row, C, y);
-        const int64_t argmax = r.argmax;
+        // The logits may be a client's shared memory, changing under us: a NaN written after
+        // validation leaves no maximum, and the argmax indexes the per-class counts.
+        const int64_t argmax = r.argmax >= 0 && r.argmax < C ? r.argmax : 0;
         const double max = r.max, rest = r.rest, others = r.others, others_squares = r.others_squares;
         const double sum = 1 + rest, log_sum = std::log1p(rest);
         const double log_pt = (row[y] - max) - log_sum;

@@ -36,6 +36,30 @@ absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view 
   return view;
 }
 
+/// Whether two spans share a byte of one shared-memory object (regions of one object, or of
+/// two names linked to it, are separate mappings of the same bytes).
+bool Overlap(const SharedMemorySpan& a, const SharedMemorySpan& b) {
+  if (!a.region || !b.region || a.byte_size == 0 || b.byte_size == 0) return false;
+  if (a.region->object() != b.region->object()) return false;
+  const uint64_t a0 = a.region->info().offset() + static_cast<uint64_t>(a.data - a.region->data());
+  const uint64_t b0 = b.region->info().offset() + static_cast<uint64_t>(b.data - b.region->data());
+  return a0 < b0 + b.byte_size && b0 < a0 + a.byte_size;
+}
+
+/// Outputs that overlap an input or each other: the server would overwrite what it still reads.
+absl::Status CheckNoOverlap(const SharedMemoryUse& shm) {
+  for (const auto& [output, field] : {std::pair<const SharedMemorySpan*, const char*>{&shm.gradient, "gradient_output"},
+                                      {&shm.losses, "losses_output"}}) {
+    for (const SharedMemorySpan& input : shm.inputs) {
+      if (Overlap(*output, input)) {
+        return Invalid(absl::StrCat(field, " overlaps an input tensor's bytes; outputs need room of their own"));
+      }
+    }
+  }
+  if (Overlap(shm.gradient, shm.losses)) return Invalid("gradient_output and losses_output overlap; each needs room of its own");
+  return absl::OkStatus();
+}
+
 absl::Status Broken(const SharedMemoryRegion& region) {
   return absl::FailedPreconditionError(absl::StrCat("shared-memory region '", region.info().name(),
                                                     "' shrank while the request used it (its object was truncated): "
@@ -92,6 +116,11 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
   if (!request.has_targets()) return Invalid("targets is missing");
   ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits", shm));
   ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets", shm));
+  if (request.targets().has_shared_memory()) {
+    // Validated once, then read as indices (and C× smaller than the logits): a private copy.
+    shm->private_targets.assign(static_cast<const char*>(job.targets.data), job.targets.size_bytes);
+    job.targets.data = shm->private_targets.data();
+  }
   RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.has_num_objects()) {
     ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects", shm));
@@ -134,6 +163,7 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
     ASSIGN_OR_RETURN(shm->losses, ResolveRef(request.losses_output(), "losses_output", shm));
     shm->losses_ref = request.losses_output();
   }
+  if (shm != nullptr) RETURN_IF_ERROR(CheckNoOverlap(*shm));
   return job;
 }
 

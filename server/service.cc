@@ -5,6 +5,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -299,8 +300,10 @@ class ComputeReactor final : public grpc::ServerUnaryReactor, public RefCounted 
     // A small batch computes in microseconds, less than a hand-over to a worker thread costs:
     // it runs here when a slot is free. Large ones go to the workers, keeping gRPC's threads free.
     const auto run = [this] { Run(); };
+    // (A request naming shared memory is small however large its tensors: with shared memory on,
+    // every call goes to the workers.)
     if (bytes_in_ <= kInlineRequestBytes && service_->config().debug_delay_ms == 0 &&
-        service_->config().queue->TryRunInline(run)) {
+        service_->config().shared_memory == nullptr && service_->config().queue->TryRunInline(run)) {
       return;
     }
     Ref();
@@ -798,13 +801,18 @@ class SharedMemoryLease final : public grpc::ServerWriteReactor<v1::SharedMemory
       control_->End(status);
       return;
     }
-    service_->AddDrainable(this);
-    registered_ = true;
     answer_ = region_->info();
+    {
+      std::lock_guard<std::mutex> lock(control_->mu);
+      control_->writing = true;  // an end from now on waits for OnWriteDone
+    }
     StartWrite(&answer_);
+    service_->AddDrainable(this);  // after the write: a drain now only ends the lease
+    registered_ = true;
   }
 
   void OnWriteDone(bool ok) override {
+    control_->WriteDone();
     if (!ok) control_->End(absl::CancelledError("the client went away"));
   }
   void OnCancel() override { control_->End(absl::CancelledError("the client cancelled the lease")); }
@@ -824,13 +832,28 @@ class SharedMemoryLease final : public grpc::ServerWriteReactor<v1::SharedMemory
   /// Finishes the call once, from whichever of the client, the unregistration, the drain or a
   /// refused registration comes first: what the registry's callback reaches, without the
   /// reactor's lifetime.
+  /// gRPC takes no Finish while a write is outstanding: an end that comes during the one write
+  /// waits for OnWriteDone.
   struct Control {
     std::mutex mu;
     SharedMemoryLease* reactor = nullptr;  ///< null after OnDone
-    bool finished = false;
+    bool finished = false, writing = false;
+    std::optional<absl::Status> pending;  ///< an end that came while writing
     void End(const absl::Status& status) {
       std::lock_guard<std::mutex> lock(mu);
       if (finished || reactor == nullptr) return;
+      if (writing) {
+        if (!pending) pending = status;
+        return;
+      }
+      FinishLocked(status);
+    }
+    void WriteDone() {
+      std::lock_guard<std::mutex> lock(mu);
+      writing = false;
+      if (pending && !finished && reactor != nullptr) FinishLocked(*pending);
+    }
+    void FinishLocked(const absl::Status& status) {
       finished = true;
       reactor->service_->CallAnswered();
       reactor->Finish(ToGrpcStatus(status));

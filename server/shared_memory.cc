@@ -34,18 +34,24 @@ struct sigaction g_previous_sigbus;
 /// that was there before (by default: the process dies, as it would have). Only async-signal-safe
 /// calls: atomics, sysconf, mmap, sigaction.
 void OnSigbus(int signal, siginfo_t* info, void* context) {
+  const int saved_errno = errno;
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   for (FaultSlot& slot : g_slots) {
-    if (address >= slot.begin.load(std::memory_order_acquire) && address < slot.end.load(std::memory_order_acquire)) {
-      const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-      void* at = reinterpret_cast<void*>(address & ~(page - 1));
-      if (mmap(at, page, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
+    // A slot is taken begin first and released end first, so a half-written one matches nothing.
+    const uintptr_t begin = slot.begin.load(std::memory_order_acquire), end = slot.end.load(std::memory_order_acquire);
+    if (address >= begin && address < end) {
+      // Zeros over the whole mapping at once: one mapping more, however many pages a client
+      // makes fault (a page at a time would split the mapping until the process ran out).
+      if (mmap(reinterpret_cast<void*>(begin), end - begin, PROT_READ | PROT_WRITE,
+               MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
         slot.broken.store(true, std::memory_order_release);
+        errno = saved_errno;
         return;
       }
       break;
     }
   }
+  errno = saved_errno;
   if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
     if (g_previous_sigbus.sa_sigaction != nullptr) return g_previous_sigbus.sa_sigaction(signal, info, context);
   } else if (g_previous_sigbus.sa_handler != SIG_IGN && g_previous_sigbus.sa_handler != SIG_DFL &&
@@ -75,8 +81,8 @@ int TakeSlot(uintptr_t begin, uintptr_t end) {
     bool free = false;
     if (g_slots[i].taken.compare_exchange_strong(free, true)) {
       g_slots[i].broken.store(false);
-      g_slots[i].end.store(end, std::memory_order_release);
       g_slots[i].begin.store(begin, std::memory_order_release);
+      g_slots[i].end.store(end, std::memory_order_release);
       return static_cast<int>(i);
     }
   }
@@ -84,8 +90,8 @@ int TakeSlot(uintptr_t begin, uintptr_t end) {
 }
 
 void ReleaseSlot(int i) {
-  g_slots[static_cast<size_t>(i)].begin.store(0, std::memory_order_release);
   g_slots[static_cast<size_t>(i)].end.store(0, std::memory_order_release);
+  g_slots[static_cast<size_t>(i)].begin.store(0, std::memory_order_release);
   g_slots[static_cast<size_t>(i)].taken.store(false, std::memory_order_release);
 }
 
@@ -119,9 +125,15 @@ absl::Status CheckKey(absl::string_view key) {
 
 }  // namespace
 
+/// Bytes mapped by all regions alive (kMaxSharedMemoryBytes).
+static std::atomic<uint64_t> g_mapped_bytes{0};
+
 SharedMemoryRegion::~SharedMemoryRegion() {
   if (slot_ >= 0) ReleaseSlot(slot_);
-  if (mapping_ != nullptr) munmap(mapping_, mapping_bytes_);
+  if (mapping_ != nullptr) {
+    munmap(mapping_, mapping_bytes_);
+    g_mapped_bytes -= mapping_bytes_;
+  }
 }
 
 bool SharedMemoryRegion::broken() const {
@@ -165,15 +177,23 @@ absl::StatusOr<std::shared_ptr<SharedMemoryRegion>> SharedMemoryRegistry::Regist
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t start = request.offset() / page * page, lead = request.offset() - start;
   const size_t bytes = static_cast<size_t>(lead + request.byte_size());
+  if (g_mapped_bytes.fetch_add(bytes) + bytes > kMaxSharedMemoryBytes) {
+    g_mapped_bytes -= bytes;
+    close(fd);
+    return absl::ResourceExhaustedError(absl::StrCat("regions of ", kMaxSharedMemoryBytes,
+                                                     " bytes in all are mapped at most; unregister one first"));
+  }
   void* mapping = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(start));
   const int map_error = errno;
   close(fd);  // the mapping keeps the object
   if (mapping == MAP_FAILED) {
+    g_mapped_bytes -= bytes;
     return absl::ResourceExhaustedError(absl::StrCat("mapping '", request.key(), "' failed: ", std::strerror(map_error)));
   }
   std::shared_ptr<SharedMemoryRegion> region(new SharedMemoryRegion());
   region->mapping_ = mapping;
   region->mapping_bytes_ = bytes;
+  region->object_ = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
   region->data_ = static_cast<uint8_t*>(mapping) + lead;
   region->info_.set_name(request.name());
   region->info_.set_key(request.key());
@@ -229,6 +249,11 @@ absl::StatusOr<SharedMemorySpan> SharedMemoryRegistry::Resolve(const v1::SharedM
       return Invalid(absl::StrCat(field, ".region names no registered shared-memory region"));
     }
     region = it->second.region;
+  }
+  if (region->broken()) {
+    return absl::FailedPreconditionError(absl::StrCat("shared-memory region '", ref.region(),
+                                                      "' shrank under the server (its object was truncated): "
+                                                      "register it again"));
   }
   if (ref.offset() > region->byte_size() || ref.byte_size() > region->byte_size() - ref.offset()) {
     return Invalid(absl::StrCat(field, ": offset ", ref.offset(), " + byte_size ", ref.byte_size(),

@@ -32,6 +32,9 @@ namespace focal::server {
 inline constexpr int kMaxSharedMemoryRegions = 64;
 /// Longest region name.
 inline constexpr size_t kMaxSharedMemoryNameLength = 128;
+/// Bytes mapped at once, all regions together: sparse objects cost a client nothing, but the
+/// server's address space is finite (47 bits).
+inline constexpr uint64_t kMaxSharedMemoryBytes = uint64_t{1} << 40;
 
 /// One mapped region; unmapped when the last holder lets go.
 class SharedMemoryRegion {
@@ -41,10 +44,12 @@ class SharedMemoryRegion {
   ~SharedMemoryRegion();
 
   const v1::SharedMemoryRegion& info() const { return info_; }
+  /// The object mapped (device and inode): two keys may name one object.
+  std::pair<uint64_t, uint64_t> object() const { return object_; }
   uint8_t* data() const { return data_; }  ///< byte 0 of the region (the object's `offset`)
   uint64_t byte_size() const { return info_.byte_size(); }
-  /// Whether the object shrank under the mapping: reads past its new end saw zeros and writes
-  /// there were lost.
+  /// Whether the object shrank under the mapping: from the first access past its new end the
+  /// whole mapping reads zeros, and writes to it are lost.
   bool broken() const;
 
  private:
@@ -52,6 +57,7 @@ class SharedMemoryRegion {
   SharedMemoryRegion() = default;
 
   v1::SharedMemoryRegion info_;
+  std::pair<uint64_t, uint64_t> object_;
   void* mapping_ = nullptr;
   size_t mapping_bytes_ = 0;
   uint8_t* data_ = nullptr;
@@ -85,7 +91,7 @@ class SharedMemoryRegistry {
   std::vector<v1::SharedMemoryRegion> List() const;
 
   /// The bytes `ref` names, for the request field `field`: INVALID_ARGUMENT naming it for an
-  /// unknown region or a range outside the region.
+  /// unknown region or a range outside the region; FAILED_PRECONDITION for a broken one.
   absl::StatusOr<SharedMemorySpan> Resolve(const v1::SharedMemoryRef& ref, absl::string_view field) const;
 
  private:

@@ -134,6 +134,36 @@ def test_every_reference_is_checked_against_its_region(shm_client):
         assert shm_client.compute(X, T, "sigmoid_focal").count > 0
 
 
+def test_outputs_overlapping_inputs_or_each_other_are_refused(shm_client):
+    # The server validates class indices once and then reads them as indices: a gradient written
+    # over the targets would turn them into anything. Refused, through a second region of the
+    # same object too, and the server serves on.
+    x, _, y = batch(8)
+    with shm_client.shared_memory(1 << 20, name="overlap") as region:
+        X, Y = region.put(x), region.put(y.astype(np.int32))
+        over_targets = region.empty(x.shape, np.float32, offset=Y.offset)
+        e = rpc_error(shm_client.compute, X, Y, "softmax_focal", compute_gradient=True, gradient_output=over_targets)
+        assert e.code.name == "INVALID_ARGUMENT" and "gradient_output overlaps an input tensor's bytes" in e.message
+        alias = shm_client._register_shared_memory(
+            pb.RegisterSharedMemoryRequest(name="overlap-alias", key=region.key, offset=0, byte_size=region.byte_size), 30)
+        try:
+            request = focalserve.Client.build_request(X, Y, "softmax_focal", compute_gradient=True)
+            request.gradient_output.CopyFrom(pb.SharedMemoryRef(region="overlap-alias", offset=X.offset + 64,
+                                                                byte_size=x.nbytes))
+            with pytest.raises(grpc.RpcError) as rpc:
+                shm_client.stub.Compute(request, timeout=30)
+            assert "gradient_output overlaps an input tensor's bytes" in rpc.value.details()
+        finally:
+            shm_client.unregister_shared_memory("overlap-alias")
+            alias.cancel()
+        G = region.empty(x.shape, np.float32)
+        L = region.empty((x.shape[0],), np.float32, offset=G.offset + 8)
+        e = rpc_error(shm_client.compute, X, Y, "softmax_focal", "none", compute_gradient=True, gradient_output=G,
+                      losses_output=L)
+        assert "gradient_output and losses_output overlap" in e.message
+        assert shm_client.compute(X, Y, "softmax_focal", compute_gradient=True, gradient_output=G).count > 0
+
+
 def test_registration_errors_name_the_problem(shm_client):
     def refused(request, fragment, code):
         e = rpc_error(shm_client._register_shared_memory, request, 30)
@@ -231,6 +261,9 @@ def test_a_region_shrunk_under_the_server_fails_the_call_and_the_server_serves_o
         e = rpc_error(shm_client.compute, X, T, "sigmoid_focal")
         assert e.code.name == "FAILED_PRECONDITION" and "'shrinking' shrank while the request used it" in e.message, e
         assert shm_client.compute(x, t, "sigmoid_focal").count > 0  # the server is alive
+        # From then on the region is refused before anything is read.
+        e = rpc_error(shm_client.compute, X, T, "sigmoid_focal")
+        assert e.code.name == "FAILED_PRECONDITION" and "'shrinking' shrank under the server" in e.message, e
         del X, T  # (this process's views past 4 KiB would fault too; close() only unmaps them)
 
 

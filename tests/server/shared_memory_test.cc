@@ -172,6 +172,11 @@ TEST(SharedMemory, AnObjectShrunkUnderTheMappingIsSurvivedAndReported) {
   const absl::Status status = SharedMemoryIntact(use);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("'shrinks' shrank while the request used it"), std::string::npos) << status;
+  // The whole mapping reads zeros now (one mapping, however many pages fault), and the region is
+  // refused before anything is read.
+  EXPECT_EQ((*region)->data()[0], 0);
+  EXPECT_EQ(registry.Resolve(Ref("shrinks", 0, 8), "logits.shared_memory").status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

@@ -393,6 +393,10 @@ absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> Client::CreateSharedMemory(u
     impl->lease.reset();
     return status.ok() ? absl::InternalError("the server ended the registration without an answer") : status;
   }
+  // Both sides have it mapped: the name can go now, so that nothing is left in /dev/shm if this
+  // process dies.
+  shm_unlink(impl->key.c_str());
+  impl->key.clear();
   return std::unique_ptr<SharedMemoryRegion>(new SharedMemoryRegion(std::move(impl)));
 }
 

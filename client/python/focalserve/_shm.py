@@ -107,9 +107,12 @@ class SharedMemoryRegion:
         the object. Idempotent."""
         if self._lease is not None:
             lease, self._lease = self._lease, None
+            if lease.done():  # ended already (a drain, a lost connection): the name may be another's now
+                self._release_object()
+                return
             try:
                 self._client.unregister_shared_memory(self.name)
-            except Exception:  # the lease has ended already (a drain, a lost connection)
+            except Exception:
                 lease.cancel()
             else:
                 try:

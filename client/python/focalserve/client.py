@@ -231,17 +231,28 @@ class Client(_Base):
         """Starts the registration call and waits for the server to map the region; the call
         (to cancel) is the lease."""
         lease = self.stub.RegisterSharedMemory(request, metadata=self._metadata)
-        waited = threading.Event()
+        # A deadline for the answer only, not for the lease: past it the call is cancelled,
+        # unless the answer has come (decided under one lock, so a late timer cancels nothing).
+        lock, state = threading.Lock(), {"answered": False}
+
+        def expire():
+            with lock:
+                if not state["answered"]:
+                    lease.cancel()
+
         timer = None
-        if self._timeout(timeout) is not None:  # a deadline for the answer only, not for the lease
-            timer = threading.Timer(self._timeout(timeout), lambda: waited.is_set() or lease.cancel())
+        if self._timeout(timeout) is not None:
+            timer = threading.Timer(self._timeout(timeout), expire)
             timer.start()
         try:
             next(lease)
+            with lock:
+                state["answered"] = True
+            if lease.done():  # cancelled by the timer just before the answer was counted
+                raise FocalServeError.from_rpc_error(lease, "RegisterSharedMemory")
         except grpc.RpcError as e:
             raise FocalServeError.from_rpc_error(e, "RegisterSharedMemory") from None
         finally:
-            waited.set()
             if timer is not None:
                 timer.cancel()
         return lease
