@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "focal/status_macros.h"
 
 namespace focal::server {
@@ -116,12 +117,25 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
   if (!request.has_targets()) return Invalid("targets is missing");
   ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits", shm));
   ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets", shm));
+  RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.targets().has_shared_memory()) {
-    // Validated once, then read as indices (and C× smaller than the logits): a private copy.
-    shm->private_targets.assign(static_cast<const char*>(job.targets.data), job.targets.size_bytes);
+    // Validated once, then read as indices (and C× smaller than the logits): a private copy,
+    // sized by the shape only once the shape is bounded (a byte_size alone could be 2^40).
+    ASSIGN_OR_RETURN(const int64_t elements, NumElements(job.targets.shape, "targets"));
+    if (elements > limits.max_elements) {
+      return absl::ResourceExhaustedError(absl::StrCat("targets has ", elements, " elements; this server takes at most ",
+                                                       limits.max_elements, " per request (--max-elements)"));
+    }
+    const uint64_t bytes = static_cast<uint64_t>(elements) * DTypeSize(job.targets.dtype);
+    if (job.targets.size_bytes != bytes) {
+      return Invalid(absl::StrCat("targets.shared_memory.byte_size is ", job.targets.size_bytes, "; shape ",
+                                  absl::StrJoin(job.targets.shape, ", "), " of ", DTypeName(job.targets.dtype),
+                                  " needs ", bytes));
+    }
+    shm->private_targets.resize((bytes + 7) / 8);  // on the heap and 8-byte aligned, whatever moves
+    std::memcpy(shm->private_targets.data(), job.targets.data, bytes);
     job.targets.data = shm->private_targets.data();
   }
-  RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.has_num_objects()) {
     ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects", shm));
   }

@@ -37,7 +37,7 @@ struct SharedMemoryUse {
   v1::SharedMemoryRef gradient_ref, losses_ref;
   /// The targets, copied out of shared memory: class indices are validated once and then used
   /// as indices, so they must not change under the server (the client could, any time).
-  std::string private_targets;
+  std::vector<uint64_t> private_targets;
 };
 
 /// With `shm`, tensors may be shared-memory references and results may go to shared memory;

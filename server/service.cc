@@ -780,7 +780,10 @@ class SharedMemoryLease final : public grpc::ServerWriteReactor<v1::SharedMemory
                     const v1::RegisterSharedMemoryRequest* request)
       : service_(service), started_(FocalLossServiceImpl::Clock::now()), name_(request->name()) {
     service_->CallStarted();
-    control_->reactor = this;  // before the registry can call back (another call's Unregister)
+    // Before the registry can call back (another call's Unregister): an end from then on waits
+    // for the answer's write, which gRPC takes no Finish before.
+    control_->reactor = this;
+    control_->writing = true;
     absl::Status status = service_->Admit(context);
     SharedMemoryRegistry* registry = service_->config().shared_memory;
     if (status.ok() && registry == nullptr) status = SharedMemoryOff();
@@ -798,14 +801,14 @@ class SharedMemoryLease final : public grpc::ServerWriteReactor<v1::SharedMemory
     }
     service_->Report("RegisterSharedMemory", "", status, nullptr, started_, 0, 0);
     if (!status.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(control_->mu);
+        control_->writing = false;  // nothing is written: the refusal finishes at once
+      }
       control_->End(status);
       return;
     }
     answer_ = region_->info();
-    {
-      std::lock_guard<std::mutex> lock(control_->mu);
-      control_->writing = true;  // an end from now on waits for OnWriteDone
-    }
     StartWrite(&answer_);
     service_->AddDrainable(this);  // after the write: a drain now only ends the lease
     registered_ = true;

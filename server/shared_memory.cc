@@ -21,7 +21,11 @@ absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(st
 // ------------------------------------------------------------------------------------------
 // The fault handler's table: one slot per mapped region, read lock-free from the handler.
 
+/// A sequence lock guards begin and end: odd while they change. The handler skips a slot that
+/// changes while it looks (it cannot be the faulting access's: that access's call holds its
+/// region, whose slot is then stable).
 struct FaultSlot {
+  std::atomic<uint64_t> sequence{0};
   std::atomic<uintptr_t> begin{0}, end{0};  ///< the mapping's bytes; 0, 0 when free
   std::atomic<bool> broken{false};
   std::atomic<bool> taken{false};
@@ -37,8 +41,11 @@ void OnSigbus(int signal, siginfo_t* info, void* context) {
   const int saved_errno = errno;
   const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
   for (FaultSlot& slot : g_slots) {
-    // A slot is taken begin first and released end first, so a half-written one matches nothing.
+    const uint64_t before = slot.sequence.load(std::memory_order_acquire);
+    if (before & 1) continue;
     const uintptr_t begin = slot.begin.load(std::memory_order_acquire), end = slot.end.load(std::memory_order_acquire);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (slot.sequence.load(std::memory_order_relaxed) != before || begin == 0) continue;
     if (address >= begin && address < end) {
       // Zeros over the whole mapping at once: one mapping more, however many pages a client
       // makes fault (a page at a time would split the mapping until the process ran out).
@@ -48,7 +55,6 @@ void OnSigbus(int signal, siginfo_t* info, void* context) {
         errno = saved_errno;
         return;
       }
-      break;
     }
   }
   errno = saved_errno;
@@ -80,9 +86,12 @@ int TakeSlot(uintptr_t begin, uintptr_t end) {
   for (size_t i = 0; i < g_slots.size(); ++i) {
     bool free = false;
     if (g_slots[i].taken.compare_exchange_strong(free, true)) {
-      g_slots[i].broken.store(false);
-      g_slots[i].begin.store(begin, std::memory_order_release);
-      g_slots[i].end.store(end, std::memory_order_release);
+      FaultSlot& slot = g_slots[i];
+      slot.sequence.fetch_add(1, std::memory_order_acq_rel);  // odd: changing
+      slot.broken.store(false);
+      slot.begin.store(begin, std::memory_order_release);
+      slot.end.store(end, std::memory_order_release);
+      slot.sequence.fetch_add(1, std::memory_order_release);
       return static_cast<int>(i);
     }
   }
@@ -90,8 +99,11 @@ int TakeSlot(uintptr_t begin, uintptr_t end) {
 }
 
 void ReleaseSlot(int i) {
-  g_slots[static_cast<size_t>(i)].end.store(0, std::memory_order_release);
-  g_slots[static_cast<size_t>(i)].begin.store(0, std::memory_order_release);
+  FaultSlot& slot = g_slots[static_cast<size_t>(i)];
+  slot.sequence.fetch_add(1, std::memory_order_acq_rel);
+  slot.end.store(0, std::memory_order_release);
+  slot.begin.store(0, std::memory_order_release);
+  slot.sequence.fetch_add(1, std::memory_order_release);
   g_slots[static_cast<size_t>(i)].taken.store(false, std::memory_order_release);
 }
 
@@ -177,8 +189,8 @@ absl::StatusOr<std::shared_ptr<SharedMemoryRegion>> SharedMemoryRegistry::Regist
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t start = request.offset() / page * page, lead = request.offset() - start;
   const size_t bytes = static_cast<size_t>(lead + request.byte_size());
-  if (g_mapped_bytes.fetch_add(bytes) + bytes > kMaxSharedMemoryBytes) {
-    g_mapped_bytes -= bytes;
+  if (bytes > kMaxSharedMemoryBytes || g_mapped_bytes.fetch_add(bytes) + bytes > kMaxSharedMemoryBytes) {
+    if (bytes <= kMaxSharedMemoryBytes) g_mapped_bytes -= bytes;
     close(fd);
     return absl::ResourceExhaustedError(absl::StrCat("regions of ", kMaxSharedMemoryBytes,
                                                      " bytes in all are mapped at most; unregister one first"));

@@ -124,6 +124,12 @@ def test_every_reference_is_checked_against_its_region(shm_client):
         refused(lambda r: setattr(r.logits, "data", b"\0" * 4), "logits.data and logits.shared_memory are both set")
         refused(lambda r: setattr(r.logits.shared_memory, "byte_size", x.nbytes - 4),
                 f"has {x.nbytes - 4} bytes; shape [48, 10] of float32 needs {x.nbytes}")
+        # The targets are copied out of the region: sized by their (bounded) shape, not by a
+        # byte_size that could be a whole sparse object's.
+        refused(lambda r: setattr(r.targets.shared_memory, "byte_size", 60000),
+                f"targets.shared_memory.byte_size is 60000; shape 48, 10 of float32 needs {t.nbytes}")
+        refused(lambda r: (r.targets.ClearField("shape"), r.targets.shape.extend([1 << 40])),
+                "targets has 1099511627776 elements; this server takes at most", "RESOURCE_EXHAUSTED")
         small = region.empty((4,), np.float32)
         refused(lambda r: r.gradient_output.CopyFrom(small.ref), "gradient_output.byte_size is 16; the gradient has 1920 bytes (float32)")
         refused(lambda r: (r.gradient_output.CopyFrom(small.ref), setattr(r, "compute_gradient", False)),
