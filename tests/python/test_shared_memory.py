@@ -316,3 +316,27 @@ def test_a_server_without_the_flag_refuses_shared_memory(client):
         client.stub.Compute(request, timeout=30)
     assert rpc.value.code().name == "INVALID_ARGUMENT" and "logits.shared_memory is set, but this server takes no shared" \
         in rpc.value.details()
+
+
+def test_async_client_registers_computes_and_releases(shm_server):
+    import asyncio
+
+    x, t, _ = batch(9)
+
+    async def run():
+        async with focalserve.AsyncClient(shm_server.target, timeout=30) as client:
+            plain = await client.compute(x, t, "sigmoid_focal", compute_gradient=True)
+            async with client.shared_memory(1 << 16, name="async-region") as region:
+                assert "async-region" in {r.name for r in await client.list_shared_memory()}
+                G = region.empty(x.shape, np.float32)
+                r = await client.compute(region.put(x), region.put(t), "sigmoid_focal", compute_gradient=True,
+                                         gradient_output=G)
+                assert r.loss == plain.loss and r.gradient is G.array
+                assert G.array.tobytes() == plain.gradient.tobytes()
+            assert "async-region" not in {r.name for r in await client.list_shared_memory()}
+            with pytest.raises(focalserve.FocalServeError) as e:
+                async with client.shared_memory(4096, name="bad name"):
+                    pass
+            assert e.value.code.name == "INVALID_ARGUMENT" and "name must be" in e.value.message
+
+    asyncio.run(run())

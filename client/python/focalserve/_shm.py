@@ -18,6 +18,7 @@ from multiprocessing import shared_memory
 from typing import Any, Optional, Tuple
 
 import grpc
+import grpc.aio
 import numpy as np
 
 from ._proto import pb
@@ -59,6 +60,14 @@ class SharedMemoryRegion:
     while they are referenced; the object itself is removed at close()."""
 
     def __init__(self, client: Any, byte_size: int, name: Optional[str] = None, *, timeout: Optional[float] = None):
+        self._make_object(client, byte_size, name)
+        try:
+            self._lease = client._register_shared_memory(self._request(), timeout)
+        except BaseException:
+            self._release_object()
+            raise
+
+    def _make_object(self, client: Any, byte_size: int, name: Optional[str]) -> None:
         if byte_size <= 0:
             raise ValueError(f"byte_size is {byte_size}; a region has at least one byte")
         self._client = client
@@ -69,12 +78,9 @@ class SharedMemoryRegion:
         self.name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "_", self._shm.name.lstrip("/"))
         self._next = 0
         self._lease = None
-        try:
-            request = pb.RegisterSharedMemoryRequest(name=self.name, key=self.key, offset=0, byte_size=self.byte_size)
-            self._lease = client._register_shared_memory(request, timeout)
-        except BaseException:
-            self._release_object()
-            raise
+
+    def _request(self) -> pb.RegisterSharedMemoryRequest:
+        return pb.RegisterSharedMemoryRequest(name=self.name, key=self.key, offset=0, byte_size=self.byte_size)
 
     # -- tensors ------------------------------------------------------------------------------
 
@@ -142,4 +148,44 @@ class SharedMemoryRegion:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SharedMemoryRegion({self.name!r}, key={self.key!r}, byte_size={self.byte_size})"
+        return f"{type(self).__name__}({self.name!r}, key={self.key!r}, byte_size={self.byte_size})"
+
+
+class AsyncSharedMemoryRegion(SharedMemoryRegion):
+    """SharedMemoryRegion for focalserve.AsyncClient: registered by `async with` (or
+    `await region.open()`), released by leaving it (or `await region.aclose()`)."""
+
+    def __init__(self, client: Any, byte_size: int, name: Optional[str] = None, *, timeout: Optional[float] = None):
+        self._make_object(client, byte_size, name)
+        self._timeout = timeout
+
+    async def open(self) -> "AsyncSharedMemoryRegion":
+        if self._lease is None:
+            try:
+                self._lease = await self._client._register_shared_memory(self._request(), self._timeout)
+            except BaseException:
+                self._release_object()
+                raise
+        return self
+
+    async def aclose(self) -> None:
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            if not lease.done():
+                try:
+                    await self._client.unregister_shared_memory(self.name)
+                except Exception:
+                    lease.cancel()
+                else:
+                    try:
+                        while await lease.read() is not grpc.aio.EOF:  # the server ends it with OK at once
+                            pass
+                    except grpc.RpcError:
+                        pass
+        self._release_object()
+
+    async def __aenter__(self) -> "AsyncSharedMemoryRegion":
+        return await self.open()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

@@ -10,6 +10,7 @@ import grpc.aio
 from . import _codec, _health
 from ._errors import FocalServeError
 from ._proto import DEFAULT_VARIANT, pb, rpc
+from ._shm import AsyncSharedMemoryRegion
 from .client import RETRY_ATTEMPTS, _Base
 
 
@@ -40,20 +41,60 @@ class AsyncClient(_Base):
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                       *, weights: Any = None, scores: Any = None, timeout: Optional[float] = None,
-                      request_id: str = "", **params: Any) -> _codec.ComputeResult:
-        """See Client.compute (weights=, scores= included)."""
+                      request_id: str = "", gradient_output: Any = None, losses_output: Any = None,
+                      **params: Any) -> _codec.ComputeResult:
+        """See Client.compute (weights=, scores=, gradient_output=, losses_output= included)."""
         request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
                                      gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
-                                     weights=weights, scores=scores, **params)
-        return await self.compute_request(request, timeout=timeout)
+                                     weights=weights, scores=scores, gradient_output=gradient_output,
+                                     losses_output=losses_output, **params)
+        return await self.compute_request(request, timeout=timeout, gradient_output=gradient_output,
+                                          losses_output=losses_output)
 
-    async def compute_request(self, request: pb.ComputeRequest, *,
-                              timeout: Optional[float] = None) -> _codec.ComputeResult:
+    async def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None,
+                              gradient_output: Any = None, losses_output: Any = None) -> _codec.ComputeResult:
         try:
             response = await self.stub.Compute(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise FocalServeError.from_rpc_error(e, "Compute") from None
-        return _codec.ComputeResult(response)
+        return _codec.ComputeResult(response, gradient_output, losses_output)
+
+    # -- shared memory (same host; see Client.shared_memory and focalserve._shm) ---------------
+
+    def shared_memory(self, byte_size: int, name: Optional[str] = None, *,
+                      timeout: Optional[float] = None) -> AsyncSharedMemoryRegion:
+        """A new shared-memory object, registered by `async with client.shared_memory(n) as region`."""
+        return AsyncSharedMemoryRegion(self, byte_size, name, timeout=timeout)
+
+    async def _register_shared_memory(self, request: pb.RegisterSharedMemoryRequest, timeout: Optional[float]):
+        lease = self.stub.RegisterSharedMemory(request, metadata=self._metadata)
+        try:
+            # A deadline for the answer only: the lease itself lasts until it is released.
+            answer = await asyncio.wait_for(lease.read(), self._timeout(timeout))
+        except asyncio.TimeoutError:
+            lease.cancel()
+            raise FocalServeError(grpc.StatusCode.DEADLINE_EXCEEDED, "the server did not map the region in time",
+                                  "RegisterSharedMemory") from None
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "RegisterSharedMemory") from None
+        if answer is grpc.aio.EOF:  # refused: the status says why
+            raise FocalServeError(await lease.code(), await lease.details() or "", "RegisterSharedMemory")
+        return lease
+
+    async def unregister_shared_memory(self, name: str, *, timeout: Optional[float] = None) -> None:
+        try:
+            await self.stub.UnregisterSharedMemory(pb.UnregisterSharedMemoryRequest(name=name),
+                                                   timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "UnregisterSharedMemory") from None
+
+    async def list_shared_memory(self, *, timeout: Optional[float] = None) -> "list[pb.SharedMemoryRegion]":
+        try:
+            response = await self.stub.ListSharedMemory(pb.ListSharedMemoryRequest(), timeout=self._timeout(timeout),
+                                                        metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "ListSharedMemory") from None
+        return list(response.regions)
 
     async def evaluate(self, batches: Any, variant: str = DEFAULT_VARIANT, *, allow_non_finite: bool = False,
                        timeout: Optional[float] = None, gamma_sweep: Any = None,
