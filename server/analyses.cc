@@ -27,7 +27,7 @@ absl::Status Invalid(std::string message) { return absl::InvalidArgumentError(st
 /// not floor(): without -msse4.1 floor is a library call, and p·bins ≥ 0 truncates to it.
 size_t BinOf(double p, int bins) {
   const double b = std::min(p * bins, bins - 1.0);
-  return b > 0 ? static_cast<size_t>(b) : 0;  // NaN (never for finite logits) to bin 0
+  return b > 0 ? static_cast<size_t>(b) : 0;  // NaN (shared-memory logits changed after validation) to bin 0
 }
 
 /// What the sweep does not decompose, as a reason; "" when it does.

@@ -71,17 +71,13 @@ absl::Status Broken(const SharedMemoryRegion& region) {
 /// `in_place`), and the response's tensor as the reference.
 absl::Status ToSharedMemory(HostTensor&& tensor, bool in_place, const SharedMemorySpan& span,
                             const v1::SharedMemoryRef& ref, absl::string_view field, v1::Tensor* out) {
-  if (in_place) {
-    out->set_dtype(ToProto(tensor.dtype));
-    out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
-    *out->mutable_shared_memory() = ref;
-    return absl::OkStatus();
+  if (!in_place) {
+    if (tensor.bytes.size() != span.byte_size) {
+      return Invalid(absl::StrCat(field, ".byte_size is ", span.byte_size, "; the result has ", tensor.bytes.size(),
+                                  " bytes (", DTypeName(tensor.dtype), ")"));
+    }
+    std::memcpy(span.data, tensor.bytes.data(), tensor.bytes.size());
   }
-  if (tensor.bytes.size() != span.byte_size) {
-    return Invalid(absl::StrCat(field, ".byte_size is ", span.byte_size, "; the result has ", tensor.bytes.size(),
-                                " bytes (", DTypeName(tensor.dtype), ")"));
-  }
-  std::memcpy(span.data, tensor.bytes.data(), tensor.bytes.size());
   out->set_dtype(ToProto(tensor.dtype));
   out->mutable_shape()->Assign(tensor.shape.begin(), tensor.shape.end());
   *out->mutable_shared_memory() = ref;

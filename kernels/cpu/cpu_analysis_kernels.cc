@@ -108,7 +108,8 @@ void SweepPlacesImpl(const T* pt, int64_t n, int bins, uint32_t KC, uint32_t KB,
   const auto kc = hn::Set(du, KC), kb = hn::Set(du, KB);
   ForEachVector(dd, n, [&](int64_t i, int64_t count) {
     const auto p = LoadPartAs(dd, pt + i, count);
-    const auto scaled = hn::Max(hn::Min(hn::Mul(p, scale), last), hn::Zero(dd));  // NaN never: finite logits
+    // A NaN (shared-memory logits changed after validation) clamps into range: Min returns the bound.
+    const auto scaled = hn::Max(hn::Min(hn::Mul(p, scale), last), hn::Zero(dd));
     const auto bin = hn::BitCast(du, hn::DemoteTo(di, scaled));
     const auto side = hn::Sub(hn::Set(du, 1u), hn::PromoteTo(du, LoadPart(d8, items.positive + i, count)));
     const auto cls = LoadPart(du, items.cls + i, count);
