@@ -63,6 +63,7 @@ absl::StatusOr<SelectedBackend> SelectBackend(const ServerOptions& options) {
 }
 
 absl::StatusOr<SelectedBackend> SelectUndecorated(const ServerOptions& options) {
+  if (absl::Status capped = CpuBackend::ApplySimdTargetFromEnvironment(); !capped.ok()) return capped;
   const std::string simd = CpuBackend::SimdTarget();
   if (options.backend == BackendChoice::kCpu) {
     SelectedBackend selected;

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cstring>
 #include <chrono>
+#include <cstdlib>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "focal/status_macros.h"
 #include "focal/validate.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -24,6 +26,14 @@ constexpr int64_t kChunkElements = 16384;
 CpuBackend::CpuBackend(CpuBackendOptions options) : options_(options) {}
 
 std::string CpuBackend::SimdTarget() { return cpu::SimdTargetName(); }
+
+absl::Status CpuBackend::ApplySimdTargetFromEnvironment() {
+  const char* value = std::getenv(kSimdTargetVariable);
+  if (value == nullptr || *value == '\0') return absl::OkStatus();
+  if (cpu::LimitSimdTarget(value)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(kSimdTargetVariable, "=", value, ": not a SIMD target; one of ",
+                                                 cpu::kSimdTargetNames));
+}
 
 absl::StatusOr<LossResult> CpuBackend::Compute(const LossJob& job) const {
   const auto start = std::chrono::steady_clock::now();

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "focal/backend.h"
 
 namespace focal {
@@ -20,6 +21,12 @@ class CpuBackend final : public Backend {
   std::string Name() const override { return "cpu"; }
   /// The SIMD target chosen on this processor, for logs ("AVX2", "AVX3", ...).
   static std::string SimdTarget();
+  /// The environment variable that caps the SIMD target ("avx2" on an AVX-512 machine runs the
+  /// AVX2 kernels): an environment variable, so that the server, the benchmarks and the tests
+  /// all honour it, as oneDNN's ONEDNN_MAX_CPU_ISA does.
+  static constexpr const char* kSimdTargetVariable = "FOCAL_CPU_TARGET";
+  /// Applies kSimdTargetVariable when it is set; an error names it and the values it takes.
+  static absl::Status ApplySimdTargetFromEnvironment();
 
  private:
   CpuBackendOptions options_;

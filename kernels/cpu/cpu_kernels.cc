@@ -6,6 +6,7 @@
 // writes the gradient once. This file itself has no SIMD code, so it is compiled once.
 #include "kernels/cpu/cpu_kernels.h"
 
+#include "hwy/targets.h"
 #include "kernels/cpu/cpu_kernel_families.h"
 
 namespace focal::cpu {
@@ -22,5 +23,22 @@ ChunkResult RunChunk(KernelKind kind, const KernelArgs& args, int64_t begin, int
 }
 
 const char* SimdTargetName() { return DispatchedTargetName(); }
+
+bool LimitSimdTarget(std::string_view name) {
+  struct Named {
+    std::string_view name;
+    int64_t target;  // a Highway target bit; a lower bit is a better target
+  };
+  static constexpr Named kTargets[] = {
+      {"best", 0}, {"avx3", HWY_AVX3}, {"avx2", HWY_AVX2}, {"sse4", HWY_SSE4}, {"scalar", HWY_SCALAR}};
+  for (const Named& t : kTargets) {
+    if (t.name != name) continue;
+    // Every bit below the cap's is a better target. DisableTargets also drops the dispatch
+    // tables' cached choice, so the next call picks again.
+    hwy::DisableTargets(t.target == 0 ? 0 : t.target - 1);
+    return true;
+  }
+  return false;
+}
 
 }  // namespace focal::cpu

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "focal/kernel_args.h"
 
@@ -26,5 +27,13 @@ ChunkResult RunChunk(KernelKind kind, const KernelArgs& args, int64_t begin, int
 
 /// Name of the SIMD target the dispatcher picked on this processor ("AVX3", "AVX2", ...).
 const char* SimdTargetName();
+
+/// Caps run-time dispatch at the target `name` (kSimdTargetNames) and those below it, so that one
+/// machine can measure and test each target; "best" lifts the cap. The processor still decides
+/// what it supports below the cap. false, changing nothing, for a name not in the list.
+bool LimitSimdTarget(std::string_view name);
+
+/// The names LimitSimdTarget takes, best first.
+inline constexpr const char* kSimdTargetNames = "best, avx3, avx2, sse4, scalar";
 
 }  // namespace focal::cpu

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -176,6 +177,10 @@ const int kRegistered = Register();
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
+  if (const absl::Status capped = focal::CpuBackend::ApplySimdTargetFromEnvironment(); !capped.ok()) {
+    std::fprintf(stderr, "cpu_bench: %s\n", std::string(capped.message()).c_str());
+    return 2;
+  }
   // The same warm heap that torch_compare.py gives PyTorch, so neither side pays page faults.
   benchmark::AddCustomContext("heap", focal::KeepFreedMemoryInProcess() ? "warm (mallopt)" : "glibc defaults");
   benchmark::AddCustomContext("simd_target", focal::CpuBackend::SimdTarget());

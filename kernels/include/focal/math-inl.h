@@ -24,7 +24,7 @@ struct LossGrad {
   V grad;  ///< ∂loss/∂input, before the upstream weight
 };
 
-/// σ(x) and its logs, from one exp and one log1p.
+/// σ(x) and its logs, from one exp, one log1p and one reciprocal.
 template <class V>
 struct SigmoidParts {
   V log_p;  ///< log σ(x) = -softplus(-x)
@@ -36,12 +36,11 @@ struct SigmoidParts {
 template <class Ops, class V = typename Ops::V>
 FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
   const V one = o.Set(1);
-  const V e = o.Exp(o.Neg(o.Abs(x)));  // e^-|x| ∈ (0, 1]: never overflows
-  const V u = one + e;
-  const V inv = one / u;
-  // log1p(e) as log(u) corrected for the rounding of u = 1 + e (Kahan's log1p), reusing the
-  // 1/u that σ needs: exact to the last digits even where e ≪ ε and log(u) is 0.
-  const V l = o.LogOneToTwo(u) + (e - (u - one)) * inv;
+  const V e = o.Exp(o.Neg(o.Abs(x)));  // e^-|x| ∈ [0, 1]: never overflows
+  const V inv = o.ReciprocalOneToTwo(one + e);
+  // log1p of e itself, not log(1 + e): exact to the last digits even where e ≪ ε and 1 + e
+  // rounds to 1.
+  const V l = o.Log1pUnit(e);
   const V m = o.Max(x, o.Zero());
   const auto nonneg = o.Le(o.Zero(), x);
   // softplus(-x) = (max(x,0) - x) + l; (m - x) is exact, so log σ(x) keeps its relative

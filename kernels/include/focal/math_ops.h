@@ -20,8 +20,11 @@ struct ScalarOps {
   FOCAL_HD V Zero() const { return T(0); }
   FOCAL_HD V Exp(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
-  FOCAL_HD V LogOneToTwo(V a) const { return std::log(a); }  ///< log a for a ∈ [1, 2]
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
+  /// log1p(a) for a ∈ [0, 1] (the SIMD policy's is a polynomial there).
+  FOCAL_HD V Log1pUnit(V a) const { return std::log1p(a); }
+  /// 1/a for a ∈ [1, 2] (the SIMD policy's is a refined approximate reciprocal there).
+  FOCAL_HD V ReciprocalOneToTwo(V a) const { return T(1) / a; }
   FOCAL_HD V Expm1(V a) const { return std::expm1(a); }
   FOCAL_HD V Sqrt(V a) const { return std::sqrt(a); }
   FOCAL_HD V Abs(V a) const { return std::fabs(a); }

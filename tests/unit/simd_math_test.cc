@@ -1,0 +1,119 @@
+// The SIMD sigmoid primitive (math::Sigmoid under the Highway policy, reached through the
+// analyses' SigmoidItemParts entry point) on every SIMD target this processor runs, against
+// long-double references, in float ulps of the true value.
+//
+// Bounds, from the arithmetic of kernels/cpu/simd-inl.h (float; u is one ulp):
+//   - e = e^-|x|: Highway's Exp, within 1 ulp;
+//   - 1/(1 + e): the rounding of 1 + e (½), the refined reciprocal (½ + 2^-4 after Newton's
+//     step), and e's own error, damped by e/(1 + e) ≤ ½: 1.6 ulp;
+//   - log1p(e): the polynomial's 1.47 ulp (scripts/fit_log1p.py) plus e's 1 ulp, damped by
+//     e/((1 + e) log1p(e)) ≤ 1: 2.5 ulp;
+//   - p or q = e/(1 + e): e (1) + the reciprocal (1.6) + the product (½): 3.1 ulp; the other
+//     one is the reciprocal itself;
+//   - log σ(±x) = -(|x| + log1p(e)) or -log1p(e): log1p's 2.5 plus the sum's ½: 3 ulp.
+// So each part is allowed 3.5 ulp (first-order sums above, rounded up). float64 inputs compute
+// in double with division, Highway's double log and Kahan's correction: the same chain, allowed
+// 3.5 ulp of double. Results below float's (or double's) normal range keep only an absolute
+// accuracy of the smallest subnormal: the bound there is 2 subnormal steps.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/analysis_kernels.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace focal {
+namespace {
+
+constexpr double kAllowedUlps = 3.5;
+
+template <typename T>
+double UlpsOff(T got, long double want) {
+  const long double spacing = std::max<long double>(
+      std::nextafter(static_cast<T>(std::fabs(want)), std::numeric_limits<T>::infinity()) -
+          static_cast<T>(std::fabs(want)),
+      std::numeric_limits<T>::denorm_min());
+  if (std::fabs(want) < std::numeric_limits<T>::min()) {
+    // Below the normal range: absolute, in subnormal steps, allowed 2.
+    return static_cast<double>(std::fabs(got - want) / std::numeric_limits<T>::denorm_min()) * kAllowedUlps / 2;
+  }
+  return static_cast<double>(std::fabs(static_cast<long double>(got) - want) / spacing);
+}
+
+/// Logits over [-limit, limit]: a dense grid near 0, where the sigmoid's parts all matter, and a
+/// coarser one out to where e^-|x| underflows.
+template <typename T>
+std::vector<T> Logits(T limit) {
+  std::vector<T> x;
+  for (T v = -limit; v <= limit; v += (std::fabs(v) < 20 ? T(0.001953125) : T(0.0625))) x.push_back(v);
+  for (T v : {T(0), T(-0.0), std::numeric_limits<T>::min(), T(1e-30), T(1e-7), T(-1e-7), T(88.5), T(-88.5)}) {
+    x.push_back(v);
+  }
+  return x;
+}
+
+struct Worst {
+  double ulps = 0;
+  double at = 0;
+  void Take(double u, double x) {
+    if (u > ulps) ulps = u, at = x;
+  }
+};
+
+template <typename T>
+void CheckOnTarget(const std::string& target, T limit) {
+  const std::vector<T> x = Logits(limit);
+  const size_t n = x.size();
+  const std::vector<T> sign(n, T(1));
+  std::vector<T> log_p(n), log_q(n), p(n), q(n);
+  cpu::analysis::SigmoidItemParts(x.data(), sign.data(), static_cast<int64_t>(n),
+                                  cpu::analysis::ItemParts<T>{log_p.data(), log_q.data(), p.data(), q.data()});
+  Worst w_log_p, w_log_q, w_p, w_q;
+  for (size_t i = 0; i < n; ++i) {
+    const long double xi = x[i];
+    // softplus(-x) = log(1 + e^-x), written for each sign without overflow.
+    const long double sp_neg = xi >= 0 ? std::log1p(std::exp(-xi)) : -xi + std::log1p(std::exp(xi));
+    const long double sp_pos = xi >= 0 ? xi + std::log1p(std::exp(-xi)) : std::log1p(std::exp(xi));
+    const long double sig = 1 / (1 + std::exp(-xi)), sig_neg = 1 / (1 + std::exp(xi));
+    w_log_p.Take(UlpsOff(log_p[i], -sp_neg), x[i]);
+    w_log_q.Take(UlpsOff(log_q[i], -sp_pos), x[i]);
+    w_p.Take(UlpsOff(p[i], sig), x[i]);
+    w_q.Take(UlpsOff(q[i], sig_neg), x[i]);
+  }
+  std::printf("[ %s %s ] worst ulps over %zu logits: log p %.2f (x=%g), log q %.2f (x=%g), p %.2f (x=%g), q %.2f (x=%g)\n",
+              target.c_str(), sizeof(T) == 4 ? "float" : "double", n, w_log_p.ulps, w_log_p.at, w_log_q.ulps,
+              w_log_q.at, w_p.ulps, w_p.at, w_q.ulps, w_q.at);
+  EXPECT_LE(w_log_p.ulps, kAllowedUlps) << target << " log p at x=" << w_log_p.at;
+  EXPECT_LE(w_log_q.ulps, kAllowedUlps) << target << " log q at x=" << w_log_q.at;
+  EXPECT_LE(w_p.ulps, kAllowedUlps) << target << " p at x=" << w_p.at;
+  EXPECT_LE(w_q.ulps, kAllowedUlps) << target << " q at x=" << w_q.at;
+}
+
+class SimdSigmoid : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(cpu::LimitSimdTarget(GetParam()));
+    target_ = cpu::SimdTargetName();
+  }
+  void TearDown() override { cpu::LimitSimdTarget("best"); }
+  std::string target_;
+};
+
+TEST_P(SimdSigmoid, FloatPartsWithinTheirBound) { CheckOnTarget<float>(target_, 104.0f); }
+TEST_P(SimdSigmoid, DoublePartsWithinTheirBound) { CheckOnTarget<double>(target_, 745.0); }
+
+// A cap above what this processor has runs its best target again: the printed name says which.
+INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdSigmoid, ::testing::Values("avx3", "avx2", "sse4", "scalar"));
+
+TEST(SimdTargets, UnknownNameChangesNothing) {
+  const std::string before = cpu::SimdTargetName();
+  EXPECT_FALSE(cpu::LimitSimdTarget("avx9000"));
+  EXPECT_EQ(cpu::SimdTargetName(), before);
+}
+
+}  // namespace
+}  // namespace focal
