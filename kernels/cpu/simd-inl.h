@@ -58,7 +58,7 @@ struct HwyOps {
   }
   /// log1p(a) for a ∈ [0, 1], the sigmoid's log1p(e^-|x|). In float a polynomial, with no
   /// division and no exponent split: log1p(a) = a + a²·Q(a), Q of degree 8 fitted to the relative
-  /// error by scripts/fit_log1p.py: within 1.47 ulp of the true value over [0, 1] (mean 0.28),
+  /// error by scripts/fit_sigmoid_polynomials.py: within 1.47 ulp of the true value over [0, 1] (mean 0.28),
   /// subnormal a included (where it returns a). Highway's Log1p would cost a log, with its own
   /// division, and a correction. In double, Kahan's log1p from Highway's log of 1 + a ∈ [1, 2]
   /// and (a - (u - 1))/u, whose division is the same as ReciprocalOneToTwo's (the compiler
@@ -83,19 +83,19 @@ struct HwyOps {
                      hn::Div(hn::Sub(a, hn::Sub(u, one)), u));
     }
   }
-  /// 1/a for a ∈ [1, 2]. In float the processor's approximate reciprocal (AVX-512's to 2^-14,
-  /// AVX2's and SSE4's to 1.5·2^-12) refined by Newton's step r + r(1 - ar), which squares the
-  /// relative error: one step on AVX-512, two elsewhere, to within float's rounding. A division
-  /// is a long-latency instruction on every x86 core and the sigmoid needed two.
+  /// 1/a for a ∈ [1, 2]. In float a quadratic first guess (relative error 2^-6.6) refined by two
+  /// Newton steps r + r(1 - ar), each squaring the error: within 0.67 ulp, 96% correctly rounded
+  /// (scripts/fit_sigmoid_polynomials.py), in six fused multiply-adds where a division is a
+  /// long-latency instruction on every x86 core. Not the processor's approximate reciprocal:
+  /// AVX-512's full vectors have it to 2^-14 and their 128-bit ones (the one-lane tails) to
+  /// 2^-12, and a result must not depend on the lane width its element fell in (Evaluate's sums
+  /// are bit-identical however a dataset is split).
   HWY_INLINE V ReciprocalOneToTwo(V a) const {
-    if constexpr (std::is_same_v<T, float> && HWY_TARGET != HWY_EMU128 && HWY_TARGET != HWY_SCALAR) {
+    if constexpr (std::is_same_v<T, float>) {
       const V one = Set(1);
-      V r = hn::ApproximateReciprocal(a);
+      V r = hn::MulAdd(hn::MulAdd(Set(0.3232232332229614), a, Set(-1.4545049667358398)), a, Set(2.1211719512939453));
       r = hn::MulAdd(r, hn::NegMulAdd(a, r, one), r);
-#if HWY_TARGET > HWY_AVX3
-      r = hn::MulAdd(r, hn::NegMulAdd(a, r, one), r);
-#endif
-      return r;
+      return hn::MulAdd(r, hn::NegMulAdd(a, r, one), r);
     } else {
       return hn::Div(Set(1), a);
     }

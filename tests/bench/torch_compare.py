@@ -34,9 +34,12 @@ same bytes (the memory-bandwidth floor). Names it does not report print as n/a.
   bins, a random distance per row), each forward + backward of the mean in eager torch.
 
 Targets (from the performance and catalogue issues), printed next to the figures:
-    sigmoid_focal >= 10x torchvision, softmax_focal >= 2x torch, the catalogue's elementwise
+    sigmoid_focal >= 15x torchvision, softmax_focal >= 3x torch, the catalogue's elementwise
     variants >= 8x and distribution_focal >= 2x their eager torch,
-    our time <= 2x the copy floor's time where the kernel is memory-bound.
+    our time <= 2.5x the copy floor's time where the kernel is memory-bound.
+
+The SIMD target the C++ side dispatched is printed with the figures; FOCAL_CPU_TARGET=avx2 (or
+sse4, scalar) caps it, so that one AVX-512 machine measures the AVX2 kernels too.
 """
 
 import argparse
@@ -80,14 +83,14 @@ TORCH_NAME = {"sigmoid_focal": "torchvision.ops.sigmoid_focal_loss",
               "focal_star": "fvcore's sigmoid_focal_loss_star, gamma=1",
               "distribution_focal": "mmdetection's distribution focal loss in plain torch, 80 bins"}
 # minimum speed-up of ours over torch, per variant
-SPEEDUP_TARGET = {"sigmoid_focal": 10.0, "softmax_focal": 2.0, "asymmetric": 8.0, "quality_focal": 8.0,
+SPEEDUP_TARGET = {"sigmoid_focal": 15.0, "softmax_focal": 3.0, "asymmetric": 8.0, "quality_focal": 8.0,
                   "varifocal": 8.0, "focal_star": 8.0, "distribution_focal": 2.0}
 
 
 def measured(variant, shape):
     """Whether (variant, shape) is in the comparison: the catalogue only on [N, 80]."""
     return variant not in CATALOGUE or (len(shape) == 2 and shape[1] == 80)
-COPY_TARGET = 2.0  # our time / copy time, where memory-bound
+COPY_TARGET = 2.5  # our time / copy time, where memory-bound
 WARM_FAULT_LIMIT = 256  # pages (1 MiB): a warm-up run below this counts as steady
 
 
@@ -312,6 +315,9 @@ def run_cpu_bench(path, shapes, timeout, log):
         log(f"  could not parse the C++ benchmark's JSON: {e}")
         return {}
 
+    context = data.get("context", {})
+    log(f"  C++ side: SIMD target {context.get('simd_target', '?')}, "
+        f"{context.get('omp_threads', '?')} OpenMP threads, heap {context.get('heap', '?')}")
     wanted = {shape_name(s) for s in shapes}
     samples = {}
     for b in data.get("benchmarks", []):
@@ -478,9 +484,9 @@ def main():
         print(f"C++ benchmark: {args.cpu_bench} (min_time {CPU_BENCH_MIN_TIME} s); "
               f"{len(cpp)} of {expected} expected entries found")
     print()
-    print("targets: sigmoid_focal >= 10x torchvision; softmax_focal >= 2x torch; the catalogue's "
+    print("targets: sigmoid_focal >= 15x torchvision; softmax_focal >= 3x torch; the catalogue's "
           "elementwise variants >= 8x and distribution_focal >= 2x their eager torch; "
-          "our time <= 2x the copy floor where memory-bound")
+          "our time <= 2.5x the copy floor where memory-bound")
     print()
     rows = build_rows(shapes, torch_res, cpp, bool(args.cpu_bench))
     print_table(rows, bool(args.cpu_bench), args.markdown)

@@ -280,7 +280,32 @@ TEST(Determinism, BitIdenticalForAnyThreadCountAndEveryRun) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
+// An element's loss and gradient must not depend on whether it fell in a full SIMD vector or in
+// the one-lane tail: Evaluate's sums are bit-identical however a dataset is split, and a
+// primitive that differs by lane width would break that (AVX-512's approximate reciprocal, say,
+// is good to 2^-14 in full vectors and to 2^-12 in the 128-bit ones of the tails). 1024 logits
+// in full vectors, then each of them alone (one lane).
+TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
+  constexpr int64_t kN = 1024;
+  const std::vector<double> x = testing::RandomNormal(kN, 4, 21), t = testing::RandomClasses(kN, 2, 22);
+  const HostTensor all_x = MakeTensor(DType::kFloat32, {kN}, x), all_t = MakeTensor(DType::kFloat32, {kN}, t);
+  for (const LossSpec& spec : {Sigmoid(2), Sigmoid(0.5), Spec(FocalStarParams{}), Spec(AsymmetricParams{})}) {
+    const auto all = Compute(MakeJob(spec, all_x, all_t, Reduction::kNone));
+    ASSERT_TRUE(all.ok()) << all.status();
+    const std::vector<double> losses = testing::Values(all->losses->view());
+    const std::vector<double> grad = testing::Values(all->gradient->view());
+    int differing = 0;
+    for (int64_t i = 0; i < kN; ++i) {
+      const HostTensor one_x = MakeTensor(DType::kFloat32, {1}, {x[i]}), one_t = MakeTensor(DType::kFloat32, {1}, {t[i]});
+      const auto one = Compute(MakeJob(spec, one_x, one_t, Reduction::kNone));
+      ASSERT_TRUE(one.ok()) << one.status();
+      const bool same = testing::Values(one->losses->view())[0] == losses[i] &&
+                        testing::Values(one->gradient->view())[0] == grad[i];
+      if (!same && ++differing <= 3) ADD_FAILURE() << "element " << i << " (x = " << x[i] << ") alone differs";
+    }
+    EXPECT_EQ(differing, 0) << "elements whose results differ alone";
+  }
+}
 
 TEST(Invariants, ProbabilitiesInputEqualsLogitsInputThroughTheSigmoid) {
   const int64_t n = 8, c = 6;
