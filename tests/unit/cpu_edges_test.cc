@@ -290,6 +290,7 @@ TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
   const std::vector<double> x = testing::RandomNormal(kN, 4, 21), t = testing::RandomClasses(kN, 2, 22);
   const HostTensor all_x = MakeTensor(DType::kFloat32, {kN}, x), all_t = MakeTensor(DType::kFloat32, {kN}, t);
   for (const LossSpec& spec : {Sigmoid(2), Sigmoid(0.5), Spec(FocalStarParams{}), Spec(AsymmetricParams{})}) {
+    SCOPED_TRACE(VariantName(spec.params));
     const auto all = Compute(MakeJob(spec, all_x, all_t, Reduction::kNone));
     ASSERT_TRUE(all.ok()) << all.status();
     const std::vector<double> losses = testing::Values(all->losses->view());
@@ -301,7 +302,11 @@ TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
       ASSERT_TRUE(one.ok()) << one.status();
       const bool same = testing::Values(one->losses->view())[0] == losses[i] &&
                         testing::Values(one->gradient->view())[0] == grad[i];
-      if (!same && ++differing <= 3) ADD_FAILURE() << "element " << i << " (x = " << x[i] << ") alone differs";
+      if (!same && ++differing <= 3) {
+        ADD_FAILURE() << "element " << i << " (x = " << x[i] << ", t = " << t[i] << ") alone: loss "
+                      << testing::Values(one->losses->view())[0] << " gradient " << testing::Values(one->gradient->view())[0]
+                      << "; in vectors: loss " << losses[i] << " gradient " << grad[i];
+      }
     }
     EXPECT_EQ(differing, 0) << "elements whose results differ alone";
   }
