@@ -13,6 +13,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -952,6 +953,29 @@ TEST(FocalServeCli, BackendSelectionSaysWhichAndWhy) {
   ASSERT_NE(server, nullptr) << error;
   EXPECT_NE(server->listening_line().find("backend cpu ("), std::string::npos) << server->listening_line();
   EXPECT_NE(server->listening_line().find("no CUDA"), std::string::npos) << server->listening_line();
+}
+
+// FOCAL_CPU_TARGET caps the CPU backend's SIMD target: an unknown value stops the server at
+// start naming the variable and the values it takes; a known one shows in the start line (SSE4:
+// every x86-64 processor CI runs on has it, so the cap is always what runs).
+TEST(FocalServeCli, SimdTargetCapFromTheEnvironment) {
+  testing::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  ASSERT_EQ(setenv("FOCAL_CPU_TARGET", "avx9000", 1), 0);
+  const int code = testing::RunProgram({kBinary, "--backend=cpu", "--listen=127.0.0.1:0", "--metrics-listen="},
+                                       dir.File("bad_target.txt"), 10s);
+  const std::string said = testing::ReadFile(dir.File("bad_target.txt"));
+  EXPECT_NE(code, 0) << said;
+  EXPECT_NE(code, -1) << "the server kept running with an unknown SIMD target";
+  EXPECT_NE(said.find("FOCAL_CPU_TARGET=avx9000"), std::string::npos) << said;
+  EXPECT_NE(said.find("avx2"), std::string::npos) << said;
+
+  ASSERT_EQ(setenv("FOCAL_CPU_TARGET", "sse4", 1), 0);
+  std::string error;
+  const auto server = testing::ServerProcess::Start(kBinary, {"--backend=cpu"}, &error, /*metrics=*/false);
+  unsetenv("FOCAL_CPU_TARGET");
+  ASSERT_NE(server, nullptr) << error;
+  EXPECT_NE(server->listening_line().find("backend cpu (SSE4)"), std::string::npos) << server->listening_line();
 }
 
 TEST(FocalServeDeadline, DeadlineExceededAndCancelledThenStillServing) {
