@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "focal/uninitialized_string.h"
 
 namespace focal {
 
@@ -74,6 +75,14 @@ HostTensor HostTensor::Allocate(DType dtype, Shape shape, int64_t num_elements) 
   // std::string zero-fills (C++17 has no uninitialised resize): one write pass, repaid by the
   // copy the server saves when it moves these bytes into its response.
   t.bytes.resize(static_cast<size_t>(num_elements) * DTypeSize(dtype));
+  return t;
+}
+
+HostTensor HostTensor::AllocateUninitialized(DType dtype, Shape shape, int64_t num_elements) {
+  HostTensor t;
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  t.bytes = UninitializedString(static_cast<size_t>(num_elements) * DTypeSize(dtype));
   return t;
 }
 

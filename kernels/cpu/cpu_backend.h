@@ -12,6 +12,10 @@ namespace focal {
 struct CpuBackendOptions {
   /// OpenMP threads per job; 0 uses OpenMP's default (OMP_NUM_THREADS, else all cores).
   int num_threads = 0;
+  /// Tests: fill every output with NaN bytes before the kernels run. Outputs are allocated
+  /// without zeroing, since every kernel writes all of its outputs; a test under this option sees
+  /// any element one leaves unwritten.
+  bool poison_outputs = false;
 };
 
 class CpuBackend final : public Backend {

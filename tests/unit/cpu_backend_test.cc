@@ -136,7 +136,10 @@ void CheckProblem(const Problem& problem, Reduction reduction,
     job.grad_output = static_cast<double>(scalar_w);
   }
 
-  const absl::StatusOr<LossResult> result = CpuBackend().Compute(job);
+  // Outputs pre-filled with NaN: an element a kernel leaves unwritten fails the comparison.
+  CpuBackendOptions options;
+  options.poison_outputs = true;
+  const absl::StatusOr<LossResult> result = CpuBackend(options).Compute(job);
   ASSERT_TRUE(result.ok()) << result.status();
   ErrorStats& stats = Stats()[problem.variant];
   ++stats.cases;

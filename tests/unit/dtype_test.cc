@@ -8,6 +8,7 @@
 #include <random>
 
 #include "focal/dtype.h"
+#include "focal/tensor.h"
 
 namespace focal {
 namespace {
@@ -71,6 +72,19 @@ TEST(BFloat16, RoundsToNearestEven) {
     EXPECT_EQ(FloatToBFloat16(x), NearestEven(x, BFloat16ToFloat)) << x;
   }
   EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+// AllocateUninitialized gives exactly the bytes asked for, at every size around std::string's
+// 15-byte inline buffer and its first growth (libstdc++ 12's resize_and_overwrite hands its
+// operation the grown capacity, which must not become the length).
+TEST(HostTensor, AllocateUninitializedHasExactlyItsBytes) {
+  for (int64_t n : {0, 1, 7, 8, 14, 15, 16, 20, 29, 30, 31, 1000, 1 << 20}) {
+    for (DType dtype : {DType::kFloat16, DType::kFloat32, DType::kFloat64}) {
+      const HostTensor t = HostTensor::AllocateUninitialized(dtype, {n}, n);
+      EXPECT_EQ(t.size_bytes(), static_cast<size_t>(n) * DTypeSize(dtype)) << n << " elements";
+      EXPECT_EQ(t.bytes.c_str()[t.bytes.size()], '\0');  // still a well-formed std::string
+    }
+  }
 }
 
 }  // namespace

@@ -49,6 +49,10 @@ struct HostTensor {
 
   /// `num_elements` zeroed elements of `dtype`.
   static HostTensor Allocate(DType dtype, Shape shape, int64_t num_elements);
+  /// `num_elements` elements of `dtype` whose bytes are not written, for an output that its
+  /// producer writes whole (the CPU backend's gradients and losses): zeroing them first is a
+  /// pass over memory as long as the producer's own.
+  static HostTensor AllocateUninitialized(DType dtype, Shape shape, int64_t num_elements);
   /// float32 values as float32.
   static HostTensor Float32(Shape shape, absl::Span<const float> values);
   /// float64 values as float64.
