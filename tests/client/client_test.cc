@@ -7,6 +7,7 @@
 #include <random>
 #include <unistd.h>
 
+#include <chrono>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -240,8 +241,14 @@ TEST_F(ClientTest, ErrorCarriesServerCodeAndMessage) {
   out = client_->Compute(unset);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(out.status().message().find("logits.dtype"), absl::string_view::npos) << out.status();
-  // The server logs the failure with its request id.
-  EXPECT_NE(server_->Stderr().find("INVALID_ARGUMENT"), std::string::npos);
+  // The server logs the failure with its request id. The line can reach its stderr just after
+  // the answer reaches us (the sanitizer build has shown it): wait for it, up to 10 s.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server_->Stderr().find("INVALID_ARGUMENT") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_NE(server_->Stderr().find("INVALID_ARGUMENT"), std::string::npos) << server_->Stderr();
 }
 
 TEST_F(ClientTest, ClientSideMessageLimitIsEnforced) {
