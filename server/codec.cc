@@ -22,14 +22,22 @@ absl::StatusOr<SharedMemorySpan> ResolveRef(const v1::SharedMemoryRef& ref, absl
 }
 
 /// A view of a request tensor, at most kMaxRank dimensions: its bytes in place, in the request
-/// or in a shared-memory region (then held by `shm`).
-absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, absl::string_view field, SharedMemoryUse* shm) {
+/// (its own `data`, or what `detached` read apart for its field) or in a shared-memory region
+/// (then held by `shm`).
+absl::StatusOr<TensorView> RequestTensor(const v1::Tensor& t, int field_number, absl::string_view field,
+                                         SharedMemoryUse* shm, const wire::DetachedTensorData* detached) {
   if (t.shape_size() > kMaxRank) {
     return Invalid(absl::StrCat(field, ".shape has ", t.shape_size(), " dimensions; at most ", kMaxRank));
   }
   ASSIGN_OR_RETURN(TensorView view, wire::TensorViewFromProto(t, field));
+  if (detached != nullptr) {
+    if (const std::optional<absl::string_view> data = detached->Find(field_number)) {
+      view.data = data->data();
+      view.size_bytes = data->size();
+    }
+  }
   if (!t.has_shared_memory()) return view;
-  if (!t.data().empty()) return Invalid(absl::StrCat(field, ".data and ", field, ".shared_memory are both set"));
+  if (view.size_bytes != 0) return Invalid(absl::StrCat(field, ".data and ", field, ".shared_memory are both set"));
   ASSIGN_OR_RETURN(SharedMemorySpan span, ResolveRef(t.shared_memory(), absl::StrCat(field, ".shared_memory"), shm));
   view.data = span.data;
   view.size_bytes = static_cast<size_t>(span.byte_size);
@@ -103,16 +111,20 @@ absl::Status CheckRequestSize(const TensorView& logits, const RequestLimits& lim
 }
 
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits,
-                                             SharedMemoryUse* shm) {
+                                             SharedMemoryUse* shm, const wire::DetachedTensorData* detached) {
   LossJob job;
+  using R = v1::ComputeRequest;
+  auto tensor = [shm, detached](const v1::Tensor& t, int field_number, absl::string_view field) {
+    return RequestTensor(t, field_number, field, shm, detached);
+  };
   RETURN_IF_ERROR(wire::RejectUnknownFields(request, ""));
   if (!request.has_loss()) return Invalid("loss is missing; it names the variant and its parameters");
   ASSIGN_OR_RETURN(job.spec, wire::LossSpecFromProto(request.loss(), "loss"));
 
   if (!request.has_logits()) return Invalid("logits is missing");
   if (!request.has_targets()) return Invalid("targets is missing");
-  ASSIGN_OR_RETURN(job.logits, RequestTensor(request.logits(), "logits", shm));
-  ASSIGN_OR_RETURN(job.targets, RequestTensor(request.targets(), "targets", shm));
+  ASSIGN_OR_RETURN(job.logits, tensor(request.logits(), R::kLogitsFieldNumber, "logits"));
+  ASSIGN_OR_RETURN(job.targets, tensor(request.targets(), R::kTargetsFieldNumber, "targets"));
   RETURN_IF_ERROR(CheckRequestSize(job.logits, limits));
   if (request.targets().has_shared_memory()) {
     // Validated once, then read as indices (and C× smaller than the logits): a private copy,
@@ -133,19 +145,19 @@ absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, 
     job.targets.data = shm->private_targets.data();
   }
   if (request.has_num_objects()) {
-    ASSIGN_OR_RETURN(job.num_objects, RequestTensor(request.num_objects(), "num_objects", shm));
+    ASSIGN_OR_RETURN(job.num_objects, tensor(request.num_objects(), R::kNumObjectsFieldNumber, "num_objects"));
   }
   if (request.has_weights()) {
-    ASSIGN_OR_RETURN(job.weights, RequestTensor(request.weights(), "weights", shm));
+    ASSIGN_OR_RETURN(job.weights, tensor(request.weights(), R::kWeightsFieldNumber, "weights"));
   }
   if (request.has_scores()) {
-    ASSIGN_OR_RETURN(job.scores, RequestTensor(request.scores(), "scores", shm));
+    ASSIGN_OR_RETURN(job.scores, tensor(request.scores(), R::kScoresFieldNumber, "scores"));
   }
   job.compute_gradient = request.compute_gradient();
   switch (request.grad_output_case()) {
     case v1::ComputeRequest::kGradOutputScalar: job.grad_output = request.grad_output_scalar(); break;
     case v1::ComputeRequest::kGradOutputTensor: {
-      ASSIGN_OR_RETURN(job.grad_output, RequestTensor(request.grad_output_tensor(), "grad_output", shm));
+      ASSIGN_OR_RETURN(job.grad_output, tensor(request.grad_output_tensor(), R::kGradOutputTensorFieldNumber, "grad_output"));
       break;
     }
     case v1::ComputeRequest::GRAD_OUTPUT_NOT_SET: break;

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "focal/job.h"
+#include "focal/tensor_wire.h"
 #include "focal/v1/focal_loss.pb.h"
 #include "focal/wire.h"
 #include "server/limits.h"
@@ -41,9 +42,12 @@ struct SharedMemoryUse {
 };
 
 /// With `shm`, tensors may be shared-memory references and results may go to shared memory;
-/// the views then point into the mapped regions, which `shm` holds.
+/// the views then point into the mapped regions, which `shm` holds. With `detached`, a tensor
+/// whose data it holds (focal/tensor_wire.h: read apart from `request`) is viewed there, and it
+/// must outlive the job too.
 absl::StatusOr<LossJob> DecodeComputeRequest(const v1::ComputeRequest& request, const RequestLimits& limits,
-                                             SharedMemoryUse* shm = nullptr);
+                                             SharedMemoryUse* shm = nullptr,
+                                             const wire::DetachedTensorData* detached = nullptr);
 
 /// Fills `response` from a result, moving its tensors' bytes in (no copy); `queue_micros` is
 /// the time the request waited for a slot. Results that `shm` sends to shared memory are

@@ -51,7 +51,7 @@ class InferCodec final : public FocalLossServiceImpl::UnaryCodec {
   absl::Status Encode(BatchOutcome& outcome, grpc::ByteBuffer* bytes) override {
     inference::ModelInferResponse response;
     RETURN_IF_ERROR(kserve::EncodeInferResponse(std::move(outcome.result), call_, outcome.request_id, &response));
-    return SerializeMessage(response, service_->core().config().max_message_bytes, bytes);
+    return SerializeWithTensorSlices(response, service_->core().config().max_message_bytes, bytes);
   }
 
   void Finished(const absl::Status& status, const BatchOutcome* outcome) override {

@@ -206,7 +206,8 @@ BatchOutcome FocalLossServiceImpl::RunBatch(const CallState& call, grpc::ByteBuf
 absl::StatusOr<LossJob> FocalLossServiceImpl::DecodeCompute(grpc::ByteBuffer& bytes, absl::string_view what,
                                                            v1::ComputeRequest& request, BatchOutcome& out,
                                                            const std::function<absl::Status(LossJob&)>& edit) const {
-  RETURN_IF_ERROR(ParseMessage(bytes, &request, what.empty() ? "the request" : what, config_.max_message_bytes));
+  RETURN_IF_ERROR(ParseDetachingTensors(bytes, &request, what.empty() ? "the request" : what,
+                                        config_.max_message_bytes, &out.received));
   out.request_id = request.request_id();
   if (request.has_evaluate() && !edit) {
     return InMessage(absl::InvalidArgumentError("evaluate is set; EvaluateOptions are for the Evaluate RPC"), what,
@@ -218,7 +219,7 @@ absl::StatusOr<LossJob> FocalLossServiceImpl::DecodeCompute(grpc::ByteBuffer& by
                      what, out.request_id);
   }
   out.shm.registry = config_.shared_memory;
-  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits, &out.shm);
+  absl::StatusOr<LossJob> job = DecodeComputeRequest(request, config_.limits, &out.shm, &out.received.data);
   if (!job.ok()) return InMessage(job.status(), what, out.request_id);
   out.variant = VariantName(job->spec.params);
   if (edit) RETURN_IF_ERROR(InMessage(edit(*job), what, out.request_id));
@@ -238,8 +239,9 @@ absl::Status FocalLossServiceImpl::EncodeAnswer(BatchOutcome& outcome, grpc::Byt
     v1::ComputeResponse response;
     RETURN_IF_ERROR(EncodeComputeResponse(std::move(outcome.result), outcome.request_id,
                                           static_cast<int64_t>(outcome.queue_seconds * 1e6), &response, &outcome.shm));
-    outcome.shm = SharedMemoryUse();  // the regions are let go once the answer is made
-    return SerializeMessage(response, config_.max_message_bytes, bytes);
+    outcome.shm = SharedMemoryUse();  // the regions and the request's bytes are let go once the answer is made
+    outcome.received = wire::ReceivedTensors();
+    return SerializeWithTensorSlices(response, config_.max_message_bytes, bytes);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("the server failed encoding the answer (", e.what(), ")"));
   }

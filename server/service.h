@@ -20,6 +20,7 @@
 #include "server/codec.h"
 #include "server/limits.h"
 #include "server/metrics.h"
+#include "server/wire.h"
 #include "server/work_queue.h"
 
 namespace focal::server {
@@ -158,6 +159,7 @@ class FocalLossServiceImpl final : public RawService {
     int64_t elements = 0;
     double queue_seconds = -1, compute_seconds = -1;
     SharedMemoryUse shm;  ///< the shared memory the request reads and writes, held until its answer
+    wire::ReceivedTensors received;  ///< the request's tensor bytes, which the job's views point into
   };
   /// A protocol's decoder: parses `bytes` into its request (which the job's views point into, so
   /// it must outlive the computation), sets `out.request_id` and `out.variant` once known, and

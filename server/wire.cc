@@ -30,6 +30,25 @@ absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite
                                                  message->GetTypeName(), ": the bytes do not parse"));
 }
 
+absl::Status ParseDetachingTensors(grpc::ByteBuffer& bytes, google::protobuf::Message* message, absl::string_view what,
+                                   int64_t max_bytes, wire::ReceivedTensors* received) {
+  if (static_cast<int64_t>(bytes.Length()) <= max_bytes && wire::ParseFromSlices(bytes, message, received)) {
+    bytes.Clear();  // the slices the views need are held by `received`
+    return absl::OkStatus();
+  }
+  return ParseMessage(bytes, message, what, max_bytes);
+}
+
+absl::Status SerializeWithTensorSlices(google::protobuf::Message& message, int64_t max_bytes, grpc::ByteBuffer* bytes) {
+  const size_t size = message.ByteSizeLong();
+  if (static_cast<int64_t>(size) > max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the answer would be ", size, " bytes; this server sends at most ",
+                                                     max_bytes, " (--max-message-bytes): split the batch"));
+  }
+  *bytes = wire::SerializeToSlices(message);
+  return absl::OkStatus();
+}
+
 absl::Status SerializeMessage(const google::protobuf::MessageLite& message, int64_t max_bytes, grpc::ByteBuffer* bytes) {
   const size_t size = message.ByteSizeLong();
   if (static_cast<int64_t>(size) > max_bytes) {

@@ -12,6 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "focal/tensor_wire.h"
+#include "google/protobuf/message.h"
 #include "google/protobuf/message_lite.h"
 
 namespace focal::server {
@@ -22,6 +24,17 @@ namespace focal::server {
 /// refuses it anyway, and whose refusal the service would neither see, log nor count.)
 absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite* message, absl::string_view what,
                           int64_t max_bytes);
+
+/// ParseMessage without protobuf's copy of the tensors (focal/tensor_wire.h): the data of
+/// `message`'s top-level focal.v1.Tensor fields stays in `bytes`' slices, which `received` then
+/// holds and its `data` points into, or is gathered once where it spans slices. The errors are
+/// ParseMessage's, word for word (a message the reader does not take apart goes to it whole).
+absl::Status ParseDetachingTensors(grpc::ByteBuffer& bytes, google::protobuf::Message* message, absl::string_view what,
+                                   int64_t max_bytes, wire::ReceivedTensors* received);
+
+/// SerializeMessage without protobuf's copy of the tensors (wire::SerializeToSlices): their data
+/// is moved out of `message` into slices that own it.
+absl::Status SerializeWithTensorSlices(google::protobuf::Message& message, int64_t max_bytes, grpc::ByteBuffer* bytes);
 
 /// Serializes `message` into `bytes`, or RESOURCE_EXHAUSTED when it is larger than `max_bytes`
 /// (gRPC would fail the call with a status the server never sees, and metrics would say OK).

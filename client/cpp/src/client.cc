@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/client_unary_call.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -20,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "focal/status_macros.h"
+#include "focal/tensor_wire.h"
 #include "focal/v1/focal_loss.grpc.pb.h"
 #include "focal/wire.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -134,6 +136,26 @@ absl::StatusOr<ComputeOutput> DecodeResponse(v1::ComputeResponse* response) {
   return out;
 }
 
+/// The calls that carry tensors: requests go out as slices of their tensors' own bytes
+/// (wire::SerializeToSlices), where the generated stub would serialize each one into a copy
+/// first. These are the calls the stub itself makes, over grpc::internal, its API.
+struct TensorMethods {
+  static std::string Path(const char* method) {
+    return absl::StrCat("/", v1::FocalLossService::service_full_name(), "/", method);
+  }
+  explicit TensorMethods(const std::shared_ptr<grpc::Channel>& channel)
+      : compute(compute_path.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, channel),
+        compute_stream(stream_path.c_str(), grpc::internal::RpcMethod::BIDI_STREAMING, channel),
+        evaluate(evaluate_path.c_str(), grpc::internal::RpcMethod::CLIENT_STREAMING, channel) {}
+  TensorMethods(const TensorMethods&) = delete;
+  TensorMethods& operator=(const TensorMethods&) = delete;
+
+  // The paths first: an RpcMethod keeps a pointer to its path.
+  const std::string compute_path = Path("Compute"), stream_path = Path("ComputeStream"),
+                    evaluate_path = Path("Evaluate");
+  const grpc::internal::RpcMethod compute, compute_stream, evaluate;
+};
+
 }  // namespace
 
 static_assert(static_cast<int>(ServingStatus::kUnknown) == WireServingStatus::UNKNOWN &&
@@ -154,6 +176,7 @@ const char* ServingStatusName(ServingStatus status) {
 struct Client::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::FocalLossService::Stub> stub;
+  std::unique_ptr<TensorMethods> methods;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
   std::string authorization;  ///< "Bearer <token>", or empty
 
@@ -165,7 +188,7 @@ struct Client::Impl {
 
 struct ComputeStream::Impl {
   grpc::ClientContext context;  // declared first: it must outlive the stream
-  std::unique_ptr<grpc::ClientReaderWriter<v1::ComputeRequest, v1::ComputeResponse>> stream;
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, v1::ComputeResponse>> stream;  ///< TensorMethods'
   absl::Status local_error;  ///< a response this client could not decode
   bool finished = false;
 };
@@ -176,7 +199,10 @@ ComputeStream::~ComputeStream() {
   if (impl_ && !impl_->finished) impl_->context.TryCancel();
 }
 
-bool ComputeStream::Write(const ComputeCall& call) { return impl_->stream->Write(EncodeRequest(call)); }
+bool ComputeStream::Write(const ComputeCall& call) {
+  v1::ComputeRequest request = EncodeRequest(call);
+  return impl_->stream->Write(wire::SerializeToSlices(request));
+}
 
 bool ComputeStream::WritesDone() { return impl_->stream->WritesDone(); }
 
@@ -265,6 +291,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   impl->channel = grpc::CreateCustomChannel(options.target, credentials, args);
   if (!impl->channel) return absl::InvalidArgumentError(absl::StrCat("cannot make a channel to '", options.target, "'"));
   impl->stub = v1::FocalLossService::NewStub(impl->channel);
+  impl->methods = std::make_unique<TensorMethods>(impl->channel);
   impl->health = grpc::health::v1::Health::NewStub(impl->channel);
   if (!options.bearer_token.empty()) impl->authorization = absl::StrCat("Bearer ", options.bearer_token);
   return std::unique_ptr<Client>(new Client(std::move(options), std::move(impl)));
@@ -415,16 +442,19 @@ absl::StatusOr<ComputeOutput> Client::Compute(const ComputeCall& call) const { r
 absl::StatusOr<ComputeOutput> Client::Compute(ComputeCall&& call) const {
   grpc::ClientContext context;
   impl_->Prepare(context, options_.deadline);
-  const v1::ComputeRequest request = EncodeRequest(std::move(call));
+  v1::ComputeRequest request = EncodeRequest(std::move(call));
+  const grpc::ByteBuffer bytes = wire::SerializeToSlices(request);
   v1::ComputeResponse response;
-  RETURN_IF_ERROR(FromGrpc(impl_->stub->Compute(&context, request, &response)));
+  RETURN_IF_ERROR(FromGrpc(grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, v1::ComputeResponse>(
+      impl_->channel.get(), impl_->methods->compute, &context, bytes, &response)));
   return DecodeResponse(&response);
 }
 
 std::unique_ptr<ComputeStream> Client::OpenComputeStream() const {
   auto impl = std::make_unique<ComputeStream::Impl>();
   impl_->Prepare(impl->context, options_.stream_deadline);
-  impl->stream = impl_->stub->ComputeStream(&impl->context);
+  impl->stream.reset(grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, v1::ComputeResponse>::Create(
+      impl_->channel.get(), impl_->methods->compute_stream, &impl->context));
   return std::unique_ptr<ComputeStream>(new ComputeStream(std::move(impl)));
 }
 
@@ -459,7 +489,8 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next, const E
   grpc::ClientContext context;
   impl_->Prepare(context, options_.stream_deadline);
   v1::EvaluateResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::ComputeRequest>> writer = impl_->stub->Evaluate(&context, &response);
+  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(
+      impl_->channel.get(), impl_->methods->evaluate, &context, &response));
   absl::Status source_error;
   int64_t sent = 0;
   v1::LossSpec first_loss;
@@ -480,7 +511,7 @@ absl::StatusOr<EvaluateOutput> Client::Evaluate(const BatchSource& next, const E
     v1::ComputeRequest request = EncodeRequest(std::move(batch));
     if (analyses) *request.mutable_evaluate() = wire_options;
     if (sent == 0) first_loss = request.loss();
-    if (!writer->Write(request)) break;  // the call has ended; Finish says why
+    if (!writer->Write(wire::SerializeToSlices(request))) break;  // the call has ended; Finish says why
     ++sent;
   }
   const grpc::Status status = writer->Finish();
