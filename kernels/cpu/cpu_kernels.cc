@@ -6,6 +6,8 @@
 // writes the gradient once. This file itself has no SIMD code, so it is compiled once.
 #include "kernels/cpu/cpu_kernels.h"
 
+#include "absl/strings/match.h"
+
 #include "hwy/targets.h"
 #include "kernels/cpu/cpu_kernel_families.h"
 
@@ -32,7 +34,10 @@ bool LimitSimdTarget(std::string_view name) {
   static constexpr Named kTargets[] = {
       {"best", 0}, {"avx3", HWY_AVX3}, {"avx2", HWY_AVX2}, {"sse4", HWY_SSE4}, {"scalar", HWY_SCALAR}};
   for (const Named& t : kTargets) {
-    if (t.name != name) continue;
+    // Any case: the start line prints the dispatched target as "AVX2", and that is what people copy.
+    if (!absl::EqualsIgnoreCase(absl::string_view(t.name.data(), t.name.size()), absl::string_view(name.data(), name.size()))) {
+      continue;
+    }
     // Every bit below the cap's is a better target. DisableTargets also drops the dispatch
     // tables' cached choice, so the next call picks again.
     hwy::DisableTargets(t.target == 0 ? 0 : t.target - 1);

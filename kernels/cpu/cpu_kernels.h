@@ -30,7 +30,9 @@ const char* SimdTargetName();
 
 /// Caps run-time dispatch at the target `name` (kSimdTargetNames) and those below it, so that one
 /// machine can measure and test each target; "best" lifts the cap. The processor still decides
-/// what it supports below the cap. false, changing nothing, for a name not in the list.
+/// what it supports below the cap. Names match in any case. false, changing nothing, for a name
+/// not in the list. Not while kernels run: Highway keeps the cap in a plain global that every
+/// dispatch reads, so call it at start, before any computation (every caller does).
 bool LimitSimdTarget(std::string_view name);
 
 /// The names LimitSimdTarget takes, best first.

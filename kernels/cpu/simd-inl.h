@@ -80,7 +80,7 @@ struct HwyOps {
       const V one = Set(1);
       const V u = hn::Add(one, a);
       return hn::Add(hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, u),
-                     hn::Div(hn::Sub(a, hn::Sub(u, one)), u));
+                     hn::Mul(hn::Sub(a, hn::Sub(u, one)), hn::Div(one, u)));
     }
   }
   /// 1/a for a ∈ [1, 2]. In float a quadratic first guess (relative error 2^-6.6) refined by two

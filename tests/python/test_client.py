@@ -670,3 +670,43 @@ def test_weights_scale_each_item_and_mean_keeps_the_count(client):
 
 def test_request_id_round_trips(client):
     assert client.compute(X, Y, request_id="abc-123").request_id == "abc-123"
+
+
+# -- requests built without an intermediate copy -------------------------------------------------
+
+_WIRE_RNG = np.random.default_rng(23)
+_BIG = _WIRE_RNG.standard_normal((300, 20)).astype(np.float32)  # 24,000 bytes: joined in
+_SMALL = _WIRE_RNG.standard_normal((6, 20)).astype(np.float32)  # 480 bytes: in the message
+
+
+@pytest.mark.parametrize("case", [
+    dict(logits=_BIG, targets=_WIRE_RNG.integers(0, 20, 300), variant="softmax_focal"),
+    dict(logits=_SMALL, targets=_WIRE_RNG.integers(0, 20, 6), variant="softmax_focal"),
+    dict(logits=_BIG, targets=(_BIG > 0).astype(np.float32), variant="sigmoid_focal", compute_gradient=True,
+         weights=np.abs(_BIG), grad_output=np.ones_like(_BIG), reduction="none", gamma=0.5),
+    dict(logits=_BIG.astype(np.float16), targets=(_BIG > 0).astype(np.float16), variant="sigmoid_focal"),
+    dict(logits=_BIG.T, targets=(_BIG.T > 0).astype(np.float32), variant="sigmoid_focal"),  # not contiguous
+    dict(logits=torch.from_numpy(_BIG), targets=torch.from_numpy(_WIRE_RNG.integers(0, 20, 300)),
+         variant="softmax_focal", grad_output=2.0, compute_gradient=True),
+], ids=["index-targets", "small", "every-tensor", "float16", "transposed", "torch"])
+def test_request_bytes_are_the_messages_bytes(case):
+    """The bytes compute() sends parse to the message build_request makes, field for field."""
+    case = dict(case)
+    logits, targets = case.pop("logits"), case.pop("targets")
+    expected = focalserve.Client.build_request(logits, targets, **case)
+    sent = focalserve.pb.ComputeRequest.FromString(focalserve.Client._request_bytes(logits, targets, **case))
+    assert sent == expected
+    assert sent.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+def test_compute_sends_large_tensors_apart_and_answers_as_compute_request(client):
+    logits, targets = _BIG, (_BIG > 0.5).astype(np.float32)
+    apart: list = []
+    focalserve.Client.build_request(logits, targets, "sigmoid_focal", _data_apart=apart)
+    assert [name for name, _ in apart] == ["logits", "targets"]  # both above the threshold
+    direct = client.compute(logits, targets, "sigmoid_focal", compute_gradient=True, reduction="none")
+    prepared = client.compute_request(client.build_request(logits, targets, "sigmoid_focal", compute_gradient=True,
+                                                           reduction="none"))
+    np.testing.assert_array_equal(direct.gradient, prepared.gradient)
+    np.testing.assert_array_equal(direct.losses, prepared.losses)
+    assert direct.loss == prepared.loss

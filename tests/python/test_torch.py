@@ -25,6 +25,10 @@ class CountingClient(focalserve.Client):
         self.calls += 1
         return super().compute_request(request, **kwargs)
 
+    def compute(self, *args, **kwargs):  # the forward's call when it keeps no request for backward
+        self.calls += 1
+        return super().compute(*args, **kwargs)
+
 
 @pytest.fixture(scope="module")
 def counting_client(server):

@@ -17,6 +17,9 @@
 // accuracy of the smallest subnormal: the bound there is 2 subnormal steps.
 #include <gtest/gtest.h>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
+
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -113,6 +116,18 @@ TEST(SimdTargets, UnknownNameChangesNothing) {
   const std::string before = cpu::SimdTargetName();
   EXPECT_FALSE(cpu::LimitSimdTarget("avx9000"));
   EXPECT_EQ(cpu::SimdTargetName(), before);
+}
+
+TEST(SimdTargets, NamesMatchInAnyCaseAsTheStartLinePrintsThem) {
+  ASSERT_TRUE(cpu::LimitSimdTarget("SSE4"));
+  const std::string capped = cpu::SimdTargetName();
+  EXPECT_TRUE(cpu::LimitSimdTarget("Best"));
+  EXPECT_TRUE(capped == "SSE4" || capped == "EMU128" || capped == "SCALAR") << capped;  // no better than the cap
+  for (const absl::string_view name : absl::StrSplit(cpu::kSimdTargetNames, ", ")) {
+    const std::string upper = absl::AsciiStrToUpper(name);  // "AVX2", as printed
+    EXPECT_TRUE(cpu::LimitSimdTarget(std::string_view(upper))) << upper;
+  }
+  EXPECT_TRUE(cpu::LimitSimdTarget("best"));
 }
 
 }  // namespace

@@ -144,9 +144,12 @@ _FAST_WIRE = {np.dtype(k): v for k, v in (("<f4", pb.FLOAT32), ("<f2", pb.FLOAT1
                                           ("<i4", pb.INT32), ("<i8", pb.INT64), ("u1", pb.UINT8))}
 
 
-def to_tensor(x: Any, field: str, out: Optional[pb.Tensor] = None) -> pb.Tensor:
+def to_tensor(x: Any, field: str, out: Optional[pb.Tensor] = None,
+              data_apart: Optional[list] = None) -> pb.Tensor:
     """A Tensor message (new, or written into `out`) holding x's bytes, or, for a SharedTensor,
-    its shared-memory reference."""
+    its shared-memory reference. With a list `data_apart`, bytes of at least
+    _MIN_JOINED_TENSOR_BYTES are not copied into the message: the array is appended to the list
+    instead, for serialize_request to join in from where it lies."""
     if isinstance(x, SharedTensor):
         out = pb.Tensor() if out is None else out
         out.dtype = wire_dtype(x.dtype)
@@ -164,8 +167,52 @@ def to_tensor(x: Any, field: str, out: Optional[pb.Tensor] = None) -> pb.Tensor:
     out.dtype = wire
     del out.shape[:]
     out.shape.extend(arr.shape)
-    out.data = arr.tobytes()
+    if data_apart is not None and arr.nbytes >= _MIN_JOINED_TENSOR_BYTES:
+        data_apart.append(arr)
+    else:
+        out.data = arr.tobytes()
     return out
+
+
+# Tensors of at least this many bytes are joined into a request's wire bytes from where they lie
+# (serialize_request) instead of being copied into the message first: below it the message's
+# own copy costs less. The server's kMinSlicedTensorBytes (focal/tensor_wire.h) is the same idea.
+_MIN_JOINED_TENSOR_BYTES = 4096
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_LENGTH_DELIMITED = 2
+_TENSOR_DATA_TAG = _varint(pb.Tensor.DESCRIPTOR.fields_by_name["data"].number << 3 | _LENGTH_DELIMITED)
+
+
+def serialize_request(request: pb.ComputeRequest, apart: list) -> bytes:
+    """The wire bytes of `request` with the tensors compute_request(data_apart=...) kept apart
+    (pairs of the request's field name and the array) as those fields' data, in one copy: the
+    message's other bytes, then each field written by hand — its tag and length, the Tensor
+    without data, the data's tag and length — and the array's bytes joined in from where they
+    lie. Protobuf reads fields in any order. `request` loses those fields."""
+    heads = []
+    for name, arr in apart:
+        number = request.DESCRIPTOR.fields_by_name[name].number
+        tensor = getattr(request, name).SerializeToString()
+        request.ClearField(name)
+        size = arr.nbytes
+        inner = len(tensor) + len(_TENSOR_DATA_TAG) + len(_varint(size)) + size
+        heads.append((_varint(number << 3 | _LENGTH_DELIMITED) + _varint(inner) + tensor + _TENSOR_DATA_TAG
+                      + _varint(size), arr))
+    parts = [request.SerializeToString()]
+    for head, arr in heads:
+        parts.append(head)
+        parts.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    return b"".join(parts)
 
 
 def from_tensor(t: pb.Tensor, shared: Optional["SharedTensor"] = None) -> np.ndarray:
@@ -306,29 +353,39 @@ def compute_request(logits: Any, targets: Any, *, variant: str = DEFAULT_VARIANT
                     num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                     request_id: str = "", spec: Optional[pb.LossSpec] = None, weights: Any = None,
                     scores: Any = None, gradient_output: Optional["SharedTensor"] = None,
-                    losses_output: Optional["SharedTensor"] = None, **params: Any) -> pb.ComputeRequest:
-    """Builds a ComputeRequest (see Client.compute for the arguments)."""
+                    losses_output: Optional["SharedTensor"] = None, data_apart: Optional[list] = None,
+                    **params: Any) -> pb.ComputeRequest:
+    """Builds a ComputeRequest (see Client.compute for the arguments). With a list `data_apart`,
+    large tensors' bytes stay out of the message: (field name, array) pairs go into the list,
+    for serialize_request."""
     if spec is None:
         spec = loss_spec(variant, reduction, normalizer, **params)
     req = pb.ComputeRequest(request_id=request_id, loss=spec, compute_gradient=bool(compute_gradient),
                             allow_non_finite=bool(allow_non_finite))
-    # Written into the request's own fields: building a Tensor first and passing it to the
-    # constructor would copy every byte once more.
-    to_tensor(logits, "logits", req.logits)
-    to_tensor(targets, "targets", req.targets)
+
+    def put(x: Any, field: str, name: str) -> None:
+        # Written into the request's own fields: building a Tensor first and passing it to the
+        # constructor would copy every byte once more.
+        arrays = None if data_apart is None else []
+        to_tensor(x, field, getattr(req, name), arrays)
+        if arrays:
+            data_apart.append((name, arrays[0]))
+
+    put(logits, "logits", "logits")
+    put(targets, "targets", "targets")
     if gradient_dtype is not None:
         req.gradient_dtype = wire_dtype(gradient_dtype)
     if num_objects is not None:
-        to_tensor(num_objects, "num_objects", req.num_objects)
+        put(num_objects, "num_objects", "num_objects")
     if weights is not None:
-        to_tensor(weights, "weights", req.weights)
+        put(weights, "weights", "weights")
     if scores is not None:
-        to_tensor(scores, "scores", req.scores)
+        put(scores, "scores", "scores")
     if grad_output is not None:
         if _is_scalar(grad_output):
             req.grad_output_scalar = float(grad_output)
         else:
-            to_tensor(grad_output, "grad_output", req.grad_output_tensor)
+            put(grad_output, "grad_output", "grad_output_tensor")
     for field, place in (("gradient_output", gradient_output), ("losses_output", losses_output)):
         if place is None:
             continue

@@ -8,6 +8,7 @@ except ImportError as e:  # pragma: no cover - depends on the checkout
         "(or install the package with pip, which runs it)") from e
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FocalLossService"].full_name  # "focal.v1.FocalLossService"
+COMPUTE_METHOD = f"/{SERVICE_NAME}/Compute"  # the path gRPC calls it by
 VARIANTS = tuple(f.name for f in pb.LossSpec.DESCRIPTOR.oneofs_by_name["variant"].fields)
 # The variant a call computes when it names none: the first of the oneof, as on the server.
 DEFAULT_VARIANT = VARIANTS[0]

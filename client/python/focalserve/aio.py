@@ -34,6 +34,7 @@ class AsyncClient(_Base):
         else:
             self.channel = grpc.aio.insecure_channel(target, self._options)
         self.stub = rpc.FocalLossServiceStub(self.channel)
+        self._compute_bytes = self._compute_bytes_call()
         self._health_check = self.channel.unary_unary(
             _health.METHOD, request_serializer=_health.encode_request, response_deserializer=_health.decode_response)
 
@@ -44,12 +45,15 @@ class AsyncClient(_Base):
                       request_id: str = "", gradient_output: Any = None, losses_output: Any = None,
                       **params: Any) -> _codec.ComputeResult:
         """See Client.compute (weights=, scores=, gradient_output=, losses_output= included)."""
-        request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
-                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
-                                     weights=weights, scores=scores, gradient_output=gradient_output,
-                                     losses_output=losses_output, **params)
-        return await self.compute_request(request, timeout=timeout, gradient_output=gradient_output,
-                                          losses_output=losses_output)
+        request = self._request_bytes(logits, targets, variant, reduction, compute_gradient, grad_output,
+                                      gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
+                                      weights=weights, scores=scores, gradient_output=gradient_output,
+                                      losses_output=losses_output, **params)
+        try:
+            response = await self._compute_bytes(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Compute") from None
+        return _codec.ComputeResult(response, gradient_output, losses_output)
 
     async def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None,
                               gradient_output: Any = None, losses_output: Any = None) -> _codec.ComputeResult:

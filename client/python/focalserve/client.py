@@ -10,7 +10,7 @@ import grpc
 
 from . import _codec, _health
 from ._errors import FocalServeError
-from ._proto import DEFAULT_VARIANT, pb, rpc
+from ._proto import COMPUTE_METHOD, DEFAULT_VARIANT, pb, rpc
 from ._shm import SharedMemoryRegion, SharedTensor
 
 _INT32_MAX = 2**31 - 1
@@ -82,14 +82,30 @@ class _Base:
                       compute_gradient: bool = False, grad_output: Any = None, gradient_dtype: Any = None,
                       num_objects: Any = None, allow_non_finite: bool = False, normalizer: Optional[float] = None,
                       request_id: str = "", *, weights: Any = None, scores: Any = None,
-                      gradient_output: Any = None, losses_output: Any = None, **params: Any) -> pb.ComputeRequest:
+                      gradient_output: Any = None, losses_output: Any = None, _data_apart: Optional[list] = None,
+                      **params: Any) -> pb.ComputeRequest:
         """The ComputeRequest `compute` would send (to keep, edit and send with `compute_request`)."""
         return _codec.compute_request(logits, targets, variant=variant, reduction=reduction,
                                       compute_gradient=compute_gradient, grad_output=grad_output,
                                       gradient_dtype=gradient_dtype, num_objects=num_objects,
                                       allow_non_finite=allow_non_finite, normalizer=normalizer,
                                       request_id=request_id, weights=weights, scores=scores,
-                                      gradient_output=gradient_output, losses_output=losses_output, **params)
+                                      gradient_output=gradient_output, losses_output=losses_output,
+                                      data_apart=_data_apart, **params)
+
+    @staticmethod
+    def _request_bytes(*args: Any, **kwargs: Any) -> bytes:
+        """build_request's request as wire bytes, its large tensors joined in from the caller's
+        arrays (_codec.serialize_request): one copy of them, where building the message and
+        serializing it makes two. Sent through _compute_bytes."""
+        apart: list = []
+        request = _Base.build_request(*args, _data_apart=apart, **kwargs)
+        return _codec.serialize_request(request, apart)
+
+    def _compute_bytes_call(self):
+        """Compute, called with the request already as bytes (_request_bytes)."""
+        return self.channel.unary_unary(COMPUTE_METHOD, request_serializer=None,
+                                        response_deserializer=pb.ComputeResponse.FromString)
 
 
 class Client(_Base):
@@ -124,6 +140,7 @@ class Client(_Base):
         else:
             self.channel = grpc.insecure_channel(target, self._options)
         self.stub = rpc.FocalLossServiceStub(self.channel)
+        self._compute_bytes = self._compute_bytes_call()
         self._health_check = self.channel.unary_unary(
             _health.METHOD, request_serializer=_health.encode_request, response_deserializer=_health.decode_response)
 
@@ -160,12 +177,15 @@ class Client(_Base):
                           focal.v1 message; a per-class list (alpha=) goes at full precision, in
                           its `_f64` field; None = default
         """
-        request = self.build_request(logits, targets, variant, reduction, compute_gradient, grad_output,
-                                     gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
-                                     weights=weights, scores=scores, gradient_output=gradient_output,
-                                     losses_output=losses_output, **params)
-        return self.compute_request(request, timeout=timeout, gradient_output=gradient_output,
-                                    losses_output=losses_output)
+        request = self._request_bytes(logits, targets, variant, reduction, compute_gradient, grad_output,
+                                      gradient_dtype, num_objects, allow_non_finite, normalizer, request_id,
+                                      weights=weights, scores=scores, gradient_output=gradient_output,
+                                      losses_output=losses_output, **params)
+        try:
+            response = self._compute_bytes(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise FocalServeError.from_rpc_error(e, "Compute") from None
+        return _codec.ComputeResult(response, gradient_output, losses_output)
 
     def compute_request(self, request: pb.ComputeRequest, *, timeout: Optional[float] = None,
                         gradient_output: Any = None, losses_output: Any = None) -> _codec.ComputeResult:

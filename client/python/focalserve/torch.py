@@ -54,13 +54,17 @@ class _RemoteFocalFunction(torch.autograd.Function):
         need_grad = bool(ctx.needs_input_grad[0])
         reduced = module.reduction != "none"
         sixteen = logits.dtype in _SIXTEEN_BIT
-        request = module.client.build_request(
-            logits, targets, module.variant, module.reduction,
-            compute_gradient=need_grad and reduced,
-            gradient_dtype="float32" if (need_grad and reduced and sixteen) else None,
-            num_objects=num_objects, allow_non_finite=module.allow_non_finite, normalizer=module.normalizer,
-            weights=weights, scores=scores, **module.params)
-        result = module.client.compute_request(request, timeout=module.timeout)
+        args = dict(compute_gradient=need_grad and reduced,
+                    gradient_dtype="float32" if (need_grad and reduced and sixteen) else None,
+                    num_objects=num_objects, allow_non_finite=module.allow_non_finite, normalizer=module.normalizer,
+                    weights=weights, scores=scores, **module.params)
+        keep_request = need_grad and not reduced  # re-sent in backward with the upstream gradient
+        if keep_request:
+            request = module.client.build_request(logits, targets, module.variant, module.reduction, **args)
+            result = module.client.compute_request(request, timeout=module.timeout)
+        else:  # compute() sends the arrays' bytes without building a message of them first
+            result = module.client.compute(logits, targets, module.variant, module.reduction, timeout=module.timeout,
+                                           **args)
         ctx.logits_dtype, ctx.logits_device, ctx.reduced = logits.dtype, logits.device, reduced
         if reduced:
             if need_grad:
@@ -68,8 +72,8 @@ class _RemoteFocalFunction(torch.autograd.Function):
                 keep = torch.float32 if sixteen else logits.dtype
                 ctx.gradient = _to_torch(result.gradient, result.gradient_dtype, keep, torch.device("cpu"))
             return torch.tensor(result.loss, dtype=logits.dtype, device=logits.device)
-        if need_grad:
-            ctx.request = request  # re-sent in backward with the upstream gradient
+        if keep_request:
+            ctx.request = request
             ctx.module = module
         return _to_torch(result.losses, result.losses_dtype, logits.dtype, logits.device)
 
