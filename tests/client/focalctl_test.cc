@@ -621,3 +621,54 @@ TEST_F(FocalctlServerTest, BenchPrintsLatencyPercentiles) {
 
 }  // namespace
 }  // namespace focal::client_test
+
+// ------------------------------------------------------------------------------------------
+// focalctl compute --shared-memory, against a server on this host that takes it
+
+namespace focal::client_test {
+namespace {
+
+TEST(FocalctlSharedMemoryTest, GivesTheAnswersFilesOfTheMessagesAndSaysWhenTheServerTakesNone) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = StartServer({"--shared-memory=on"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  TempDir dir;
+  std::vector<float> targets(6 * 80);
+  for (size_t i = 0; i < targets.size(); ++i) targets[i] = i % 11 == 0 ? 1.0f : 0.0f;
+  ASSERT_TRUE(WriteNpyTensor(dir.File("x.npy"), HostTensor::Float32({6, 80}, Normal(6 * 80, 2))).ok());
+  ASSERT_TRUE(WriteNpyTensor(dir.File("y.npy"), HostTensor::Float32({6, 80}, targets)).ok());
+  const auto run = [&](const std::string& address, const std::string& suffix, bool shared) {
+    std::vector<std::string> args = {"--target", address, "compute", "--variant", "sigmoid_focal", "--logits",
+                                      "x.npy", "--targets", "y.npy", "--reduction", "none", "--gradient-dtype",
+                                      "float32", "--grad-out", "g" + suffix + ".npy", "--losses-out",
+                                      "l" + suffix + ".npy"};
+    if (shared) args.push_back("--shared-memory");
+    return RunProgram(kFocalctl, args, dir.path());
+  };
+  const RunResult plain = run((*server)->address(), "plain", false);
+  ASSERT_EQ(plain.exit_code, 0) << Describe(plain);
+  const RunResult shared = run((*server)->address(), "shared", true);
+  ASSERT_EQ(shared.exit_code, 0) << Describe(shared);
+  EXPECT_EQ(Field(shared.out, "loss"), Field(plain.out, "loss"));
+  EXPECT_NE(Field(shared.out, "shared"), "") << shared.out;  // it did go through a region
+  EXPECT_EQ(Field(plain.out, "shared"), "") << plain.out;
+  for (const char* name : {"g", "l"}) {
+    const absl::StatusOr<HostTensor> a = ReadNpyTensor(dir.File(absl::StrCat(name, "plain.npy")));
+    const absl::StatusOr<HostTensor> b = ReadNpyTensor(dir.File(absl::StrCat(name, "shared.npy")));
+    ASSERT_TRUE(a.ok() && b.ok()) << name;
+    EXPECT_EQ(a->shape, b->shape) << name;
+    EXPECT_EQ(a->bytes, b->bytes) << name;  // bit for bit
+  }
+  // The region went with the call: the server lists none.
+  ClientOptions options;
+  options.target = (*server)->address();
+  EXPECT_TRUE((*Client::Create(options))->ListSharedMemory()->empty());
+
+  absl::StatusOr<std::unique_ptr<ServerProcess>> without = StartServer();
+  ASSERT_TRUE(without.ok()) << without.status();
+  const RunResult refused = run((*without)->address(), "refused", true);
+  EXPECT_EQ(refused.exit_code, 1) << Describe(refused);
+  EXPECT_NE(refused.err.find("--shared-memory=on"), std::string::npos) << Describe(refused);
+}
+
+}  // namespace
+}  // namespace focal::client_test

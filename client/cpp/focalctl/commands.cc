@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "focal/npy.h"
 #include "focal/status_macros.h"
+#include "focal/validate.h"
 #include "focal/variant_text.h"
 
 namespace focal::ctl {
@@ -168,6 +169,46 @@ int RunHealth(const Flags& flags) {
 // ------------------------------------------------------------------------------------------
 // compute
 
+/// --shared-memory: a region of this host's shared memory made and registered for the call, the
+/// logits and targets put there and the gradient and NONE's losses placed there for the server
+/// to write (docs/shared-memory.md). The places' dtypes and shapes are the ones the server's own
+/// validation derives (focal/validate.h), so its errors are the server's too.
+absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> MoveIntoSharedMemory(const Client& client, ComputeCall& call) {
+  LossJob job;
+  job.spec = call.loss;
+  job.logits = call.logits.View();
+  job.targets = call.targets.View();
+  if (call.num_objects) job.num_objects = call.num_objects->View();
+  if (call.weights) job.weights = call.weights->View();
+  if (call.scores) job.scores = call.scores->View();
+  job.compute_gradient = call.compute_gradient;
+  if (const double* w = std::get_if<double>(&call.grad_output)) job.grad_output = *w;
+  job.output_dtype = call.gradient_dtype;
+  job.allow_non_finite = call.allow_non_finite;
+  ASSIGN_OR_RETURN(const JobPlan plan, ValidateJob(job));
+  // Each tensor at a 64-byte boundary: aligned for every dtype, no two in one cache line.
+  const auto rounded = [](uint64_t n) { return (n + 63) / 64 * 64; };
+  const uint64_t targets_at = rounded(call.logits.bytes.size());
+  const uint64_t gradient_at = targets_at + rounded(call.targets.bytes.size());
+  const uint64_t gradient_bytes = call.compute_gradient ? rounded(plan.num_elements * DTypeSize(plan.output_dtype)) : 0;
+  const uint64_t losses_at = gradient_at + gradient_bytes;
+  const bool none = call.loss.reduction == Reduction::kNone;
+  const uint64_t size = std::max<uint64_t>(
+      losses_at + (none ? rounded(plan.num_items * DTypeSize(plan.output_dtype)) : 0), 64);
+  ASSIGN_OR_RETURN(std::unique_ptr<SharedMemoryRegion> region, client.CreateSharedMemory(size));
+  ASSIGN_OR_RETURN(call.shared_logits, region->Put(call.logits, 0));
+  ASSIGN_OR_RETURN(call.shared_targets, region->Put(call.targets, targets_at));
+  call.logits = HostTensor();
+  call.targets = HostTensor();
+  if (call.compute_gradient) {
+    ASSIGN_OR_RETURN(call.gradient_output, region->Place(plan.output_dtype, job.logits.shape, gradient_at));
+  }
+  if (none) {
+    ASSIGN_OR_RETURN(call.losses_output, region->Place(plan.output_dtype, plan.item_shape, losses_at));
+  }
+  return region;
+}
+
 int RunCompute(const Flags& flags) {
   const std::string cmd = "compute";
   absl::StatusOr<ClientSetup> setup = ParseClientFlags(flags);
@@ -225,10 +266,23 @@ int RunCompute(const Flags& flags) {
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(*std::move(setup));
   if (!client.ok()) return Failure(cmd, client.status());
+  std::unique_ptr<SharedMemoryRegion> region;
+  if (flags.Has("shared-memory")) {
+    absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> made = MoveIntoSharedMemory(**client, call);
+    if (!made.ok()) return Failure(cmd, made.status());
+    region = *std::move(made);
+  }
   const Clock::time_point start = Clock::now();
   absl::StatusOr<ComputeOutput> out = (*client)->Compute(call);
   const double millis = MillisSince(start);
   if (!out.ok()) return Failure(cmd, out.status());
+  // Results the server wrote into the region, read out like those of the answer.
+  for (auto [shared, result] : {std::pair{&out->shared_gradient, &out->gradient}, {&out->shared_losses, &out->losses}}) {
+    if (!*shared) continue;
+    absl::StatusOr<HostTensor> read = region->Read(**shared);
+    if (!read.ok()) return Failure(cmd, read.status());
+    *result = *std::move(read);
+  }
 
   if (flags.Has("grad-out")) {
     if (!out->gradient) return Failure(cmd, absl::InternalError("the server returned no gradient"));
@@ -244,6 +298,10 @@ int RunCompute(const Flags& flags) {
   std::printf("backend  %s\n", out->backend.c_str());
   std::printf("time     %.3f ms round trip (server: queue %lld us, compute %lld us)\n", millis,
               static_cast<long long>(out->queue_micros), static_cast<long long>(out->compute_micros));
+  if (region) {
+    std::printf("shared   region %s, %llu bytes (tensors and results not in the messages)\n", region->name().c_str(),
+                static_cast<unsigned long long>(region->size()));
+  }
   if (out->gradient) {
     std::printf("gradient %s %s -> %s\n", DTypeName(out->gradient->dtype), ShapeString(out->gradient->shape).c_str(),
                 flags.Get("grad-out").c_str());
@@ -677,7 +735,10 @@ const std::vector<Command>& Commands() {
                 {"gradient-dtype", "DTYPE", "dtype of the gradient and losses: the logits' (default) or float32"},
                 {"grad-output", "W", "upstream gradient, a scalar (default 1)"},
                 {"allow-non-finite", nullptr, "let NaN/Inf inputs propagate instead of being rejected"},
-                {"request-id", "ID", "request id, echoed and named in the server's log on failure"}}}),
+                {"request-id", "ID", "request id, echoed and named in the server's log on failure"},
+                {"shared-memory", nullptr,
+                 "same host: logits, targets, gradient and losses through a POSIX shared-memory region "
+                 "(the server needs --shared-memory=on)"}}}),
        RunCompute},
       {"eval", "a dataset of .npy batches through Evaluate: totals and per-class table",
        "eval --variant NAME --logits GLOB --targets GLOB [flags]",
