@@ -51,7 +51,7 @@ struct HwyOps {
 
   HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
   HWY_INLINE V Zero() const { return hn::Zero(d); }
-  HWY_INLINE V Exp(V a) const { return hn::Exp(d, a); }
+  HWY_INLINE V Exp(V a) const { return hn::Exp(d, DefinedForEmulation(a)); }
   // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
   HWY_INLINE V Log(V a) const {
     return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
@@ -60,9 +60,10 @@ struct HwyOps {
   /// division and no exponent split: log1p(a) = a + a²·Q(a), Q of degree 8 fitted to the relative
   /// error by scripts/fit_sigmoid_polynomials.py: within 1.47 ulp of the true value over [0, 1] (mean 0.28),
   /// subnormal a included (where it returns a). Highway's Log1p would cost a log, with its own
-  /// division, and a correction. In double, Kahan's log1p from Highway's log of 1 + a ∈ [1, 2]
-  /// and (a - (u - 1))/u, whose division is the same as ReciprocalOneToTwo's (the compiler
-  /// computes it once).
+  /// division, and a correction. In double, Kahan's log1p from Highway's log of u = 1 + a ∈ [1, 2]
+  /// plus the correction (a - (u - 1))·(1/u): 1/u is ReciprocalOneToTwo's division of the same
+  /// u, which the compiler then computes once (the correction is under an ulp of the log, so the
+  /// product's extra rounding does not reach the result).
   HWY_INLINE V Log1pUnit(V a) const {
     if constexpr (std::is_same_v<T, float>) {
       // Estrin's scheme: a dependency chain of 4 fused steps instead of Horner's 8, so that
@@ -103,7 +104,21 @@ struct HwyOps {
   HWY_INLINE V Log1p(V a) const {
     return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
   }
-  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, a); }
+  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, DefinedForEmulation(a)); }
+  /// Highway's Exp and Expm1 convert round(a·log2 e) to int. On the SIMD targets that is an
+  /// instruction, defined for every input; under the scalar fallback (EMU128, SCALAR) it is a
+  /// C++ cast, undefined for NaN and ±inf, which allow_non_finite jobs and masked classes pass
+  /// here. There the argument is first made finite: -inf and NaN become -10⁴ (e^a = 0, as the
+  /// SIMD targets give for both; a NaN input's outputs are made NaN again by PropagateNaN) and
+  /// +inf becomes 10⁴ (the result of that finite argument, as on every target). A no-op elsewhere.
+  HWY_INLINE V DefinedForEmulation(V a) const {
+#if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+    const V bound = Set(1e4);
+    return hn::IfThenElse(hn::IsNaN(a), hn::Neg(bound), hn::Min(hn::Max(a, hn::Neg(bound)), bound));
+#else
+    return a;
+#endif
+  }
   HWY_INLINE V Sqrt(V a) const { return hn::Sqrt(a); }
   HWY_INLINE V Abs(V a) const { return hn::Abs(a); }
   HWY_INLINE V Neg(V a) const { return hn::Neg(a); }

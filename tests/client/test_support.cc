@@ -122,21 +122,6 @@ std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed) {
   return v;
 }
 
-LossJob JobFor(const ComputeCall& call) {
-  LossJob job;
-  job.spec = call.loss;
-  job.logits = call.logits.View();
-  job.targets = call.targets.View();
-  if (call.num_objects) job.num_objects = call.num_objects->View();
-  if (call.weights) job.weights = call.weights->View();
-  if (call.scores) job.scores = call.scores->View();
-  job.compute_gradient = call.compute_gradient;
-  if (const double* w = std::get_if<double>(&call.grad_output)) job.grad_output = *w;
-  if (const HostTensor* w = std::get_if<HostTensor>(&call.grad_output)) job.grad_output = w->View();
-  job.output_dtype = call.gradient_dtype;
-  job.allow_non_finite = call.allow_non_finite;
-  return job;
-}
 
 absl::StatusOr<LossResult> ComputeLocally(const ComputeCall& call) {
   static const CpuBackend* backend = new CpuBackend();

@@ -43,8 +43,6 @@ RunResult RunProgram(const std::string& binary, const std::vector<std::string>& 
 std::vector<float> Normal(size_t n, uint32_t seed, float stddev = 2.0f);
 std::vector<int64_t> Classes(size_t n, int64_t classes, uint32_t seed);
 
-/// The LossJob a conforming server builds from `call` (views into `call`'s tensors).
-LossJob JobFor(const ComputeCall& call);
 /// `call` computed in this process by focal::CpuBackend.
 absl::StatusOr<LossResult> ComputeLocally(const ComputeCall& call);
 /// Whether an owned result tensor and a received one hold the same dtype, shape and bytes.

@@ -174,17 +174,7 @@ int RunHealth(const Flags& flags) {
 /// to write (docs/shared-memory.md). The places' dtypes and shapes are the ones the server's own
 /// validation derives (focal/validate.h), so its errors are the server's too.
 absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> MoveIntoSharedMemory(const Client& client, ComputeCall& call) {
-  LossJob job;
-  job.spec = call.loss;
-  job.logits = call.logits.View();
-  job.targets = call.targets.View();
-  if (call.num_objects) job.num_objects = call.num_objects->View();
-  if (call.weights) job.weights = call.weights->View();
-  if (call.scores) job.scores = call.scores->View();
-  job.compute_gradient = call.compute_gradient;
-  if (const double* w = std::get_if<double>(&call.grad_output)) job.grad_output = *w;
-  job.output_dtype = call.gradient_dtype;
-  job.allow_non_finite = call.allow_non_finite;
+  const LossJob job = JobFor(call);
   ASSIGN_OR_RETURN(const JobPlan plan, ValidateJob(job));
   // Each tensor at a 64-byte boundary: aligned for every dtype, no two in one cache line.
   const auto rounded = [](uint64_t n) { return (n + 63) / 64 * 64; };

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "focal/host_tensor.h"
+#include "focal/job.h"
 #include "focal/params.h"
 
 namespace focal {
@@ -92,6 +93,11 @@ struct ComputeCall {
   std::optional<SharedTensor> shared_logits, shared_targets;
   std::optional<SharedTensor> gradient_output, losses_output;
 };
+
+/// The LossJob a conforming server builds from `call`, viewing `call`'s tensors (so valid while it
+/// lives): to validate a call on this side (focal/validate.h) or compute it locally. Shared-memory
+/// tensors are not in it.
+LossJob JobFor(const ComputeCall& call);
 
 /// What the server answered for one batch.
 struct ComputeOutput {
