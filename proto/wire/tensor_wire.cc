@@ -64,10 +64,29 @@ class PiecesInputStream final : public google::protobuf::io::ZeroCopyInputStream
   int64_t position_ = 0;
 };
 
+/// A 32-bit varint as protobuf's parser reads tags and lengths: at most 5 bytes, its value
+/// within 32 bits. (CodedInputStream's own reads take up to 10 bytes and drop the high bits,
+/// which would accept bytes that protobuf refuses, and read them differently.)
+bool ReadStrictVarint32(CodedInputStream& in, uint32_t* value) {
+  const int before = in.CurrentPosition();
+  uint64_t v = 0;
+  if (!in.ReadVarint64(&v) || in.CurrentPosition() - before > 5 || v > UINT32_MAX) return false;
+  *value = static_cast<uint32_t>(v);
+  return true;
+}
+
+/// The next field's tag. false at the end of the current limit (`*end`) or at a tag protobuf
+/// would refuse (field number 0 included).
+bool NextTag(CodedInputStream& in, uint32_t* tag, bool* end) {
+  *end = in.BytesUntilLimit() == 0;
+  if (*end) return false;
+  return ReadStrictVarint32(in, tag) && WireFormat::GetTagFieldNumber(*tag) != 0;
+}
+
 /// A length read from the wire that fits what is left of the current limit.
 bool ReadLength(CodedInputStream& in, int* length) {
   uint32_t n = 0;
-  if (!in.ReadVarint32(&n) || n > static_cast<uint32_t>(INT_MAX)) return false;
+  if (!ReadStrictVarint32(in, &n) || n > static_cast<uint32_t>(INT_MAX)) return false;
   const int left = in.BytesUntilLimit();
   if (left >= 0 && static_cast<int>(n) > left) return false;
   *length = static_cast<int>(n);
@@ -148,9 +167,10 @@ bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::
     CodedOutputStream out(&rest_stream);
     std::vector<int> seen;
     while (read) {
-      const uint32_t tag = in.ReadTag();
-      if (tag == 0) {
-        read = in.ConsumedEntireMessage();  // the end of the bytes, not a zero tag
+      uint32_t tag = 0;
+      bool end = false;
+      if (!NextTag(in, &tag, &end)) {
+        read = end;
         break;
       }
       const int field = static_cast<int>(WireFormat::GetTagFieldNumber(tag));
@@ -173,9 +193,10 @@ bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::
         CodedOutputStream head_out(&head_stream);
         bool has_data = false;
         while (read) {
-          const uint32_t inner = in.ReadTag();
-          if (inner == 0) {
-            read = in.ConsumedEntireMessage();
+          uint32_t inner = 0;
+          bool end = false;
+          if (!NextTag(in, &inner, &end)) {
+            read = end;
             break;
           }
           if (static_cast<int>(WireFormat::GetTagFieldNumber(inner)) != kTensorDataField || !IsLengthDelimited(inner)) {
