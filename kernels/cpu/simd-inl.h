@@ -61,9 +61,9 @@ struct HwyOps {
   /// error by scripts/fit_sigmoid_polynomials.py: within 1.47 ulp of the true value over [0, 1] (mean 0.28),
   /// subnormal a included (where it returns a). Highway's Log1p would cost a log, with its own
   /// division, and a correction. In double, Kahan's log1p from Highway's log of u = 1 + a ∈ [1, 2]
-  /// plus the correction (a - (u - 1))·(1/u): 1/u is ReciprocalOneToTwo's division of the same
-  /// u, which the compiler then computes once (the correction is under an ulp of the log, so the
-  /// product's extra rounding does not reach the result).
+  /// plus the correction (a - (u - 1))/u, a division of its own: where 1 + a rounds (a near
+  /// 2^-53) the correction is as large as the result, and a product by ReciprocalOneToTwo's 1/u
+  /// would round once more there.
   HWY_INLINE V Log1pUnit(V a) const {
     if constexpr (std::is_same_v<T, float>) {
       // Estrin's scheme: a dependency chain of 4 fused steps instead of Horner's 8, so that
@@ -81,7 +81,7 @@ struct HwyOps {
       const V one = Set(1);
       const V u = hn::Add(one, a);
       return hn::Add(hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, u),
-                     hn::Mul(hn::Sub(a, hn::Sub(u, one)), hn::Div(one, u)));
+                     hn::Div(hn::Sub(a, hn::Sub(u, one)), u));
     }
   }
   /// 1/a for a ∈ [1, 2]. In float a quadratic first guess (relative error 2^-6.6) refined by two
@@ -104,13 +104,19 @@ struct HwyOps {
   HWY_INLINE V Log1p(V a) const {
     return hn::IfThenElse(hn::Eq(a, Set(-1)), Set(-HUGE_VAL), hn::Log1p(d, a));
   }
-  HWY_INLINE V Expm1(V a) const { return hn::Expm1(d, DefinedForEmulation(a)); }
+  HWY_INLINE V Expm1(V a) const {
+#if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+    return hn::IfThenElse(hn::IsNaN(a), a, hn::Expm1(d, DefinedForEmulation(a)));  // NaN, as on SIMD
+#else
+    return hn::Expm1(d, a);
+#endif
+  }
   /// Highway's Exp and Expm1 convert round(a·log2 e) to int. On the SIMD targets that is an
   /// instruction, defined for every input; under the scalar fallback (EMU128, SCALAR) it is a
   /// C++ cast, undefined for NaN and ±inf, which allow_non_finite jobs and masked classes pass
-  /// here. There the argument is first made finite: -inf and NaN become -10⁴ (e^a = 0, as the
-  /// SIMD targets give for both; a NaN input's outputs are made NaN again by PropagateNaN) and
-  /// +inf becomes 10⁴ (the result of that finite argument, as on every target). A no-op elsewhere.
+  /// here. There the argument is first made finite: -inf and NaN become -10⁴ (Exp gives 0, as the
+  /// SIMD targets do for both; Expm1 of a NaN is put back to NaN above) and +inf becomes 10⁴
+  /// (that finite argument's result, as on every target). A no-op elsewhere.
   HWY_INLINE V DefinedForEmulation(V a) const {
 #if HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
     const V bound = Set(1e4);

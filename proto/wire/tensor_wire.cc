@@ -136,8 +136,8 @@ bool IsLengthDelimited(uint32_t tag) { return WireFormat::GetTagWireType(tag) ==
 }  // namespace
 
 std::optional<absl::string_view> DetachedTensorData::Find(int field_number) const {
-  for (const auto& [field, data] : data_) {
-    if (field == field_number) return data;
+  for (const Entry& entry : data_) {
+    if (entry.field == field_number) return entry.data;
   }
   return std::nullopt;
 }
@@ -149,7 +149,7 @@ void DetachedTensorData::Clear() {
 }
 
 bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::Span<const int> tensor_fields,
-                              google::protobuf::MessageLite* message, DetachedTensorData* detached) {
+                              google::protobuf::Message* message, DetachedTensorData* detached) {
   message->Clear();
   detached->Clear();
   size_t total = 0;
@@ -212,17 +212,15 @@ bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::
           const void* where = nullptr;
           int available = 0;
           if (bytes == 0) {
-            detached->data_.emplace_back(field, absl::string_view("", 0));
+            detached->data_.push_back({field, absl::string_view("", 0), false});
           } else if (in.GetDirectBufferPointer(&where, &available) && available >= bytes &&
                      reinterpret_cast<uintptr_t>(where) % kInPlaceAlignment == 0) {
-            detached->data_.emplace_back(field, absl::string_view(static_cast<const char*>(where), bytes));
-            detached->in_place_bytes_ += static_cast<size_t>(bytes);
+            detached->data_.push_back({field, absl::string_view(static_cast<const char*>(where), bytes), true});
             read = in.Skip(bytes);
           } else {
             std::string& copy = detached->gathered_.emplace_back(UninitializedString(static_cast<size_t>(bytes)));
             read = in.ReadRaw(copy.data(), bytes);
-            detached->data_.emplace_back(field, copy);
-            detached->gathered_bytes_ += copy.size();
+            detached->data_.push_back({field, copy, false});
           }
         }
       }
@@ -233,10 +231,25 @@ bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::
       out.WriteString(head);
     }
   }
-  if (read && message->ParseFromString(rest)) return true;
-  message->Clear();
-  detached->Clear();
-  return false;
+  if (!read || !message->ParseFromString(rest)) {
+    message->Clear();
+    detached->Clear();
+    return false;
+  }
+  // Data only for the tensors the message has: a later member of a tensor's oneof (a scalar
+  // grad_output after a grad_output_tensor) replaced it, and its data went with it.
+  const google::protobuf::Reflection& reflection = *message->GetReflection();
+  const google::protobuf::Descriptor& descriptor = *message->GetDescriptor();
+  auto& entries = detached->data_;
+  entries.erase(std::remove_if(entries.begin(), entries.end(),
+                               [&](const DetachedTensorData::Entry& e) {
+                                 return !reflection.HasField(*message, descriptor.FindFieldByNumber(e.field));
+                               }),
+                entries.end());
+  for (const DetachedTensorData::Entry& e : entries) {
+    (e.in_place ? detached->in_place_bytes_ : detached->gathered_bytes_) += e.data.size();
+  }
+  return true;
 }
 
 std::vector<int> TensorFieldNumbers(const google::protobuf::Descriptor& message) {
@@ -334,6 +347,7 @@ grpc::ByteBuffer SerializeToSlices(google::protobuf::Message& message) {
     }
   }
   std::vector<grpc::Slice> slices;
+  slices.reserve(2 * sliced.size() + 1);  // no growth between a release() and its slice's owning it
   std::string rest = message.SerializeAsString();
   for (Sliced& s : sliced) {
     // Each head goes with the bytes before it; large data into a slice that frees it when gRPC

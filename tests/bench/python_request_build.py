@@ -37,7 +37,7 @@ def main():
     logits = rng.standard_normal(shape).astype(np.float32)
     targets = rng.integers(0, shape[1], shape[0])
     message = lambda: focalserve.Client.build_request(logits, targets, "softmax_focal").SerializeToString()
-    joined = lambda: focalserve.Client._request_bytes(logits, targets, "softmax_focal")
+    joined = lambda: focalserve.Client._request_bytes(focalserve.Client, logits, targets, "softmax_focal")
     parse = focalserve.pb.ComputeRequest.FromString
     assert parse(message()) == parse(joined())  # the same request; only the order of fields differs
     for name, fn in (("message", message), ("joined", joined), ("message", message), ("joined", joined)):

@@ -694,7 +694,8 @@ def test_request_bytes_are_the_messages_bytes(case):
     case = dict(case)
     logits, targets = case.pop("logits"), case.pop("targets")
     expected = focalserve.Client.build_request(logits, targets, **case)
-    sent = focalserve.pb.ComputeRequest.FromString(focalserve.Client._request_bytes(logits, targets, **case))
+    sent = focalserve.pb.ComputeRequest.FromString(
+        focalserve.Client._request_bytes(focalserve.Client, logits, targets, **case))
     assert sent == expected
     assert sent.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
 

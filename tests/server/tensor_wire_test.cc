@@ -195,6 +195,28 @@ TEST(TensorWire, FormsLeftToProtobufAreSaidSo) {
   EXPECT_TRUE(parse(whole + std::string("\xb9\x80\x80\x80\x00", 5) + fixed64));  // 5 bytes, field 7: fine
 }
 
+TEST(TensorWire, ATensorALaterMemberOfItsOneofReplacedHasNoData) {
+  // grad_output_tensor with data, then grad_output_scalar: protobuf's last member wins.
+  v1::ComputeRequest tensor_first, scalar_last;
+  tensor_first.mutable_grad_output_tensor()->set_data(Pattern(64, 8));
+  scalar_last.set_grad_output_scalar(0.5);
+  const std::string bytes = tensor_first.SerializeAsString() + scalar_last.SerializeAsString();
+  std::string storage;  // the data aligned, so that it would be referenced in place
+  const size_t data_at = bytes.find(tensor_first.grad_output_tensor().data());
+  const absl::string_view placed = PlaceAt(bytes, (64 - data_at % 64) % 64, &storage);
+  v1::ComputeRequest got;
+  wire::DetachedTensorData detached;
+  ASSERT_TRUE(wire::ParseDetachingTensorData({placed}, wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor()),
+                                             &got, &detached));
+  EXPECT_EQ(got.grad_output_case(), v1::ComputeRequest::kGradOutputScalar);
+  EXPECT_FALSE(detached.Find(v1::ComputeRequest::kGradOutputTensorFieldNumber).has_value());
+  EXPECT_EQ(detached.in_place_bytes() + detached.gathered_bytes(), 0u);  // nothing held for it
+  // The other order: the tensor wins, with its data.
+  const std::string reversed = scalar_last.SerializeAsString() + tensor_first.SerializeAsString();
+  ASSERT_TRUE(ParseAndReattach({absl::string_view(reversed)}, &got, &detached));
+  EXPECT_EQ(got.grad_output_tensor().data(), tensor_first.grad_output_tensor().data());
+}
+
 TEST(TensorWire, EveryOneByteChangeIsRefusedOrReadAsProtobufReadsIt) {
   const std::string whole = FullRequest(24).SerializeAsString();
   size_t refused = 0, read = 0;

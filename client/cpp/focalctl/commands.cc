@@ -269,6 +269,9 @@ int RunCompute(const Flags& flags) {
   // Results the server wrote into the region, read out like those of the answer.
   for (auto [shared, result] : {std::pair{&out->shared_gradient, &out->gradient}, {&out->shared_losses, &out->losses}}) {
     if (!*shared) continue;
+    if (!region) {
+      return Failure(cmd, absl::InternalError("the server answered with a shared-memory result the call did not ask for"));
+    }
     absl::StatusOr<HostTensor> read = region->Read(**shared);
     if (!read.ok()) return Failure(cmd, read.status());
     *result = *std::move(read);

@@ -93,13 +93,12 @@ class _Base:
                                       gradient_output=gradient_output, losses_output=losses_output,
                                       data_apart=_data_apart, **params)
 
-    @staticmethod
-    def _request_bytes(*args: Any, **kwargs: Any) -> bytes:
+    def _request_bytes(self, *args: Any, **kwargs: Any) -> bytes:
         """build_request's request as wire bytes, its large tensors joined in from the caller's
         arrays (_codec.serialize_request): one copy of them, where building the message and
         serializing it makes two. Sent through _compute_bytes."""
         apart: list = []
-        request = _Base.build_request(*args, _data_apart=apart, **kwargs)
+        request = self.build_request(*args, _data_apart=apart, **kwargs)
         return _codec.serialize_request(request, apart)
 
     def _compute_bytes_call(self):

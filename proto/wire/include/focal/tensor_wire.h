@@ -58,8 +58,13 @@ class DetachedTensorData {
 
  private:
   friend bool ParseDetachingTensorData(absl::Span<const absl::string_view>, absl::Span<const int>,
-                                       google::protobuf::MessageLite*, DetachedTensorData*);
-  std::vector<std::pair<int, absl::string_view>> data_;
+                                       google::protobuf::Message*, DetachedTensorData*);
+  struct Entry {
+    int field;
+    absl::string_view data;
+    bool in_place;  ///< pointing into the pieces, not into gathered_
+  };
+  std::vector<Entry> data_;
   std::deque<std::string> gathered_;  ///< a deque: growing it moves no string (short ones live inline)
   size_t gathered_bytes_ = 0, in_place_bytes_ = 0;
 };
@@ -73,8 +78,10 @@ class DetachedTensorData {
 /// false, with `message` and `detached` cleared, when the bytes do not parse, or take a form
 /// that this reader leaves to protobuf: a tensor field or its data given twice (protobuf merges
 /// them), a group. The caller then parses them whole as before, which gives protobuf's answer.
+/// A tensor that a later member of its oneof replaced (protobuf's last one wins) has no data in
+/// `detached`, as it has no field in `message`.
 bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::Span<const int> tensor_fields,
-                              google::protobuf::MessageLite* message, DetachedTensorData* detached);
+                              google::protobuf::Message* message, DetachedTensorData* detached);
 
 /// The numbers of `message`'s singular fields of type focal.v1.Tensor, in declaration order.
 std::vector<int> TensorFieldNumbers(const google::protobuf::Descriptor& message);
