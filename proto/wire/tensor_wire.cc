@@ -148,13 +148,46 @@ void DetachedTensorData::Clear() {
   gathered_bytes_ = in_place_bytes_ = 0;
 }
 
-bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::Span<const int> tensor_fields,
-                              google::protobuf::Message* message, DetachedTensorData* detached) {
+bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, google::protobuf::Message* message,
+                              DetachedTensorData* detached) {
+  const std::vector<int> tensor_fields = TensorFieldNumbers(*message->GetDescriptor());
   message->Clear();
   detached->Clear();
   size_t total = 0;
   for (const absl::string_view piece : pieces) total += piece.size();
   if (total > static_cast<size_t>(INT_MAX)) return false;  // beyond what protobuf reads at all
+
+  // One Tensor (within its limit): its fields but `data` copied to `head`, its data into `detached`.
+  auto read_tensor = [detached](CodedInputStream& in, int field, std::string* head) {
+    StringOutputStream head_stream(head);
+    CodedOutputStream head_out(&head_stream);
+    bool has_data = false;
+    for (;;) {
+      uint32_t tag = 0;
+      bool end = false;
+      if (!NextTag(in, &tag, &end)) return end;
+      if (static_cast<int>(WireFormat::GetTagFieldNumber(tag)) != kTensorDataField || !IsLengthDelimited(tag)) {
+        if (!CopyField(tag, in, head_out)) return false;
+        continue;
+      }
+      int bytes = 0;
+      if (has_data || !ReadLength(in, &bytes)) return false;
+      has_data = true;
+      const void* where = nullptr;
+      int available = 0;
+      if (bytes == 0) {
+        detached->data_.push_back({field, absl::string_view("", 0), false});
+      } else if (in.GetDirectBufferPointer(&where, &available) && available >= bytes &&
+                 reinterpret_cast<uintptr_t>(where) % kInPlaceAlignment == 0) {
+        detached->data_.push_back({field, absl::string_view(static_cast<const char*>(where), bytes), true});
+        if (!in.Skip(bytes)) return false;
+      } else {
+        std::string& copy = detached->gathered_.emplace_back(UninitializedString(static_cast<size_t>(bytes)));
+        if (!in.ReadRaw(copy.data(), bytes)) return false;
+        detached->data_.push_back({field, copy, false});
+      }
+    }
+  };
 
   // The message without the tensors' data: a few hundred bytes, which protobuf then parses.
   std::string rest;
@@ -188,42 +221,7 @@ bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::
       seen.push_back(field);
       const CodedInputStream::Limit limit = in.PushLimit(length);
       std::string head;  // the Tensor's other fields
-      {
-        StringOutputStream head_stream(&head);
-        CodedOutputStream head_out(&head_stream);
-        bool has_data = false;
-        while (read) {
-          uint32_t inner = 0;
-          bool end = false;
-          if (!NextTag(in, &inner, &end)) {
-            read = end;
-            break;
-          }
-          if (static_cast<int>(WireFormat::GetTagFieldNumber(inner)) != kTensorDataField || !IsLengthDelimited(inner)) {
-            read = CopyField(inner, in, head_out);
-            continue;
-          }
-          int bytes = 0;
-          if (has_data || !ReadLength(in, &bytes)) {
-            read = false;
-            break;
-          }
-          has_data = true;
-          const void* where = nullptr;
-          int available = 0;
-          if (bytes == 0) {
-            detached->data_.push_back({field, absl::string_view("", 0), false});
-          } else if (in.GetDirectBufferPointer(&where, &available) && available >= bytes &&
-                     reinterpret_cast<uintptr_t>(where) % kInPlaceAlignment == 0) {
-            detached->data_.push_back({field, absl::string_view(static_cast<const char*>(where), bytes), true});
-            read = in.Skip(bytes);
-          } else {
-            std::string& copy = detached->gathered_.emplace_back(UninitializedString(static_cast<size_t>(bytes)));
-            read = in.ReadRaw(copy.data(), bytes);
-            detached->data_.push_back({field, copy, false});
-          }
-        }
-      }
+      read = read_tensor(in, field, &head);
       in.PopLimit(limit);
       if (!read) break;
       out.WriteTag(tag);
@@ -290,7 +288,7 @@ bool ParseFromSlices(const grpc::ByteBuffer& bytes, google::protobuf::Message* m
     pieces.emplace_back(reinterpret_cast<const char*>(slice.begin()), slice.size());
   }
   const bool parsed =
-      ParseDetachingTensorData(pieces, TensorFieldNumbers(*message->GetDescriptor()), message, &received->data);
+      ParseDetachingTensorData(pieces, message, &received->data);
   // Where no view points into them, the slices are let go now, as a whole parse lets them go.
   if (!parsed || received->data.in_place_bytes() == 0) received->slices.clear();
   return parsed;

@@ -30,7 +30,7 @@ bool CheckDetachedParse(const uint8_t* data, size_t size, size_t piece, const fo
     pieces.emplace_back(reinterpret_cast<const char*>(data) + at, std::min(piece, size - at));
   }
   const std::vector<int> fields = wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor());
-  if (!wire::ParseDetachingTensorData(pieces, fields, detached_request, detached)) return false;
+  if (!wire::ParseDetachingTensorData(pieces, detached_request, detached)) return false;
   if (whole == nullptr) __builtin_trap();  // read apart what protobuf refuses
   v1::ComputeRequest reattached = *detached_request;
   const google::protobuf::Reflection& r = *reattached.GetReflection();

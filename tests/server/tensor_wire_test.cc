@@ -52,7 +52,7 @@ v1::ComputeRequest FullRequest(size_t logits_bytes) {
 /// `message` as parsed from `pieces` with its tensors apart, the data put back in place.
 bool ParseAndReattach(const std::vector<absl::string_view>& pieces, v1::ComputeRequest* message,
                       wire::DetachedTensorData* detached) {
-  if (!wire::ParseDetachingTensorData(pieces, wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor()), message,
+  if (!wire::ParseDetachingTensorData(pieces, message,
                                       detached)) {
     return false;
   }
@@ -128,8 +128,7 @@ TEST(TensorWire, DataOneAlignedPieceHoldsIsReferencedInPlace) {
     const absl::string_view piece = PlaceAt(bytes, (remainder + 64 - logits_at % 64) % 64, &storage);
     v1::ComputeRequest got;
     wire::DetachedTensorData detached;
-    ASSERT_TRUE(wire::ParseDetachingTensorData({piece}, wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor()),
-                                               &got, &detached));
+    ASSERT_TRUE(wire::ParseDetachingTensorData({piece}, &got, &detached));
     const auto logits = detached.Find(v1::ComputeRequest::kLogitsFieldNumber);
     ASSERT_TRUE(logits.has_value());
     EXPECT_EQ(*logits, sent.logits().data());
@@ -160,8 +159,7 @@ TEST(TensorWire, FormsLeftToProtobufAreSaidSo) {
   const auto parse = [](const std::string& bytes) {
     v1::ComputeRequest got;
     wire::DetachedTensorData detached;
-    const bool ok = wire::ParseDetachingTensorData({absl::string_view(bytes)},
-                                                   wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor()), &got,
+    const bool ok = wire::ParseDetachingTensorData({absl::string_view(bytes)}, &got,
                                                    &detached);
     if (!ok) {
       EXPECT_EQ(got.ByteSizeLong(), 0u);
@@ -206,8 +204,7 @@ TEST(TensorWire, ATensorALaterMemberOfItsOneofReplacedHasNoData) {
   const absl::string_view placed = PlaceAt(bytes, (64 - data_at % 64) % 64, &storage);
   v1::ComputeRequest got;
   wire::DetachedTensorData detached;
-  ASSERT_TRUE(wire::ParseDetachingTensorData({placed}, wire::TensorFieldNumbers(*v1::ComputeRequest::descriptor()),
-                                             &got, &detached));
+  ASSERT_TRUE(wire::ParseDetachingTensorData({placed}, &got, &detached));
   EXPECT_EQ(got.grad_output_case(), v1::ComputeRequest::kGradOutputScalar);
   EXPECT_FALSE(detached.Find(v1::ComputeRequest::kGradOutputTensorFieldNumber).has_value());
   EXPECT_EQ(detached.in_place_bytes() + detached.gathered_bytes(), 0u);  // nothing held for it

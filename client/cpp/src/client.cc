@@ -137,8 +137,8 @@ absl::StatusOr<ComputeOutput> DecodeResponse(v1::ComputeResponse* response) {
 }
 
 /// The calls that carry tensors: requests go out as slices of their tensors' own bytes
-/// (wire::SerializeToSlices), where the generated stub would serialize each one into a copy
-/// first. These are the calls the stub itself makes, over grpc::internal, its API.
+/// (wire::SerializeToSlices), where the generated client class would serialize each one into a
+/// copy first. These are the calls that class makes itself, through grpc::internal.
 struct TensorMethods {
   static std::string Path(const char* method) {
     return absl::StrCat("/", v1::FocalLossService::service_full_name(), "/", method);

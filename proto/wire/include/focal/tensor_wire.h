@@ -57,8 +57,8 @@ class DetachedTensorData {
   void Clear();
 
  private:
-  friend bool ParseDetachingTensorData(absl::Span<const absl::string_view>, absl::Span<const int>,
-                                       google::protobuf::Message*, DetachedTensorData*);
+  friend bool ParseDetachingTensorData(absl::Span<const absl::string_view>, google::protobuf::Message*,
+                                       DetachedTensorData*);
   struct Entry {
     int field;
     absl::string_view data;
@@ -69,8 +69,8 @@ class DetachedTensorData {
   size_t gathered_bytes_ = 0, in_place_bytes_ = 0;
 };
 
-/// Parses a message given as the pieces its bytes lie in (in order) into `message`, whose
-/// top-level fields numbered `tensor_fields` are focal.v1.Tensor messages, with those tensors'
+/// Parses a message given as the pieces its bytes lie in (in order) into `message`, its
+/// top-level focal.v1.Tensor fields (TensorFieldNumbers) read with those tensors'
 /// `data` left out of it and given by `detached` instead: pointing into `pieces`, which must
 /// then outlive `detached`, where one piece holds a tensor's data whole at an aligned address
 /// (kInPlaceAlignment); copied once otherwise.
@@ -80,8 +80,8 @@ class DetachedTensorData {
 /// them), a group. The caller then parses them whole as before, which gives protobuf's answer.
 /// A tensor that a later member of its oneof replaced (protobuf's last one wins) has no data in
 /// `detached`, as it has no field in `message`.
-bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, absl::Span<const int> tensor_fields,
-                              google::protobuf::Message* message, DetachedTensorData* detached);
+bool ParseDetachingTensorData(absl::Span<const absl::string_view> pieces, google::protobuf::Message* message,
+                              DetachedTensorData* detached);
 
 /// The numbers of `message`'s singular fields of type focal.v1.Tensor, in declaration order.
 std::vector<int> TensorFieldNumbers(const google::protobuf::Descriptor& message);
