@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "focal/status_macros.h"
 #include "server/limits.h"
 
 namespace focal::server {
@@ -30,6 +31,17 @@ absl::Status ParseMessage(grpc::ByteBuffer& bytes, google::protobuf::MessageLite
                                                  message->GetTypeName(), ": the bytes do not parse"));
 }
 
+namespace {
+
+/// SerializeMessage's and SerializeWithTensorSlices' refusal of an answer over the limit.
+absl::Status CheckAnswerSize(size_t size, int64_t max_bytes) {
+  if (static_cast<int64_t>(size) <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat("the answer would be ", size, " bytes; this server sends at most ",
+                                                   max_bytes, " (--max-message-bytes): split the batch"));
+}
+
+}  // namespace
+
 absl::Status ParseDetachingTensors(grpc::ByteBuffer& bytes, google::protobuf::Message* message, absl::string_view what,
                                    int64_t max_bytes, wire::ReceivedTensors* received) {
   if (static_cast<int64_t>(bytes.Length()) <= max_bytes && wire::ParseFromSlices(bytes, message, received)) {
@@ -40,21 +52,13 @@ absl::Status ParseDetachingTensors(grpc::ByteBuffer& bytes, google::protobuf::Me
 }
 
 absl::Status SerializeWithTensorSlices(google::protobuf::Message& message, int64_t max_bytes, grpc::ByteBuffer* bytes) {
-  const size_t size = message.ByteSizeLong();
-  if (static_cast<int64_t>(size) > max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("the answer would be ", size, " bytes; this server sends at most ",
-                                                     max_bytes, " (--max-message-bytes): split the batch"));
-  }
+  RETURN_IF_ERROR(CheckAnswerSize(message.ByteSizeLong(), max_bytes));
   *bytes = wire::SerializeToSlices(message);
   return absl::OkStatus();
 }
 
 absl::Status SerializeMessage(const google::protobuf::MessageLite& message, int64_t max_bytes, grpc::ByteBuffer* bytes) {
-  const size_t size = message.ByteSizeLong();
-  if (static_cast<int64_t>(size) > max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("the answer would be ", size, " bytes; this server sends at most ",
-                                                     max_bytes, " (--max-message-bytes): split the batch"));
-  }
+  RETURN_IF_ERROR(CheckAnswerSize(message.ByteSizeLong(), max_bytes));
   bool own_buffer = false;
   const grpc::Status status = grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, bytes, &own_buffer);
   if (!status.ok()) return absl::InternalError(absl::StrCat("serializing the answer failed: ", status.error_message()));
