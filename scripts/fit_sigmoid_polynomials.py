@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Derives the two float polynomials of the CPU kernels' sigmoid (kernels/cpu/simd-inl.h) and
-checks them the way the kernels evaluate them:
+"""Derives the three float polynomials of the CPU kernels' sigmoid and softmax
+(kernels/cpu/simd-inl.h) and checks them the way the kernels evaluate them:
 
     /usr/bin/python3 scripts/fit_sigmoid_polynomials.py
 
@@ -22,6 +22,14 @@ processor's approximate reciprocal, whose precision differs between AVX-512's fu
 (2^-14) and its 128-bit ones (2^-12): a result must not depend on which lane width an element
 fell in (Evaluate's sums are bit-identical however a dataset is split). The check runs over 2M
 random floats in [1, 2] and both ends.
+
+3. HwyOps::ExpNonPositive, e^a for a <= 0 (the sigmoid's e^-|x|, the softmax's e^(x - max)).
+k = round(a / ln 2) from the bits of a/ln 2 + 1.5 * 2^23, r = a - k ln 2 with ln 2 in two parts
+(the first of 12 bits, so that k times it is exact), e^r = 1 + r + r^2 Q(r) with Q of degree 4
+by Estrin's grouping, fitted like log1p to the relative error of e^r over [-0.3466, 0.3466]; then
+the exponent's bits plus k + 64 and a product by 2^-64. The check runs the whole evaluation in
+float over 3M random a in [-104, 0], a few chosen ones (0, -87.5, -103, -110) and reports normal
+results in ulps and subnormal ones in units of the smallest subnormal.
 
 Deterministic: the nodes are fixed and the random floats come from numpy's seeded generator.
 """
@@ -87,6 +95,41 @@ def reciprocal(c, u):
     return r
 
 
+LN2 = float(np.log(2.0))
+EXP_MAGIC = 12582912.0  # 1.5 * 2^23: a float whose last place is 1
+LN2_HI = float(np.float32(round(LN2 * 4096) / 4096))  # 12 bits: k * LN2_HI is exact for |k| < 2^12
+LN2_LO = float(np.float32(LN2 - LN2_HI))
+
+
+def fit_exp(nodes=4000, rounds=40, half=0.3466):
+    """Q of degree 4 in e^r = 1 + r + r^2 Q(r), minimising the largest relative error of e^r."""
+    k = np.arange(nodes)
+    r = half * np.cos(np.pi * (k + 0.5) / nodes)
+    r = r[r != 0]
+    q = (np.exp(r) - 1 - r) / (r * r)
+    A = np.vander(r, 5, increasing=True)
+    w = np.ones_like(r)
+    for _ in range(rounds):
+        s = r * r / np.exp(r) * w  # Q's error times r^2 / e^r is e^r's relative error
+        c, *_ = np.linalg.lstsq(A * s[:, None], q * s, rcond=None)
+        e = np.abs(r * r * (A @ c - q) / np.exp(r))
+        w = w * (1 + 30 * e / e.max())
+        w /= w.mean()
+    return [float(np.float32(v)) for v in c], float(e.max())
+
+
+def exp_nonpositive(c, a):
+    """ExpNonPositive as the kernel computes it, one rounding per float step."""
+    x = np.maximum(round32(a), -120.0)
+    shifted = fma32(x, float(np.float32(1 / LN2)), EXP_MAGIC)
+    k = shifted - EXP_MAGIC  # exact
+    r = fma32(k, -LN2_LO, fma32(k, -LN2_HI, x))
+    r2 = round32(r * r)
+    q = fma32(fma32(c[4], r2, fma32(c[3], r, c[2])), r2, fma32(c[1], r, c[0]))
+    y = round32(fma32(r2, q, r) + 1.0)
+    return round32(y * np.exp2(k + 64) * 2.0 ** -64)  # exact, then one rounding where subnormal
+
+
 def main():
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     degree = 9
@@ -111,6 +154,21 @@ def main():
     print(f"1/u: first guess's relative error {fit_error:.2e} (2^{np.log2(fit_error):.2f}); after two Newton "
           f"steps in float: max {ulps.max():.3f} ulp, {np.mean(got == round32(want)) * 100:.1f}% correctly rounded")
     print("  P's coefficients, u^0 first:")
+    for v in c:
+        print(f"    {v!r}")
+
+
+    c, fit_error = fit_exp()
+    a = np.concatenate([-rng.random(2_000_000) * 104, -rng.random(1_000_000), [0.0, -87.5, -103.0, -110.0]])
+    a = round32(a)
+    got, want = exp_nonpositive(c, a), np.exp(a)
+    ulp = np.spacing(np.maximum(want, 2.0 ** -149).astype(np.float32)).astype(np.float64)
+    err = np.abs(got - want) / ulp
+    normal = want >= 2.0 ** -126
+    print(f"e^a, a <= 0: relative error of the fit {fit_error:.2e}; in float: max {err[normal].max():.3f} ulp, "
+          f"mean {err[normal].mean():.3f} ulp (normal results); subnormal results within "
+          f"{err[~normal].max():.3f} of the smallest subnormal; e^0 = {exp_nonpositive(c, np.zeros(1))[0]!r}")
+    print(f"  ln 2 = {LN2_HI!r} + {LN2_LO!r}; Q's coefficients, r^0 first:")
     for v in c:
         print(f"    {v!r}")
 

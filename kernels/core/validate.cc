@@ -250,6 +250,21 @@ absl::StatusOr<TargetRows> ScanClassTargets(const TensorView& targets, int64_t n
   return rows;
 }
 
+/// The elements above 0 among a float tensor's first `n`: quality_focal's positives, which its
+/// MEAN divides by. This reads every target before the pass does (which needs the count for the
+/// gradient's scale), so it runs on every core, a vectorized loop per block; an integer sum is the
+/// same in any order.
+int64_t CountPositives(const TensorView& targets, int64_t n) {
+  constexpr int64_t kBlock = int64_t{1} << 16;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  int64_t positives = 0;
+#pragma omp parallel for schedule(static) reduction(+ : positives) if (blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    positives += CountValues(targets, b * kBlock, std::min(n, (b + 1) * kBlock), [](auto y) { return y > 0; });
+  }
+  return positives;
+}
+
 /// Float targets shaped like the logits (values are checked during the compute pass).
 absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
   if (!IsFloating(job.targets.dtype)) {
@@ -264,12 +279,7 @@ absl::Status CheckFloatTargets(const LossJob& job, JobPlan& plan) {
   plan.count = plan.num_elements;
   if (FactsOf(job.spec.params).mean_over == MeanOver::kPositives) {
     // The positives are the elements with a target above 0 (out-of-range ones fail in the pass).
-    int64_t positives = 0;
-    FindFirstValue(job.targets, plan.num_elements, [&](double y) {
-      positives += y > 0;
-      return false;
-    });
-    plan.count = positives;
+    plan.count = CountPositives(job.targets, plan.num_elements);
   }
   return absl::OkStatus();
 }

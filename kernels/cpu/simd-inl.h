@@ -52,6 +52,35 @@ struct HwyOps {
   HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
   HWY_INLINE V Zero() const { return hn::Zero(d); }
   HWY_INLINE V Exp(V a) const { return hn::Exp(d, DefinedForEmulation(a)); }
+  /// e^a for a ≤ 0: the sigmoid's e^-|x| and the softmax's e^(x - max), the exp of every
+  /// element of every variant. In float, with no conversion between float and integer (Highway's
+  /// Exp has two on its critical path) and one scaling: k = round(a/ln 2) is read off the bits of
+  /// a/ln 2 + 1.5·2^23, whose last place is 1; r = a - k ln 2 ∈ [-0.347, 0.347] with ln 2 in two
+  /// parts (the first of 12 bits, so that k times it is exact); e^r = 1 + r + r²Q(r), Q of degree
+  /// 4 fitted by scripts/fit_sigmoid_polynomials.py (within 1.003 ulp, mean 0.27); then k + 64 is
+  /// added to the exponent's bits, which stays normal, and the product by 2^-64 rounds once where
+  /// the result is subnormal. Below -120 every result rounds to 0, and the clamp there keeps the
+  /// exponent in range (-inf and, on x86, NaN give 0, as Highway's Exp does). In double, Exp.
+  HWY_INLINE V ExpNonPositive(V a) const {
+    if constexpr (std::is_same_v<T, float>) {
+      const hn::RebindToUnsigned<D> du;
+      const V x = hn::Max(a, Set(-120));
+      const V magic = Set(12582912.0);  // 1.5·2^23
+      const V shifted = hn::MulAdd(x, Set(1.4426950408889634), magic);
+      const V k = hn::Sub(shifted, magic);
+      const V r = hn::MulAdd(k, Set(-3.194618329871446e-05), hn::MulAdd(k, Set(-0.693115234375), x));
+      const V r2 = hn::Mul(r, r);
+      const V q = hn::MulAdd(hn::MulAdd(Set(0.001381830545142293), r2, hn::MulAdd(Set(0.008368712849915028), r, Set(0.04166832193732262))),
+                             r2, hn::MulAdd(Set(0.1666652113199234), r, Set(0.4999999403953552)));
+      const V y = hn::Add(hn::MulAdd(r2, q, r), Set(1));
+      // The low 9 bits of the shifted value's bits are k's (those of 1.5·2^23 are 0), so shifting
+      // them up by 23 is k times the exponent's unit.
+      const auto scale = hn::Add(hn::ShiftLeft<23>(hn::BitCast(du, shifted)), hn::Set(du, uint32_t{64} << 23));
+      return hn::Mul(hn::BitCast(d, hn::Add(hn::BitCast(du, y), scale)), Set(0x1p-64));
+    } else {
+      return Exp(a);
+    }
+  }
   // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
   HWY_INLINE V Log(V a) const {
     return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
@@ -134,6 +163,7 @@ struct HwyOps {
   HWY_INLINE M Le(V a, V b) const { return hn::Le(a, b); }
   HWY_INLINE M Eq(V a, V b) const { return hn::Eq(a, b); }
   HWY_INLINE M Or(M a, M b) const { return hn::Or(a, b); }
+  HWY_INLINE bool AllTrue(M m) const { return hn::AllTrue(d, m); }
   HWY_INLINE V Select(M m, V a, V b) const { return hn::IfThenElse(m, a, b); }
   HWY_INLINE V IfThenElseZero(M m, V a) const { return hn::IfThenElseZero(m, a); }
   HWY_INLINE V IfThenZeroElse(M m, V a) const { return hn::IfThenZeroElse(m, a); }

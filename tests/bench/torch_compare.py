@@ -4,7 +4,7 @@
 Run with Debian's interpreter, which has torch, torchvision and numpy:
 
     /usr/bin/python3 tests/bench/torch_compare.py [--cpu-bench PATH] [--repeats N]
-                                                   [--quick] [--markdown]
+                                                   [--quick] [--shape NAME] [--markdown]
 
 What it measures (forward + backward, float32, random normal logits):
 
@@ -432,6 +432,8 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smaller shapes (N / 8) for a smoke run: "
                          + ", ".join(shape_name(s) for s in QUICK_SHAPES))
+    ap.add_argument("--shape", action="append", metavar="NAME",
+                    help="measure only this shape (as printed, e.g. 65536x80; repeatable)")
     ap.add_argument("--markdown", action="store_true",
                     help="print the result table as a Markdown table too")
     ap.add_argument("--warmup", type=int, default=1,
@@ -459,6 +461,12 @@ def main():
     torch.set_num_threads(THREADS)
     alloc = "glibc malloc defaults (--malloc-default)" if args.malloc_default else keep_heap_warm()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if args.shape:
+        unknown = set(args.shape) - {shape_name(s) for s in shapes}
+        if unknown:
+            ap.error(f"--shape {', '.join(sorted(unknown))}: not one of "
+                     + ", ".join(shape_name(s) for s in shapes))
+        shapes = [s for s in shapes if shape_name(s) in args.shape]
     t_start = time.perf_counter()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}; "
           f"torch.set_num_threads({THREADS}) -> {torch.get_num_threads()} threads "

@@ -24,29 +24,47 @@ struct LossGrad {
   V grad;  ///< ∂loss/∂input, before the upstream weight
 };
 
+/// σ(x) and 1-σ(x) from one exp and one reciprocal, and e^-|x| for the logs (SigmoidParts).
+template <class V>
+struct SigmoidProbabilities {
+  V e;  ///< e^-|x| ∈ [0, 1]
+  V p;  ///< σ(x)
+  V q;  ///< 1 - σ(x), computed directly: no cancellation as p → 1
+};
+
+template <class Ops, class V = typename Ops::V>
+FOCAL_HD SigmoidProbabilities<V> SigmoidProbabilitiesOf(const Ops& o, V x) {
+  const V e = o.ExpNonPositive(o.Neg(o.Abs(x)));  // never overflows
+  const V inv = o.ReciprocalOneToTwo(o.Set(1) + e);
+  const auto nonneg = o.Le(o.Zero(), x);
+  return {e, o.Select(nonneg, inv, e * inv), o.Select(nonneg, e * inv, inv)};
+}
+
 /// σ(x) and its logs, from one exp, one log1p and one reciprocal.
 template <class V>
 struct SigmoidParts {
   V log_p;  ///< log σ(x) = -softplus(-x)
   V log_q;  ///< log(1-σ(x)) = -softplus(x)
   V p;      ///< σ(x)
-  V q;      ///< 1 - σ(x), computed directly: no cancellation as p → 1
+  V q;      ///< 1 - σ(x)
 };
+
+/// The logs of σ(x) from its probabilities (a formula that needs only p and q skips the log1p).
+template <class Ops, class V>
+FOCAL_HD SigmoidParts<V> SigmoidLogs(const Ops& o, V x, const SigmoidProbabilities<V>& s) {
+  // log1p of e itself, not log(1 + e): exact to the last digits even where e ≪ ε and 1 + e
+  // rounds to 1.
+  const V l = o.Log1pUnit(s.e);
+  // softplus(x) = max(x, 0) + l and softplus(-x) = max(-x, 0) + l: exact maxima, so log σ(x)
+  // keeps its relative accuracy for large x where softplus(x) - x would cancel to 0, and an
+  // infinite x (allow_non_finite) gives the logs' limits (0 and ∓∞), as PyTorch's, where
+  // max(x, 0) - x would be ∞ - ∞.
+  return {o.Neg(o.Max(o.Neg(x), o.Zero()) + l), o.Neg(o.Max(x, o.Zero()) + l), s.p, s.q};
+}
 
 template <class Ops, class V = typename Ops::V>
 FOCAL_HD SigmoidParts<V> Sigmoid(const Ops& o, V x) {
-  const V one = o.Set(1);
-  const V e = o.Exp(o.Neg(o.Abs(x)));  // e^-|x| ∈ [0, 1]: never overflows
-  const V inv = o.ReciprocalOneToTwo(one + e);
-  // log1p of e itself, not log(1 + e): exact to the last digits even where e ≪ ε and 1 + e
-  // rounds to 1.
-  const V l = o.Log1pUnit(e);
-  const V m = o.Max(x, o.Zero());
-  const auto nonneg = o.Le(o.Zero(), x);
-  // softplus(-x) = (max(x,0) - x) + l; (m - x) is exact, so log σ(x) keeps its relative
-  // accuracy for large x where softplus(x) - x would cancel to 0.
-  return {o.Neg((m - x) + l), o.Neg(m + l), o.Select(nonneg, inv, e * inv),
-          o.Select(nonneg, e * inv, inv)};
+  return SigmoidLogs(o, x, SigmoidProbabilitiesOf(o, x));
 }
 
 /// The focusing parameter as the formulas take it: γ itself and, when γ is a whole number up to
@@ -107,7 +125,7 @@ FOCAL_HD V LogAddExp(const Ops& o, V a, V b) {
 /// Also the online softmax's rescaling factor e^(m_old - m_new).
 template <class Ops, class V>
 FOCAL_HD V ExpAboutMax(const Ops& o, V x, V max) {
-  return o.Exp(x - max);
+  return o.ExpNonPositive(x - max);
 }
 
 /// One class's term of `rest`, from its e = ExpAboutMax(x, m): e for classes below the maximum,
@@ -539,43 +557,61 @@ template <class Ops, class V>
 FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x, V t) {
   const V one = o.Set(1);
   const V zero = o.Zero();
-  const SigmoidParts<V> s = Sigmoid(o, x);
+  // A term no lane needs is skipped (its part is 0): most vectors of a multi-label batch hold
+  // negatives only. The sum below is then the same, bit for bit, as with the term computed.
+  const bool positives = !o.AllTrue(o.Eq(t, zero));
+  const bool negatives = !o.AllTrue(o.Eq(t, one));
+  const SigmoidProbabilities<V> probabilities = SigmoidProbabilitiesOf(o, x);
+  // The clipped L- needs no log of σ: without L+ the log1p is skipped too.
+  const SigmoidParts<V> s = positives || !c.clipped ? SigmoidLogs(o, x, probabilities)
+                                                    : SigmoidParts<V>{zero, zero, probabilities.p, probabilities.q};
   // L+: §2's hard form with t = 1 and α_t = 1.
-  const V mod_pos = Modulating(o, s.q, [&] { return s.log_q; }, c.gamma_pos);
-  const V loss_pos = mod_pos * o.Neg(s.log_p);
-  const V grad_pos = mod_pos * (c.gamma_pos.value * s.p * s.log_p - s.q);
+  V loss_pos = zero, grad_pos = zero;
+  if (positives) {
+    const V mod_pos = Modulating(o, s.q, [&] { return s.log_q; }, c.gamma_pos);
+    loss_pos = mod_pos * o.Neg(s.log_p);
+    grad_pos = mod_pos * (c.gamma_pos.value * s.p * s.log_p - s.q);
+  }
   // L-: ∂/∂x = p(1-p) p_m^γ- [γ- r + 1/(1-p_m)], r = -log(1-p_m)/p_m → 1 as p_m → 0, so that
   // γ- < 1 raises nothing to a negative power.
-  V loss_neg, grad_neg;
-  if (!c.clipped) {
+  V loss_neg = zero, grad_neg = zero;
+  if (negatives && !c.clipped) {
     // p_m = p: -log(1-p) = softplus(x) for every x, and p(1-p)/(1-p_m) = p.
     const V neg_log = o.Neg(s.log_q);
     const V mod_neg = Modulating(o, s.p, [&] { return s.log_p; }, c.gamma_neg);
     const V r = o.Select(o.Eq(s.p, zero), one, neg_log / s.p);
     loss_neg = mod_neg * neg_log;
     grad_neg = mod_neg * s.p * (c.gamma_neg.value * r * s.q + one);
-  } else {
+  } else if (negatives) {
     const V shifted = o.Max(s.p - c.clip, zero);
     const auto active = o.Lt(zero, shifted);
     // 1 - p_m = (1-p) + m ≥ m where p > m: from 1-p, without the cancellation of 1 - p_m.
     const V one_m_shifted = o.Select(active, s.q + c.clip, one);
-    // -log(1 - p_m) with one log: log1p(-p_m) by Kahan's correction while p_m < 1/2 (accurate as
-    // p_m → 0), log(q + m) above, where p - m may have rounded to 1 (x ≳ 17 with a tiny m).
+    // -log(1 - p_m) with one log, of u: below p_m = 1/2 u = 1 - p_m rounded, and Kahan's log1p
+    // r = -log(u)/(1-u) (1-u is exact) keeps the digits as p_m → 0 (r → 1; r = 1 where u
+    // rounds to 1); above, u = q + m, where p - m may have rounded to 1 (x ≳ 17 with a tiny m),
+    // and r = -log(u)/p_m.
     const auto small = o.Lt(shifted, o.Set(0.5));
     const V u = o.Select(small, one - shifted, one_m_shifted);
-    const V log_u = o.Log(u);
-    const V kahan = o.Select(o.Eq(u, one), o.Neg(shifted), log_u * (o.Neg(shifted) / (u - one)));
-    const V neg_log = o.Neg(o.Select(small, kahan, log_u));
+    const V minus_log_u = o.Neg(o.Log(u));
+    const auto rounds_to_one = o.Eq(u, one);
+    const V divisor = o.Select(rounds_to_one, one, o.Select(small, one - u, shifted));
+    // r and 1/(1-p_m) from one division, of 1 by divisor·(1-p_m).
+    const V inv = one / (divisor * one_m_shifted);
+    const V r = o.Select(rounds_to_one, one, minus_log_u * one_m_shifted * inv);
+    const V neg_log = o.Select(small, shifted * r, minus_log_u);
     const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
     loss_neg = mod_neg * neg_log;
-    // γ- r + 1/(1-p_m) over one denominator: (γ- (-log(1-p_m))(1-p_m) + p_m) / (p_m (1-p_m)),
-    // one division instead of two; both sides are ~p_m as p_m → 0 (its limit is γ- + 1).
-    const V denominator = o.Select(active, shifted * one_m_shifted, one);
-    const V bracket = o.MulAdd(c.gamma_neg.value * neg_log, one_m_shifted, shifted) / denominator;
+    const V bracket = o.MulAdd(c.gamma_neg.value, r, divisor * inv);  // γ- r + 1/(1-p_m)
     grad_neg = o.IfThenElseZero(active, mod_neg * s.p * s.q * bracket);
   }
   const V u = one - t;
-  return {t * loss_pos + u * loss_neg, t * grad_pos + u * grad_neg};
+  // A term of weight 0 adds nothing, even where it is infinite (an infinite logit under
+  // allow_non_finite), as PyTorch's ASL gives; so a skipped term's 0 is the same bits.
+  if (!positives) return {u * loss_neg, u * grad_neg};
+  const auto has_pos = o.Lt(zero, t), has_neg = o.Lt(zero, u);
+  return {o.IfThenElseZero(has_pos, t * loss_pos) + o.IfThenElseZero(has_neg, u * loss_neg),
+          o.IfThenElseZero(has_pos, t * grad_pos) + o.IfThenElseZero(has_neg, u * grad_neg)};
 }
 
 /// §5.2's β as the formulas take it: |d|^(β-1) is a modulating factor (β ≥ 1, checked).
@@ -597,6 +633,14 @@ template <class Ops, class V>
 FOCAL_HD LossGrad<V> QualityFocal(const Ops& o, const QualityFocalConsts<V>& c, V x, V y) {
   const V zero = o.Zero();
   const SigmoidParts<V> s = Sigmoid(o, x);
+  if (o.AllTrue(o.Eq(y, zero))) {
+    // Every target 0 (most vectors of a detection batch): d = p, and where p = 0 the gradient's
+    // terms are 0 without sign(d). The same operations as the general form below on y = 0, so
+    // the same bits, infinite logits included (ce keeps its 0·log p).
+    const V ce = o.Neg(zero * s.log_p + s.log_q);
+    const V mod = Modulating(o, s.p, [&] { return o.Log(s.p); }, c.beta_minus_one);
+    return {mod * s.p * ce, mod * (s.p * s.p + c.beta * s.p * s.q * ce)};
+  }
   const V d = SigmoidMinus(o, s, y);
   const V abs_d = o.Abs(d);
   const V ce = SoftCrossEntropy(o, s, y);

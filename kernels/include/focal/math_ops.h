@@ -19,6 +19,8 @@ struct ScalarOps {
   FOCAL_HD V Set(double c) const { return static_cast<T>(c); }
   FOCAL_HD V Zero() const { return T(0); }
   FOCAL_HD V Exp(V a) const { return std::exp(a); }
+  /// e^a for a ≤ 0 (the SIMD policy's is a shorter evaluation there).
+  FOCAL_HD V ExpNonPositive(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
   /// log1p(a) for a ∈ [0, 1] (the SIMD policy's is a polynomial there).
@@ -35,6 +37,8 @@ struct ScalarOps {
   FOCAL_HD M Le(V a, V b) const { return a <= b; }
   FOCAL_HD M Eq(V a, V b) const { return a == b; }
   FOCAL_HD M Or(M a, M b) const { return a || b; }
+  /// Whether every lane of `m` holds: a formula skips a term no lane needs.
+  FOCAL_HD bool AllTrue(M m) const { return m; }
   FOCAL_HD V Select(M m, V a, V b) const { return m ? a : b; }
   FOCAL_HD V IfThenElseZero(M m, V a) const { return m ? a : T(0); }
   FOCAL_HD V IfThenZeroElse(M m, V a) const { return m ? T(0) : a; }

@@ -114,4 +114,22 @@ int64_t FindFirstValue(const TensorView& view, int64_t n, const F& bad) {
   }
 }
 
+/// The number of a floating-point view's elements in [begin, end) for which `pred(value)`
+/// holds: one dtype dispatch, then a loop without an early exit, which the compiler vectorizes.
+template <class F>
+int64_t CountValues(const TensorView& view, int64_t begin, int64_t end, const F& pred) {
+  auto count = [&](const auto* data, auto widen) -> int64_t {
+    int64_t matching = 0;
+    for (int64_t i = begin; i < end; ++i) matching += pred(widen(data[i])) ? 1 : 0;
+    return matching;
+  };
+  switch (view.dtype) {
+    case DType::kFloat32: return count(view.As<float>(), [](float v) { return v; });
+    case DType::kFloat64: return count(view.As<double>(), [](double v) { return v; });
+    case DType::kFloat16: return count(view.As<uint16_t>(), [](uint16_t v) { return HalfToFloat(v); });
+    case DType::kBFloat16: return count(view.As<uint16_t>(), [](uint16_t v) { return BFloat16ToFloat(v); });
+    default: return 0;  // not a float tensor: callers check the dtype first
+  }
+}
+
 }  // namespace focal
