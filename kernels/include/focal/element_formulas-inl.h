@@ -33,6 +33,13 @@ struct Element<ElementFormula::kSigmoidFocal, Ops> {
     }
     return out;
   }
+  /// Whether the hard form alone gives operator()'s result for targets that are all 0 or 1
+  /// (`binary`): no smoothing, no probabilities, no Poly-1 term. A kernel can then keep the
+  /// general form out of its loop.
+  FOCAL_HD bool HardFormServes(bool binary) const { return binary && !c.smoothed && !c.probabilities && !poly; }
+  FOCAL_HD LossGrad<V> HardForm(const Ops& o, V x, V t, const ClassWeights<V>& alpha) const {
+    return SigmoidFocalBinary(o, c, x, t, alpha.pos, alpha.neg);
+  }
   SigmoidFocalConsts<V> c;
   bool poly;  ///< ε_p ≠ 0
   V poly_epsilon;

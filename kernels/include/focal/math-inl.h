@@ -410,13 +410,17 @@ FOCAL_HD typename Ops::M IsBinaryTarget(const Ops& o, V t) {
 /// caller's IsBinaryTarget over everything it passes, or true for one-hot targets) holds with
 /// no smoothing on logits, which is exact there; the soft (or probabilities) one of t' otherwise.
 template <class Ops, class V>
+FOCAL_HD LossGrad<V> SigmoidFocalBinary(const Ops& o, const SigmoidFocalConsts<V>& c, V x, V t, V alpha_pos,
+                                        V alpha_neg) {
+  const auto positive = o.Eq(t, o.Set(1));
+  return SigmoidFocalHard(o, x, o.Select(positive, o.Set(1), o.Set(-1)), o.Select(positive, alpha_pos, alpha_neg),
+                          c.gamma);
+}
+
+template <class Ops, class V>
 FOCAL_HD LossGrad<V> SigmoidFocal(const Ops& o, const SigmoidFocalConsts<V>& c, V x, V t, bool binary, V alpha_pos,
                                   V alpha_neg) {
-  if (binary && !c.smoothed && !c.probabilities) {
-    const auto positive = o.Eq(t, o.Set(1));
-    return SigmoidFocalHard(o, x, o.Select(positive, o.Set(1), o.Set(-1)), o.Select(positive, alpha_pos, alpha_neg),
-                            c.gamma);
-  }
+  if (binary && !c.smoothed && !c.probabilities) return SigmoidFocalBinary(o, c, x, t, alpha_pos, alpha_neg);
   const V smoothed = o.MulAdd(t, c.keep, c.floor);  // t(1-ε) + ε/K
   if (c.probabilities) return SigmoidFocalProbabilities(o, x, smoothed, alpha_pos, alpha_neg, c.gamma);
   return SigmoidFocalSoft(o, x, smoothed, alpha_pos, alpha_neg, c.gamma);
@@ -704,9 +708,9 @@ FOCAL_HD LossGrad<V> FocalStar(const Ops& o, const FocalStarConsts<V>& c, V x, V
   // clamp keeps Sigmoid's (max(z,0) - z) from meeting ∞ - ∞.
   const V saturated = o.Set(1e30);
   const V z = o.Min(o.Max(o.MulAdd(c.gamma, x_t, c.beta), o.Neg(saturated)), saturated);
-  const SigmoidParts<V> s = Sigmoid(o, z);
-  // log1p(e^-|z|) = -log σ(|z|), from the parts: the smaller of -log p and -log q.
-  const V tail = o.Neg(o.Max(s.log_p, s.log_q));
+  const SigmoidProbabilities<V> s = SigmoidProbabilitiesOf(o, z);
+  // log1p(e^-|z|) = -log σ(|z|), the sigmoid's own log1p: no log of σ itself is needed.
+  const V tail = o.Log1pUnit(s.e);
   const V linear = o.Max(o.Neg(o.MulAdd(c.beta, c.inv_gamma, x_t)), o.Zero());
   return {alpha_t * (linear + tail * c.inv_gamma), o.Neg(alpha_t * sign * s.q)};
 }
