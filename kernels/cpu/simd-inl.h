@@ -295,6 +295,28 @@ HWY_INLINE int64_t ClassIndexAt(const KernelArgs& a, int64_t i) {
 template <class DI>
 HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
   using TI = hn::TFromD<DI>;
+#if HWY_TARGET <= HWY_AVX2
+  // int64 targets (PyTorch's) into 32-bit lanes in registers: two int64 vectors truncated. The
+  // array below, filled by narrower stores and read by one full-width load, defeats the
+  // processor's store forwarding: that stall was the strided softmax's largest cost.
+  if constexpr (sizeof(TI) == 4 && hn::MaxLanes(DI()) >= 8) {
+    if (a.targets_dtype == DType::kInt64) {
+      const hn::Repartition<int64_t, DI> d64;
+      const hn::RebindToUnsigned<decltype(d64)> du64;
+      const hn::Half<DI> dh;
+      const hn::Rebind<uint32_t, decltype(d64)> du32;
+      const int64_t* y = static_cast<const int64_t*>(a.targets) + p;
+      // Validated targets are in [0, C] or ignore_index, so truncation keeps them; ignored ones
+      // become -1 first.
+      auto half = [&](const int64_t* from) {
+        auto v = hn::LoadU(d64, from);
+        if (a.has_ignore_index) v = hn::IfThenElse(hn::Eq(v, hn::Set(d64, a.ignore_index)), hn::Set(d64, -1), v);
+        return hn::BitCast(dh, hn::TruncateTo(du32, hn::BitCast(du64, v)));
+      };
+      return hn::Combine(di, half(y + hn::Lanes(d64)), half(y));
+    }
+  }
+#endif
   HWY_ALIGN TI lanes[hn::MaxLanes(di)];
   const int64_t n = static_cast<int64_t>(hn::Lanes(di));
   auto fill = [&](const auto* y) {  // one loop per dtype, so the compiler can vectorise it
