@@ -3,7 +3,7 @@
 // long-double references, in float ulps of the true value.
 //
 // Bounds, from the arithmetic of kernels/cpu/simd-inl.h (float; u is one ulp):
-//   - e = e^-|x|: Highway's Exp, within 1 ulp;
+//   - e = e^-|x|: HwyOps::ExpNonPositive, within 1.003 ulp (scripts/fit_sigmoid_polynomials.py);
 //   - 1/(1 + e): the rounding of 1 + e (½), the refined reciprocal (0.67), and e's own error,
 //     damped by e/(1 + e) ≤ ½: 1.7 ulp;
 //   - log1p(e): the polynomial's 1.47 ulp (scripts/fit_sigmoid_polynomials.py) plus e's 1 ulp, damped by
