@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Derives the three float polynomials of the CPU kernels' sigmoid and softmax
+"""Derives the four float polynomials of the CPU kernels' sigmoid, softmax and logs
 (kernels/cpu/simd-inl.h) and checks them the way the kernels evaluate them:
 
     /usr/bin/python3 scripts/fit_sigmoid_polynomials.py
@@ -31,6 +31,14 @@ the exponent's bits plus k + 64 and a product by 2^-64. The check runs the whole
 float over 3M random a in [-104, 0], a few chosen ones (0, -87.5, -103, -110) and reports normal
 results in ulps and subnormal ones in units of the smallest subnormal.
 
+4. HwyOps::LogOfParts, the float log without division (Log and LogComplement): a = 2^k (1 + f)
+with 1 + f in [sqrt(1/2), sqrt(2)) read off a's bits, log1p(f) = f + f^2 Q(f) with Q of degree 8 by
+the grouping of 1., fitted like it to the relative error of log1p over [sqrt(1/2) - 1, sqrt(2) - 1],
+then k ln 2 in ExpNonPositive's two parts, the second joining the polynomial before the one
+rounding of the sum. The check runs over 2M floats log-uniform over the normal range, 2M in
+[1/2, 2], and a few chosen ones, against float64's log, and LogComplement's near-zero form,
+log1p(-y) for y in [0, 1 - sqrt(1/2)], over 1M more.
+
 Deterministic: the nodes are fixed and the random floats come from numpy's seeded generator.
 """
 import argparse
@@ -39,6 +47,7 @@ import numpy as np
 
 
 def fit(degree, nodes=4000, rounds=30):
+    """P of degree `degree` in log1p(a) = a P(a) over [0, 1] (P's c[0] is taken as 1)."""
     k = np.arange(nodes)
     a = np.sort(np.concatenate([0.5 + 0.5 * np.cos(np.pi * (k + 0.5) / nodes), [1.0]]))
     f = np.log1p(a) / a
@@ -130,6 +139,45 @@ def exp_nonpositive(c, a):
     return round32(y * np.exp2(k + 64) * 2.0 ** -64)  # exact, then one rounding where subnormal
 
 
+LOG_LO = float(np.float32(np.sqrt(0.5))) - 1  # f's range in LogOfParts
+LOG_HI = float(np.float32(np.sqrt(2.0))) - 1
+
+
+def fit_log(nodes=6000, rounds=60):
+    """Q of degree 8 in log1p(f) = f + f^2 Q(f) over [LOG_LO, LOG_HI], minimising the largest
+    relative error of log1p(f)."""
+    k = np.arange(nodes)
+    f = (LOG_LO + LOG_HI) / 2 + (LOG_HI - LOG_LO) / 2 * np.cos(np.pi * (k + 0.5) / nodes)
+    f = f[f != 0]
+    g = (np.log1p(f) - f) / (f * f)
+    A = np.vander(f, 9, increasing=True)
+    w = np.ones_like(f)
+    for _ in range(rounds):
+        s = f * f / np.abs(np.log1p(f)) * w  # Q's error times f^2 / log1p(f): log1p's relative error
+        c, *_ = np.linalg.lstsq(A * s[:, None], g * s, rcond=None)
+        e = np.abs(f * f * (A @ c - g) / np.log1p(f))
+        w = w * (1 + 30 * e / e.max())
+        w /= w.mean()
+    return [float(np.float32(v)) for v in c], float(e.max())
+
+
+def log_of_parts(c, k, f):
+    """LogOfParts as the kernel computes it: k ln 2 + f + f^2 Q(f), Q by evaluate's grouping."""
+    low = fma32(k, LN2_LO, evaluate([1.0] + c, f))
+    return fma32(k, LN2_HI, low)
+
+
+def log_float(c, a):
+    """HwyOps::Log on positive floats: subnormals scaled by 2^23 first, then a's parts from its bits."""
+    a = round32(a)
+    subnormal = a < 2.0 ** -126
+    x = np.where(subnormal, a * 2.0 ** 23, a).astype(np.float32)
+    bits = x.view(np.uint32).astype(np.int64) - 0x3F3504F3
+    k = (bits >> 23).astype(np.float64) - np.where(subnormal, 23, 0)
+    mantissa = ((bits & 0x7FFFFF) + 0x3F3504F3).astype(np.uint32).view(np.float32).astype(np.float64)
+    return log_of_parts(c, k, mantissa - 1.0)  # the subtraction is exact
+
+
 def main():
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     degree = 9
@@ -169,6 +217,24 @@ def main():
           f"mean {err[normal].mean():.3f} ulp (normal results); subnormal results within "
           f"{err[~normal].max():.3f} of the smallest subnormal; e^0 = {exp_nonpositive(c, np.zeros(1))[0]!r}")
     print(f"  ln 2 = {LN2_HI!r} + {LN2_LO!r}; Q's coefficients, r^0 first:")
+    for v in c:
+        print(f"    {v!r}")
+
+    c, fit_error = fit_log()
+    a = np.concatenate([np.exp(rng.uniform(np.log(2.0 ** -126), np.log(3.4e38), 2_000_000)),
+                        rng.uniform(0.5, 2, 2_000_000), [1.0, 0.5, 2.0, 2.0 ** -149, 2.0 ** -130, 3e38]])
+    a = round32(a)
+    want = np.log(a)
+    got = log_float(c, a)
+    err = np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    err[want == 0] = np.abs(got[want == 0])
+    y = np.concatenate([round32(rng.uniform(0, -LOG_LO, 1_000_000)), 2.0 ** -np.arange(2, 150)])
+    want_c = np.log1p(-y)
+    err_c = np.abs(log_of_parts(c, np.zeros_like(y), -y) - want_c) / np.spacing(
+        np.abs(want_c).astype(np.float32)).astype(np.float64)
+    print(f"log a: relative error of the fit {fit_error:.2e}; in float: max {err.max():.3f} ulp, mean "
+          f"{err.mean():.3f} ulp; log(1 - y) near 0: max {err_c.max():.3f} ulp, mean {err_c.mean():.3f} ulp")
+    print("  Q's coefficients, f^0 first:")
     for v in c:
         print(f"    {v!r}")
 

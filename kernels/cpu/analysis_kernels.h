@@ -83,4 +83,10 @@ struct SoftmaxRowParts {
 SoftmaxRowParts SoftmaxRow(const float* x, int64_t n, int64_t y);
 SoftmaxRowParts SoftmaxRow(const double* x, int64_t n, int64_t y);
 
+/// The SIMD math policy's logs over arrays, for their accuracy test (simd_math_test; the
+/// sigmoid's parts are checked through SigmoidItemParts): log_a_i = log a_i and
+/// log_complement_i = log(1 - y_i) given w_i = 1 - y_i (HwyOps::LogComplement).
+void Logs(const float* a, const float* y, const float* w, int64_t n, float* log_a, float* log_complement);
+void Logs(const double* a, const double* y, const double* w, int64_t n, double* log_a, double* log_complement);
+
 }  // namespace focal::cpu::analysis

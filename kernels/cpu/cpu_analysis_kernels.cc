@@ -234,6 +234,22 @@ void FocalTermsF(double g, const float* q, const float* log_q, const float* log_
 void FocalTermsD(double g, const double* q, const double* log_q, const double* log_pt, int64_t n, float* terms) {
   FocalTermsImpl(g, q, log_q, log_pt, n, terms);
 }
+template <typename T>
+void LogsImpl(const T* a, const T* y, const T* w, int64_t n, T* log_a, T* log_complement) {
+  const hn::ScalableTag<T> d;
+  const HwyOps<decltype(d)> o{d};
+  ForEachVector(d, n, [&](int64_t i, int64_t count) {
+    StorePart(d, o.Log(LoadPart(d, a + i, count, 1)), log_a + i, count);
+    StorePart(d, o.LogComplement(LoadPart(d, y + i, count), LoadPart(d, w + i, count, 1)), log_complement + i, count);
+  });
+}
+void LogsF(const float* a, const float* y, const float* w, int64_t n, float* log_a, float* log_complement) {
+  LogsImpl(a, y, w, n, log_a, log_complement);
+}
+void LogsD(const double* a, const double* y, const double* w, int64_t n, double* log_a, double* log_complement) {
+  LogsImpl(a, y, w, n, log_a, log_complement);
+}
+
 analysis::SoftmaxRowParts SoftmaxRowF(const float* x, int64_t n, int64_t y) { return SoftmaxRowImpl(x, n, y); }
 analysis::SoftmaxRowParts SoftmaxRowD(const double* x, int64_t n, int64_t y) { return SoftmaxRowImpl(x, n, y); }
 
@@ -255,6 +271,8 @@ HWY_EXPORT(FocalTermsD);
 HWY_EXPORT(SoftmaxRowF);
 HWY_EXPORT(BucketPlacesImpl);
 HWY_EXPORT(SoftmaxRowD);
+HWY_EXPORT(LogsF);
+HWY_EXPORT(LogsD);
 
 void SigmoidItemParts(const float* x, const float* sign, int64_t n, const ItemParts<float>& out) {
   HWY_DYNAMIC_DISPATCH(SigmoidItemPartsF)(x, sign, n, out);
@@ -286,6 +304,12 @@ bool BucketPlaces(const float* terms, int64_t n, int log2_exponents, const SumPl
 }
 SoftmaxRowParts SoftmaxRow(const float* x, int64_t n, int64_t y) { return HWY_DYNAMIC_DISPATCH(SoftmaxRowF)(x, n, y); }
 SoftmaxRowParts SoftmaxRow(const double* x, int64_t n, int64_t y) { return HWY_DYNAMIC_DISPATCH(SoftmaxRowD)(x, n, y); }
+void Logs(const float* a, const float* y, const float* w, int64_t n, float* log_a, float* log_complement) {
+  HWY_DYNAMIC_DISPATCH(LogsF)(a, y, w, n, log_a, log_complement);
+}
+void Logs(const double* a, const double* y, const double* w, int64_t n, double* log_a, double* log_complement) {
+  HWY_DYNAMIC_DISPATCH(LogsD)(a, y, w, n, log_a, log_complement);
+}
 
 }  // namespace focal::cpu::analysis
 #endif

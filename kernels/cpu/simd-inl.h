@@ -81,9 +81,82 @@ struct HwyOps {
       return Exp(a);
     }
   }
-  // Highway's logs are defined on (0, max]; the formulas rely on log 0 = -inf.
+  /// a = 2^k (1 + f) with 1 + f ∈ [√½, √2), for a normal, positive and finite: k from the
+  /// exponent of a's bits less those of √½ (the borrow from the mantissa lowers k where 1.m < √2),
+  /// 1 + f from the mantissa with √½'s added back, f = (1 + f) - 1 exact (Sterbenz).
+  struct LogParts {
+    V k;
+    V f;
+  };
+  HWY_INLINE LogParts LogReduce(V a) const {
+    const hn::RebindToSigned<D> di;
+    const auto sqrt_half = hn::Set(di, 0x3f3504f3);
+    const auto bits = hn::Sub(hn::BitCast(di, a), sqrt_half);
+    const V mantissa = hn::BitCast(d, hn::Add(hn::And(bits, hn::Set(di, 0x007fffff)), sqrt_half));
+    return {hn::ConvertTo(d, hn::ShiftRight<23>(bits)), hn::Sub(mantissa, Set(1))};
+  }
+  /// k ln 2 + log1p(f) for f ∈ [√½ - 1, √2 - 1]: log1p(f) = f + f²·Q(f), Q of degree 8 by
+  /// Estrin's grouping, fitted by scripts/fit_sigmoid_polynomials.py (with the sum below,
+  /// within 0.99 ulp of the true log, mean 0.26), then k ln 2 in ExpNonPositive's two parts:
+  /// k times the first is exact, and the second joins the polynomial before the one rounding of
+  /// the sum. No division, where Highway's Log has one.
+  HWY_INLINE V LogOfParts(const LogParts& parts) const {
+    const V f = parts.f;
+    const V f2 = hn::Mul(f, f);
+    const V f4 = hn::Mul(f2, f2);
+    const V q01 = hn::MulAdd(Set(0.33333325386047363), f, Set(-0.49999988079071045));
+    const V q23 = hn::MulAdd(Set(0.20001988112926483), f, Set(-0.25001585483551025));
+    const V q45 = hn::MulAdd(Set(0.14181555807590485), f, Set(-0.166090726852417));
+    const V q67 = hn::MulAdd(Set(-0.0762409046292305), f2, hn::MulAdd(Set(0.12905952334403992), f,
+                                                                       Set(-0.13242782652378082)));
+    const V q = hn::MulAdd(hn::MulAdd(q67, f2, q45), f4, hn::MulAdd(q23, f2, q01));
+    const V low = hn::MulAdd(parts.k, Set(3.194618329871446e-05), hn::MulAdd(f2, q, f));
+    // ExpNonPositive's ln 2 = 0.693115234375 + 3.194618329871446e-05 (negated there).
+    return hn::MulAdd(parts.k, Set(0.693115234375), low);
+  }
+  /// Whether LogReduce serves every lane of a: normal, positive and finite (NaN is not).
+  HWY_INLINE bool AllLogReducible(V a) const {
+    return hn::AllTrue(d, hn::And(hn::Le(Set(0x1p-126), a), hn::Lt(a, Set(HUGE_VAL))));
+  }
+  /// log a for every a, as std::log: 0 gives -inf (the formulas rely on it), +inf itself, NaN
+  /// and negatives NaN. In float, LogOfParts, with subnormals scaled by 2^23 first (and 23
+  /// taken off k) where a vector holds one: a branch that predicts, as they are rare.
   HWY_INLINE V Log(V a) const {
-    return hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), hn::Log(d, a));
+    if constexpr (std::is_same_v<T, float>) {
+      if (HWY_LIKELY(AllLogReducible(a))) return LogOfParts(LogReduce(a));
+      return LogOfAny(a);
+    } else {
+      // Highway's logs are defined on (0, max].
+      return LogLimits(a, hn::Log(d, a));
+    }
+  }
+  /// Log's float path for vectors with a subnormal, a zero or a value outside (0, ∞).
+  HWY_NOINLINE V LogOfAny(V a) const {
+    const auto subnormal = hn::Lt(a, Set(0x1p-126));
+    LogParts parts = LogReduce(hn::IfThenElse(subnormal, hn::Mul(a, Set(0x1p23)), a));
+    parts.k = hn::Sub(parts.k, hn::IfThenElseZero(subnormal, Set(23)));
+    return LogLimits(a, LogOfParts(parts));
+  }
+  /// `log` (right for positive finite a) with std::log's limits elsewhere: 0 gives -inf, +inf
+  /// and NaN themselves, negatives NaN.
+  HWY_INLINE V LogLimits(V a, V log) const {
+    const V finite = hn::IfThenElse(hn::Lt(a, Set(HUGE_VAL)), log, a);
+    const V nonpositive = hn::IfThenElse(hn::Eq(a, Zero()), Set(-HUGE_VAL), Set(std::numeric_limits<T>::quiet_NaN()));
+    return hn::IfThenElse(hn::Le(a, Zero()), nonpositive, finite);
+  }
+  /// log(1 - y) for y ∈ [0, 1] given w = 1 - y without cancellation (ScalarOps::LogComplement):
+  /// in float one LogOfParts, of k = 0 and f = -y (exact) below the split, of w's parts above.
+  HWY_INLINE V LogComplement(V y, V w) const {
+    const auto near_zero = hn::Le(y, Set(kLogComplementSplit));
+    if constexpr (std::is_same_v<T, float>) {
+      if (HWY_LIKELY(AllLogReducible(hn::IfThenElse(near_zero, Set(1), w)))) {
+        const LogParts parts = LogReduce(w);
+        return LogOfParts({hn::IfThenZeroElse(near_zero, parts.k), hn::IfThenElse(near_zero, hn::Neg(y), parts.f)});
+      }
+      return hn::IfThenElse(near_zero, LogOfParts({Zero(), hn::Neg(y)}), LogOfAny(w));
+    } else {
+      return hn::IfThenElse(near_zero, Log1p(hn::Neg(y)), Log(w));
+    }
   }
   /// log1p(a) for a ∈ [0, 1], the sigmoid's log1p(e^-|x|). In float a polynomial, with no
   /// division and no exponent split: log1p(a) = a + a²·Q(a), Q of degree 8 fitted to the relative

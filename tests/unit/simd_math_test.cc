@@ -23,10 +23,12 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/analysis_kernels.h"
+#include "focal/math_ops.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace focal {
@@ -108,6 +110,79 @@ class SimdSigmoid : public ::testing::TestWithParam<const char*> {
 
 TEST_P(SimdSigmoid, FloatPartsWithinTheirBound) { CheckOnTarget<float>(target_, 104.0f); }
 TEST_P(SimdSigmoid, DoublePartsWithinTheirBound) { CheckOnTarget<double>(target_, 745.0); }
+
+// The logs (HwyOps::Log and LogComplement). Bound in float, from the arithmetic of LogOfParts:
+// the polynomial's own error (4e-9 relative, 0.07 ulp), the rounding of f + f²Q (½ ulp of a
+// part at most as large as the result: where k = -1 and f → √2 - 1 the two halves of the sum
+// are equal), that of f²Q (≤ 0.17|f|: 0.1 ulp) and the sum's final rounding (½): 1.2 ulp, 1.5
+// allowed (the fit script measures 0.99 over 4M floats). In double, Highway's log (2 ulp by
+// its documentation) and log1p: 2 allowed.
+template <typename T>
+void CheckLogsOnTarget(const std::string& target) {
+  const double allowed = sizeof(T) == 4 ? 1.5 : 2.0;
+  std::mt19937 rng(20261202);
+  std::vector<T> a, y, w;
+  // log a: every binade of the normal range (random mantissas), subnormals, and 1 ± an ulp.
+  for (int e = std::numeric_limits<T>::min_exponent - 1; e < std::numeric_limits<T>::max_exponent; ++e) {
+    std::uniform_real_distribution<double> mantissa(1, 2);
+    for (int i = 0; i < 64; ++i) a.push_back(static_cast<T>(std::ldexp(mantissa(rng), e)));
+  }
+  for (T v : {std::numeric_limits<T>::denorm_min(), std::numeric_limits<T>::min() / 3, T(1),
+              std::nextafter(T(1), T(0)), std::nextafter(T(1), T(2)), T(0.70710677), T(1.4142135)}) {
+    a.push_back(v);
+  }
+  // log(1 - y): y over [0, 1] densely, tiny ones, and both sides of the split.
+  std::uniform_real_distribution<double> unit(0, 1);
+  for (int i = 0; i < 100000; ++i) y.push_back(static_cast<T>(unit(rng)));
+  const T split = static_cast<T>(kLogComplementSplit);
+  for (T v : {T(0), T(1e-30), std::numeric_limits<T>::denorm_min(), split, std::nextafter(split, T(0)),
+              std::nextafter(split, T(1)), T(0.5), std::nextafter(T(1), T(0))}) {
+    y.push_back(v);
+  }
+  for (T v : y) w.push_back(static_cast<T>(1 - static_cast<long double>(v)));  // the caller's complement
+  const size_t n = std::max(a.size(), y.size());
+  a.resize(n, T(1));
+  y.resize(n, T(0));
+  w.resize(n, T(1));
+  std::vector<T> log_a(n), log_complement(n);
+  cpu::analysis::Logs(a.data(), y.data(), w.data(), static_cast<int64_t>(n), log_a.data(), log_complement.data());
+  Worst w_log, w_complement;
+  for (size_t i = 0; i < n; ++i) {
+    w_log.Take(UlpsOff(log_a[i], std::log(static_cast<long double>(a[i]))), a[i]);
+    // Below the split the exact y's log1p, above the log of the complement given.
+    const long double want =
+        y[i] <= split ? std::log1p(-static_cast<long double>(y[i])) : std::log(static_cast<long double>(w[i]));
+    w_complement.Take(UlpsOff(log_complement[i], want), y[i]);
+  }
+  std::printf("[ %s %s ] worst ulps: log %.2f (a=%g), log(1 - y) %.2f (y=%g) over %zu values\n", target.c_str(),
+              sizeof(T) == 4 ? "float" : "double", w_log.ulps, w_log.at, w_complement.ulps, w_complement.at, n);
+  EXPECT_LE(w_log.ulps, allowed) << target << " log at a=" << w_log.at;
+  EXPECT_LE(w_complement.ulps, allowed) << target << " log(1 - y) at y=" << w_complement.at;
+
+  // The limits, as std::log gives them: the formulas rely on log 0 = -inf.
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> special{T(0), T(-0.0), inf, nan, T(-1), -inf, T(1)};
+  std::vector<T> ys{T(1), T(0), T(0.75), nan, T(0.5), T(0.9), T(0)};
+  std::vector<T> ws{T(0), T(1), T(0), nan, T(0.5), T(0.1), T(1)};
+  std::vector<T> got(special.size()), got_complement(special.size());
+  cpu::analysis::Logs(special.data(), ys.data(), ws.data(), static_cast<int64_t>(special.size()), got.data(),
+                      got_complement.data());
+  EXPECT_EQ(got[0], -inf) << target;
+  EXPECT_EQ(got[1], -inf) << target;
+  EXPECT_EQ(got[2], inf) << target;
+  EXPECT_TRUE(std::isnan(got[3])) << target;
+  EXPECT_TRUE(std::isnan(got[4])) << target;
+  EXPECT_TRUE(std::isnan(got[5])) << target;
+  EXPECT_EQ(got[6], T(0)) << target;
+  EXPECT_EQ(got_complement[0], -inf) << target << " log(1 - 1)";
+  EXPECT_EQ(got_complement[1], T(0)) << target << " log(1 - 0)";
+  EXPECT_EQ(got_complement[2], -inf) << target << " a complement of 0 above the split";
+  EXPECT_TRUE(std::isnan(got_complement[3])) << target;
+  EXPECT_LE(UlpsOff(got_complement[4], std::log(0.5L)), allowed) << target << " log of the complement 0.5";
+}
+
+TEST_P(SimdSigmoid, FloatLogsWithinTheirBound) { CheckLogsOnTarget<float>(target_); }
+TEST_P(SimdSigmoid, DoubleLogsWithinTheirBound) { CheckLogsOnTarget<double>(target_); }
 
 // A cap above what this processor has runs its best target again: the printed name says which.
 INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdSigmoid, ::testing::Values("avx3", "avx2", "sse4", "scalar"));

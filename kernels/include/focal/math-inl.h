@@ -545,14 +545,18 @@ template <class V>
 struct AsymmetricConsts {
   Gamma<V> gamma_pos;
   Gamma<V> gamma_neg;
+  /// γ- - 1 where γ- is a whole number from 1 to 4 (its `whole` is then 0 to 3), so that the
+  /// clipped L-'s gradient takes p_m^(γ-1) as a product; unused otherwise.
+  Gamma<V> gamma_neg_less_one;
   V clip;
-  bool clipped;  ///< m > 0
+  bool clipped;  ///< m > 0 in the compute type (a smaller m rounds to 0 there: no clip)
 };
 
 template <class Ops>
 FOCAL_HD AsymmetricConsts<typename Ops::V> MakeAsymmetricConsts(const Ops& o, double gamma_pos, double gamma_neg,
                                                                 double clip) {
-  return {MakeGamma(o, gamma_pos), MakeGamma(o, gamma_neg), o.Set(clip), clip > 0};
+  return {MakeGamma(o, gamma_pos), MakeGamma(o, gamma_neg), MakeGamma(o, gamma_neg - 1), o.Set(clip),
+          static_cast<typename Ops::Scalar>(clip) > 0};
 }
 
 /// §5.1 asymmetric for one element with target t ∈ [0, 1]:
@@ -591,23 +595,26 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
     const auto active = o.Lt(zero, shifted);
     // 1 - p_m = (1-p) + m ≥ m where p > m: from 1-p, without the cancellation of 1 - p_m.
     const V one_m_shifted = o.Select(active, s.q + c.clip, one);
-    // -log(1 - p_m) with one log, of u: below p_m = 1/2 u = 1 - p_m rounded, and Kahan's log1p
-    // r = -log(u)/(1-u) (1-u is exact) keeps the digits as p_m → 0 (r → 1; r = 1 where u
-    // rounds to 1); above, u = q + m, where p - m may have rounded to 1 (x ≳ 17 with a tiny m),
-    // and r = -log(u)/p_m.
-    const auto small = o.Lt(shifted, o.Set(0.5));
-    const V u = o.Select(small, one - shifted, one_m_shifted);
-    const V minus_log_u = o.Neg(o.Log(u));
-    const auto rounds_to_one = o.Eq(u, one);
-    const V divisor = o.Select(rounds_to_one, one, o.Select(small, one - u, shifted));
-    // r and 1/(1-p_m) from one division, of 1 by divisor·(1-p_m).
-    const V inv = one / (divisor * one_m_shifted);
-    const V r = o.Select(rounds_to_one, one, minus_log_u * one_m_shifted * inv);
-    const V neg_log = o.Select(small, shifted * r, minus_log_u);
-    const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
-    loss_neg = mod_neg * neg_log;
-    const V bracket = o.MulAdd(c.gamma_neg.value, r, divisor * inv);  // γ- r + 1/(1-p_m)
-    grad_neg = o.IfThenElseZero(active, mod_neg * s.p * s.q * bracket);
+    // -log(1 - p_m): log1p(-p_m) of p_m itself where it is small (its digits as p_m → 0), the
+    // log of 1 - p_m above (where p - m may have rounded to 1: x ≳ 17 with a tiny m).
+    const V neg_log = o.Neg(o.LogComplement(shifted, one_m_shifted));
+    // p(1-p) and p(1-p)/(1-p_m), the latter as p·(q/(q + m)) ≤ p: no overflow where q
+    // underflows and m is tiny.
+    const V pq = s.p * s.q;
+    const V pq_over = s.p * (s.q / one_m_shifted);
+    if (c.gamma_neg.whole >= 1) {
+      // A whole γ- ≥ 1: p_m^γ- r = p_m^(γ--1)·(-log(1-p_m)), a product with no division and
+      // no negative power.
+      const V mod_less = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg_less_one);
+      loss_neg = mod_less * shifted * neg_log;
+      grad_neg = o.IfThenElseZero(active, mod_less * o.MulAdd(c.gamma_neg.value * neg_log, pq, pq_over * shifted));
+    } else {
+      // γ- = 0 or fractional: r = -log(1-p_m)/p_m → 1 as p_m → 0, exact there as both are.
+      const V r = o.Select(active, neg_log / shifted, one);
+      const V mod_neg = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg);
+      loss_neg = mod_neg * neg_log;
+      grad_neg = o.IfThenElseZero(active, mod_neg * o.MulAdd(c.gamma_neg.value * r, pq, pq_over));
+    }
   }
   const V u = one - t;
   // A term of weight 0 adds nothing, even where it is infinite (an infinite logit under

@@ -10,6 +10,9 @@
 
 namespace focal {
 
+/// LogComplement's split: 1 - y ≥ √½ below it, where log(1 - y) is log1p(-y) of the exact y.
+inline constexpr double kLogComplementSplit = 0.29289321881345248;  // 1 - √½
+
 template <typename T>
 struct ScalarOps {
   using V = T;       ///< value type the formulas compute in
@@ -23,6 +26,11 @@ struct ScalarOps {
   FOCAL_HD V ExpNonPositive(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
+  /// log(1 - y) for y ∈ [0, 1], given w = 1 - y as the caller computes it without cancellation
+  /// (from a complement it has): log1p(-y) of y itself up to kLogComplementSplit, where 1 - y
+  /// would round away y's last digits, log(w) above, where y may itself have rounded (p - m
+  /// to 1).
+  FOCAL_HD V LogComplement(V y, V w) const { return y <= V(kLogComplementSplit) ? std::log1p(-y) : std::log(w); }
   /// log1p(a) for a ∈ [0, 1] (the SIMD policy's is a polynomial there).
   FOCAL_HD V Log1pUnit(V a) const { return std::log1p(a); }
   /// 1/a for a ∈ [1, 2] (the SIMD policy's is a refined approximate reciprocal there).
