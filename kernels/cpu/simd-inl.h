@@ -149,13 +149,21 @@ struct HwyOps {
   HWY_INLINE V LogComplement(V y, V w) const {
     const auto near_zero = hn::Le(y, Set(kLogComplementSplit));
     if constexpr (std::is_same_v<T, float>) {
-      if (HWY_LIKELY(AllLogReducible(hn::IfThenElse(near_zero, Set(1), w)))) {
-        const LogParts parts = LogReduce(w);
-        return LogOfParts({hn::IfThenZeroElse(near_zero, parts.k), hn::IfThenElse(near_zero, hn::Neg(y), parts.f)});
-      }
+      if (HWY_LIKELY(AllLogReducible(hn::IfThenElse(near_zero, Set(1), w)))) return LogComplementOfNormal(y, w);
       return hn::IfThenElse(near_zero, LogOfParts({Zero(), hn::Neg(y)}), LogOfAny(w));
     } else {
       return hn::IfThenElse(near_zero, Log1p(hn::Neg(y)), Log(w));
+    }
+  }
+  /// LogComplement where the caller knows every w is normal, positive and finite (or a lane's
+  /// result is not used): no check, no other path.
+  HWY_INLINE V LogComplementOfNormal(V y, V w) const {
+    if constexpr (std::is_same_v<T, float>) {
+      const auto near_zero = hn::Le(y, Set(kLogComplementSplit));
+      const LogParts parts = LogReduce(w);
+      return LogOfParts({hn::IfThenZeroElse(near_zero, parts.k), hn::IfThenElse(near_zero, hn::Neg(y), parts.f)});
+    } else {
+      return LogComplement(y, w);
     }
   }
   /// log1p(a) for a ∈ [0, 1], the sigmoid's log1p(e^-|x|). In float a polynomial, with no

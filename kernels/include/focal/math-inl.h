@@ -550,13 +550,15 @@ struct AsymmetricConsts {
   Gamma<V> gamma_neg_less_one;
   V clip;
   bool clipped;  ///< m > 0 in the compute type (a smaller m rounds to 0 there: no clip)
+  bool clip_normal;  ///< m is a normal number of the compute type, and so is 1 - p_m ≥ m
 };
 
 template <class Ops>
 FOCAL_HD AsymmetricConsts<typename Ops::V> MakeAsymmetricConsts(const Ops& o, double gamma_pos, double gamma_neg,
                                                                 double clip) {
+  using S = typename Ops::Scalar;
   return {MakeGamma(o, gamma_pos), MakeGamma(o, gamma_neg), MakeGamma(o, gamma_neg - 1), o.Set(clip),
-          static_cast<typename Ops::Scalar>(clip) > 0};
+          static_cast<S>(clip) > 0, static_cast<S>(clip) >= (sizeof(S) == 4 ? 0x1p-126 : 0x1p-1022)};
 }
 
 /// §5.1 asymmetric for one element with target t ∈ [0, 1]:
@@ -597,7 +599,8 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
     const V one_m_shifted = o.Select(active, s.q + c.clip, one);
     // -log(1 - p_m): log1p(-p_m) of p_m itself where it is small (its digits as p_m → 0), the
     // log of 1 - p_m above (where p - m may have rounded to 1: x ≳ 17 with a tiny m).
-    const V neg_log = o.Neg(o.LogComplement(shifted, one_m_shifted));
+    const V neg_log = o.Neg(c.clip_normal ? o.LogComplementOfNormal(shifted, one_m_shifted)
+                                          : o.LogComplement(shifted, one_m_shifted));
     // p(1-p) and p(1-p)/(1-p_m), the latter as p·(q/(q + m)) ≤ p: no overflow where q
     // underflows and m is tiny.
     const V pq = s.p * s.q;

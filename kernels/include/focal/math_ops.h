@@ -31,6 +31,9 @@ struct ScalarOps {
   /// would round away y's last digits, log(w) above, where y may itself have rounded (p - m
   /// to 1).
   FOCAL_HD V LogComplement(V y, V w) const { return y <= V(kLogComplementSplit) ? std::log1p(-y) : std::log(w); }
+  /// LogComplement where the caller knows w is normal, positive and finite (the SIMD policy then
+  /// checks nothing).
+  FOCAL_HD V LogComplementOfNormal(V y, V w) const { return LogComplement(y, w); }
   /// log1p(a) for a ∈ [0, 1] (the SIMD policy's is a polynomial there).
   FOCAL_HD V Log1pUnit(V a) const { return std::log1p(a); }
   /// 1/a for a ∈ [1, 2] (the SIMD policy's is a refined approximate reciprocal there).
