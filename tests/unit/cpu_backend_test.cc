@@ -577,6 +577,45 @@ TEST(Asymmetric, IndexTargetsWithBackgroundAndIgnoredRows) {
   CheckAllReductions(ElementIndexProblem("asymmetric", no_ignore, element, {4, 19}, std::nullopt, false, 213));
 }
 
+// A clip below float32's normal range, at logits where 1-p underflows: 1 - p_m = (1-p) + m is
+// then subnormal, which the log's general path takes. And a clip that rounds to 0 in float32,
+// where float32 logits compute: the kernels run the unclipped form, bit for bit (float64 logits
+// compute in double, where the clip is kept).
+TEST(Asymmetric, ClipsBelowFloatRange) {
+  const CpuBackend backend;
+  const std::vector<double> x = {1e4, 200, 100, 30, 0, -30, -100, -1e4};
+  const Shape shape{2, 4};
+  const HostTensor logits = MakeTensor(DType::kFloat32, shape, x);
+  const HostTensor targets = MakeTensor(DType::kFloat32, shape, std::vector<double>(x.size(), 0.0));
+  auto run = [&](double clip) {
+    LossJob job;
+    job.spec.params = AsymmetricParams{0, 4, clip, std::nullopt};
+    job.spec.reduction = Reduction::kNone;
+    job.logits = logits.view();
+    job.targets = targets.view();
+    job.compute_gradient = true;
+    job.output_dtype = DType::kFloat32;
+    auto result = backend.Compute(job);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return std::make_pair(testing::Values(result->losses->view()), testing::Values(result->gradient->view()));
+  };
+  const auto [loss_tiny, grad_tiny] = run(1e-40);
+  const double m = static_cast<double>(1e-40f);  // the clip as float32 holds it
+  for (size_t i = 0; i < x.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "x = " << x[i]);
+    EXPECT_TRUE(std::isfinite(loss_tiny[i]) && std::isfinite(grad_tiny[i]));
+    EXPECT_GE(grad_tiny[i], 0);  // ∂ℓ/∂x of a negative's term is p q (...) ≥ 0
+    EXPECT_LE(grad_tiny[i], 1);
+  }
+  // Where 1-p is 0 in float32 (x = 200, 1e4): 1 - p_m = m, ℓ = (1-m)^4 (-log m) = -log m,
+  // within the log's 1.5 ulp and the rounding of the output.
+  for (size_t i : {0, 1}) EXPECT_NEAR(loss_tiny[i], -std::log(m), 3 * 92 * 0x1p-24) << "x = " << x[i];
+  const auto [loss_none, grad_none] = run(0);
+  const auto [loss_rounded, grad_rounded] = run(1e-300);
+  EXPECT_EQ(loss_rounded, loss_none);
+  EXPECT_EQ(grad_rounded, grad_none);
+}
+
 TEST(QualityFocal, FloatQualityTargets) {
   for (double beta : {1.0, 1.5, 2.0, 3.0}) {
     SCOPED_TRACE(::testing::Message() << "β " << beta);
@@ -668,7 +707,9 @@ TEST(Catalogue, LogitsFarOutKeepTheirValuesAndGradients) {
       {"focal_star", FocalStarParams{2, 1, 0.25, std::nullopt},
        [](Real x, Real t) { return testing::RefFocalStar(x, t, 2, 1, 0.25L); }, Draw::kHard},
   };
-  for (const Entry& e : entries) {
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const Entry& e = entries[k];
+    SCOPED_TRACE(::testing::Message() << "entry " << k << ": " << e.variant);
     Problem p = ElementFloatProblem(e.variant, e.params, e.element, shape, e.draw, 261);
     p.logits = MakeTensor(DType::kFloat32, shape, far);
     if (std::string(e.variant) == "quality_focal") CountPositives(p);

@@ -181,7 +181,9 @@ inline Real RefAsymmetric(Real x, Real t, Real gamma_pos, Real gamma_neg, Real c
   const Real p = RefSigma(x);
   const Real positive = std::pow(1 - p, gamma_pos) * Softplus(-x);
   const Real shifted = std::max<Real>(p - clip, 0);
-  const Real neg_log = clip == 0 ? Softplus(x) : -std::log1p(-shifted);
+  // -log(1 - p_m): log1p of p_m itself while it is small, the log of 1 - p_m = (1-p) + m above,
+  // where p - m rounds to 1 even in long double once 1-p and m are both tiny.
+  const Real neg_log = clip == 0 ? Softplus(x) : shifted < 0.5 ? -std::log1p(-shifted) : -std::log(RefSigma(-x) + clip);
   const Real negative = (gamma_neg == 0 ? 1 : std::pow(shifted, gamma_neg)) * neg_log;
   return t * positive + (1 - t) * negative;
 }
