@@ -99,7 +99,11 @@ HWY_INLINE void FloatTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
 }
 
 template <ElementFormula F, typename T, bool kFloat32>
-ChunkResult FloatTargetChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult FloatTargetChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  // A local copy: Highway's vector stores may alias anything, so the loop re-read every field it
+  // tests from the caller's args after each store; from a local whose address stays here it
+  // keeps them in registers (3% fewer instructions for sigmoid_focal on AVX2).
+  const KernelArgs a = args;
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   const ElementConsts<F, decltype(d)> k(d, a);
@@ -146,7 +150,8 @@ HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
 }
 
 template <ElementFormula F, typename T>
-ChunkResult IndexTargetChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // as FloatTargetChunk's
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;
