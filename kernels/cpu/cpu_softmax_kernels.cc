@@ -305,7 +305,11 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
 }
 
 template <typename T>
-ChunkResult SoftmaxStridedChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  // A local copy, as the elementwise chunks take: the class loops store (e, the gradient)
+  // through vector stores that may alias anything, and re-read every field of the caller's
+  // args they use (the logits' pointer and dtype, α, the gradient's) after each.
+  const KernelArgs a = args;
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   const HwyOps<decltype(d)> o{d};
