@@ -81,6 +81,20 @@ struct HwyOps {
       return Exp(a);
     }
   }
+  /// a + a²·Q(a) for Q of degree 8 with coefficients q[0..8] (of a⁰ first), the form of both
+  /// log1p polynomials (Log1pUnit, LogOfParts): the leading a exact, so that Q's rounding moves
+  /// only the correction. Estrin's scheme: a dependency chain of 4 fused steps instead of
+  /// Horner's 8, so that consecutive vectors overlap in the out-of-order window.
+  HWY_INLINE V PlusSquareTimesOctic(V a, const double (&q)[9]) const {
+    const V a2 = hn::Mul(a, a);
+    const V a4 = hn::Mul(a2, a2);
+    const V q01 = hn::MulAdd(Set(q[1]), a, Set(q[0]));
+    const V q23 = hn::MulAdd(Set(q[3]), a, Set(q[2]));
+    const V q45 = hn::MulAdd(Set(q[5]), a, Set(q[4]));
+    const V q67 = hn::MulAdd(Set(q[8]), a2, hn::MulAdd(Set(q[7]), a, Set(q[6])));
+    const V poly = hn::MulAdd(hn::MulAdd(q67, a2, q45), a4, hn::MulAdd(q23, a2, q01));
+    return hn::MulAdd(a2, poly, a);
+  }
   /// a = 2^k (1 + f) with 1 + f ∈ [√½, √2), for a normal, positive and finite: k from the
   /// exponent of a's bits less those of √½ (the borrow from the mantissa lowers k where 1.m < √2),
   /// 1 + f from the mantissa with √½'s added back, f = (1 + f) - 1 exact (Sterbenz).
@@ -101,16 +115,10 @@ struct HwyOps {
   /// k times the first is exact, and the second joins the polynomial before the one rounding of
   /// the sum. No division, where Highway's Log has one.
   HWY_INLINE V LogOfParts(const LogParts& parts) const {
-    const V f = parts.f;
-    const V f2 = hn::Mul(f, f);
-    const V f4 = hn::Mul(f2, f2);
-    const V q01 = hn::MulAdd(Set(0.33333325386047363), f, Set(-0.49999988079071045));
-    const V q23 = hn::MulAdd(Set(0.20001988112926483), f, Set(-0.25001585483551025));
-    const V q45 = hn::MulAdd(Set(0.14181555807590485), f, Set(-0.166090726852417));
-    const V q67 = hn::MulAdd(Set(-0.0762409046292305), f2, hn::MulAdd(Set(0.12905952334403992), f,
-                                                                       Set(-0.13242782652378082)));
-    const V q = hn::MulAdd(hn::MulAdd(q67, f2, q45), f4, hn::MulAdd(q23, f2, q01));
-    const V low = hn::MulAdd(parts.k, Set(3.194618329871446e-05), hn::MulAdd(f2, q, f));
+    static constexpr double kQ[9] = {-0.49999988079071045, 0.33333325386047363, -0.25001585483551025,
+                                     0.20001988112926483,  -0.166090726852417,  0.14181555807590485,
+                                     -0.13242782652378082, 0.12905952334403992, -0.0762409046292305};
+    const V low = hn::MulAdd(parts.k, Set(3.194618329871446e-05), PlusSquareTimesOctic(parts.f, kQ));
     // ExpNonPositive's ln 2 = 0.693115234375 + 3.194618329871446e-05 (negated there).
     return hn::MulAdd(parts.k, Set(0.693115234375), low);
   }
@@ -176,17 +184,10 @@ struct HwyOps {
   /// would round once more there.
   HWY_INLINE V Log1pUnit(V a) const {
     if constexpr (std::is_same_v<T, float>) {
-      // Estrin's scheme: a dependency chain of 4 fused steps instead of Horner's 8, so that
-      // consecutive vectors overlap in the out-of-order window.
-      const V a2 = hn::Mul(a, a);
-      const V a4 = hn::Mul(a2, a2);
-      const V q01 = hn::MulAdd(Set(0.333299845457077), a, Set(-0.4999990463256836));
-      const V q23 = hn::MulAdd(Set(0.1967700868844986), a, Set(-0.2495434582233429));
-      const V q45 = hn::MulAdd(Set(0.10608717799186707), a, Set(-0.15308623015880585));
-      const V q67 = hn::MulAdd(Set(-0.0032497518695890903), a2, hn::MulAdd(Set(0.019877498969435692), a,
-                                                                          Set(-0.057008929550647736)));
-      const V q = hn::MulAdd(hn::MulAdd(q67, a2, q45), a4, hn::MulAdd(q23, a2, q01));
-      return hn::MulAdd(a2, q, a);
+      static constexpr double kQ[9] = {-0.4999990463256836,  0.333299845457077,    -0.2495434582233429,
+                                       0.1967700868844986,   -0.15308623015880585, 0.10608717799186707,
+                                       -0.057008929550647736, 0.019877498969435692, -0.0032497518695890903};
+      return PlusSquareTimesOctic(a, kQ);
     } else {
       const V one = Set(1);
       const V u = hn::Add(one, a);
