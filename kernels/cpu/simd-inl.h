@@ -399,6 +399,23 @@ HWY_INLINE hn::Vec<DI> LoadClassIndex(DI di, const KernelArgs& a, int64_t p) {
     }
   }
 #endif
+  // int32 and uint8 targets (segmentation masks are often bytes) straight into 32-bit lanes too.
+  // An ignore_index outside the dtype's range matches nothing.
+  if constexpr (sizeof(TI) == 4) {
+    auto ignored_to_minus_one = [&](hn::Vec<DI> v, int64_t lo, int64_t hi) {
+      if (!a.has_ignore_index || a.ignore_index < lo || a.ignore_index > hi) return v;
+      return hn::IfThenElse(hn::Eq(v, hn::Set(di, static_cast<TI>(a.ignore_index))), hn::Set(di, TI{-1}), v);
+    };
+    if (a.targets_dtype == DType::kInt32) {
+      const auto v = hn::LoadU(di, static_cast<const int32_t*>(a.targets) + p);
+      return ignored_to_minus_one(v, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
+    }
+    if (a.targets_dtype == DType::kUInt8) {
+      const hn::Rebind<uint8_t, DI> d8;
+      const auto v = hn::PromoteTo(di, hn::LoadU(d8, static_cast<const uint8_t*>(a.targets) + p));
+      return ignored_to_minus_one(v, 0, 255);
+    }
+  }
   HWY_ALIGN TI lanes[hn::MaxLanes(di)];
   const int64_t n = static_cast<int64_t>(hn::Lanes(di));
   auto fill = [&](const auto* y) {  // one loop per dtype, so the compiler can vectorise it

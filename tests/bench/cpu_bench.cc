@@ -24,6 +24,7 @@ struct Inputs {
   int64_t numel = 0;
   std::vector<float> logits;
   std::vector<int64_t> classes;  ///< [N, *]
+  std::vector<uint8_t> class_bytes;  ///< the same classes as uint8 (segmentation masks' dtype)
   std::vector<float> onehot;     ///< float targets shaped like the logits
   std::vector<float> quality;    ///< the one-hot's positives at a quality in (0, 1] (QFL, VFL)
   std::vector<float> distances;  ///< [N, *] in [0, C-1]: distribution_focal's targets
@@ -47,6 +48,7 @@ const Inputs& InputsFor(const Shape& shape) {
   for (float& x : in.logits) x = normal(rng);
   in.classes.resize(n * s);
   for (int64_t& y : in.classes) y = cls(rng);
+  if (c <= 255) in.class_bytes.assign(in.classes.begin(), in.classes.end());
   in.onehot.assign(in.numel, 0.0f);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < s; ++j) in.onehot[(i * c + in.classes[i * s + j]) * s + j] = 1.0f;
@@ -62,6 +64,7 @@ const Inputs& InputsFor(const Shape& shape) {
 
 enum class Kind {
   kSoftmax,
+  kSoftmaxByteTargets,
   kSigmoidFloat,
   kSigmoidIndex,
   kFocalCosine,
@@ -85,6 +88,10 @@ void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
   const TensorView distance_view{DType::kFloat32, target_shape, in.distances.data(), in.distances.size() * 4};
   switch (kind) {
     case Kind::kSoftmax: job.spec.params = SoftmaxFocalParams{}; job.targets = class_view; break;
+    case Kind::kSoftmaxByteTargets:
+      job.spec.params = SoftmaxFocalParams{};
+      job.targets = TensorView{DType::kUInt8, target_shape, in.class_bytes.data(), in.class_bytes.size()};
+      break;
     case Kind::kSigmoidFloat: job.spec.params = SigmoidFocalParams{}; job.targets = float_view; break;
     case Kind::kSigmoidIndex: job.spec.params = SigmoidFocalParams{}; job.targets = class_view; break;
     case Kind::kFocalCosine: job.spec.params = FocalCosineParams{}; job.targets = class_view; break;
@@ -150,6 +157,8 @@ int Register() {
     benchmark::RegisterBenchmark(("softmax_focal/" + name).c_str(), BM_Loss, Kind::kSoftmax, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("sigmoid_focal/" + name).c_str(), BM_Loss, Kind::kSigmoidFloat, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("sigmoid_focal_index/" + name).c_str(), BM_Loss, Kind::kSigmoidIndex, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    // A segmentation batch's targets as bytes, as masks usually come.
+    if (!rows) benchmark::RegisterBenchmark(("softmax_focal_uint8/" + name).c_str(), BM_Loss, Kind::kSoftmaxByteTargets, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     if (rows) benchmark::RegisterBenchmark(("focal_cosine/" + name).c_str(), BM_Loss, Kind::kFocalCosine, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("dynamic_focal/" + name).c_str(), BM_Loss, Kind::kDynamic, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     if (rows) {

@@ -282,6 +282,59 @@ TEST(Determinism, BitIdenticalForAnyThreadCountAndEveryRun) {
   }
 }
 
+// Class-index targets load by dtype (int64, int32, uint8: segmentation masks are often bytes),
+// each its own way into the kernels' lanes: the same classes and ignored rows give the same
+// bits from each, in rows [N, C] and strided [N, C, H, W] (with one-lane tails: W·H = 63), with
+// ignore_index 255 on some rows.
+TEST(ClassIndexTargets, EveryIntegerDtypeGivesTheSameBits) {
+  struct Layout {
+    Shape logits, targets;
+  };
+  const Layout layouts[] = {{{37, 11}, {37}}, {{3, 19, 7, 9}, {3, 7, 9}}};
+  SoftmaxFocalParams softmax;
+  softmax.ignore_index = 255;
+  SoftmaxFocalParams smoothed = softmax;
+  smoothed.label_smoothing = 0.1;
+  SigmoidFocalParams sigmoid;
+  sigmoid.ignore_index = 255;
+  AsymmetricParams asymmetric;
+  asymmetric.ignore_index = 255;
+  const std::pair<LossSpec, bool> specs[] = {{Spec(softmax), false}, {Spec(smoothed), false},
+                                             {Spec(sigmoid), true}, {Spec(asymmetric), true}};
+  for (const Layout& layout : layouts) {
+    int64_t numel = 1, rows = 1;
+    for (int64_t d : layout.logits) numel *= d;
+    for (int64_t d : layout.targets) rows *= d;
+    const int64_t classes = layout.logits[1];
+    const HostTensor logits = MakeTensor(DType::kFloat32, layout.logits, testing::RandomNormal(numel, 3, 31));
+    for (const auto& [spec, background] : specs) {
+      SCOPED_TRACE(::testing::Message() << VariantName(spec.params) << ", " << layout.logits.size() << "-d logits");
+      // Classes in [0, C) (and C, the background, where the variant has one); every 5th ignored.
+      std::vector<double> y = testing::RandomClasses(rows, classes + (background ? 1 : 0), 32);
+      for (size_t i = 2; i < y.size(); i += 5) y[i] = 255;
+      std::vector<LossResult> results;
+      for (DType dtype : {DType::kInt64, DType::kInt32, DType::kUInt8}) {
+        const HostTensor targets = MakeTensor(dtype, layout.targets, y);
+        for (Reduction reduction : {Reduction::kMean, Reduction::kNone}) {
+          auto result = Compute(MakeJob(spec, logits, targets, reduction));
+          ASSERT_TRUE(result.ok()) << DTypeName(dtype) << ": " << result.status();
+          results.push_back(std::move(*result));
+        }
+      }
+      for (size_t k = 2; k < results.size(); ++k) {
+        const LossResult& want = results[k % 2];  // int64's result of the same reduction
+        const LossResult& got = results[k];
+        EXPECT_EQ(std::memcmp(&want.loss, &got.loss, sizeof(double)), 0) << k << ": " << want.loss << " vs " << got.loss;
+        ASSERT_EQ(want.gradient->size_bytes(), got.gradient->size_bytes());
+        EXPECT_EQ(std::memcmp(want.gradient->data(), got.gradient->data(), want.gradient->size_bytes()), 0) << k;
+        if (want.losses) {
+          EXPECT_EQ(std::memcmp(want.losses->data(), got.losses->data(), want.losses->size_bytes()), 0) << k;
+        }
+      }
+    }
+  }
+}
+
 // An element's loss and gradient must not depend on whether it fell in a full SIMD vector or in
 // the one-lane tail: Evaluate's sums are bit-identical however a dataset is split, and a
 // primitive that differs by lane width would break that (AVX-512's approximate reciprocal, say,
