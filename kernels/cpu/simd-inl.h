@@ -49,6 +49,11 @@ struct HwyOps {
   using Scalar = T;
   D d;
 
+  /// ln 2 in two parts for ExpNonPositive and LogOfParts: the first of 12 bits, so that k times
+  /// it is exact for every exponent k of a float.
+  static constexpr double kLn2High = 0.693115234375;
+  static constexpr double kLn2Low = 3.194618329871446e-05;
+
   HWY_INLINE V Set(double c) const { return hn::Set(d, static_cast<T>(c)); }
   HWY_INLINE V Zero() const { return hn::Zero(d); }
   HWY_INLINE V Exp(V a) const { return hn::Exp(d, DefinedForEmulation(a)); }
@@ -68,7 +73,7 @@ struct HwyOps {
       const V magic = Set(12582912.0);  // 1.5·2^23
       const V shifted = hn::MulAdd(x, Set(1.4426950408889634), magic);
       const V k = hn::Sub(shifted, magic);
-      const V r = hn::MulAdd(k, Set(-3.194618329871446e-05), hn::MulAdd(k, Set(-0.693115234375), x));
+      const V r = hn::MulAdd(k, Set(-kLn2Low), hn::MulAdd(k, Set(-kLn2High), x));
       const V r2 = hn::Mul(r, r);
       const V q = hn::MulAdd(hn::MulAdd(Set(0.001381830545142293), r2, hn::MulAdd(Set(0.008368712849915028), r, Set(0.04166832193732262))),
                              r2, hn::MulAdd(Set(0.1666652113199234), r, Set(0.4999999403953552)));
@@ -111,20 +116,19 @@ struct HwyOps {
   }
   /// k ln 2 + log1p(f) for f ∈ [√½ - 1, √2 - 1]: log1p(f) = f + f²·Q(f), Q of degree 8 by
   /// Estrin's grouping, fitted by scripts/fit_sigmoid_polynomials.py (with the sum below,
-  /// within 0.99 ulp of the true log, mean 0.26), then k ln 2 in ExpNonPositive's two parts:
+  /// within 0.99 ulp of the true log, mean 0.26), then k ln 2 in its two parts (kLn2High, kLn2Low):
   /// k times the first is exact, and the second joins the polynomial before the one rounding of
   /// the sum. No division, where Highway's Log has one.
   HWY_INLINE V LogOfParts(const LogParts& parts) const {
     static constexpr double kQ[9] = {-0.49999988079071045, 0.33333325386047363, -0.25001585483551025,
                                      0.20001988112926483,  -0.166090726852417,  0.14181555807590485,
                                      -0.13242782652378082, 0.12905952334403992, -0.0762409046292305};
-    const V low = hn::MulAdd(parts.k, Set(3.194618329871446e-05), PlusSquareTimesOctic(parts.f, kQ));
-    // ExpNonPositive's ln 2 = 0.693115234375 + 3.194618329871446e-05 (negated there).
-    return hn::MulAdd(parts.k, Set(0.693115234375), low);
+    const V low = hn::MulAdd(parts.k, Set(kLn2Low), PlusSquareTimesOctic(parts.f, kQ));
+    return hn::MulAdd(parts.k, Set(kLn2High), low);
   }
   /// Whether LogReduce serves every lane of a: normal, positive and finite (NaN is not).
   HWY_INLINE bool AllLogReducible(V a) const {
-    return hn::AllTrue(d, hn::And(hn::Le(Set(0x1p-126), a), hn::Lt(a, Set(HUGE_VAL))));
+    return hn::AllTrue(d, hn::And(hn::Le(Set(std::numeric_limits<T>::min()), a), hn::Lt(a, Set(HUGE_VAL))));
   }
   /// log a for every a, as std::log: 0 gives -inf (the formulas rely on it), +inf itself, NaN
   /// and negatives NaN. In float, LogOfParts, with subnormals scaled by 2^23 first (and 23
@@ -140,7 +144,7 @@ struct HwyOps {
   }
   /// Log's float path for vectors with a subnormal, a zero or a value outside (0, ∞).
   HWY_NOINLINE V LogOfAny(V a) const {
-    const auto subnormal = hn::Lt(a, Set(0x1p-126));
+    const auto subnormal = hn::Lt(a, Set(std::numeric_limits<T>::min()));
     LogParts parts = LogReduce(hn::IfThenElse(subnormal, hn::Mul(a, Set(0x1p23)), a));
     parts.k = hn::Sub(parts.k, hn::IfThenElseZero(subnormal, Set(23)));
     return LogLimits(a, LogOfParts(parts));
