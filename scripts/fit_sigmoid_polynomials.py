@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Derives the four float polynomials of the CPU kernels' sigmoid, softmax and logs
+"""Derives the three float polynomials of the CPU kernels' sigmoid, softmax and logs
 (kernels/cpu/simd-inl.h) and checks them the way the kernels evaluate them:
 
     /usr/bin/python3 scripts/fit_sigmoid_polynomials.py
@@ -15,15 +15,7 @@ rounding per fused step (each step computed exactly in float64, then rounded to 
 random floats in [0, 1], every power of two from 2^-1 down to 2^-149 and 1 itself, against
 float64's log1p, and prints the largest and mean error in float ulps of the true value.
 
-2. HwyOps::ReciprocalOneToTwo, 1/u for u in [1, 2]: a quadratic first guess c0 + c1 u + c2 u^2
-whose relative error |u P(u) - 1| is minimised the same way (2^-6.6), then two Newton steps
-r + r (1 - u r), each squaring the error, in fused multiply-adds. A polynomial rather than the
-processor's approximate reciprocal, whose precision differs between AVX-512's full vectors
-(2^-14) and its 128-bit ones (2^-12): a result must not depend on which lane width an element
-fell in (Evaluate's sums are bit-identical however a dataset is split). The check runs over 2M
-random floats in [1, 2] and both ends.
-
-3. HwyOps::ExpNonPositive, e^a for a <= 0 (the sigmoid's e^-|x|, the softmax's e^(x - max)).
+2. HwyOps::ExpNonPositive, e^a for a <= 0 (the sigmoid's e^-|x|, the softmax's e^(x - max)).
 k = round(a / ln 2) from the bits of a/ln 2 + 1.5 * 2^23, r = a - k ln 2 with ln 2 in two parts
 (the first of 12 bits, so that k times it is exact), e^r = 1 + r + r^2 Q(r) with Q of degree 4
 by Estrin's grouping, fitted like log1p to the relative error of e^r over [-0.3466, 0.3466]; then
@@ -31,7 +23,7 @@ the exponent's bits plus k + 64 and a product by 2^-64. The check runs the whole
 float over 3M random a in [-104, 0], a few chosen ones (0, -87.5, -103, -110) and reports normal
 results in ulps and subnormal ones in units of the smallest subnormal.
 
-4. HwyOps::LogOfParts, the float log without division (Log and LogComplement): a = 2^k (1 + f)
+3. HwyOps::LogOfParts, the float log without division (Log and LogComplement): a = 2^k (1 + f)
 with 1 + f in [sqrt(1/2), sqrt(2)) read off a's bits, log1p(f) = f + f^2 Q(f) with Q of degree 8 by
 the grouping of 1., fitted like it to the relative error of log1p over [sqrt(1/2) - 1, sqrt(2) - 1],
 then k ln 2 in ExpNonPositive's two parts, the second joining the polynomial before the one
@@ -83,25 +75,6 @@ def evaluate(c, a):
     q67 = fma32(c[9], a2, fma32(c[8], a, c[7]))
     q = fma32(fma32(q67, a2, q45), a4, fma32(q23, a2, q01))
     return fma32(a2, q, a)
-
-
-def fit_reciprocal(nodes=200001, rounds=200):
-    u = np.linspace(1, 2, nodes)
-    A = np.stack([u, u * u, u ** 3], 1)  # u * P(u), P = c0 + c1 u + c2 u^2
-    w = np.ones_like(u)
-    for _ in range(rounds):
-        c, *_ = np.linalg.lstsq(A * w[:, None], w, rcond=None)
-        r = np.abs(A @ c - 1)
-        w = w * (1 + 10 * r / r.max())
-        w /= w.mean()
-    return [float(np.float32(v)) for v in c], float(r.max())
-
-
-def reciprocal(c, u):
-    r = fma32(fma32(c[2], u, c[1]), u, c[0])
-    for _ in range(2):
-        r = fma32(r, fma32(-u, r, 1.0), r)
-    return r
 
 
 LN2 = float(np.log(2.0))
@@ -193,18 +166,6 @@ def main():
     print("  Q's coefficients, a^0 first (c[0] = 1 is the exact leading term a):")
     for v in c[1:]:
         print(f"    {v!r}")
-
-    c, fit_error = fit_reciprocal()
-    u = np.concatenate([round32(rng.uniform(1, 2, 2_000_000)), [1.0, 2.0, float(np.nextafter(np.float32(2), 0))]])
-    want = 1 / u
-    got = reciprocal(c, u)
-    ulps = np.abs(got - want) / np.spacing(want.astype(np.float32)).astype(np.float64)
-    print(f"1/u: first guess's relative error {fit_error:.2e} (2^{np.log2(fit_error):.2f}); after two Newton "
-          f"steps in float: max {ulps.max():.3f} ulp, {np.mean(got == round32(want)) * 100:.1f}% correctly rounded")
-    print("  P's coefficients, u^0 first:")
-    for v in c:
-        print(f"    {v!r}")
-
 
     c, fit_error = fit_exp()
     a = np.concatenate([-rng.random(2_000_000) * 104, -rng.random(1_000_000), [0.0, -87.5, -103.0, -110.0]])

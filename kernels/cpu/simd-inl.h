@@ -62,7 +62,7 @@ struct HwyOps {
   /// Exp has two on its critical path) and one scaling: k = round(a/ln 2) is read off the bits of
   /// a/ln 2 + 1.5·2^23, whose last place is 1; r = a - k ln 2 ∈ [-0.347, 0.347] with ln 2 in two
   /// parts (the first of 12 bits, so that k times it is exact); e^r = 1 + r + r²Q(r), Q of degree
-  /// 4 fitted by scripts/fit_sigmoid_polynomials.py (within 1.003 ulp, mean 0.27); then k + 64 is
+  /// 4 fitted by scripts/fit_sigmoid_polynomials.py (within 1.005 ulp, mean 0.27); then k + 64 is
   /// added to the exponent's bits, which stays normal, and the product by 2^-64 rounds once where
   /// the result is subnormal. Below -120 every result rounds to 0, and the clamp there keeps the
   /// exponent in range (-inf and, on x86, NaN give 0, as Highway's Exp does). In double, Exp.
@@ -184,7 +184,7 @@ struct HwyOps {
   /// subnormal a included (where it returns a). Highway's Log1p would cost a log, with its own
   /// division, and a correction. In double, Kahan's log1p from Highway's log of u = 1 + a ∈ [1, 2]
   /// plus the correction (a - (u - 1))/u, a division of its own: where 1 + a rounds (a near
-  /// 2^-53) the correction is as large as the result, and a product by ReciprocalOneToTwo's 1/u
+  /// 2^-53) the correction is as large as the result, and a product by the sigmoid's 1/u
   /// would round once more there.
   HWY_INLINE V Log1pUnit(V a) const {
     if constexpr (std::is_same_v<T, float>) {
@@ -197,23 +197,6 @@ struct HwyOps {
       const V u = hn::Add(one, a);
       return hn::Add(hn::impl::Log<D, V, /*kAllowSubnormals=*/false>(d, u),
                      hn::Div(hn::Sub(a, hn::Sub(u, one)), u));
-    }
-  }
-  /// 1/a for a ∈ [1, 2]. In float a quadratic first guess (relative error 2^-6.6) refined by two
-  /// Newton steps r + r(1 - ar), each squaring the error: within 0.67 ulp, 96% correctly rounded
-  /// (scripts/fit_sigmoid_polynomials.py), in six fused multiply-adds where a division is a
-  /// long-latency instruction on every x86 core. Not the processor's approximate reciprocal:
-  /// AVX-512's full vectors have it to 2^-14 and their 128-bit ones (the one-lane tails) to
-  /// 2^-12, and a result must not depend on the lane width its element fell in (Evaluate's sums
-  /// are bit-identical however a dataset is split).
-  HWY_INLINE V ReciprocalOneToTwo(V a) const {
-    if constexpr (std::is_same_v<T, float>) {
-      const V one = Set(1);
-      V r = hn::MulAdd(hn::MulAdd(Set(0.3232232332229614), a, Set(-1.4545049667358398)), a, Set(2.1211719512939453));
-      r = hn::MulAdd(r, hn::NegMulAdd(a, r, one), r);
-      return hn::MulAdd(r, hn::NegMulAdd(a, r, one), r);
-    } else {
-      return hn::Div(Set(1), a);
     }
   }
   HWY_INLINE V Log1p(V a) const {

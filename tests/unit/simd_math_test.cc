@@ -3,12 +3,12 @@
 // long-double references, in float ulps of the true value.
 //
 // Bounds, from the arithmetic of kernels/cpu/simd-inl.h (float; u is one ulp):
-//   - e = e^-|x|: HwyOps::ExpNonPositive, within 1.003 ulp (scripts/fit_sigmoid_polynomials.py);
-//   - 1/(1 + e): the rounding of 1 + e (½), the refined reciprocal (0.67), and e's own error,
-//     damped by e/(1 + e) ≤ ½: 1.7 ulp;
+//   - e = e^-|x|: HwyOps::ExpNonPositive, within 1.005 ulp (scripts/fit_sigmoid_polynomials.py);
+//   - 1/(1 + e): the rounding of 1 + e (½), the division's (½), and e's own error, damped by
+//     e/(1 + e) ≤ ½: 1.5 ulp;
 //   - log1p(e): the polynomial's 1.47 ulp (scripts/fit_sigmoid_polynomials.py) plus e's 1 ulp, damped by
 //     e/((1 + e) log1p(e)) ≤ 1: 2.5 ulp;
-//   - p or q = e/(1 + e): e (1) + the reciprocal (1.7) + the product (½): 3.2 ulp; the other
+//   - p or q = e/(1 + e): e (1) + the reciprocal (1.5) + the product (½): 3 ulp; the other
 //     one is the reciprocal itself;
 //   - log σ(±x) = -(|x| + log1p(e)) or -log1p(e): log1p's 2.5 plus the sum's ½: 3 ulp.
 // So each part is allowed 3.5 ulp (first-order sums above, rounded up). float64 inputs compute

@@ -36,8 +36,6 @@ struct ScalarOps {
   FOCAL_HD V LogComplementOfNormal(V y, V w) const { return LogComplement(y, w); }
   /// log1p(a) for a ∈ [0, 1] (the SIMD policy's is a polynomial there).
   FOCAL_HD V Log1pUnit(V a) const { return std::log1p(a); }
-  /// 1/a for a ∈ [1, 2] (the SIMD policy's is a refined approximate reciprocal there).
-  FOCAL_HD V ReciprocalOneToTwo(V a) const { return T(1) / a; }
   FOCAL_HD V Expm1(V a) const { return std::expm1(a); }
   FOCAL_HD V Sqrt(V a) const { return std::sqrt(a); }
   FOCAL_HD V Abs(V a) const { return std::fabs(a); }
