@@ -69,13 +69,21 @@ HWY_NOINLINE math::LossGrad<hn::Vec<D>> GeneralForm(const ElementConsts<F, D>& k
   return k.formula(k.o, x, t, binary, alpha);
 }
 
-template <ElementFormula F, class D>
-HWY_INLINE math::LossGrad<hn::Vec<D>> ElementOf(const ElementConsts<F, D>& k, hn::Vec<D> x, hn::Vec<D> t, bool binary,
-                                                const math::ClassWeights<hn::Vec<D>>& alpha) {
+/// Runs `emit` on the formula's loss and gradient for one vector. sigmoid_focal's two forms each
+/// get a copy of `emit`: through one merge point after them, the hard form's results went
+/// through the stack (the general form returns its pair in memory), a store and a load on the
+/// latency chain of every vector.
+template <ElementFormula F, class D, class Emit>
+HWY_INLINE void WithElement(const ElementConsts<F, D>& k, hn::Vec<D> x, hn::Vec<D> t, bool binary,
+                            const math::ClassWeights<hn::Vec<D>>& alpha, const Emit& emit) {
   if constexpr (F == ElementFormula::kSigmoidFocal) {
-    return k.formula.HardFormServes(binary) ? k.formula.HardForm(k.o, x, t, alpha) : GeneralForm(k, x, t, binary, alpha);
+    if (k.formula.HardFormServes(binary)) {
+      emit(k.formula.HardForm(k.o, x, t, alpha));
+    } else {
+      emit(GeneralForm(k, x, t, binary, alpha));
+    }
   } else {
-    return k.formula(k.o, x, t, binary, alpha);
+    emit(k.formula(k.o, x, t, binary, alpha));
   }
 }
 
@@ -94,8 +102,9 @@ HWY_INLINE void FloatTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
       (a.binary_targets || !hn::AllTrue(d, hn::And(hn::Ge(t, hn::Zero(d)), hn::Le(t, hn::Set(d, 1)))))) {
     r.bad_target = true;
   }
-  const auto out = ElementOf(k, x, t, all_binary, alpha);
-  EmitElementwise<kFloat32>(d, k, a, i, x, out.loss, out.grad, sum);
+  WithElement(k, x, t, all_binary, alpha, [&](const math::LossGrad<hn::Vec<D>>& out) {
+    EmitElementwise<kFloat32>(d, k, a, i, x, out.loss, out.grad, sum);
+  });
 }
 
 template <ElementFormula F, typename T, bool kFloat32>
@@ -143,10 +152,10 @@ HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
   const auto t = hn::IfThenElseZero(is_target, target_value);
   const auto alpha = ElementWeights(k.o, a, nullptr);
   // A one-hot is binary, except for quality_focal's scores (its formula has one form only).
-  auto out = ElementOf(k, x, t, /*binary=*/true, alpha);
-  out.loss = hn::IfThenElseZero(valid, out.loss);
-  out.grad = hn::IfThenElseZero(valid, out.grad);
-  EmitElementwise<false>(d, k, a, i, x, out.loss, out.grad, sum);
+  WithElement(k, x, t, /*binary=*/true, alpha, [&](const math::LossGrad<hn::Vec<D>>& out) {
+    EmitElementwise<false>(d, k, a, i, x, hn::IfThenElseZero(valid, out.loss), hn::IfThenElseZero(valid, out.grad),
+                           sum);
+  });
 }
 
 template <ElementFormula F, typename T>
