@@ -59,32 +59,49 @@ struct HwyOps {
   HWY_INLINE V Exp(V a) const { return hn::Exp(d, DefinedForEmulation(a)); }
   /// e^a for a ≤ 0: the sigmoid's e^-|x| and the softmax's e^(x - max), the exp of every
   /// element of every variant. In float, with no conversion between float and integer (Highway's
-  /// Exp has two on its critical path) and one scaling: k = round(a/ln 2) is read off the bits of
+  /// Exp has two on its critical path): k = round(a/ln 2) is read off the bits of
   /// a/ln 2 + 1.5·2^23, whose last place is 1; r = a - k ln 2 ∈ [-0.347, 0.347] with ln 2 in two
   /// parts (the first of 12 bits, so that k times it is exact); e^r = 1 + r + r²Q(r), Q of degree
-  /// 4 fitted by scripts/fit_sigmoid_polynomials.py (within 1.005 ulp, mean 0.27); then k + 64 is
-  /// added to the exponent's bits, which stays normal, and the product by 2^-64 rounds once where
-  /// the result is subnormal. Below -120 every result rounds to 0, and the clamp there keeps the
-  /// exponent in range (-inf and, on x86, NaN give 0, as Highway's Exp does). In double, Exp.
+  /// 4 fitted by scripts/fit_sigmoid_polynomials.py (within 1.005 ulp, mean 0.27); then k is
+  /// added to the exponent's bits. Where a vector holds an a below -86 (a result that may be
+  /// subnormal: rare, so the branch predicts), k + 64 is added instead, which stays normal, and
+  /// the product by 2^-64 rounds once; the same bits where the result is normal, so that an
+  /// element's result does not depend on its neighbours. Below -120 every result rounds to 0,
+  /// and the clamp there keeps the exponent in range (-inf and, on x86, NaN give 0, as Highway's
+  /// Exp does). In double, Exp.
   HWY_INLINE V ExpNonPositive(V a) const {
     if constexpr (std::is_same_v<T, float>) {
       const hn::RebindToUnsigned<D> du;
-      const V x = hn::Max(a, Set(-120));
-      const V magic = Set(12582912.0);  // 1.5·2^23
-      const V shifted = hn::MulAdd(x, Set(1.4426950408889634), magic);
-      const V k = hn::Sub(shifted, magic);
-      const V r = hn::MulAdd(k, Set(-kLn2Low), hn::MulAdd(k, Set(-kLn2High), x));
-      const V r2 = hn::Mul(r, r);
-      const V q = hn::MulAdd(hn::MulAdd(Set(0.001381830545142293), r2, hn::MulAdd(Set(0.008368712849915028), r, Set(0.04166832193732262))),
-                             r2, hn::MulAdd(Set(0.1666652113199234), r, Set(0.4999999403953552)));
-      const V y = hn::Add(hn::MulAdd(r2, q, r), Set(1));
-      // The low 9 bits of the shifted value's bits are k's (those of 1.5·2^23 are 0), so shifting
-      // them up by 23 is k times the exponent's unit.
-      const auto scale = hn::Add(hn::ShiftLeft<23>(hn::BitCast(du, shifted)), hn::Set(du, uint32_t{64} << 23));
-      return hn::Mul(hn::BitCast(d, hn::Add(hn::BitCast(du, y), scale)), Set(0x1p-64));
+      if (HWY_LIKELY(hn::AllTrue(d, hn::Le(Set(-86), a)))) {
+        // k ≥ -124 and e^r ≥ √½: y·2^k is normal, and the clamp and the scaling have no work.
+        const ExpParts parts = ExpReduce(a);
+        return hn::BitCast(d, hn::Add(hn::BitCast(du, parts.y), parts.k_exponent));
+      }
+      const ExpParts parts = ExpReduce(hn::Max(a, Set(-120)));
+      const auto biased = hn::Add(parts.k_exponent, hn::Set(du, uint32_t{64} << 23));
+      return hn::Mul(hn::BitCast(d, hn::Add(hn::BitCast(du, parts.y), biased)), Set(0x1p-64));
     } else {
       return Exp(a);
     }
+  }
+  /// ExpNonPositive's float parts of a ∈ [-120, 0]: y = e^r ∈ [√½, √2] and k in the exponent's
+  /// place (k·2^23 as integer bits, modulo 2^32).
+  struct ExpParts {
+    V y;
+    hn::Vec<hn::RebindToUnsigned<D>> k_exponent;
+  };
+  HWY_INLINE ExpParts ExpReduce(V x) const {
+    const hn::RebindToUnsigned<D> du;
+    const V magic = Set(12582912.0);  // 1.5·2^23
+    const V shifted = hn::MulAdd(x, Set(1.4426950408889634), magic);
+    const V k = hn::Sub(shifted, magic);
+    const V r = hn::MulAdd(k, Set(-kLn2Low), hn::MulAdd(k, Set(-kLn2High), x));
+    const V r2 = hn::Mul(r, r);
+    const V q = hn::MulAdd(hn::MulAdd(Set(0.001381830545142293), r2, hn::MulAdd(Set(0.008368712849915028), r, Set(0.04166832193732262))),
+                           r2, hn::MulAdd(Set(0.1666652113199234), r, Set(0.4999999403953552)));
+    // The low 9 bits of the shifted value's bits are k's (those of 1.5·2^23 are 0), so shifting
+    // them up by 23 is k times the exponent's unit.
+    return {hn::Add(hn::MulAdd(r2, q, r), Set(1)), hn::ShiftLeft<23>(hn::BitCast(du, shifted))};
   }
   /// a + a²·Q(a) for Q of degree 8 with coefficients q[0..8] (of a⁰ first), the form of both
   /// log1p polynomials (Log1pUnit, LogOfParts): the leading a exact, so that Q's rounding moves

@@ -341,12 +341,14 @@ TEST(ClassIndexTargets, EveryIntegerDtypeGivesTheSameBits) {
 // is good to 2^-14 in full vectors and to 2^-12 in the 128-bit ones of the tails). Nor on its
 // neighbours: asymmetric skips a term no lane of the vector needs, quality_focal has a form for
 // vectors whose targets are all 0, and an element alone takes those paths where in a vector of
-// mixed targets it takes the general one. 1024 logits in full vectors, then each alone (one
-// lane); then the same with allow_non_finite and infinite logits among them (a skipped term is
-// still 0 where the general form would meet 0·∞).
+// mixed targets it takes the general one; and the float exp takes a shorter path in vectors
+// whose arguments are all above -86, where no result can be subnormal. 1024 logits in full
+// vectors, then each alone (one lane); then the same with allow_non_finite and infinite logits
+// among them (a skipped term is still 0 where the general form would meet 0·∞); then with
+// logits from -80 to -129 among them (e^-|x| on both sides of -86, subnormal and underflowing).
 TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
   constexpr int64_t kN = 1024;
-  std::vector<double> x = testing::RandomNormal(kN, 4, 21);
+  const std::vector<double> normal = testing::RandomNormal(kN, 4, 21);
   const std::vector<double> t = testing::RandomClasses(kN, 2, 22);
   AsymmetricParams unclipped;
   unclipped.clip = 0;
@@ -358,13 +360,19 @@ TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
                             Spec(QualityFocalParams{}),
                             Spec(VarifocalParams{})};
   auto same = [](double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); };
-  for (bool non_finite : {false, true}) {
-    if (non_finite) {
-      for (int64_t i = 0; i < kN; i += 7) x[i] = i % 2 ? INFINITY : -INFINITY;
+  enum class Logits { kNormal, kInfinite, kDeeplyNegative };
+  for (Logits kind : {Logits::kNormal, Logits::kInfinite, Logits::kDeeplyNegative}) {
+    std::vector<double> x = normal;
+    const bool non_finite = kind == Logits::kInfinite;
+    for (int64_t i = 0; i < kN; i += 7) {
+      if (kind == Logits::kInfinite) x[i] = i % 2 ? INFINITY : -INFINITY;
+      if (kind == Logits::kDeeplyNegative) x[i] = -80.0 - static_cast<double>(i % 50) - 0.25;
     }
     const HostTensor all_x = MakeTensor(DType::kFloat32, {kN}, x), all_t = MakeTensor(DType::kFloat32, {kN}, t);
     for (const LossSpec& spec : specs) {
-      SCOPED_TRACE(std::string(VariantName(spec.params)) + (non_finite ? " with infinite logits" : ""));
+      SCOPED_TRACE(std::string(VariantName(spec.params)) + (kind == Logits::kInfinite         ? " with infinite logits"
+                                                            : kind == Logits::kDeeplyNegative ? " with logits below -80"
+                                                                                               : ""));
       auto job = [&](const HostTensor& logits, const HostTensor& targets) {
         LossJob j = MakeJob(spec, logits, targets, Reduction::kNone);
         j.allow_non_finite = non_finite;
