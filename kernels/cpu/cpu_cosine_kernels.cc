@@ -17,7 +17,8 @@ namespace HWY_NAMESPACE {
 /// normaliser and Σ z_j e_j, then the per-row math (math::FocalCosine) for a group of rows as one
 /// vector, then the gradient (math::FocalCosineGradAt) from the kept e_j: one exp per logit.
 template <typename T>
-ChunkResult FocalCosineChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult FocalCosineChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   const HwyOps<decltype(d)> o{d};

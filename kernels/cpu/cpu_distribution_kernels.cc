@@ -30,7 +30,8 @@ HWY_INLINE T DistanceAt(const KernelArgs& a, int64_t p, ChunkResult& r) {
 /// pass 3 the gradient w·S_j from the kept e_j with the two target bins' own values written
 /// over it. As softmax_focal's rows: one exp per logit, the per-row logs once per group.
 template <typename T>
-ChunkResult DistributionRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
   const HwyOps<decltype(d)> o{d};
   const ScalarOps<T> so;
@@ -177,7 +178,8 @@ HWY_INLINE void DistributionStridedGroup(D d, const KernelArgs& a, int64_t p, hn
 }
 
 template <typename T>
-ChunkResult DistributionStridedChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult DistributionStridedChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   T* const e = Scratch<T>(static_cast<size_t>(a.classes) * hn::Lanes(d));

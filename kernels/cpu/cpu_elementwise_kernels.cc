@@ -160,7 +160,7 @@ HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
 
 template <ElementFormula F, typename T>
 ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end) {
-  const KernelArgs a = args;  // as FloatTargetChunk's
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;

@@ -20,7 +20,8 @@ namespace HWY_NAMESPACE {
 /// (kept) and the normaliser, then the per-row focal term for a group of rows at once, then
 /// pass 3 the gradient (math::SoftmaxFocalRow) from the kept e_j: one exp per logit.
 template <typename T>
-ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
   const HwyOps<decltype(d)> o{d};
   const ScalarOps<T> so;
@@ -113,7 +114,8 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
 /// (math::SoftmaxFocalSmoothedClass, whose weights the row sums into ℓ and W), so the
 /// per-element work dominates and rows are taken one at a time.
 template <typename T>
-ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& a, int64_t begin, int64_t end) {
+ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
+  const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
   hn::CappedTag<T, 1> d1;
   hn::RebindToSigned<decltype(d)> di;
