@@ -29,7 +29,7 @@ HWY_INLINE T DistanceAt(const KernelArgs& a, int64_t p, ChunkResult& r) {
 /// per-row math (math::DistributionFocalRow) for a group of rows at once as one vector, then
 /// pass 3 the gradient w·S_j from the kept e_j with the two target bins' own values written
 /// over it. As softmax_focal's rows: one exp per logit, the per-row logs once per group.
-template <typename T>
+template <typename T, bool kFloat32>
 ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
@@ -60,12 +60,12 @@ ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t
       row_wl[g] = bins.w_left;
       row_wr[g] = bins.w_right;
       bool finite, poisoned;
-      const T max = RowMax(d, a, base, B, finite, poisoned);
+      const T max = RowMax(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, B, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
       row_max[g] = max;
-      row_rest[g] = RowExpAndRest(d, a, base, B, max, e + g * B);
-      row_xl[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left));
-      row_xr[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + bins.left + 1));
+      row_rest[g] = RowExpAndRest(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, B, max, e + g * B);
+      row_xl[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + bins.left));
+      row_xr[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + bins.left + 1));
       row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
       if (a.loss_weights) row_lw[g] = static_cast<T>(a.loss_weights[row]);
       if (poisoned && a.propagate_nan) {
@@ -86,19 +86,19 @@ ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t
     sum.Add(d, loss);
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * B;
-      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (a.losses) StoreScalar(row_loss[g], a.losses, DTypeOf<kFloat32>(a.output_dtype), row);
       if (!a.gradient) continue;
       const T* const row_e = e + g * B;
       const auto kp = hn::Set(d, row_k[g]);
       int64_t c = 0;
       for (; c + lanes <= B; c += lanes) {
-        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, a.output_dtype, base + c);
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
       }
       for (; c < B; ++c) {
-        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, a.output_dtype, base + c);
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
       }
-      StoreScalar(row_gl[g], a.gradient, a.output_dtype, base + row_left[g]);
-      StoreScalar(row_gr[g], a.gradient, a.output_dtype, base + row_left[g] + 1);
+      StoreScalar(row_gl[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_left[g]);
+      StoreScalar(row_gr[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_left[g] + 1);
     }
   }
   r.loss_sum = sum.Total();
@@ -200,7 +200,11 @@ ChunkResult DistributionStridedChunk(const KernelArgs& args, int64_t begin, int6
 /// float64 logits compute in double; every other dtype in float.
 template <typename T>
 ChunkResult DistributionTyped(const KernelArgs& a, int64_t begin, int64_t end) {
-  return a.inner != 1 ? DistributionStridedChunk<T>(a, begin, end) : DistributionRowsChunk<T>(a, begin, end);
+  if (a.inner != 1) return DistributionStridedChunk<T>(a, begin, end);
+  if (std::is_same_v<T, float> && a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32) {
+    return DistributionRowsChunk<T, true>(a, begin, end);
+  }
+  return DistributionRowsChunk<T, false>(a, begin, end);
 }
 
 ChunkResult DistributionChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {

@@ -34,14 +34,6 @@ HWY_INLINE math::ClassWeights<typename Ops::V> ElementWeights(const Ops& o, cons
   return {o.Set(a.alpha_pos), o.Set(a.alpha_neg)};
 }
 
-/// Where the logits, targets and outputs are all float32 (kFloat32, the common case), the loads
-/// and stores are compiled for that dtype alone: without the dtype switches in the loop, the
-/// register allocator keeps the formula's constants in registers (on AVX2's 16 it spilled them).
-template <bool kFloat32>
-HWY_INLINE DType DTypeOf(DType dtype) {
-  return kFloat32 ? DType::kFloat32 : dtype;
-}
-
 /// Weights one vector's loss by the request's per-item weights, adds it to the sum and writes
 /// the results: per-item losses for NONE, and the gradient scaled by the reduction and the
 /// per-item gradient weights (upstream times loss weights).

@@ -19,7 +19,7 @@ namespace HWY_NAMESPACE {
 /// [N, C] softmax focal without label smoothing: pass 1 the row max, pass 2 e_j = e^(x_j - max)
 /// (kept) and the normaliser, then the per-row focal term for a group of rows at once, then
 /// pass 3 the gradient (math::SoftmaxFocalRow) from the kept e_j: one exp per logit.
-template <typename T>
+template <typename T, bool kFloat32>
 ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
   hn::ScalableTag<T> d;
@@ -53,16 +53,16 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end)
       row_y[g] = y;
       if (a.loss_weights) row_lw[g] = a.loss_weights[row];
       bool finite, poisoned;
-      const T max = RowMax(d, a, base, C, finite, poisoned);
+      const T max = RowMax(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, C, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
-      const T rest = RowExpAndRest(d, a, base, C, max, row_e);
+      const T rest = RowExpAndRest(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, C, max, row_e);
       row_max[g] = max;
       row_rest[g] = rest;
       // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
       row_xy[g] = max;
       if (y >= 0) {
         row_valid[g] = 1;
-        row_xy[g] = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + y));
+        row_xy[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + y));
         row_alpha[g] = a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1);
         row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
         if (poisoned && a.propagate_nan) {
@@ -88,22 +88,22 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end)
     sum.Add(d, loss);
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
-      if (a.losses) StoreScalar(row_loss[g], a.losses, a.output_dtype, row);
+      if (a.losses) StoreScalar(row_loss[g], a.losses, DTypeOf<kFloat32>(a.output_dtype), row);
       if (!a.gradient) continue;
       if (row_y[g] < 0) {  // ignored: gradient 0, whatever its logits hold
-        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, a.output_dtype, base + c);
+        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
         continue;
       }
       const T* const row_e = e + g * C;
       const auto kp = hn::Set(d, row_k[g]);
       int64_t c = 0;
       for (; c + lanes <= C; c += lanes) {
-        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, a.output_dtype, base + c);
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
       }
       for (; c < C; ++c) {
-        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, a.output_dtype, base + c);
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
       }
-      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, a.output_dtype, base + row_y[g]);
+      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_y[g]);
     }
   }
   r.loss_sum = sum.Total();
@@ -136,7 +136,7 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int6
     const int64_t base = row * C;
     const TI y = hn::GetLane(LoadClassIndex(di1, a, row));
     bool finite, poisoned;  // checked in ignored rows too, as every other path does
-    const T max = RowMax(d, a, base, C, finite, poisoned);
+    const T max = RowMax(d, a, a.logits_dtype, base, C, finite, poisoned);
     if (!finite && a.check_inputs) r.bad_input = true;
     if (y < 0) {  // ignored: contributes nothing, gradient 0
       if (a.losses) StoreScalar(0, a.losses, a.output_dtype, row);
@@ -145,7 +145,7 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int6
       }
       continue;
     }
-    const T rest = RowExpAndRest(d, a, base, C, max, Scratch<T>(static_cast<size_t>(C)));
+    const T rest = RowExpAndRest(d, a, a.logits_dtype, base, C, max, Scratch<T>(static_cast<size_t>(C)));
     int64_t c = 0;
     const T log_norm = math::LogNormalizer(so, rest);
     auto log_prob = [&](auto dv, int64_t cc) {  // log p of classes [cc, cc + lanes)
@@ -339,7 +339,11 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
 template <typename T>
 ChunkResult SoftmaxTyped(const KernelArgs& a, int64_t begin, int64_t end) {
   if (a.inner != 1) return SoftmaxStridedChunk<T>(a, begin, end);
-  return a.smoothing == 0 ? SoftmaxRowsChunk<T>(a, begin, end) : SoftmaxSmoothedRowsChunk<T>(a, begin, end);
+  if (a.smoothing != 0) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
+  if (std::is_same_v<T, float> && a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32) {
+    return SoftmaxRowsChunk<T, true>(a, begin, end);
+  }
+  return SoftmaxRowsChunk<T, false>(a, begin, end);
 }
 
 ChunkResult SoftmaxChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {

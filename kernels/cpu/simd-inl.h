@@ -284,6 +284,15 @@ HWY_INLINE void StoreScalar(double v, void* base, DType dtype, int64_t i) {
   }
 }
 
+/// Where the logits, targets and outputs are all float32 (kFloat32, the common case), a chunk's
+/// loads and stores are compiled for that dtype alone: without the dtype switches in its loops,
+/// the register allocator keeps the formula's constants in registers (on AVX2's 16 it spilled
+/// them), and a row's passes lose a switch per vector.
+template <bool kFloat32>
+HWY_INLINE DType DTypeOf(DType dtype) {
+  return kFloat32 ? DType::kFloat32 : dtype;
+}
+
 /// Lanes [i, i + Lanes(d)) of a floating tensor, widened to T.
 template <class D>
 HWY_INLINE hn::Vec<D> LoadFloat(D d, const void* base, DType dtype, int64_t i) {
@@ -583,27 +592,32 @@ HWY_INLINE double ItemWeight(const KernelArgs& a, int64_t position) {
   return a.grad_scale * (a.item_weights ? a.item_weights[position] : 1.0f);
 }
 
-/// Pass 1 over a contiguous row of C logits: the max, whether all of them are finite, and
-/// whether the row has no softmax at all (`poisoned`: a NaN or +inf logit, or every logit
-/// -inf). A -inf logit alone is a masked class (VARIANTS.md §5.6): probability 0, gradient 0.
+/// Pass 1 over a contiguous row of C logits of `dtype` (DTypeOf's): the max, whether all of them
+/// are finite, and whether the row has no softmax at all (`poisoned`: a NaN or +inf logit, or
+/// every logit -inf). A -inf logit alone is a masked class (VARIANTS.md §5.6): probability 0,
+/// gradient 0. The lane checks accumulate as masks and are read once per row.
 template <class D>
-HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t C, bool& finite, bool& poisoned) {
+HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, DType dtype, int64_t base, int64_t C, bool& finite,
+                                bool& poisoned) {
   using T = hn::TFromD<D>;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
   auto vmax = hn::Neg(inf);
   T max = -std::numeric_limits<T>::infinity();
-  finite = true;
-  bool below_inf = true;  // no NaN, no +inf (Lt is false for both)
+  // |x| < ∞ and x < ∞ are false for NaN: finite lanes, and lanes with no NaN and no +inf.
+  auto finite_lanes = hn::FirstN(d, static_cast<size_t>(lanes));
+  auto below_inf_lanes = finite_lanes;
   int64_t c = 0;
   for (; c + lanes <= C; c += lanes) {
-    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
-    finite &= hn::AllTrue(d, hn::IsFinite(x));
-    below_inf &= hn::AllTrue(d, hn::Lt(x, inf));
+    const auto x = LoadFloat(d, a.logits, dtype, base + c);
+    finite_lanes = hn::And(finite_lanes, hn::Lt(hn::Abs(x), inf));
+    below_inf_lanes = hn::And(below_inf_lanes, hn::Lt(x, inf));
     vmax = hn::Max(vmax, x);
   }
+  finite = hn::AllTrue(d, finite_lanes);
+  bool below_inf = hn::AllTrue(d, below_inf_lanes);
   for (; c < C; ++c) {
-    const T x = static_cast<T>(ScalarAt(a.logits, a.logits_dtype, base + c));
+    const T x = static_cast<T>(ScalarAt(a.logits, dtype, base + c));
     finite &= std::isfinite(x);
     below_inf &= x < std::numeric_limits<T>::infinity();
     max = std::max(max, x);
@@ -613,10 +627,10 @@ HWY_INLINE hn::TFromD<D> RowMax(D d, const KernelArgs& a, int64_t base, int64_t 
   return max;
 }
 
-/// Pass 2 over a contiguous row: e_j = e^(x_j - max) into `e`, and the normaliser's
+/// Pass 2 over a contiguous row of `dtype`: e_j = e^(x_j - max) into `e`, and the normaliser's
 /// rest = Σ e_j - 1 accumulated without the maximum's own 1 (see math::Rest).
 template <class D>
-HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, int64_t C,
+HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, DType dtype, int64_t base, int64_t C,
                                        hn::TFromD<D> max, hn::TFromD<D>* e) {
   using T = hn::TFromD<D>;
   const HwyOps<D> o{d};
@@ -628,7 +642,7 @@ HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, i
   const auto vm = hn::Set(d, max);
   int64_t c = 0;
   for (; c + lanes <= C; c += lanes) {
-    const auto x = LoadFloat(d, a.logits, a.logits_dtype, base + c);
+    const auto x = LoadFloat(d, a.logits, dtype, base + c);
     const auto ex = math::ExpAboutMax(o, x, vm);
     hn::StoreU(ex, d, e + c);
     vrest.Add(math::RestTermOf(o, x, vm, ex));
@@ -638,7 +652,7 @@ HWY_INLINE hn::TFromD<D> RowExpAndRest(D d, const KernelArgs& a, int64_t base, i
   // would round the term away.
   T tail_rest = 0, ties = SumLanes(d, vties);
   for (; c < C; ++c) {
-    const auto x = LoadFloat(d1, a.logits, a.logits_dtype, base + c);
+    const auto x = LoadFloat(d1, a.logits, dtype, base + c);
     const auto m = hn::Set(d1, max);
     const auto ex = math::ExpAboutMax(o1, x, m);
     hn::StoreU(ex, d1, e + c);

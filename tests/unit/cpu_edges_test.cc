@@ -472,6 +472,32 @@ TEST(NonFinite, RejectedWithTheFirstBadIndexUnlessAllowed) {
   EXPECT_TRUE(Compute(MakeJob(Softmax(2), good, classes)).ok());
 }
 
+// The same check where the bad logit falls in a full vector of a row's first pass (C = 64 is a
+// whole number of vectors on every target; the test above has C = 4, all scalar tail there): a
+// NaN, +inf and -inf each rejected in softmax_focal's, distribution_focal's and focal_cosine's
+// rows, and allowed with allow_non_finite.
+TEST(NonFinite, RejectedInTheFullVectorsOfLongRows) {
+  constexpr int64_t kN = 3, kC = 64;
+  const HostTensor classes = MakeTensor(DType::kInt64, {kN}, {0, 5, 63});
+  const HostTensor distances = MakeTensor(DType::kFloat32, {kN}, {0.5, 10.25, 62.0});
+  for (double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
+    std::vector<double> x = testing::RandomNormal(kN * kC, 1, 26);
+    x[1 * kC + 37] = bad;
+    const HostTensor logits = MakeTensor(DType::kFloat32, {kN, kC}, x);
+    for (const auto& [spec, targets] : {std::pair{Softmax(2), &classes},
+                                        std::pair{Spec(DistributionFocalParams{}), &distances},
+                                        std::pair{Spec(FocalCosineParams{}), &classes}}) {
+      SCOPED_TRACE(::testing::Message() << VariantName(spec.params) << " with " << bad);
+      LossJob job = MakeJob(spec, logits, *targets);
+      const auto r = Compute(job);
+      ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+      EXPECT_NE(r.status().message().find("logits[1, 37]"), std::string::npos) << r.status();
+      job.allow_non_finite = true;
+      EXPECT_TRUE(Compute(job).ok());
+    }
+  }
+}
+
 /// docs/variants.md (non-finite input): with allow_non_finite a -inf logit in a softmax row is a masked class. The
 /// independent reference is the same row without those classes: equal loss, equal gradient on
 /// the classes left, 0 on the masked ones.
