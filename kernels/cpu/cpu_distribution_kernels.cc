@@ -32,6 +32,7 @@ HWY_INLINE T DistanceAt(const KernelArgs& a, int64_t p, ChunkResult& r) {
 template <typename T, bool kFloat32>
 ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
+  const DType logits_dtype = DTypeOf<kFloat32>(a.logits_dtype), output_dtype = DTypeOf<kFloat32>(a.output_dtype);
   hn::ScalableTag<T> d;
   const HwyOps<decltype(d)> o{d};
   const ScalarOps<T> so;
@@ -60,12 +61,12 @@ ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t
       row_wl[g] = bins.w_left;
       row_wr[g] = bins.w_right;
       bool finite, poisoned;
-      const T max = RowMax(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, B, finite, poisoned);
+      const T max = RowMax(d, a, logits_dtype, base, B, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
       row_max[g] = max;
-      row_rest[g] = RowExpAndRest(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, B, max, e + g * B);
-      row_xl[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + bins.left));
-      row_xr[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + bins.left + 1));
+      row_rest[g] = RowExpAndRest(d, a, logits_dtype, base, B, max, e + g * B);
+      row_xl[g] = static_cast<T>(ScalarAt(a.logits, logits_dtype, base + bins.left));
+      row_xr[g] = static_cast<T>(ScalarAt(a.logits, logits_dtype, base + bins.left + 1));
       row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
       if (a.loss_weights) row_lw[g] = static_cast<T>(a.loss_weights[row]);
       if (poisoned && a.propagate_nan) {
@@ -86,19 +87,19 @@ ChunkResult DistributionRowsChunk(const KernelArgs& args, int64_t begin, int64_t
     sum.Add(d, loss);
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * B;
-      if (a.losses) StoreScalar(row_loss[g], a.losses, DTypeOf<kFloat32>(a.output_dtype), row);
+      if (a.losses) StoreScalar(row_loss[g], a.losses, output_dtype, row);
       if (!a.gradient) continue;
       const T* const row_e = e + g * B;
       const auto kp = hn::Set(d, row_k[g]);
       int64_t c = 0;
       for (; c + lanes <= B; c += lanes) {
-        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, output_dtype, base + c);
       }
       for (; c < B; ++c) {
-        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, output_dtype, base + c);
       }
-      StoreScalar(row_gl[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_left[g]);
-      StoreScalar(row_gr[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_left[g] + 1);
+      StoreScalar(row_gl[g], a.gradient, output_dtype, base + row_left[g]);
+      StoreScalar(row_gr[g], a.gradient, output_dtype, base + row_left[g] + 1);
     }
   }
   r.loss_sum = sum.Total();
@@ -201,7 +202,7 @@ ChunkResult DistributionStridedChunk(const KernelArgs& args, int64_t begin, int6
 template <typename T>
 ChunkResult DistributionTyped(const KernelArgs& a, int64_t begin, int64_t end) {
   if (a.inner != 1) return DistributionStridedChunk<T>(a, begin, end);
-  if (std::is_same_v<T, float> && a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32) {
+  if (std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a)) {
     return DistributionRowsChunk<T, true>(a, begin, end);
   }
   return DistributionRowsChunk<T, false>(a, begin, end);

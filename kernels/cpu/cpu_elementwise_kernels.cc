@@ -221,7 +221,7 @@ template <ElementFormula F, typename T>
 ChunkResult ElementwiseTyped(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
   if (kind == KernelKind::kElementwiseIndexTargets) return IndexTargetChunk<F, T>(a, begin, end);
   if constexpr (std::is_same_v<T, float>) {
-    if (a.logits_dtype == DType::kFloat32 && a.targets_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32) {
+    if (LogitsAndOutputsAreFloat32(a) && a.targets_dtype == DType::kFloat32) {
       return FloatTargetChunk<F, T, true>(a, begin, end);
     }
   }

@@ -22,6 +22,7 @@ namespace HWY_NAMESPACE {
 template <typename T, bool kFloat32>
 ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   const KernelArgs a = args;  // a local copy, as FloatTargetChunk's (cpu_elementwise_kernels.cc)
+  const DType logits_dtype = DTypeOf<kFloat32>(a.logits_dtype), output_dtype = DTypeOf<kFloat32>(a.output_dtype);
   hn::ScalableTag<T> d;
   const HwyOps<decltype(d)> o{d};
   const ScalarOps<T> so;
@@ -53,16 +54,16 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end)
       row_y[g] = y;
       if (a.loss_weights) row_lw[g] = a.loss_weights[row];
       bool finite, poisoned;
-      const T max = RowMax(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, C, finite, poisoned);
+      const T max = RowMax(d, a, logits_dtype, base, C, finite, poisoned);
       if (!finite && a.check_inputs) r.bad_input = true;
-      const T rest = RowExpAndRest(d, a, DTypeOf<kFloat32>(a.logits_dtype), base, C, max, row_e);
+      const T rest = RowExpAndRest(d, a, logits_dtype, base, C, max, row_e);
       row_max[g] = max;
       row_rest[g] = rest;
       // An ignored row takes its max as x_y: log p_y ≤ 0 keeps its (unused) focal term finite.
       row_xy[g] = max;
       if (y >= 0) {
         row_valid[g] = 1;
-        row_xy[g] = static_cast<T>(ScalarAt(a.logits, DTypeOf<kFloat32>(a.logits_dtype), base + y));
+        row_xy[g] = static_cast<T>(ScalarAt(a.logits, logits_dtype, base + y));
         row_alpha[g] = a.class_alpha ? static_cast<T>(a.class_alpha[y]) : T(1);
         row_w[g] = static_cast<T>(ItemWeight<T>(a, row));
         if (poisoned && a.propagate_nan) {
@@ -88,22 +89,22 @@ ChunkResult SoftmaxRowsChunk(const KernelArgs& args, int64_t begin, int64_t end)
     sum.Add(d, loss);
     for (int64_t g = 0; g < rows; ++g) {
       const int64_t row = first + g, base = row * C;
-      if (a.losses) StoreScalar(row_loss[g], a.losses, DTypeOf<kFloat32>(a.output_dtype), row);
+      if (a.losses) StoreScalar(row_loss[g], a.losses, output_dtype, row);
       if (!a.gradient) continue;
       if (row_y[g] < 0) {  // ignored: gradient 0, whatever its logits hold
-        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
+        for (int64_t c = 0; c < C; ++c) StoreScalar(0, a.gradient, output_dtype, base + c);
         continue;
       }
       const T* const row_e = e + g * C;
       const auto kp = hn::Set(d, row_k[g]);
       int64_t c = 0;
       for (; c + lanes <= C; c += lanes) {
-        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
+        StoreFloat(d, math::SoftmaxFocalGradAt(o, kp, hn::LoadU(d, row_e + c)), a.gradient, output_dtype, base + c);
       }
       for (; c < C; ++c) {
-        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + c);
+        StoreScalar(math::SoftmaxFocalGradAt(so, row_k[g], row_e[c]), a.gradient, output_dtype, base + c);
       }
-      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, DTypeOf<kFloat32>(a.output_dtype), base + row_y[g]);
+      if (row_y[g] >= 0) StoreScalar(row_fix[g], a.gradient, output_dtype, base + row_y[g]);
     }
   }
   r.loss_sum = sum.Total();
@@ -340,7 +341,7 @@ template <typename T>
 ChunkResult SoftmaxTyped(const KernelArgs& a, int64_t begin, int64_t end) {
   if (a.inner != 1) return SoftmaxStridedChunk<T>(a, begin, end);
   if (a.smoothing != 0) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
-  if (std::is_same_v<T, float> && a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32) {
+  if (std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a)) {
     return SoftmaxRowsChunk<T, true>(a, begin, end);
   }
   return SoftmaxRowsChunk<T, false>(a, begin, end);

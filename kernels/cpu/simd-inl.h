@@ -293,6 +293,11 @@ HWY_INLINE DType DTypeOf(DType dtype) {
   return kFloat32 ? DType::kFloat32 : dtype;
 }
 
+/// Whether a job's logits and outputs are both float32: the chunks compiled with kFloat32 serve it.
+HWY_INLINE bool LogitsAndOutputsAreFloat32(const KernelArgs& a) {
+  return a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32;
+}
+
 /// Lanes [i, i + Lanes(d)) of a floating tensor, widened to T.
 template <class D>
 HWY_INLINE hn::Vec<D> LoadFloat(D d, const void* base, DType dtype, int64_t i) {
