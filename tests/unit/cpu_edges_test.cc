@@ -132,6 +132,33 @@ TEST(ExtremeLogits, EveryVariantAndGammaStaysFiniteAndCorrect) {
   }
 }
 
+// focal_star's z = γ(2t-1)x + β overflows float32 to ±∞ for |x| near 3.4e38 and γ > 1: the loss
+// is still α_t max(-(x_t + β/γ), 0) + log1p(e^-|z|)/γ with e^-|z| = 0, so 0 or α_t |x_t + β/γ|,
+// and the gradient -α_t (2t-1) σ(-z) is 0 or -α_t (2t-1) exactly.
+TEST(ExtremeLogits, FocalStarWhoseShiftedLogitOverflows) {
+  const std::vector<double> x = {3e38, -3e38, 3.4e38, -3.4e38, 2e38, -2e38, 1e38, -1e38};
+  const std::vector<double> t = {1, 1, 0, 0, 1, 0, 0, 1};
+  const HostTensor logits = MakeTensor(DType::kFloat32, {8}, x), targets = MakeTensor(DType::kFloat32, {8}, t);
+  const std::vector<double> stored = testing::Values(logits.view());  // x as float32 holds it
+  for (double gamma : {1.0, 2.0, 4.0})
+    for (double beta : {0.0, 1.0}) {
+      SCOPED_TRACE("γ " + std::to_string(gamma) + " β " + std::to_string(beta));
+      const auto r = Compute(MakeJob(Spec(FocalStarParams{gamma, beta, 0.25, std::nullopt}), logits, targets,
+                                     Reduction::kNone));
+      ASSERT_TRUE(r.ok()) << r.status();
+      const std::vector<double> items = testing::Values(r->losses->view());
+      const std::vector<double> grad = testing::Values(r->gradient->view());
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double alpha_t = t[i] == 1 ? 0.25 : 0.75, sign = 2 * t[i] - 1;
+        const double x_t = sign * stored[i];
+        // |x_t| ≥ 1e38 dwarfs β/γ ≤ 1: the float32 loss is α_t|x_t| rounded, within 2 ulp.
+        const double want = x_t > 0 ? 0 : alpha_t * -x_t;
+        EXPECT_LE(std::fabs(items[i] - want), 0x1p-22 * want) << "item " << i;
+        EXPECT_EQ(grad[i], x_t > 0 ? 0.0 : -alpha_t * sign) << "item " << i;
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct DTypeCase {
