@@ -201,8 +201,9 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int6
 /// [N, C, S] softmax focal: each lane is its own row (a position s of one n), and the class
 /// loop reads x[n, c, s..s+L) at stride S, in place. The per-position state stays in
 /// registers; e^(x - max) is kept per class and lane between the softmax and gradient passes
-/// (one exp per logit), and the target's logit and α are gathered once per position.
-template <class D>
+/// (one exp per logit), and the target's logit and α are gathered once per position. kFloat32:
+/// logits and outputs are float32 (DTypeOf), so loads and stores have no dtype switch.
+template <bool kFloat32, class D>
 HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const math::Gamma<hn::Vec<D>>& gamma,
                                     const math::LabelSmoothing<hn::Vec<D>>& smoothing, hn::TFromD<D>* e,
                                     LossSum<D>& sum, ChunkResult& r) {
@@ -211,12 +212,13 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   using TI = hn::TFromD<decltype(di)>;
   const HwyOps<D> o{d};
   const int64_t C = a.classes, S = a.inner;
+  const DType logits_dtype = DTypeOf<kFloat32>(a.logits_dtype), output_dtype = DTypeOf<kFloat32>(a.output_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const int64_t n = p / S, s = p % S;
   const int64_t base = n * C * S + s;
   const auto y = LoadClassIndex(di, a, p);
   const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
-  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, a.logits_dtype, base + c * S); };
+  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, logits_dtype, base + c * S); };
   auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
   // Pass 1: the max, and whether every logit of each position is finite. Each class is its
   // own memory stream; prefetching the lanes two groups ahead keeps C streams flowing.
@@ -224,7 +226,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   auto max = hn::Neg(inf);
   auto finite = hn::Eq(max, max);
   auto below_inf = finite;  // no NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6)
-  const size_t elem = DTypeSize(a.logits_dtype);
+  const size_t elem = DTypeSize(logits_dtype);
   const char* const logits = static_cast<const char*>(a.logits);
   const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
   for (int64_t c = 0; c < C; ++c) {
@@ -265,7 +267,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
       for (int64_t c = 0; c < C; ++c) {
         const auto other = math::SoftmaxFocalGradAt(o, rg.coef_e, hn::LoadU(d, e + c * L));
         const auto g = hn::IfThenElse(is_y(c), rg.grad_y, other);
-        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, a.output_dtype, base + c * S);
+        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, output_dtype, base + c * S);
       }
     }
   } else {
@@ -283,7 +285,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
       for (int64_t c = 0; c < C; ++c) {
         const auto weight = math::SmoothedWeight(o, smoothing, is_y(c), alpha_at(c));
         const auto g = math::SoftmaxFocalSmoothedGrad(o, log_prob(c), weight, W, w, gamma);
-        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, a.output_dtype, base + c * S);
+        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, output_dtype, base + c * S);
       }
     }
   }
@@ -298,16 +300,16 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
       HWY_ALIGN T lanes[hn::MaxLanes(d)];
       hn::Store(hn::IfThenElseZero(nan_rows, nan), d, lanes);
       for (int64_t k = 0; k < L; ++k) {
-        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, a.output_dtype, base + c * S + k);
+        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, output_dtype, base + c * S + k);
       }
     }
   }
   if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, p));
   sum.Add(d, loss);
-  if (a.losses) StoreFloat(d, loss, a.losses, a.output_dtype, p);
+  if (a.losses) StoreFloat(d, loss, a.losses, output_dtype, p);
 }
 
-template <typename T>
+template <typename T, bool kFloat32>
 ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   // A local copy, as the elementwise chunks take: the class loops store (e, the gradient)
   // through vector stores that may alias anything, and re-read every field of the caller's
@@ -329,8 +331,8 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t p = begin; p < end;) {
     const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
-    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup(d, a, p, gamma, smoothing, e, sum, r);
-    for (; p < row_end; ++p) SoftmaxStridedGroup(d1, a, p, gamma1, smoothing1, e, tail_sum, r);
+    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup<kFloat32>(d, a, p, gamma, smoothing, e, sum, r);
+    for (; p < row_end; ++p) SoftmaxStridedGroup<kFloat32>(d1, a, p, gamma1, smoothing1, e, tail_sum, r);
   }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
@@ -339,12 +341,12 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
 /// float64 logits compute in double; every other dtype in float.
 template <typename T>
 ChunkResult SoftmaxTyped(const KernelArgs& a, int64_t begin, int64_t end) {
-  if (a.inner != 1) return SoftmaxStridedChunk<T>(a, begin, end);
-  if (a.smoothing != 0) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
-  if (std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a)) {
-    return SoftmaxRowsChunk<T, true>(a, begin, end);
+  const bool float32 = std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a);
+  if (a.inner != 1) {
+    return float32 ? SoftmaxStridedChunk<T, true>(a, begin, end) : SoftmaxStridedChunk<T, false>(a, begin, end);
   }
-  return SoftmaxRowsChunk<T, false>(a, begin, end);
+  if (a.smoothing != 0) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
+  return float32 ? SoftmaxRowsChunk<T, true>(a, begin, end) : SoftmaxRowsChunk<T, false>(a, begin, end);
 }
 
 ChunkResult SoftmaxChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {
