@@ -221,7 +221,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, logits_dtype, base + c * S); };
   auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
   // Pass 1: the max, and whether every logit of each position is finite. Each class is its
-  // own memory stream; prefetching the lanes two groups ahead keeps C streams flowing.
+  // own memory stream; prefetching the lanes eight groups ahead keeps C streams flowing.
   const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
   auto max = hn::Neg(inf);
   auto finite = hn::Eq(max, max);

@@ -690,12 +690,16 @@ template <class Ops, class V>
 FOCAL_HD LossGrad<V> Varifocal(const Ops& o, const VarifocalConsts<V>& c, V x, V q) {
   const SigmoidParts<V> s = Sigmoid(o, x);
   const auto positive = o.Lt(o.Zero(), q);
-  const V w = c.iou_weighted ? q : o.Set(1);
   const V softplus = o.Neg(s.log_q);
   const V mod = Modulating(o, s.p, [&] { return s.log_p; }, c.gamma);
   const V negative_weight = c.alpha * mod;
-  return {o.Select(positive, w * SoftCrossEntropy(o, s, q), negative_weight * softplus),
-          o.Select(positive, w * SigmoidMinus(o, s, q), negative_weight * (c.gamma.value * s.q * softplus + s.p))};
+  const LossGrad<V> negative = {negative_weight * softplus, negative_weight * (c.gamma.value * s.q * softplus + s.p)};
+  // Every q = 0 (most vectors of a detection batch): the negatives' terms alone, the same
+  // operations as the select below takes for them, so the same bits.
+  if (o.AllTrue(o.Eq(q, o.Zero()))) return negative;
+  const V w = c.iou_weighted ? q : o.Set(1);
+  return {o.Select(positive, w * SoftCrossEntropy(o, s, q), negative.loss),
+          o.Select(positive, w * SigmoidMinus(o, s, q), negative.grad)};
 }
 
 /// §5.4's per-job constants: γ > 0 (checked), β, and 1/γ.
