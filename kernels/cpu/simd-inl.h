@@ -254,6 +254,7 @@ struct HwyOps {
   HWY_INLINE V IfThenElseZero(M m, V a) const { return hn::IfThenElseZero(m, a); }
   HWY_INLINE V IfThenZeroElse(M m, V a) const { return hn::IfThenZeroElse(m, a); }
   HWY_INLINE V MulAdd(V a, V b, V c) const { return hn::MulAdd(a, b, c); }
+  HWY_INLINE V MulSub(V a, V b, V c) const { return hn::MulSub(a, b, c); }
 };
 
 // ------------------------------------------------------------------------------------------

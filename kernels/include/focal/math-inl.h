@@ -322,8 +322,9 @@ FOCAL_HD LossGrad<V> SigmoidFocalHard(const Ops& o, V x, V sign, V alpha_t, cons
   const SigmoidParts<V> s = Sigmoid(o, sign * x);
   const V mod = Modulating(o, s.q, [&] { return s.log_q; }, gamma);  // (1-p_t)^γ
   const V loss = alpha_t * mod * o.Neg(s.log_p);
-  // ∂ℓ/∂x = s α_t (1-p_t)^γ (γ p_t log p_t - (1-p_t)): the apex/mmcv form, no (γ-1) power.
-  const V grad = sign * alpha_t * mod * (gamma.value * s.p * s.log_p - s.q);
+  // ∂ℓ/∂x = s α_t (1-p_t)^γ (γ p_t log p_t - (1-p_t)): the apex/mmcv form, no (γ-1) power;
+  // γ p_t log p_t - (1-p_t) in one fused step after the log, the last to arrive.
+  const V grad = sign * alpha_t * mod * o.MulSub(gamma.value * s.p, s.log_p, s.q);
   return {loss, grad};
 }
 
@@ -585,7 +586,7 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
   if (positives) {
     const V mod_pos = Modulating(o, s.q, [&] { return s.log_q; }, c.gamma_pos);
     loss_pos = mod_pos * o.Neg(s.log_p);
-    grad_pos = mod_pos * (c.gamma_pos.value * s.p * s.log_p - s.q);
+    grad_pos = mod_pos * o.MulSub(c.gamma_pos.value * s.p, s.log_p, s.q);  // as SigmoidFocalHard
   }
   // L-: ∂/∂x = p(1-p) p_m^γ- [γ- r + 1/(1-p_m)], r = -log(1-p_m)/p_m → 1 as p_m → 0, so that
   // γ- < 1 raises nothing to a negative power.
@@ -624,10 +625,11 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
       grad_neg = o.IfThenElseZero(active, mod_neg * o.MulAdd(c.gamma_neg.value * r, pq, pq_over));
     }
   }
+  // Every t = 0: the weight 1 - t is 1, and L- is the result as it stands (1·v is v).
+  if (!positives) return {loss_neg, grad_neg};
   const V u = one - t;
   // A term of weight 0 adds nothing, even where it is infinite (an infinite logit under
   // allow_non_finite), as PyTorch's ASL gives; so a skipped term's 0 is the same bits.
-  if (!positives) return {u * loss_neg, u * grad_neg};
   const auto has_pos = o.Lt(zero, t), has_neg = o.Lt(zero, u);
   return {o.IfThenElseZero(has_pos, t * loss_pos) + o.IfThenElseZero(has_neg, u * loss_neg),
           o.IfThenElseZero(has_pos, t * grad_pos) + o.IfThenElseZero(has_neg, u * grad_neg)};

@@ -54,6 +54,8 @@ struct ScalarOps {
   /// a·b + c as written: nvcc contracts it to an fma as it would the expression at the call
   /// site; the Highway policy's is fused wherever the target has FMA.
   FOCAL_HD V MulAdd(V a, V b, V c) const { return a * b + c; }
+  /// a·b - c, as MulAdd.
+  FOCAL_HD V MulSub(V a, V b, V c) const { return a * b - c; }
 };
 
 }  // namespace focal
