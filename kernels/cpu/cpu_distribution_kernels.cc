@@ -202,10 +202,9 @@ ChunkResult DistributionStridedChunk(const KernelArgs& args, int64_t begin, int6
 template <typename T>
 ChunkResult DistributionTyped(const KernelArgs& a, int64_t begin, int64_t end) {
   if (a.inner != 1) return DistributionStridedChunk<T>(a, begin, end);
-  if (std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a)) {
-    return DistributionRowsChunk<T, true>(a, begin, end);
-  }
-  return DistributionRowsChunk<T, false>(a, begin, end);
+  return RunFloat32OrGeneral<T>(LogitsAndOutputsAreFloat32(a), [&](auto float32_form) {
+    return DistributionRowsChunk<T, decltype(float32_form)::value>(a, begin, end);
+  });
 }
 
 ChunkResult DistributionChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {

@@ -220,12 +220,10 @@ ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
 template <ElementFormula F, typename T>
 ChunkResult ElementwiseTyped(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
   if (kind == KernelKind::kElementwiseIndexTargets) return IndexTargetChunk<F, T>(a, begin, end);
-  if constexpr (std::is_same_v<T, float>) {
-    if (LogitsAndOutputsAreFloat32(a) && a.targets_dtype == DType::kFloat32) {
-      return FloatTargetChunk<F, T, true>(a, begin, end);
-    }
-  }
-  return FloatTargetChunk<F, T, false>(a, begin, end);
+  const bool float32 = LogitsAndOutputsAreFloat32(a) && a.targets_dtype == DType::kFloat32;
+  return RunFloat32OrGeneral<T>(float32, [&](auto float32_form) {
+    return FloatTargetChunk<F, T, decltype(float32_form)::value>(a, begin, end);
+  });
 }
 
 template <typename T>

@@ -341,12 +341,12 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
 /// float64 logits compute in double; every other dtype in float.
 template <typename T>
 ChunkResult SoftmaxTyped(const KernelArgs& a, int64_t begin, int64_t end) {
-  const bool float32 = std::is_same_v<T, float> && LogitsAndOutputsAreFloat32(a);
-  if (a.inner != 1) {
-    return float32 ? SoftmaxStridedChunk<T, true>(a, begin, end) : SoftmaxStridedChunk<T, false>(a, begin, end);
-  }
-  if (a.smoothing != 0) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
-  return float32 ? SoftmaxRowsChunk<T, true>(a, begin, end) : SoftmaxRowsChunk<T, false>(a, begin, end);
+  if (a.smoothing != 0 && a.inner == 1) return SoftmaxSmoothedRowsChunk<T>(a, begin, end);
+  return RunFloat32OrGeneral<T>(LogitsAndOutputsAreFloat32(a), [&](auto float32_form) {
+    constexpr bool kFloat32 = decltype(float32_form)::value;
+    if (a.inner != 1) return SoftmaxStridedChunk<T, kFloat32>(a, begin, end);
+    return SoftmaxRowsChunk<T, kFloat32>(a, begin, end);
+  });
 }
 
 ChunkResult SoftmaxChunkImpl(const KernelArgs& a, int64_t begin, int64_t end) {

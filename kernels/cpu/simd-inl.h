@@ -299,6 +299,18 @@ HWY_INLINE bool LogitsAndOutputsAreFloat32(const KernelArgs& a) {
   return a.logits_dtype == DType::kFloat32 && a.output_dtype == DType::kFloat32;
 }
 
+/// A chunk in compute type T through its kFloat32 form where `float32` holds (the job's tensors
+/// are float32; see DTypeOf) and through its general form otherwise: `chunk(std::true_type{})`
+/// or `chunk(std::false_type{})`. The kFloat32 form exists for float alone: float64 logits never
+/// take it, so it is not compiled for double.
+template <typename T, class Chunk>
+HWY_INLINE ChunkResult RunFloat32OrGeneral(bool float32, const Chunk& chunk) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (float32) return chunk(std::true_type{});
+  }
+  return chunk(std::false_type{});
+}
+
 /// Lanes [i, i + Lanes(d)) of a floating tensor, widened to T.
 template <class D>
 HWY_INLINE hn::Vec<D> LoadFloat(D d, const void* base, DType dtype, int64_t i) {
