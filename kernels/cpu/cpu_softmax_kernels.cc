@@ -219,13 +219,13 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   const auto y = LoadClassIndex(di, a, p);
   const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
   auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, logits_dtype, base + c * S); };
-  auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
-  // Pass 1: the max, and whether every logit of each position is finite. Each class is its
-  // own memory stream; prefetching the lanes eight groups ahead keeps C streams flowing.
+  // The classes' index as a vector that counts up with the class loops (no broadcast of c).
+  const auto one_i = hn::Set(di, 1);
+  // Pass 1: the max and min, and whether every logit of each position is finite: x - x is +0
+  // for a finite x and NaN otherwise, so the OR of them is 0 in finite lanes alone. Each class
+  // is its own memory stream; prefetching the lanes eight groups ahead keeps C streams flowing.
   const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
-  auto max = hn::Neg(inf);
-  auto finite = hn::Eq(max, max);
-  auto below_inf = finite;  // no NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6)
+  auto max = hn::Neg(inf), min = inf, non_finite = hn::Zero(d);
   const size_t elem = DTypeSize(logits_dtype);
   const char* const logits = static_cast<const char*>(a.logits);
   const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
@@ -233,25 +233,51 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
     if (prefetch) hwy::Prefetch(logits + (base + c * S + 8 * L) * elem);
     const auto x = x_at(c);
     max = hn::Max(max, x);
-    finite = hn::And(finite, hn::IsFinite(x));
-    below_inf = hn::And(below_inf, hn::Lt(x, inf));
+    min = hn::Min(min, x);
+    non_finite = hn::Or(non_finite, hn::Sub(x, x));
   }
-  if (a.check_inputs && !hn::AllTrue(d, finite)) r.bad_input = true;
+  const auto finite = hn::Eq(non_finite, hn::Zero(d));
+  const bool all_finite = hn::AllTrue(d, finite);
+  if (a.check_inputs && !all_finite) r.bad_input = true;
+  // No NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6). Finite lanes have
+  // none; a group with a non-finite logit (rare) reads its classes again to tell them apart.
+  auto below_inf = finite;
+  if (!all_finite) {
+    below_inf = hn::FirstN(d, static_cast<size_t>(L));
+    for (int64_t c = 0; c < C; ++c) below_inf = hn::And(below_inf, hn::Lt(x_at(c), inf));
+  }
   // Rows with a softmax: no NaN or +inf, and some logit above -inf. Label-smoothed rows give
   // every class a term, so there any non-finite logit makes the row NaN.
   const auto has_softmax = a.smoothing == 0 ? hn::And(below_inf, hn::Gt(max, hn::Neg(inf))) : finite;
   // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::Rest);
-  // the target's logit and α captured by select, without a gather.
+  // the target's logit captured by select, without a gather. Where every e of the group is
+  // normal (the classes' span from min to max, the usual case), the exp skips its range check.
   // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
-  auto below = hn::Zero(d), ties = hn::Zero(d), x_y = max, alpha_y = hn::Set(d, 1);
-  for (int64_t c = 0; c < C; ++c) {
-    const auto x = x_at(c);
-    const auto ex = math::ExpAboutMax(o, x, max);
-    hn::StoreU(ex, d, e + c * L);
-    below = hn::Add(below, math::RestTermOf(o, x, max, ex));
-    ties = hn::Add(ties, math::TieTerm(o, x, max));
-    x_y = hn::IfThenElse(is_y(c), x, x_y);
-    if (a.class_alpha) alpha_y = hn::IfThenElse(is_y(c), hn::Set(d, static_cast<T>(a.class_alpha[c])), alpha_y);
+  auto below = hn::Zero(d), ties = hn::Zero(d), x_y = max;
+  auto exp_pass = [&](auto normal) {
+    auto class_c = hn::Zero(di);
+    for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
+      const auto x = x_at(c);
+      const auto ex = decltype(normal)::value ? math::ExpAboutMaxNormal(o, x, max) : math::ExpAboutMax(o, x, max);
+      hn::StoreU(ex, d, e + c * L);
+      below = hn::Add(below, math::RestTermOf(o, x, max, ex));
+      ties = hn::Add(ties, math::TieTerm(o, x, max));
+      x_y = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y, class_c)), x, x_y);
+    }
+  };
+  if (all_finite && hn::AllTrue(d, math::ExpAboutMaxIsNormal(o, min, max))) {
+    exp_pass(std::true_type());
+  } else {
+    exp_pass(std::false_type());
+  }
+  // α of the target class, per lane (1 where ignored): L reads instead of a select per class.
+  auto alpha_y = hn::Set(d, 1);
+  if (a.class_alpha) {
+    HWY_ALIGN TI ys[hn::MaxLanes(di)];
+    HWY_ALIGN T alphas[hn::MaxLanes(d)];
+    hn::Store(y, di, ys);
+    for (int64_t k = 0; k < L; ++k) alphas[k] = ys[k] >= 0 && ys[k] < C ? static_cast<T>(a.class_alpha[ys[k]]) : T(1);
+    alpha_y = hn::Load(d, alphas);
   }
   const auto rest = math::Rest(o, below, ties);
   const auto log_norm = math::LogNormalizer(o, rest);
@@ -264,14 +290,25 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
                                                                       math::SoftmaxOptionsOf(a));
     loss = rg.loss;
     if (a.gradient) {
-      for (int64_t c = 0; c < C; ++c) {
-        const auto other = math::SoftmaxFocalGradAt(o, rg.coef_e, hn::LoadU(d, e + c * L));
-        const auto g = hn::IfThenElse(is_y(c), rg.grad_y, other);
-        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, output_dtype, base + c * S);
+      // Groups with an ignored position zero its lanes; the others need no mask.
+      auto grad_pass = [&](auto masked) {
+        auto class_c = hn::Zero(di);
+        for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
+          const auto other = math::SoftmaxFocalGradAt(o, rg.coef_e, hn::LoadU(d, e + c * L));
+          auto g = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y, class_c)), rg.grad_y, other);
+          if (decltype(masked)::value) g = hn::IfThenElseZero(valid, g);
+          StoreFloat(d, g, a.gradient, output_dtype, base + c * S);
+        }
+      };
+      if (hn::AllTrue(d, valid)) {
+        grad_pass(std::false_type());
+      } else {
+        grad_pass(std::true_type());
       }
     }
   } else {
     // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c (math::SoftmaxFocalSmoothedClass).
+    auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
     auto alpha_at = [&](int64_t c) { return o.Set(a.class_alpha ? a.class_alpha[c] : 1.0); };
     auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
     loss = hn::Zero(d);

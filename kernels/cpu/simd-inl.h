@@ -72,14 +72,25 @@ struct HwyOps {
   HWY_INLINE V ExpNonPositive(V a) const {
     if constexpr (std::is_same_v<T, float>) {
       const hn::RebindToUnsigned<D> du;
-      if (HWY_LIKELY(hn::AllTrue(d, hn::Le(Set(-86), a)))) {
-        // k ≥ -124 and e^r ≥ √½: y·2^k is normal, and the clamp and the scaling have no work.
-        const ExpParts parts = ExpReduce(a);
-        return hn::BitCast(d, hn::Add(hn::BitCast(du, parts.y), parts.k_exponent));
-      }
+      if (HWY_LIKELY(hn::AllTrue(d, hn::Le(Set(kExpNormalFloor), a)))) return ExpNonPositiveNormal(a);
       const ExpParts parts = ExpReduce(hn::Max(a, Set(-120)));
       const auto biased = hn::Add(parts.k_exponent, hn::Set(du, uint32_t{64} << 23));
       return hn::Mul(hn::BitCast(d, hn::Add(hn::BitCast(du, parts.y), biased)), Set(0x1p-64));
+    } else {
+      return Exp(a);
+    }
+  }
+  /// Where every a is at least this, ExpNonPositive's results are all normal (in float).
+  static constexpr double kExpNormalFloor = -86;
+  /// ExpNonPositive for a ∈ [kExpNormalFloor, 0] in every lane, which the caller has checked
+  /// for many vectors at once (a softmax position's classes from their min and max): the same
+  /// bits, without the per-vector check.
+  HWY_INLINE V ExpNonPositiveNormal(V a) const {
+    if constexpr (std::is_same_v<T, float>) {
+      // k ≥ -124 and e^r ≥ √½: y·2^k is normal, and the clamp and the scaling have no work.
+      const hn::RebindToUnsigned<D> du;
+      const ExpParts parts = ExpReduce(a);
+      return hn::BitCast(d, hn::Add(hn::BitCast(du, parts.y), parts.k_exponent));
     } else {
       return Exp(a);
     }

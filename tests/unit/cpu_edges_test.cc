@@ -426,6 +426,67 @@ TEST(Determinism, AnElementsResultsDoNotDependOnItsLane) {
   }
 }
 
+// The strided softmax takes a shorter exp for a vector of positions whose classes all span
+// less than the exp's normal range, skips the ignored-lane mask where no lane is ignored, and
+// reads a vector's classes again when one is not finite: each position's results must be the
+// same whatever its neighbours hold. Each position is computed again in a tensor whose every
+// position is a copy of it, so that its vectors are all of one kind.
+TEST(Determinism, AStridedPositionsResultsDoNotDependOnItsNeighbours) {
+  constexpr int64_t kN = 2, kC = 5, kS = 40;
+  const std::vector<double> normal = testing::RandomNormal(static_cast<size_t>(kN * kC * kS), 3, 31);
+  const std::vector<double> classes = testing::RandomClasses(static_cast<size_t>(kN * kS), kC, 32);
+  std::vector<double> x = normal, y = classes;
+  auto at = [](int64_t n, int64_t c, int64_t s) { return static_cast<size_t>((n * kC + c) * kS + s); };
+  for (int64_t n = 0; n < kN; ++n) {
+    for (int64_t s = 0; s < kS; ++s) {
+      switch ((n * kS + s) % 7) {
+        case 1: x[at(n, 1, s)] = -100; break;  // e below the normal range
+        case 2: x[at(n, 3, s)] = -INFINITY; break;  // a masked class
+        case 3: y[static_cast<size_t>(n * kS + s)] = -100; break;  // ignored
+        case 4: x[at(n, 0, s)] = std::nan(""); break;
+        case 5: x[at(n, 2, s)] = INFINITY; break;
+        default: break;
+      }
+    }
+  }
+  auto same = [](double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+  for (double smoothing : {0.0, 0.1}) {
+    for (double gamma : {2.0, 0.5}) {
+      SCOPED_TRACE(::testing::Message() << "ε " << smoothing << " γ " << gamma);
+      LossSpec spec = Softmax(gamma, smoothing);
+      auto& params = std::get<SoftmaxFocalParams>(spec.params);
+      params.ignore_index = -100;
+      params.alpha = {0.5, 1, 2, 1, 0.25};
+      auto run = [&](const std::vector<double>& logits, const std::vector<double>& targets) {
+        const HostTensor logits_tensor = MakeTensor(DType::kFloat32, {kN, kC, kS}, logits);
+        const HostTensor targets_tensor = MakeTensor(DType::kInt64, {kN, kS}, targets);
+        LossJob job = MakeJob(spec, logits_tensor, targets_tensor, Reduction::kNone);
+        job.allow_non_finite = true;
+        auto r = Compute(job);
+        EXPECT_TRUE(r.ok()) << r.status();
+        return std::make_pair(testing::Values(r->losses->view()), testing::Values(r->gradient->view()));
+      };
+      const auto [losses, grad] = run(x, y);
+      int differing = 0;
+      for (int64_t n = 0; n < kN; ++n) {
+        for (int64_t s = 0; s < kS; ++s) {
+          std::vector<double> copies(x.size()), targets(y.size(), y[static_cast<size_t>(n * kS + s)]);
+          for (int64_t m = 0; m < kN; ++m) {
+            for (int64_t c = 0; c < kC; ++c) {
+              for (int64_t t = 0; t < kS; ++t) copies[at(m, c, t)] = x[at(n, c, s)];
+            }
+          }
+          const auto [one_losses, one_grad] = run(copies, targets);
+          bool agree = same(one_losses[static_cast<size_t>(n * kS + s)], losses[static_cast<size_t>(n * kS + s)]);
+          for (int64_t c = 0; c < kC; ++c) agree = agree && same(one_grad[at(n, c, s)], grad[at(n, c, s)]);
+          if (!agree && ++differing <= 3) ADD_FAILURE() << "position n " << n << " s " << s << " differs alone";
+        }
+      }
+      EXPECT_EQ(differing, 0) << "positions whose results differ among copies of themselves";
+    }
+  }
+}
+
 TEST(Invariants, ProbabilitiesInputEqualsLogitsInputThroughTheSigmoid) {
   const int64_t n = 8, c = 6;
   // |x| ≤ 4 keeps σ(x) away from the -100 clamp, and 1-σ(x) ≥ 0.018 so that rounding σ(x) to

@@ -24,6 +24,9 @@ struct ScalarOps {
   FOCAL_HD V Exp(V a) const { return std::exp(a); }
   /// e^a for a ≤ 0 (the SIMD policy's is a shorter evaluation there).
   FOCAL_HD V ExpNonPositive(V a) const { return std::exp(a); }
+  /// ExpNonPositive where the caller knows a ≥ kExpNormalFloor (no range check in SIMD).
+  static constexpr double kExpNormalFloor = -86;
+  FOCAL_HD V ExpNonPositiveNormal(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
   /// log(1 - y) for y ∈ [0, 1], given w = 1 - y as the caller computes it without cancellation
