@@ -199,152 +199,207 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int6
 }
 
 /// [N, C, S] softmax focal: each lane is its own row (a position s of one n), and the class
-/// loop reads x[n, c, s..s+L) at stride S, in place. The per-position state stays in
-/// registers; e^(x - max) is kept per class and lane between the softmax and gradient passes
-/// (one exp per logit), and the target's logit and α are gathered once per position. kFloat32:
-/// logits and outputs are float32 (DTypeOf), so loads and stores have no dtype switch.
-template <bool kFloat32, class D>
+/// loops read x[n, c, s..s+L) at stride S, in place. A group is NV vectors of positions, one
+/// cache line of each class: pass 1 reads each line whole at once and copies it to `xs`, so
+/// the later passes read L1 instead of strided memory, and the gradient pass writes each line
+/// whole. With S a power of two every class's line falls in the same cache set, where a line
+/// read in halves or twice was evicted in between. e^(x - max) is kept per class and lane
+/// between the softmax and gradient passes (one exp per logit). kFloat32: logits and outputs
+/// are float32 (DTypeOf), so loads and stores have no dtype switch.
+template <bool kFloat32, int NV, class D>
 HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const math::Gamma<hn::Vec<D>>& gamma,
                                     const math::LabelSmoothing<hn::Vec<D>>& smoothing, hn::TFromD<D>* e,
-                                    LossSum<D>& sum, ChunkResult& r) {
+                                    hn::TFromD<D>* xs, bool stream_gradient, LossSum<D>& sum, ChunkResult& r) {
   using T = hn::TFromD<D>;
   const hn::RebindToSigned<D> di;
   using TI = hn::TFromD<decltype(di)>;
+  using V = hn::Vec<D>;
+  using M = hn::Mask<D>;
   const HwyOps<D> o{d};
   const int64_t C = a.classes, S = a.inner;
   const DType logits_dtype = DTypeOf<kFloat32>(a.logits_dtype), output_dtype = DTypeOf<kFloat32>(a.output_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const int64_t n = p / S, s = p % S;
   const int64_t base = n * C * S + s;
-  const auto y = LoadClassIndex(di, a, p);
-  const auto valid = hn::RebindMask(d, hn::Gt(y, hn::Set(di, -1)));
-  auto x_at = [&](int64_t c) { return LoadFloat(d, a.logits, logits_dtype, base + c * S); };
+  // Vector v holds positions p + v L; its copies of x and its e are C vectors from xs_of(v), e_of(v).
+  auto xs_of = [&](int v) { return xs + v * C * L; };
+  auto e_of = [&](int v) { return e + v * C * L; };
+  auto at = [&](int64_t c, int v) { return base + c * S + v * L; };
   // The classes' index as a vector that counts up with the class loops (no broadcast of c).
   const auto one_i = hn::Set(di, 1);
+  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
+
   // Pass 1: the max and min, and whether every logit of each position is finite: x - x is +0
   // for a finite x and NaN otherwise, so the OR of them is 0 in finite lanes alone. Each class
-  // is its own memory stream; prefetching the lanes eight groups ahead keeps C streams flowing.
-  const auto inf = hn::Set(d, std::numeric_limits<T>::infinity());
-  auto max = hn::Neg(inf), min = inf, non_finite = hn::Zero(d);
+  // is its own memory stream; prefetching eight groups ahead keeps C streams flowing.
+  V max[NV], min[NV], non_finite[NV];
+  for (int v = 0; v < NV; ++v) max[v] = hn::Neg(inf), min[v] = inf, non_finite[v] = hn::Zero(d);
   const size_t elem = DTypeSize(logits_dtype);
   const char* const logits = static_cast<const char*>(a.logits);
-  const bool prefetch = s + 9 * L <= S;  // stay inside this n's rows
+  const bool prefetch = s + 9 * NV * L <= S;  // stay inside this n's rows
   for (int64_t c = 0; c < C; ++c) {
-    if (prefetch) hwy::Prefetch(logits + (base + c * S + 8 * L) * elem);
-    const auto x = x_at(c);
-    max = hn::Max(max, x);
-    min = hn::Min(min, x);
-    non_finite = hn::Or(non_finite, hn::Sub(x, x));
-  }
-  const auto finite = hn::Eq(non_finite, hn::Zero(d));
-  const bool all_finite = hn::AllTrue(d, finite);
-  if (a.check_inputs && !all_finite) r.bad_input = true;
-  // No NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6). Finite lanes have
-  // none; a group with a non-finite logit (rare) reads its classes again to tell them apart.
-  auto below_inf = finite;
-  if (!all_finite) {
-    below_inf = hn::FirstN(d, static_cast<size_t>(L));
-    for (int64_t c = 0; c < C; ++c) below_inf = hn::And(below_inf, hn::Lt(x_at(c), inf));
-  }
-  // Rows with a softmax: no NaN or +inf, and some logit above -inf. Label-smoothed rows give
-  // every class a term, so there any non-finite logit makes the row NaN.
-  const auto has_softmax = a.smoothing == 0 ? hn::And(below_inf, hn::Gt(max, hn::Neg(inf))) : finite;
-  // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::Rest);
-  // the target's logit captured by select, without a gather. Where every e of the group is
-  // normal (the classes' span from min to max, the usual case), the exp skips its range check.
-  // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
-  auto below = hn::Zero(d), ties = hn::Zero(d), x_y = max;
-  auto exp_pass = [&](auto normal) {
-    auto class_c = hn::Zero(di);
-    for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
-      const auto x = x_at(c);
-      const auto ex = decltype(normal)::value ? math::ExpAboutMaxNormal(o, x, max) : math::ExpAboutMax(o, x, max);
-      hn::StoreU(ex, d, e + c * L);
-      below = hn::Add(below, math::RestTermOf(o, x, max, ex));
-      ties = hn::Add(ties, math::TieTerm(o, x, max));
-      x_y = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y, class_c)), x, x_y);
+    if (prefetch) hwy::Prefetch(logits + at(c, 8 * NV) * elem);
+    for (int v = 0; v < NV; ++v) {
+      const V x = LoadFloat(d, a.logits, logits_dtype, at(c, v));
+      hn::StoreU(x, d, xs_of(v) + c * L);
+      max[v] = hn::Max(max[v], x);
+      min[v] = hn::Min(min[v], x);
+      non_finite[v] = hn::Or(non_finite[v], hn::Sub(x, x));
     }
-  };
-  if (all_finite && hn::AllTrue(d, math::ExpAboutMaxIsNormal(o, min, max))) {
-    exp_pass(std::true_type());
-  } else {
-    exp_pass(std::false_type());
   }
-  // α of the target class, per lane (1 where ignored): L reads instead of a select per class.
-  auto alpha_y = hn::Set(d, 1);
-  if (a.class_alpha) {
-    HWY_ALIGN TI ys[hn::MaxLanes(di)];
-    HWY_ALIGN T alphas[hn::MaxLanes(d)];
-    hn::Store(y, di, ys);
-    for (int64_t k = 0; k < L; ++k) alphas[k] = ys[k] >= 0 && ys[k] < C ? static_cast<T>(a.class_alpha[ys[k]]) : T(1);
-    alpha_y = hn::Load(d, alphas);
-  }
-  const auto rest = math::Rest(o, below, ties);
-  const auto log_norm = math::LogNormalizer(o, rest);
-  auto w = hn::Set(d, static_cast<T>(a.grad_scale));
-  if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, p));
-  w = hn::IfThenElseZero(valid, w);
-  hn::Vec<D> loss;
-  if (a.smoothing == 0) {
-    const math::SoftmaxRowGrad<hn::Vec<D>> rg = math::SoftmaxFocalRow(o, x_y, max, rest, alpha_y, w, gamma,
-                                                                      math::SoftmaxOptionsOf(a));
-    loss = rg.loss;
-    if (a.gradient) {
-      // Groups with an ignored position zero its lanes; the others need no mask.
-      auto grad_pass = [&](auto masked) {
-        auto class_c = hn::Zero(di);
-        for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
-          const auto other = math::SoftmaxFocalGradAt(o, rg.coef_e, hn::LoadU(d, e + c * L));
-          auto g = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y, class_c)), rg.grad_y, other);
-          if (decltype(masked)::value) g = hn::IfThenElseZero(valid, g);
-          StoreFloat(d, g, a.gradient, output_dtype, base + c * S);
-        }
-      };
-      if (hn::AllTrue(d, valid)) {
-        grad_pass(std::false_type());
-      } else {
-        grad_pass(std::true_type());
+
+  // Then each vector of positions up to its focal terms, and the gradient pass for the group.
+  hn::Vec<decltype(di)> y[NV];
+  M valid[NV], nan_rows[NV];
+  V coef_e[NV], grad_y[NV];
+  bool all_valid = true, any_nan = false;
+  for (int v = 0; v < NV; ++v) {
+    const int64_t pv = p + v * L;
+    y[v] = LoadClassIndex(di, a, pv);
+    valid[v] = hn::RebindMask(d, hn::Gt(y[v], hn::Set(di, -1)));
+    all_valid = all_valid && hn::AllTrue(d, valid[v]);
+    const T* const x_v = xs_of(v);
+    T* const e_v = e_of(v);
+    auto x_at = [&](int64_t c) { return hn::LoadU(d, x_v + c * L); };
+    const auto finite = hn::Eq(non_finite[v], hn::Zero(d));
+    const bool all_finite = hn::AllTrue(d, finite);
+    if (a.check_inputs && !all_finite) r.bad_input = true;
+    // No NaN and no +inf: -inf alone is a masked class (VARIANTS.md §5.6). Finite lanes have
+    // none; a vector with a non-finite logit (rare) reads its classes again to tell them apart.
+    auto below_inf = finite;
+    if (!all_finite) {
+      below_inf = hn::FirstN(d, static_cast<size_t>(L));
+      for (int64_t c = 0; c < C; ++c) below_inf = hn::And(below_inf, hn::Lt(x_at(c), inf));
+    }
+    // Rows with a softmax: no NaN or +inf, and some logit above -inf. Label-smoothed rows give
+    // every class a term, so there any non-finite logit makes the row NaN.
+    const auto has_softmax = a.smoothing == 0 ? hn::And(below_inf, hn::Gt(max[v], hn::Neg(inf))) : finite;
+    // Pass 2: e = e^(x - max), kept; rest = Σ e - 1 without the maximum's own 1 (math::Rest);
+    // the target's logit captured by select, without a gather. Where every e of the vector is
+    // normal (the classes' span from min to max, the usual case), the exp skips its range check.
+    // x_y starts at the max, so an ignored position's (unused) focal term stays finite.
+    auto below = hn::Zero(d), ties = hn::Zero(d), x_y = max[v];
+    const V m = max[v];
+    const auto yv = y[v];
+    auto exp_pass = [&](auto normal) {
+      auto class_c = hn::Zero(di);
+      for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
+        const auto x = x_at(c);
+        const auto ex = decltype(normal)::value ? math::ExpAboutMaxNormal(o, x, m) : math::ExpAboutMax(o, x, m);
+        hn::StoreU(ex, d, e_v + c * L);
+        below = hn::Add(below, math::RestTermOf(o, x, m, ex));
+        ties = hn::Add(ties, math::TieTerm(o, x, m));
+        x_y = hn::IfThenElse(hn::RebindMask(d, hn::Eq(yv, class_c)), x, x_y);
       }
+    };
+    if (all_finite && hn::AllTrue(d, math::ExpAboutMaxIsNormal(o, min[v], m))) {
+      exp_pass(std::true_type());
+    } else {
+      exp_pass(std::false_type());
     }
-  } else {
-    // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c (math::SoftmaxFocalSmoothedClass).
-    auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(y, hn::Set(di, static_cast<TI>(c)))); };
-    auto alpha_at = [&](int64_t c) { return o.Set(a.class_alpha ? a.class_alpha[c] : 1.0); };
-    auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), max, log_norm); };
-    loss = hn::Zero(d);
-    auto W = hn::Zero(d);
-    for (int64_t c = 0; c < C; ++c) {
-      const auto cls = math::SoftmaxFocalSmoothedClass(o, log_prob(c), is_y(c), alpha_at(c), smoothing, gamma);
-      loss = hn::MulAdd(cls.weight, cls.term.f, loss);
-      W = hn::MulAdd(cls.weight, cls.term.g, W);
+    // α of the target class, per lane (1 where ignored): L reads instead of a select per class.
+    auto alpha_y = hn::Set(d, 1);
+    if (a.class_alpha) {
+      HWY_ALIGN TI ys[hn::MaxLanes(di)];
+      HWY_ALIGN T alphas[hn::MaxLanes(d)];
+      hn::Store(yv, di, ys);
+      for (int64_t k = 0; k < L; ++k) alphas[k] = ys[k] >= 0 && ys[k] < C ? static_cast<T>(a.class_alpha[ys[k]]) : T(1);
+      alpha_y = hn::Load(d, alphas);
     }
-    if (a.gradient) {
+    const auto rest = math::Rest(o, below, ties);
+    const auto log_norm = math::LogNormalizer(o, rest);
+    auto w = hn::Set(d, static_cast<T>(a.grad_scale));
+    if (a.item_weights) w = hn::Mul(w, LoadFloat(d, a.item_weights, DType::kFloat32, pv));
+    w = hn::IfThenElseZero(valid[v], w);
+    V loss;
+    if (a.smoothing == 0) {
+      const math::SoftmaxRowGrad<V> rg = math::SoftmaxFocalRow(o, x_y, m, rest, alpha_y, w, gamma,
+                                                               math::SoftmaxOptionsOf(a));
+      loss = rg.loss;
+      coef_e[v] = rg.coef_e;
+      grad_y[v] = rg.grad_y;
+    } else {
+      // ℓ = Σ_c weight_c f_c and W = Σ_c weight_c g_c (math::SoftmaxFocalSmoothedClass).
+      coef_e[v] = grad_y[v] = hn::Zero(d);  // unused: the gradient is written here
+      auto is_y = [&](int64_t c) { return hn::RebindMask(d, hn::Eq(yv, hn::Set(di, static_cast<TI>(c)))); };
+      auto alpha_at = [&](int64_t c) { return o.Set(a.class_alpha ? a.class_alpha[c] : 1.0); };
+      auto log_prob = [&](int64_t c) { return math::LogProb(o, x_at(c), m, log_norm); };
+      loss = hn::Zero(d);
+      auto W = hn::Zero(d);
       for (int64_t c = 0; c < C; ++c) {
-        const auto weight = math::SmoothedWeight(o, smoothing, is_y(c), alpha_at(c));
-        const auto g = math::SoftmaxFocalSmoothedGrad(o, log_prob(c), weight, W, w, gamma);
-        StoreFloat(d, hn::IfThenElseZero(valid, g), a.gradient, output_dtype, base + c * S);
+        const auto cls = math::SoftmaxFocalSmoothedClass(o, log_prob(c), is_y(c), alpha_at(c), smoothing, gamma);
+        loss = hn::MulAdd(cls.weight, cls.term.f, loss);
+        W = hn::MulAdd(cls.weight, cls.term.g, W);
+      }
+      if (a.gradient) {
+        for (int64_t c = 0; c < C; ++c) {
+          const auto weight = math::SmoothedWeight(o, smoothing, is_y(c), alpha_at(c));
+          const auto g = math::SoftmaxFocalSmoothedGrad(o, log_prob(c), weight, W, w, gamma);
+          StoreFloat(d, hn::IfThenElseZero(valid[v], g), a.gradient, output_dtype, at(c, v));
+        }
       }
     }
+    loss = hn::IfThenElseZero(valid[v], loss);
+    nan_rows[v] = hn::AndNot(has_softmax, valid[v]);  // counted positions without a softmax
+    if (a.propagate_nan && !hn::AllFalse(d, nan_rows[v])) {
+      // allow_non_finite: a counted position with a NaN or +inf logit has a NaN loss and
+      // gradient (an ignored one contributes 0, as VARIANTS.md says of every ignored item).
+      loss = hn::IfThenElse(nan_rows[v], hn::Set(d, std::numeric_limits<T>::quiet_NaN()), loss);
+      any_nan = true;
+    }
+    if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, pv));
+    sum.Add(d, loss);
+    if (a.losses) StoreFloat(d, loss, a.losses, output_dtype, pv);
   }
-  loss = hn::IfThenElseZero(valid, loss);
-  const auto nan_rows = hn::AndNot(has_softmax, valid);  // counted positions without a softmax
-  if (a.propagate_nan && !hn::AllFalse(d, nan_rows)) {
-    // allow_non_finite: a counted position with a NaN or +inf logit has a NaN loss and gradient
-    // (an ignored one contributes 0, as VARIANTS.md says of every ignored item).
-    const auto nan = hn::Set(d, std::numeric_limits<T>::quiet_NaN());
-    loss = hn::IfThenElse(nan_rows, nan, loss);
-    for (int64_t c = 0; c < C && a.gradient; ++c) {
-      HWY_ALIGN T lanes[hn::MaxLanes(d)];
-      hn::Store(hn::IfThenElseZero(nan_rows, nan), d, lanes);
+
+  // Pass 3, the gradient of softmax_focal without smoothing, each class's line at once.
+  // Groups with an ignored position zero its lanes; the others need no mask.
+  if (a.smoothing == 0 && a.gradient) {
+    auto grad_pass = [&](auto masked, auto stream) {
+      auto class_c = hn::Zero(di);
+      for (int64_t c = 0; c < C; ++c, class_c = hn::Add(class_c, one_i)) {
+        for (int v = 0; v < NV; ++v) {
+          const auto other = math::SoftmaxFocalGradAt(o, coef_e[v], hn::LoadU(d, e_of(v) + c * L));
+          auto g = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y[v], class_c)), grad_y[v], other);
+          if (decltype(masked)::value) g = hn::IfThenElseZero(valid[v], g);
+          if constexpr (decltype(stream)::value && kFloat32 && std::is_same_v<T, float>) {
+            hn::Stream(g, d, static_cast<float*>(a.gradient) + at(c, v));
+          } else {
+            StoreFloat(d, g, a.gradient, output_dtype, at(c, v));
+          }
+        }
+      }
+    };
+    // Streamed: a whole line per class (the chunk sees to the alignment).
+    if (stream_gradient && NV * L * sizeof(T) == 64) {
+      if (all_valid) {
+        grad_pass(std::false_type(), std::true_type());
+      } else {
+        grad_pass(std::true_type(), std::true_type());
+      }
+    } else if (all_valid) {
+      grad_pass(std::false_type(), std::false_type());
+    } else {
+      grad_pass(std::true_type(), std::false_type());
+    }
+  }
+  // The NaN gradients of allow_non_finite's positions without a softmax, over what the
+  // gradient passes wrote.
+  for (int v = 0; v < NV && any_nan && a.gradient; ++v) {
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    HWY_ALIGN T lanes[hn::MaxLanes(d)];
+    hn::Store(hn::IfThenElseZero(nan_rows[v], hn::Set(d, nan)), d, lanes);
+    for (int64_t c = 0; c < C; ++c) {
       for (int64_t k = 0; k < L; ++k) {
-        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, output_dtype, base + c * S + k);
+        if (std::isnan(lanes[k])) StoreScalar(lanes[k], a.gradient, output_dtype, at(c, v) + k);
       }
     }
   }
-  if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, p));
-  sum.Add(d, loss);
-  if (a.losses) StoreFloat(d, loss, a.losses, output_dtype, p);
 }
+
+/// Gradients from this size up are written by streaming stores where the strided layout
+/// allows (SoftmaxStridedChunk): beyond what the caches of a small machine keep for the reader.
+constexpr int64_t kStreamedGradientBytes = int64_t{16} << 20;
 
 template <typename T, bool kFloat32>
 ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t end) {
@@ -360,17 +415,39 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
   const auto gamma1 = math::MakeGamma(o1, a.gamma);
   const auto smoothing = math::MakeLabelSmoothing(o, a.smoothing, a.classes);
   const auto smoothing1 = math::MakeLabelSmoothing(o1, a.smoothing, a.classes);
-  T* const e = Scratch<T>(static_cast<size_t>(a.classes) * hn::Lanes(d));
+  // A group is one 64-byte cache line of positions (at most 4 vectors: SSE4 and the scalar
+  // target take fewer, where registers are scarcer than lines).
+  constexpr int kVectors = static_cast<int>(std::clamp<size_t>(64 / (hn::MaxLanes(d) * sizeof(T)), 1, 4));
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const size_t group_values = static_cast<size_t>(a.classes * kVectors * lanes);
+  T* const e = Scratch<T>(2 * group_values);
+  T* const xs = e + group_values;
   LossSum<decltype(d)> sum;
   LossSum<decltype(d1)> tail_sum;
   ChunkResult r;
   const int64_t S = a.inner;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  // A large float32 gradient goes out through streaming stores, a group's line of each class
+  // at once: the C lines of a group fall in one cache set (S a multiple of 16), where write-
+  // allocating them evicted the lines being read. Small ones stay in cache for their reader.
+  const bool stream_gradient = kFloat32 && std::is_same_v<T, float> && a.gradient && (S * sizeof(T)) % 64 == 0 &&
+                               kVectors * lanes * sizeof(T) == 64 &&
+                               a.num_elements * static_cast<int64_t>(sizeof(T)) >= kStreamedGradientBytes;
+  auto line_aligned = [&](int64_t p) {
+    return reinterpret_cast<uintptr_t>(static_cast<T*>(a.gradient) + (p / S) * a.classes * S + p % S) % 64 == 0;
+  };
   for (int64_t p = begin; p < end;) {
     const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
-    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup<kFloat32>(d, a, p, gamma, smoothing, e, sum, r);
-    for (; p < row_end; ++p) SoftmaxStridedGroup<kFloat32>(d1, a, p, gamma1, smoothing1, e, tail_sum, r);
+    // Streamed groups start on a line: the positions before the first one go one at a time.
+    for (; stream_gradient && p < row_end && !line_aligned(p); ++p) {
+      SoftmaxStridedGroup<kFloat32, 1>(d1, a, p, gamma1, smoothing1, e, xs, false, tail_sum, r);
+    }
+    for (; p + kVectors * lanes <= row_end; p += kVectors * lanes) {
+      SoftmaxStridedGroup<kFloat32, kVectors>(d, a, p, gamma, smoothing, e, xs, stream_gradient, sum, r);
+    }
+    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup<kFloat32, 1>(d, a, p, gamma, smoothing, e, xs, stream_gradient, sum, r);
+    for (; p < row_end; ++p) SoftmaxStridedGroup<kFloat32, 1>(d1, a, p, gamma1, smoothing1, e, xs, stream_gradient, tail_sum, r);
   }
+  if (stream_gradient) hwy::FlushStream();
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
 }

@@ -487,6 +487,42 @@ TEST(Determinism, AStridedPositionsResultsDoNotDependOnItsNeighbours) {
   }
 }
 
+// A large float32 strided gradient is written by streaming stores, whole lines from the first
+// line-aligned position of each n (the positions before it one at a time): the same bits as
+// the cached stores that smaller tensors take. [2, 2, S] with S·8 bytes over 16 MiB against
+// each n alone, [1, 2, S]: 8 MiB, under the streaming size.
+TEST(Determinism, StreamedStridedGradientsEqualCachedOnes) {
+  constexpr int64_t kC = 2, kS = (int64_t{1} << 20) + 48;  // 2 x 2 x kS floats: over 16 MiB
+  std::vector<double> x = testing::RandomNormal(static_cast<size_t>(2 * kC * kS), 3, 41);
+  std::vector<double> y = testing::RandomClasses(static_cast<size_t>(2 * kS), kC, 42);
+  for (int64_t s = 5; s < 2 * kS; s += 97) y[static_cast<size_t>(s)] = -100;  // ignored
+  for (int64_t s = 11; s < 2 * kC * kS; s += 1013) x[static_cast<size_t>(s)] = std::nan("");
+  LossSpec spec = Softmax(2);
+  std::get<SoftmaxFocalParams>(spec.params).ignore_index = -100;
+  auto run = [&](int64_t n, const std::vector<double>& logits, const std::vector<double>& targets) {
+    const HostTensor logits_tensor = MakeTensor(DType::kFloat32, {n, kC, kS}, logits);
+    const HostTensor targets_tensor = MakeTensor(DType::kInt64, {n, kS}, targets);
+    LossJob job = MakeJob(spec, logits_tensor, targets_tensor, Reduction::kNone);
+    job.allow_non_finite = true;
+    auto r = Compute(job);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return std::make_pair(testing::Values(r->losses->view()), testing::Values(r->gradient->view()));
+  };
+  const auto [losses, grad] = run(2, x, y);
+  auto same = [](double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+  for (int64_t n = 0; n < 2; ++n) {
+    const auto x_begin = x.begin() + n * kC * kS, y_begin = y.begin() + n * kS;
+    const auto [half_losses, half_grad] =
+        run(1, std::vector<double>(x_begin, x_begin + kC * kS), std::vector<double>(y_begin, y_begin + kS));
+    int64_t differing = 0;
+    for (int64_t i = 0; i < kS; ++i) differing += !same(losses[static_cast<size_t>(n * kS + i)], half_losses[static_cast<size_t>(i)]);
+    for (int64_t i = 0; i < kC * kS; ++i) {
+      differing += !same(grad[static_cast<size_t>(n * kC * kS + i)], half_grad[static_cast<size_t>(i)]);
+    }
+    EXPECT_EQ(differing, 0) << "n " << n << ": values that differ from the cached stores'";
+  }
+}
+
 TEST(Invariants, ProbabilitiesInputEqualsLogitsInputThroughTheSigmoid) {
   const int64_t n = 8, c = 6;
   // |x| ≤ 4 keeps σ(x) away from the -100 clamp, and 1-σ(x) ≥ 0.018 so that rounding σ(x) to
