@@ -80,8 +80,6 @@ struct HwyOps {
       return Exp(a);
     }
   }
-  /// Where every a is at least this, ExpNonPositive's results are all normal (in float).
-  static constexpr double kExpNormalFloor = -86;
   /// ExpNonPositive for a ∈ [kExpNormalFloor, 0] in every lane, which the caller has checked
   /// for many vectors at once (a softmax position's classes from their min and max): the same
   /// bits, without the per-vector check.

@@ -133,7 +133,7 @@ FOCAL_HD V ExpAboutMax(const Ops& o, V x, V max) {
   return o.ExpNonPositive(x - max);
 }
 
-/// ExpAboutMax where the caller has checked min_j x_j - m ≥ o.kExpNormalFloor for the row (or
+/// ExpAboutMax where the caller has checked min_j x_j - m ≥ kExpNormalFloor for the row (or
 /// for a vector of rows): every e_j normal, computed without a per-vector range check.
 template <class Ops, class V>
 FOCAL_HD V ExpAboutMaxNormal(const Ops& o, V x, V max) {
@@ -143,7 +143,7 @@ FOCAL_HD V ExpAboutMaxNormal(const Ops& o, V x, V max) {
 /// Whether a row's (or each lane's row's) logits from min to max all take ExpAboutMaxNormal.
 template <class Ops, class V>
 FOCAL_HD auto ExpAboutMaxIsNormal(const Ops& o, V min, V max) {
-  return o.Le(o.Set(Ops::kExpNormalFloor), min - max);
+  return o.Le(o.Set(kExpNormalFloor), min - max);
 }
 
 /// One class's term of `rest`, from its e = ExpAboutMax(x, m): e for classes below the maximum,

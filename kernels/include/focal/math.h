@@ -3,6 +3,7 @@
 #pragma once
 
 #include "focal/hd.h"
+#include "focal/math_ops.h"  // kExpNormalFloor and the other policy constants
 
 namespace focal::math {
 #include "focal/math-inl.h"  // IWYU pragma: export

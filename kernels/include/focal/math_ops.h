@@ -13,6 +13,10 @@ namespace focal {
 /// LogComplement's split: 1 - y ≥ √½ below it, where log(1 - y) is log1p(-y) of the exact y.
 inline constexpr double kLogComplementSplit = 0.29289321881345248;  // 1 - √½
 
+/// e^a is a normal float for a at least this (e^-86 ≈ 4.4e-38 > 2^-126): the SIMD policy's
+/// ExpNonPositive checks for it, and ExpNonPositiveNormal takes it as given.
+inline constexpr double kExpNormalFloor = -86;
+
 template <typename T>
 struct ScalarOps {
   using V = T;       ///< value type the formulas compute in
@@ -25,7 +29,6 @@ struct ScalarOps {
   /// e^a for a ≤ 0 (the SIMD policy's is a shorter evaluation there).
   FOCAL_HD V ExpNonPositive(V a) const { return std::exp(a); }
   /// ExpNonPositive where the caller knows a ≥ kExpNormalFloor (no range check in SIMD).
-  static constexpr double kExpNormalFloor = -86;
   FOCAL_HD V ExpNonPositiveNormal(V a) const { return std::exp(a); }
   FOCAL_HD V Log(V a) const { return std::log(a); }
   FOCAL_HD V Log1p(V a) const { return std::log1p(a); }
