@@ -362,11 +362,7 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
           const auto other = math::SoftmaxFocalGradAt(o, coef_e[v], hn::LoadU(d, e_of(v) + c * L));
           auto g = hn::IfThenElse(hn::RebindMask(d, hn::Eq(y[v], class_c)), grad_y[v], other);
           if (decltype(masked)::value) g = hn::IfThenElseZero(valid[v], g);
-          if constexpr (decltype(stream)::value && kFloat32 && std::is_same_v<T, float>) {
-            hn::Stream(g, d, static_cast<float*>(a.gradient) + at(c, v));
-          } else {
-            StoreFloat(d, g, a.gradient, output_dtype, at(c, v));
-          }
+          StoreGradient<kFloat32>(d, g, a, at(c, v), decltype(stream)::value);
         }
       }
     };
@@ -397,10 +393,6 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
   }
 }
 
-/// Gradients from this size up are written by streaming stores where the strided layout
-/// allows (SoftmaxStridedChunk): beyond what the caches of a small machine keep for the reader.
-constexpr int64_t kStreamedGradientBytes = int64_t{16} << 20;
-
 template <typename T, bool kFloat32>
 ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   // A local copy, as the elementwise chunks take: the class loops store (e, the gradient)
@@ -429,18 +421,13 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
   // A large float32 gradient goes out through streaming stores, a group's line of each class
   // at once: the C lines of a group fall in one cache set (S a multiple of 16), where write-
   // allocating them evicted the lines being read. Small ones stay in cache for their reader.
-  const bool stream_gradient = kFloat32 && std::is_same_v<T, float> && a.gradient && (S * sizeof(T)) % 64 == 0 &&
-                               kVectors * lanes * sizeof(T) == 64 &&
-                               a.num_elements * static_cast<int64_t>(sizeof(T)) >= kStreamedGradientBytes;
-  auto line_aligned = [&](int64_t p) {
-    return reinterpret_cast<uintptr_t>(static_cast<T*>(a.gradient) + (p / S) * a.classes * S + p % S) % 64 == 0;
-  };
+  // Groups stay where the layout puts them (the loss sum's order is the layout's alone): chunks
+  // and rows begin on multiples of 16 positions, so with the gradient's base on a vector
+  // boundary every group's stores are aligned.
+  const bool stream_gradient = StreamsGradient(d, a, kFloat32) && (S * sizeof(T)) % 64 == 0 && begin % 16 == 0 &&
+                               kVectors * lanes * sizeof(T) == 64 && StreamAligned(d, a.gradient, 0);
   for (int64_t p = begin; p < end;) {
     const int64_t row_end = std::min(end, (p / S + 1) * S);  // lanes never straddle two n
-    // Streamed groups start on a line: the positions before the first one go one at a time.
-    for (; stream_gradient && p < row_end && !line_aligned(p); ++p) {
-      SoftmaxStridedGroup<kFloat32, 1>(d1, a, p, gamma1, smoothing1, e, xs, false, tail_sum, r);
-    }
     for (; p + kVectors * lanes <= row_end; p += kVectors * lanes) {
       SoftmaxStridedGroup<kFloat32, kVectors>(d, a, p, gamma, smoothing, e, xs, stream_gradient, sum, r);
     }

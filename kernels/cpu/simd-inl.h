@@ -399,6 +399,43 @@ HWY_INLINE void StoreFloat(D d, hn::Vec<D> v, void* base, DType dtype, int64_t i
   for (size_t k = 0; k < hn::Lanes(d); ++k) StoreScalar(lanes[k], base, dtype, i + k);
 }
 
+/// Float32 gradients from this size up are written by streaming (non-temporal) stores where a
+/// kernel writes them in whole aligned vectors (the strided softmax, SoftmaxStridedChunk): they
+/// skip the read that a cached store's write-allocate costs and do not evict the inputs being
+/// read; at this size they would not stay in a small machine's caches for their reader anyway.
+/// Only where the vectors the layout gives fall on aligned addresses: moving them to the
+/// address would change the loss sum's order with it.
+inline constexpr int64_t kStreamedGradientBytes = int64_t{16} << 20;
+
+/// Whether a chunk of a kernel computing in T with the float32-only form `float32` (DTypeOf)
+/// streams its gradient: vectors of D of 16 bytes or more (Highway's Stream writes 16 bytes
+/// from a partial vector, so single-lane tails never stream).
+template <class D>
+HWY_INLINE bool StreamsGradient(D, const KernelArgs& a, bool float32) {
+  if constexpr (std::is_same_v<hn::TFromD<D>, float> && hn::MaxLanes(D()) * sizeof(float) >= 16) {
+    return float32 && a.gradient != nullptr && a.output_dtype == DType::kFloat32 &&
+           a.num_elements * static_cast<int64_t>(sizeof(float)) >= kStreamedGradientBytes;
+  }
+  return false;
+}
+
+/// Whether element i of a float32 output starts a vector that Stream may write.
+template <class D>
+HWY_INLINE bool StreamAligned(D d, const void* base, int64_t i) {
+  return reinterpret_cast<uintptr_t>(static_cast<const float*>(base) + i) % (hn::Lanes(d) * sizeof(float)) == 0;
+}
+
+/// The gradient's vector at i, by a streaming store where `stream` (StreamsGradient, at an
+/// index StreamAligned) and StoreFloat otherwise. A chunk that streamed ends with
+/// hwy::FlushStream, so that its stores are ordered before the caller reads them.
+template <bool kFloat32, class D>
+HWY_INLINE void StoreGradient(D d, hn::Vec<D> g, const KernelArgs& a, int64_t i, bool stream) {
+  if constexpr (std::is_same_v<hn::TFromD<D>, float> && hn::MaxLanes(D()) * sizeof(float) >= 16) {
+    if (stream) return hn::Stream(g, d, static_cast<float*>(a.gradient) + i);
+  }
+  StoreFloat(d, g, a.gradient, DTypeOf<kFloat32>(a.output_dtype), i);
+}
+
 /// The class-index target at position i, or -1 when it equals ignore_index.
 HWY_INLINE int64_t ClassIndexAt(const KernelArgs& a, int64_t i) {
   int64_t y = 0;

@@ -76,7 +76,11 @@ enum class Kind {
   kDistributionFocal,
 };
 
-void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
+/// Where the gradient goes: a buffer of the backend's own (malloc's 16-byte alignment), or a
+/// page-aligned one given as LossJob::gradient_into, as a client's shared-memory region is.
+enum class Output { kOwn, kInto };
+
+void RunLoss(benchmark::State& state, Kind kind, const Shape& shape, Output output) {
   const Inputs& in = InputsFor(shape);
   Shape target_shape{shape[0]};
   target_shape.insert(target_shape.end(), shape.begin() + 2, shape.end());
@@ -104,6 +108,13 @@ void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
     case Kind::kDistributionFocal: job.spec.params = DistributionFocalParams{}; job.targets = distance_view; break;
   }
   job.compute_gradient = true;
+  std::unique_ptr<void, decltype(&std::free)> into(nullptr, &std::free);
+  if (output == Output::kInto) {
+    const size_t bytes = job.logits.size_bytes;
+    into.reset(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096));
+    job.gradient_into = into.get();
+    job.gradient_into_bytes = bytes;
+  }
   const CpuBackend backend;
   (void)backend.Compute(job);  // warm-up: first-touch page faults are not the kernel's cost
   for (auto _ : state) {
@@ -118,6 +129,9 @@ void BM_Loss(benchmark::State& state, Kind kind, Shape shape) {
   state.SetBytesProcessed(state.iterations() *
                           static_cast<int64_t>(job.logits.size_bytes * 2 + job.targets.size_bytes));
 }
+
+void BM_Loss(benchmark::State& state, Kind kind, Shape shape) { RunLoss(state, kind, shape, Output::kOwn); }
+void BM_LossInto(benchmark::State& state, Kind kind, Shape shape) { RunLoss(state, kind, shape, Output::kInto); }
 
 void BM_Copy(benchmark::State& state, Shape shape) {
   const Inputs& in = InputsFor(shape);
@@ -157,6 +171,9 @@ int Register() {
     benchmark::RegisterBenchmark(("softmax_focal/" + name).c_str(), BM_Loss, Kind::kSoftmax, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("sigmoid_focal/" + name).c_str(), BM_Loss, Kind::kSigmoidFloat, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("sigmoid_focal_index/" + name).c_str(), BM_Loss, Kind::kSigmoidIndex, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
+    // The gradient into a page-aligned buffer (a shared-memory region's), where large strided
+    // ones stream (the backend's own buffer is aligned for that by chance).
+    if (!rows) benchmark::RegisterBenchmark(("softmax_focal_into/" + name).c_str(), BM_LossInto, Kind::kSoftmax, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     // A segmentation batch's targets as bytes, as masks usually come.
     if (!rows) benchmark::RegisterBenchmark(("softmax_focal_uint8/" + name).c_str(), BM_Loss, Kind::kSoftmaxByteTargets, shape)->UseRealTime()->Unit(benchmark::kMillisecond);
     if (rows) benchmark::RegisterBenchmark(("focal_cosine/" + name).c_str(), BM_Loss, Kind::kFocalCosine, shape)->UseRealTime()->Unit(benchmark::kMillisecond);

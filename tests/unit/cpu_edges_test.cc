@@ -487,39 +487,62 @@ TEST(Determinism, AStridedPositionsResultsDoNotDependOnItsNeighbours) {
   }
 }
 
-// A large float32 strided gradient is written by streaming stores, whole lines from the first
-// line-aligned position of each n (the positions before it one at a time): the same bits as
-// the cached stores that smaller tensors take. [2, 2, S] with S·8 bytes over 16 MiB against
-// each n alone, [1, 2, S]: 8 MiB, under the streaming size.
-TEST(Determinism, StreamedStridedGradientsEqualCachedOnes) {
+// Float32 gradients of 16 MiB and more are written by streaming stores where their vectors
+// fall on aligned addresses, and by cached stores elsewhere: the results, the loss sum
+// included, must not depend on where the gradient lies. Each job writes into a buffer at
+// offsets of 0 (aligned for every target: streamed), 4, 16 and 32 bytes from a 64-byte
+// boundary, and is compared with the same job in a buffer of the backend's own.
+TEST(Determinism, ResultsDoNotDependOnTheGradientsAddress) {
   constexpr int64_t kC = 2, kS = (int64_t{1} << 20) + 48;  // 2 x 2 x kS floats: over 16 MiB
   std::vector<double> x = testing::RandomNormal(static_cast<size_t>(2 * kC * kS), 3, 41);
   std::vector<double> y = testing::RandomClasses(static_cast<size_t>(2 * kS), kC, 42);
   for (int64_t s = 5; s < 2 * kS; s += 97) y[static_cast<size_t>(s)] = -100;  // ignored
   for (int64_t s = 11; s < 2 * kC * kS; s += 1013) x[static_cast<size_t>(s)] = std::nan("");
-  LossSpec spec = Softmax(2);
-  std::get<SoftmaxFocalParams>(spec.params).ignore_index = -100;
-  auto run = [&](int64_t n, const std::vector<double>& logits, const std::vector<double>& targets) {
-    const HostTensor logits_tensor = MakeTensor(DType::kFloat32, {n, kC, kS}, logits);
-    const HostTensor targets_tensor = MakeTensor(DType::kInt64, {n, kS}, targets);
-    LossJob job = MakeJob(spec, logits_tensor, targets_tensor, Reduction::kNone);
-    job.allow_non_finite = true;
-    auto r = Compute(job);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return std::make_pair(testing::Values(r->losses->view()), testing::Values(r->gradient->view()));
+  const std::vector<double> hard = testing::RandomClasses(x.size(), 2, 43);
+  LossSpec softmax = Softmax(2);
+  std::get<SoftmaxFocalParams>(softmax.params).ignore_index = -100;
+  const HostTensor strided_logits = MakeTensor(DType::kFloat32, {2, kC, kS}, x);
+  const HostTensor strided_targets = MakeTensor(DType::kInt64, {2, kS}, y);
+  const HostTensor flat_logits = MakeTensor(DType::kFloat32, {2 * kC * kS}, x);
+  const HostTensor flat_targets = MakeTensor(DType::kFloat32, {2 * kC * kS}, hard);
+  struct Case {
+    const char* name;
+    LossSpec spec;
+    const HostTensor& logits;
+    const HostTensor& targets;
   };
-  const auto [losses, grad] = run(2, x, y);
-  auto same = [](double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); };
-  for (int64_t n = 0; n < 2; ++n) {
-    const auto x_begin = x.begin() + n * kC * kS, y_begin = y.begin() + n * kS;
-    const auto [half_losses, half_grad] =
-        run(1, std::vector<double>(x_begin, x_begin + kC * kS), std::vector<double>(y_begin, y_begin + kS));
-    int64_t differing = 0;
-    for (int64_t i = 0; i < kS; ++i) differing += !same(losses[static_cast<size_t>(n * kS + i)], half_losses[static_cast<size_t>(i)]);
-    for (int64_t i = 0; i < kC * kS; ++i) {
-      differing += !same(grad[static_cast<size_t>(n * kC * kS + i)], half_grad[static_cast<size_t>(i)]);
+  const Case cases[] = {{"softmax_focal [N, C, S]", softmax, strided_logits, strided_targets},
+                        {"sigmoid_focal", Sigmoid(2), flat_logits, flat_targets}};
+  const size_t bytes = x.size() * sizeof(float);
+  std::vector<char> storage(bytes + 128);
+  char* const aligned = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto job = [&](void* into) {
+      LossJob j = MakeJob(c.spec, c.logits, c.targets, Reduction::kNone);
+      j.allow_non_finite = true;
+      j.gradient_into = into;
+      j.gradient_into_bytes = into ? bytes : 0;
+      return j;
+    };
+    const auto own = Compute(job(nullptr));
+    ASSERT_TRUE(own.ok()) << own.status();
+    const std::vector<double> own_losses = testing::Values(own->losses->view());
+    const char* const own_grad = static_cast<const char*>(own->gradient->view().data);
+    for (size_t offset : {0, 4, 16, 32}) {
+      SCOPED_TRACE(::testing::Message() << "gradient at " << offset << " bytes past a 64-byte boundary");
+      const auto r = Compute(job(aligned + offset));
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(r->gradient_in_place);
+      EXPECT_EQ(std::memcmp(aligned + offset, own_grad, bytes), 0) << "gradients differ";
+      EXPECT_EQ(std::memcmp(&r->loss, &own->loss, sizeof(double)), 0) << r->loss << " against " << own->loss;
+      const std::vector<double> losses = testing::Values(r->losses->view());
+      int64_t differing = 0;
+      for (size_t i = 0; i < losses.size(); ++i) {
+        differing += !(losses[i] == own_losses[i] || (std::isnan(losses[i]) && std::isnan(own_losses[i])));
+      }
+      EXPECT_EQ(differing, 0) << "per-item losses that differ";
     }
-    EXPECT_EQ(differing, 0) << "n " << n << ": values that differ from the cached stores'";
   }
 }
 
