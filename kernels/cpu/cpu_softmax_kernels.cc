@@ -205,7 +205,8 @@ ChunkResult SoftmaxSmoothedRowsChunk(const KernelArgs& args, int64_t begin, int6
 /// whole. With S a power of two every class's line falls in the same cache set, where a line
 /// read in halves or twice was evicted in between. e^(x - max) is kept per class and lane
 /// between the softmax and gradient passes (one exp per logit). kFloat32: logits and outputs
-/// are float32 (DTypeOf), so loads and stores have no dtype switch.
+/// are float32 (DTypeOf), so loads and stores have no dtype switch. `stream_gradient`: the
+/// group's gradient lines are aligned and go out by streaming stores (SoftmaxStridedChunk).
 template <bool kFloat32, int NV, class D>
 HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const math::Gamma<hn::Vec<D>>& gamma,
                                     const math::LabelSmoothing<hn::Vec<D>>& smoothing, hn::TFromD<D>* e,
@@ -366,8 +367,8 @@ HWY_INLINE void SoftmaxStridedGroup(D d, const KernelArgs& a, int64_t p, const m
         }
       }
     };
-    // Streamed: a whole line per class (the chunk sees to the alignment).
-    if (stream_gradient && NV * L * sizeof(T) == 64) {
+    // Streamed: a whole line per class (the chunk streams line-sized groups alone, aligned).
+    if (stream_gradient) {
       if (all_valid) {
         grad_pass(std::false_type(), std::true_type());
       } else {
@@ -431,8 +432,8 @@ ChunkResult SoftmaxStridedChunk(const KernelArgs& args, int64_t begin, int64_t e
     for (; p + kVectors * lanes <= row_end; p += kVectors * lanes) {
       SoftmaxStridedGroup<kFloat32, kVectors>(d, a, p, gamma, smoothing, e, xs, stream_gradient, sum, r);
     }
-    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup<kFloat32, 1>(d, a, p, gamma, smoothing, e, xs, stream_gradient, sum, r);
-    for (; p < row_end; ++p) SoftmaxStridedGroup<kFloat32, 1>(d1, a, p, gamma1, smoothing1, e, xs, stream_gradient, tail_sum, r);
+    for (; p + lanes <= row_end; p += lanes) SoftmaxStridedGroup<kFloat32, 1>(d, a, p, gamma, smoothing, e, xs, false, sum, r);
+    for (; p < row_end; ++p) SoftmaxStridedGroup<kFloat32, 1>(d1, a, p, gamma1, smoothing1, e, xs, false, tail_sum, r);
   }
   if (stream_gradient) hwy::FlushStream();
   r.loss_sum = sum.Total() + tail_sum.Total();

@@ -407,16 +407,17 @@ HWY_INLINE void StoreFloat(D d, hn::Vec<D> v, void* base, DType dtype, int64_t i
 /// address would change the loss sum's order with it.
 inline constexpr int64_t kStreamedGradientBytes = int64_t{16} << 20;
 
-/// Whether a chunk of a kernel computing in T with the float32-only form `float32` (DTypeOf)
-/// streams its gradient: vectors of D of 16 bytes or more (Highway's Stream writes 16 bytes
-/// from a partial vector, so single-lane tails never stream).
+/// Vectors of D that may stream: float ones of 16 bytes or more (Highway's Stream writes 16
+/// bytes from a partial vector, so single-lane tails never stream).
+template <class D>
+inline constexpr bool kStreamable = std::is_same_v<hn::TFromD<D>, float> && hn::MaxLanes(D()) * sizeof(float) >= 16;
+
+/// Whether a chunk of a kernel in its float32-only form (`float32`: logits and outputs float32,
+/// DTypeOf) streams its gradient through vectors of D.
 template <class D>
 HWY_INLINE bool StreamsGradient(D, const KernelArgs& a, bool float32) {
-  if constexpr (std::is_same_v<hn::TFromD<D>, float> && hn::MaxLanes(D()) * sizeof(float) >= 16) {
-    return float32 && a.gradient != nullptr && a.output_dtype == DType::kFloat32 &&
-           a.num_elements * static_cast<int64_t>(sizeof(float)) >= kStreamedGradientBytes;
-  }
-  return false;
+  return kStreamable<D> && float32 && a.gradient != nullptr &&
+         a.num_elements * static_cast<int64_t>(sizeof(float)) >= kStreamedGradientBytes;
 }
 
 /// Whether element i of a float32 output starts a vector that Stream may write.
@@ -430,7 +431,7 @@ HWY_INLINE bool StreamAligned(D d, const void* base, int64_t i) {
 /// hwy::FlushStream, so that its stores are ordered before the caller reads them.
 template <bool kFloat32, class D>
 HWY_INLINE void StoreGradient(D d, hn::Vec<D> g, const KernelArgs& a, int64_t i, bool stream) {
-  if constexpr (std::is_same_v<hn::TFromD<D>, float> && hn::MaxLanes(D()) * sizeof(float) >= 16) {
+  if constexpr (kStreamable<D>) {
     if (stream) return hn::Stream(g, d, static_cast<float*>(a.gradient) + i);
   }
   StoreFloat(d, g, a.gradient, DTypeOf<kFloat32>(a.output_dtype), i);
