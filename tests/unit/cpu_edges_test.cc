@@ -546,6 +546,58 @@ TEST(Determinism, ResultsDoNotDependOnTheGradientsAddress) {
   }
 }
 
+// The elementwise kernels run a training step's usual job (a reduction with a gradient, no
+// per-item weights, NaN not propagated) in a loop compiled without the tests of those options;
+// the same job through the general loop (allow_non_finite on finite logits, or weights of 1)
+// must give the same bits.
+TEST(Determinism, APlainJobsResultsAreTheGeneralLoopsBits) {
+  constexpr int64_t kN = 5, kC = 201;  // 1005 elements: whole vectors and a tail on every target
+  const size_t count = static_cast<size_t>(kN * kC);
+  const std::vector<double> x = testing::RandomNormal(count, 3, 51);
+  const std::vector<double> hard = testing::RandomClasses(count, 2, 52);
+  std::vector<double> soft = testing::RandomUniform(count, 0, 1, 53);
+  for (size_t i = 0; i < count; i += 3) soft[i] = 0;  // quality and IoU targets: mostly 0
+  AsymmetricParams unclipped;
+  unclipped.clip = 0;
+  struct Case {
+    LossSpec spec;
+    const std::vector<double>& targets;
+  };
+  const Case cases[] = {{Sigmoid(2), hard},
+                        {Sigmoid(0.5), hard},
+                        {Sigmoid(2, 0.25, 0.1), hard},
+                        {Spec(DynamicFocalParams{}), hard},
+                        {Spec(FocalStarParams{}), hard},
+                        {Spec(AsymmetricParams{}), hard},
+                        {Spec(AsymmetricParams{}), soft},
+                        {Spec(unclipped), hard},
+                        {Spec(QualityFocalParams{}), soft},
+                        {Spec(VarifocalParams{}), soft}};
+  const HostTensor logits = MakeTensor(DType::kFloat32, {kN, kC}, x);
+  const HostTensor ones = MakeTensor(DType::kFloat32, {kN, kC}, std::vector<double>(count, 1.0));
+  for (const Case& c : cases) {
+    SCOPED_TRACE(VariantName(c.spec.params));
+    const HostTensor targets = MakeTensor(DType::kFloat32, {kN, kC}, c.targets);
+    for (Reduction reduction : {Reduction::kMean, Reduction::kSum}) {
+      const LossJob plain = MakeJob(c.spec, logits, targets, reduction);
+      const auto expected = Compute(plain);
+      ASSERT_TRUE(expected.ok()) << expected.status();
+      LossJob non_finite_allowed = plain;
+      non_finite_allowed.allow_non_finite = true;
+      LossJob weighted = plain;
+      weighted.weights = ones.view();
+      for (const LossJob& general : {non_finite_allowed, weighted}) {
+        SCOPED_TRACE(general.allow_non_finite ? "allow_non_finite" : "weights of 1");
+        const auto r = Compute(general);
+        ASSERT_TRUE(r.ok()) << r.status();
+        EXPECT_EQ(std::memcmp(&r->loss, &expected->loss, sizeof(double)), 0) << r->loss << " against " << expected->loss;
+        EXPECT_EQ(std::memcmp(r->gradient->view().data, expected->gradient->view().data, count * sizeof(float)), 0)
+            << "gradients differ";
+      }
+    }
+  }
+}
+
 TEST(Invariants, ProbabilitiesInputEqualsLogitsInputThroughTheSigmoid) {
   const int64_t n = 8, c = 6;
   // |x| ≤ 4 keeps σ(x) away from the -100 clamp, and 1-σ(x) ≥ 0.018 so that rounding σ(x) to
