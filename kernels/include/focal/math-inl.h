@@ -628,8 +628,9 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
       // A whole γ- ≥ 1: p_m^γ- r = p_m^(γ--1)·(-log(1-p_m)), a product with no division and
       // no negative power.
       const V mod_less = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg_less_one);
+      // γ- pq formed beside the log, so that one fused step follows it on the chain.
       loss_neg = mod_less * shifted * neg_log;
-      grad_neg = o.IfThenElseZero(active, mod_less * o.MulAdd(c.gamma_neg.value * neg_log, pq, pq_over * shifted));
+      grad_neg = o.IfThenElseZero(active, mod_less * o.MulAdd(neg_log, c.gamma_neg.value * pq, pq_over * shifted));
     } else {
       // γ- = 0 or fractional: r = -log(1-p_m)/p_m → 1 as p_m → 0, exact there as both are.
       const V r = o.Select(active, neg_log / shifted, one);
@@ -671,16 +672,18 @@ FOCAL_HD LossGrad<V> QualityFocal(const Ops& o, const QualityFocalConsts<V>& c, 
     // Every target 0 (most vectors of a detection batch): d = p, and where p = 0 the gradient's
     // terms are 0 without sign(d). The same operations as the general form below on y = 0, so
     // the same bits, infinite logits included (ce keeps its 0·log p).
-    const V ce = o.Neg(zero * s.log_p + s.log_q);
+    // ce = -(0·log p + log(1-p)) as 0·(-log p) + (-log(1-p)): the same bits (negation is exact)
+    // in one fused step after the negated logs, two steps sooner on the chain to the loss.
+    const V ce = o.MulAdd(zero, o.Neg(s.log_p), o.Neg(s.log_q));
     const V mod = Modulating(o, s.p, [&] { return o.Log(s.p); }, c.beta_minus_one);
-    return {mod * s.p * ce, mod * (s.p * s.p + c.beta * s.p * s.q * ce)};
+    return {mod * s.p * ce, mod * o.MulAdd(c.beta * s.p * s.q, ce, s.p * s.p)};
   }
   const V d = SigmoidMinus(o, s, y);
   const V abs_d = o.Abs(d);
   const V ce = SoftCrossEntropy(o, s, y);
   const V mod = Modulating(o, abs_d, [&] { return o.Log(abs_d); }, c.beta_minus_one);
   const V sign = o.Select(o.Lt(zero, d), o.Set(1), o.Select(o.Lt(d, zero), o.Set(-1), zero));
-  return {mod * abs_d * ce, mod * (d * abs_d + sign * c.beta * s.p * s.q * ce)};
+  return {mod * abs_d * ce, mod * o.MulAdd(sign * (c.beta * s.p * s.q), ce, d * abs_d)};
 }
 
 /// §5.3's per-job constants.
