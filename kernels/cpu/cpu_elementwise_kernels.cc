@@ -144,7 +144,7 @@ ChunkResult FloatTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
 // Class-index targets: t = [c == y] (quality_focal: its score there), background y = C,
 // ignored rows 0.
 
-template <ElementFormula F, class D>
+template <ElementFormula F, bool kPlain, class D>
 HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelArgs& a, int64_t i,
                                 hn::Mask<D> is_target, hn::Vec<D> target_value, hn::Mask<D> valid, LossSum<D>& sum,
                                 ChunkResult& r) {
@@ -154,12 +154,12 @@ HWY_INLINE void IndexTargetStep(D d, const ElementConsts<F, D>& k, const KernelA
   const auto alpha = ElementWeights(k.o, a, nullptr);
   // A one-hot is binary, except for quality_focal's scores (its formula has one form only).
   WithElement(k, x, t, /*binary=*/true, alpha, [&](const math::LossGrad<hn::Vec<D>>& out) {
-    EmitElementwise<false, false>(d, k, a, i, x, hn::IfThenElseZero(valid, out.loss),
+    EmitElementwise<false, kPlain>(d, k, a, i, x, hn::IfThenElseZero(valid, out.loss),
                                   hn::IfThenElseZero(valid, out.grad), sum);
   });
 }
 
-template <ElementFormula F, typename T>
+template <ElementFormula F, typename T, bool kPlain>
 ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end) {
   const KernelArgs a = args;  // a local copy, as FloatTargetChunk's
   hn::ScalableTag<T> d;
@@ -191,11 +191,11 @@ ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
       int64_t c = 0;
       for (; c + lanes <= C; c += lanes) {
         const auto is_target = hn::RebindMask(d, hn::Eq(iota, hn::Set(di, static_cast<TI>(y - c))));
-        IndexTargetStep(d, k, a, base + c, is_target, hn::Set(d, value), valid, sum, r);
+        IndexTargetStep<F, kPlain>(d, k, a, base + c, is_target, hn::Set(d, value), valid, sum, r);
       }
       for (; c < C; ++c) {
         const auto is_target = hn::RebindMask(d1, hn::Eq(hn::Set(di1, static_cast<TI>(c)), hn::Set(di1, y)));
-        IndexTargetStep(d1, k1, a, base + c, is_target, hn::Set(d1, value), valid1, tail_sum, r);
+        IndexTargetStep<F, kPlain>(d1, k1, a, base + c, is_target, hn::Set(d1, value), valid1, tail_sum, r);
       }
     }
   } else {
@@ -216,7 +216,7 @@ ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
           const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
           const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<TI>(c))));
           const auto value = vbuf ? hn::LoadU(dv, vbuf + j) : hn::Set(dv, 1);
-          IndexTargetStep(dv, ForLanes(dv, k, k1), a, base + j, is_target, value, valid, ForLanes(dv, sum, tail_sum),
+          IndexTargetStep<F, kPlain>(dv, ForLanes(dv, k, k1), a, base + j, is_target, value, valid, ForLanes(dv, sum, tail_sum),
                           r);
         });
       }
@@ -228,11 +228,17 @@ ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
 
 template <ElementFormula F, typename T>
 ChunkResult ElementwiseTyped(KernelKind kind, const KernelArgs& a, int64_t begin, int64_t end) {
-  if (kind == KernelKind::kElementwiseIndexTargets) return IndexTargetChunk<F, T>(a, begin, end);
+  if (kind == KernelKind::kElementwiseIndexTargets) {
+    // The plain loop for float alone, as below.
+    if constexpr (std::is_same_v<T, float>) {
+      if (IsPlainJob(a)) return IndexTargetChunk<F, T, true>(a, begin, end);
+    }
+    return IndexTargetChunk<F, T, false>(a, begin, end);
+  }
   const bool float32 = LogitsAndOutputsAreFloat32(a) && a.targets_dtype == DType::kFloat32;
   return RunFloat32OrGeneral<T>(float32, [&](auto float32_form) {
     constexpr bool kFloat32 = decltype(float32_form)::value;
-    // The plain loop for float32 alone: the other dtypes' loops convert, and are not the ones measured.
+    // The plain loop for float32 alone: the other dtypes' loops convert, and are rarely hot.
     if constexpr (kFloat32) {
       if (IsPlainJob(a)) return FloatTargetChunk<F, T, kFloat32, true>(a, begin, end);
     }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "focal/validate.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/unit/reference.h"
 #include "tests/unit/test_util.h"
@@ -549,7 +550,7 @@ TEST(Determinism, ResultsDoNotDependOnTheGradientsAddress) {
 // The elementwise kernels run a training step's usual job (a reduction with a gradient, no
 // per-item weights, NaN not propagated) in a loop compiled without the tests of those options;
 // the same job through the general loop (allow_non_finite on finite logits, or weights of 1)
-// must give the same bits.
+// must give the same bits, for float targets and class indices, rows and strided.
 TEST(Determinism, APlainJobsResultsAreTheGeneralLoopsBits) {
   constexpr int64_t kN = 5, kC = 201;  // 1005 elements: whole vectors and a tail on every target
   const size_t count = static_cast<size_t>(kN * kC);
@@ -557,31 +558,46 @@ TEST(Determinism, APlainJobsResultsAreTheGeneralLoopsBits) {
   const std::vector<double> hard = testing::RandomClasses(count, 2, 52);
   std::vector<double> soft = testing::RandomUniform(count, 0, 1, 53);
   for (size_t i = 0; i < count; i += 3) soft[i] = 0;  // quality and IoU targets: mostly 0
+  const std::vector<double> classes = testing::RandomClasses(kN, kC + 1, 54);  // C: background
   AsymmetricParams unclipped;
   unclipped.clip = 0;
+  const HostTensor row_logits = MakeTensor(DType::kFloat32, {kN, kC}, x);
+  const HostTensor strided_logits = MakeTensor(DType::kFloat32, {1, 3, 335}, x);
+  const HostTensor hard_targets = MakeTensor(DType::kFloat32, {kN, kC}, hard);
+  const HostTensor soft_targets = MakeTensor(DType::kFloat32, {kN, kC}, soft);
+  const HostTensor row_classes = MakeTensor(DType::kInt64, {kN}, classes);
+  const HostTensor strided_classes =
+      MakeTensor(DType::kInt64, {1, 335}, testing::RandomClasses(335, 4, 55));  // 3: background
   struct Case {
+    const char* targets_kind;
     LossSpec spec;
-    const std::vector<double>& targets;
+    const HostTensor& logits;
+    const HostTensor& targets;
   };
-  const Case cases[] = {{Sigmoid(2), hard},
-                        {Sigmoid(0.5), hard},
-                        {Sigmoid(2, 0.25, 0.1), hard},
-                        {Spec(DynamicFocalParams{}), hard},
-                        {Spec(FocalStarParams{}), hard},
-                        {Spec(AsymmetricParams{}), hard},
-                        {Spec(AsymmetricParams{}), soft},
-                        {Spec(unclipped), hard},
-                        {Spec(QualityFocalParams{}), soft},
-                        {Spec(VarifocalParams{}), soft}};
-  const HostTensor logits = MakeTensor(DType::kFloat32, {kN, kC}, x);
-  const HostTensor ones = MakeTensor(DType::kFloat32, {kN, kC}, std::vector<double>(count, 1.0));
+  const Case cases[] = {{"hard", Sigmoid(2), row_logits, hard_targets},
+                        {"hard", Sigmoid(0.5), row_logits, hard_targets},
+                        {"hard", Sigmoid(2, 0.25, 0.1), row_logits, hard_targets},
+                        {"hard", Spec(DynamicFocalParams{}), row_logits, hard_targets},
+                        {"hard", Spec(FocalStarParams{}), row_logits, hard_targets},
+                        {"hard", Spec(AsymmetricParams{}), row_logits, hard_targets},
+                        {"soft", Spec(AsymmetricParams{}), row_logits, soft_targets},
+                        {"hard", Spec(unclipped), row_logits, hard_targets},
+                        {"soft", Spec(QualityFocalParams{}), row_logits, soft_targets},
+                        {"soft", Spec(VarifocalParams{}), row_logits, soft_targets},
+                        {"class indices", Sigmoid(2), row_logits, row_classes},
+                        {"class indices", Spec(FocalStarParams{}), row_logits, row_classes},
+                        {"strided class indices", Sigmoid(2), strided_logits, strided_classes},
+                        {"strided class indices", Spec(FocalStarParams{}), strided_logits, strided_classes}};
   for (const Case& c : cases) {
-    SCOPED_TRACE(VariantName(c.spec.params));
-    const HostTensor targets = MakeTensor(DType::kFloat32, {kN, kC}, c.targets);
+    SCOPED_TRACE(std::string(VariantName(c.spec.params)) + ", " + c.targets_kind + " targets");
     for (Reduction reduction : {Reduction::kMean, Reduction::kSum}) {
-      const LossJob plain = MakeJob(c.spec, logits, targets, reduction);
+      const LossJob plain = MakeJob(c.spec, c.logits, c.targets, reduction);
       const auto expected = Compute(plain);
       ASSERT_TRUE(expected.ok()) << expected.status();
+      const absl::StatusOr<JobPlan> plan = ValidateJob(plain);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const HostTensor ones =
+          MakeTensor(DType::kFloat32, plan->item_shape, std::vector<double>(static_cast<size_t>(plan->num_items), 1.0));
       LossJob non_finite_allowed = plain;
       non_finite_allowed.allow_non_finite = true;
       LossJob weighted = plain;
