@@ -216,8 +216,8 @@ ChunkResult IndexTargetChunk(const KernelArgs& args, int64_t begin, int64_t end)
           const auto valid = hn::RebindMask(dv, hn::Gt(y, hn::Set(div, -1)));
           const auto is_target = hn::RebindMask(dv, hn::Eq(y, hn::Set(div, static_cast<TI>(c))));
           const auto value = vbuf ? hn::LoadU(dv, vbuf + j) : hn::Set(dv, 1);
-          IndexTargetStep<F, kPlain>(dv, ForLanes(dv, k, k1), a, base + j, is_target, value, valid, ForLanes(dv, sum, tail_sum),
-                          r);
+          IndexTargetStep<F, kPlain>(dv, ForLanes(dv, k, k1), a, base + j, is_target, value, valid,
+                                     ForLanes(dv, sum, tail_sum), r);
         });
       }
     });
