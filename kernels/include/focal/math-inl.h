@@ -628,8 +628,8 @@ FOCAL_HD LossGrad<V> Asymmetric(const Ops& o, const AsymmetricConsts<V>& c, V x,
       // A whole γ- ≥ 1: p_m^γ- r = p_m^(γ--1)·(-log(1-p_m)), a product with no division and
       // no negative power.
       const V mod_less = Modulating(o, shifted, [&] { return o.Log(shifted); }, c.gamma_neg_less_one);
-      // γ- pq formed beside the log, so that one fused step follows it on the chain.
       loss_neg = mod_less * shifted * neg_log;
+      // γ- pq formed beside the log, so that one fused step follows it on the chain.
       grad_neg = o.IfThenElseZero(active, mod_less * o.MulAdd(neg_log, c.gamma_neg.value * pq, pq_over * shifted));
     } else {
       // γ- = 0 or fractional: r = -log(1-p_m)/p_m → 1 as p_m → 0, exact there as both are.
